@@ -378,7 +378,7 @@ def bootstrap_ci(
         per_problem_scores: shape ``(P,)``, e.g. :func:`per_problem_accuracy` output.
         n_boot: number of bootstrap resamples (>= 1).
         alpha: 1 - confidence level, in (0, 1).
-        seed: seed for ``numpy.random.default_rng``.
+        seed: anything ``numpy.random.default_rng`` accepts (int or ``SeedSequence``).
 
     Returns:
         ``(low, high)``; zero width when all scores are equal.
@@ -416,7 +416,7 @@ def _align(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
             f"missing from b: {show(only_a)}; missing from a: {show(only_b)}"
         )
     keys = list(a)
-    return _scores(list(a.values()), name="a"), _scores(list(b.values()), name="b")
+    return _scores([a[key] for key in keys], name="a"), _scores([b[key] for key in keys], name="b")
 
 
 def paired_comparison(

@@ -155,7 +155,7 @@ def test_maj_at_k_avg_monte_carlo_close_to_exact():
     ans = [[str(v) for v in rng.integers(0, 3, 12)] for _ in range(5)]
     cor = [[int(a == "1") for a in row] for row in ans]
     exact = M.maj_at_k_avg(ans, cor, 5, n_subsets=10_000)  # C(12,5)=792 <= 10000 -> exact
-    mc = M.maj_at_k_avg(ans, cor, 5, n_subsets=4000, seed=3)  # 792 > 4000? no -> still exact
+    mc = M.maj_at_k_avg(ans, cor, 5, n_subsets=4000, seed=3)  # 792 <= 4000 -> exact too
     assert mc == pytest.approx(exact)
     mc = M.maj_at_k_avg(ans, cor, 5, n_subsets=500, seed=3)  # 792 > 500 -> Monte Carlo
     assert mc == pytest.approx(exact, abs=0.06)
@@ -212,7 +212,9 @@ def test_bootstrap_ci_degenerate_zero_width():
 
 def test_paired_identical_inputs():
     a = {f"p{i}": v for i, v in enumerate([0.1, 0.5, 0.9, 0.3])}
-    res = M.paired_comparison(a, dict(a), n_boot=500, seed=0)
+    # same scores, b's dict in reverse insertion order: alignment must be by id, so every
+    # difference is 0 (aligned by position d would be [-0.2, 0.2, -0.2, 0.2], CI non-zero)
+    res = M.paired_comparison(a, dict(reversed(a.items())), n_boot=500, seed=0)
     assert res["diff"] == 0.0
     assert res["ci_low"] == res["ci_high"] == 0.0
     assert res["p_value"] == 1.0
@@ -250,6 +252,8 @@ def test_paired_monte_carlo_large_effect_and_dict_alignment():
     # no random flip reaches the observed statistic -> minimum (0 + 1)/(2000 + 1)
     assert res["p_value"] == pytest.approx(1 / 2001)
     assert res["ci_low"] < res["diff"] < res["ci_high"]
+    # paired sd of d is 0.05 -> half-width ~ 1.96*0.05/sqrt(60) = 0.013 (misaligned: ~0.1)
+    assert res["ci_high"] - res["ci_low"] < 0.05
     assert 0.15 < res["diff"] < 0.25  # alignment by id: would be ~0 if order were used
     assert res == M.paired_comparison(a, b, n_boot=1000, n_perm=2000, seed=1)
 
