@@ -19,7 +19,7 @@ def entropy_naive(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 
 def token_entropy(
-    logits: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024
+    logits: torch.Tensor, temperature: float = 1.0, chunk_size: int = 256
 ) -> torch.Tensor:
     """Chunked entropy. logits (..., T, V) -> entropy (..., T), float32, no autograd graph.
 
@@ -34,10 +34,15 @@ def token_entropy(
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     with torch.no_grad():
         for start in range(0, flat.shape[0], chunk_size):
-            z = flat[start : start + chunk_size].float() / temperature  # (c, V)
-            lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (c, 1)
-            p = torch.exp(z - lse)  # (c, V) softmax
-            out[start : start + chunk_size] = lse.squeeze(-1) - (p * z).sum(dim=-1)
+            # Two (c, V) buffers at most: z (shifted logits) and e (exp, then e * z).
+            z = torch.div(flat[start : start + chunk_size].float(), temperature)  # (c, V) new
+            z.sub_(z.amax(dim=-1, keepdim=True))  # shift: entropy is shift-invariant
+            e = torch.exp(z)  # (c, V)
+            s = e.sum(dim=-1)  # (c,)
+            ez = e.mul_(z).sum(dim=-1)  # (c,) sum_v exp(z_v) z_v
+            # H = logsumexp(z) - sum softmax(z) z = log s - ez / s (with the shifted z)
+            out[start : start + chunk_size] = torch.log(s) - ez / s
+            del z, e
     return out.reshape(logits.shape[:-1])
 
 

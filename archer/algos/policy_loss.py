@@ -13,13 +13,23 @@ behaviour), or ``agg(kl_weight[c] * KL)`` over all tokens (``all_tokens``).
 
 With equal bounds and weights for both classes and no KL this is exactly PPO-clip with dual
 clip (verl's ``vanilla``); ``ppo_clip`` puts every token in the low-entropy class.
+
+Speed: every aggregation is linear in the token losses (``agg(x) = sum(x * W)``), so the loss
+is ``sum(L_pg * W_pg + KL * W_kl)`` and its gradient w.r.t. logp is known in closed form:
+``dL_pg/dlogp = -A r`` where the ratio is inside its clip range (0 where clipped or
+dual-clipped), ``dk3/dlogp = 1 - exp(d)`` (0 where clamped). The default ``fused`` path
+computes values and this gradient without building an autograd graph over a dozen
+elementwise ops; ``fused=False`` runs the same formulas through autograd and is what the
+tests check the fused gradient against.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from archer.algos.aggregate import aggregate
+from archer.algos.aggregate import aggregation_weights
 from archer.algos.kl import kl_penalty
 from archer.algos.types import LossInputs, LossOutput
 from archer.config import AlgoConfig
@@ -34,111 +44,199 @@ class NonFiniteLogprobError(FloatingPointError):
     """Log-probs of some valid token are NaN or infinite (a diverged or corrupted model)."""
 
 
-def _per_class(high: torch.Tensor, high_value: float, low_value: float, like: torch.Tensor):
+def _per_class(high: torch.Tensor, high_value: float, low_value: float, dtype):
     """(B, T) tensor taking high_value on high tokens and low_value elsewhere (or a float)."""
     if high_value == low_value:
-        return low_value
-    return torch.where(high, torch.tensor(high_value, dtype=like.dtype),
-                       torch.tensor(low_value, dtype=like.dtype))
+        return float(low_value)
+    return torch.where(high, torch.tensor(high_value, dtype=dtype),
+                       torch.tensor(low_value, dtype=dtype))
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    n = mask.sum()
-    return (x * mask).sum() / n if n > 0 else torch.zeros((), dtype=x.dtype)
+@dataclass
+class _TokenTerms:
+    ratio: torch.Tensor  # (B, T) r
+    log_ratio: torch.Tensor  # (B, T) clamp(logp - logp_old, -20, 20)
+    pg: torch.Tensor  # (B, T) L_pg per token (before pg_weight)
+    clipped: torch.Tensor  # (B, T) bool: the clipped branch is active (pg2 > pg1)
+    dual: torch.Tensor | None  # (B, T) bool: the dual clip is active (A < 0, L_clip > -A c)
+    kl: torch.Tensor | None  # (B, T) KL estimate per token
+
+
+def _token_terms(logprobs, old_logprobs, ref_logprobs, adv, eps_low, eps_high, c, estimator):
+    """The per-token quantities of the objective. Differentiable if logprobs requires grad."""
+    log_ratio = torch.clamp(logprobs - old_logprobs, min=-20.0, max=20.0)
+    ratio = torch.exp(log_ratio)
+    pg1 = -adv * ratio
+    pg2 = -adv * torch.clamp(ratio, min=1.0 - eps_low, max=1.0 + eps_high)
+    clipped_loss = torch.maximum(pg1, pg2)
+    clipped = pg2 > pg1
+    dual = None
+    pg = clipped_loss
+    if c is not None:
+        pg3 = -adv * c
+        dual = (clipped_loss > pg3) & (adv < 0)
+        pg = torch.where(adv < 0, torch.minimum(pg3, clipped_loss), clipped_loss)
+    kl = kl_penalty(logprobs, ref_logprobs, estimator) if ref_logprobs is not None else None
+    return _TokenTerms(ratio, log_ratio, pg, clipped, dual, kl)
+
+
+def _kl_grad(logprobs, ref_logprobs, estimator):
+    """d KL_t / d logp_t in closed form, (B, T); zero where a clamp is active."""
+    diff = logprobs - ref_logprobs
+    if estimator == "k1":
+        return torch.ones_like(diff)
+    if estimator == "k2":
+        return diff
+    d = -diff
+    inside = (d >= -20.0) & (d <= 20.0)
+    dc = d.clamp(-20.0, 20.0)
+    k = torch.exp(dc) - dc - 1.0
+    active = inside & (k >= -10.0) & (k <= 10.0)
+    return torch.where(active, 1.0 - torch.exp(dc), torch.zeros((), dtype=diff.dtype))
+
+
+class _AttachGrad(torch.autograd.Function):
+    """Returns ``value`` in the forward pass; backward is ``grad_out * grad_coef`` w.r.t. x."""
+
+    @staticmethod
+    def forward(ctx, x, value, grad_coef):
+        ctx.save_for_backward(grad_coef)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_coef,) = ctx.saved_tensors
+        return grad_out * grad_coef, None, None
+
+
+def _loss_weights(cfg: AlgoConfig, valid, high, low, dtype, has_ref: bool):
+    """Aggregation weights W_pg and W_kl (B, T) (W_kl None when there is no KL term)."""
+    mode, length = cfg.loss_agg_mode, cfg.loss_norm_length
+    w_valid = aggregation_weights(valid, mode, length, dtype)
+    pg_w = _per_class(high, cfg.high.pg_weight, cfg.low.pg_weight, dtype)
+    w_pg = w_valid * pg_w if not (isinstance(pg_w, float) and pg_w == 1.0) else w_valid
+    if not has_ref or not cfg.needs_reference:
+        return w_pg, None
+    if cfg.kl_normalization == "all_tokens":
+        return w_pg, w_valid * _per_class(high, cfg.high.kl_weight, cfg.low.kl_weight, dtype)
+    w_kl = torch.zeros_like(w_valid)
+    for mask, weight in ((high, cfg.high.kl_weight), (low, cfg.low.kl_weight)):
+        if weight > 0:  # an empty class has all-zero weights, so it contributes 0
+            w_kl = w_kl + weight * aggregation_weights(mask, mode, length, dtype)
+    return w_pg, w_kl
+
+
+def _wsum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum(x * w), ignoring positions with zero weight (NaN in padding cannot leak)."""
+    return torch.where(w != 0, x * w, torch.zeros((), dtype=x.dtype)).sum()
 
 
 @POLICY_LOSSES.register("dual_token_clip")
-def dual_token_clip_loss(inp: LossInputs, cfg: AlgoConfig) -> LossOutput:
-    """Archer loss. All tensors (B, T) except advantages (B,) or (B, T). Returns LossOutput."""
+def dual_token_clip_loss(
+    inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True, fused: bool = True
+) -> LossOutput:
+    """Archer loss. All tensors (B, T) except advantages (B,) or (B, T). Returns LossOutput.
+
+    Raises NonFiniteLogprobError when the loss is not finite because of NaN/inf log-probs,
+    instead of averaging them in silently. ``with_metrics=False`` skips the diagnostics.
+    ``fused=False`` differentiates through autograd instead of the closed-form gradient.
+    """
     valid = inp.response_mask.bool()
     if inp.token_mask is not None:
         valid = valid & inp.token_mask.bool()
     high_mask = inp.high_entropy_mask
     high = (high_mask.bool() & valid) if high_mask is not None else torch.zeros_like(valid)
     low = valid & ~high
-    if not torch.isfinite(inp.logprobs[valid]).all():
-        bad = int((~torch.isfinite(inp.logprobs) & valid).sum())
-        raise NonFiniteLogprobError(f"{bad} valid token(s) have non-finite log-probs")
-    maskf = valid.to(inp.logprobs.dtype)
+    if cfg.needs_reference and inp.ref_logprobs is None:
+        raise ValueError("a KL weight is > 0 but ref_logprobs were not given")
+    dtype = inp.logprobs.dtype
     adv = inp.advantages[:, None] if inp.advantages.dim() == 1 else inp.advantages
+    eps_low = _per_class(high, cfg.high.clip_low, cfg.low.clip_low, dtype)
+    eps_high = _per_class(high, cfg.high.clip_high, cfg.low.clip_high, dtype)
+    w_pg, w_kl = _loss_weights(cfg, valid, high, low, dtype, inp.ref_logprobs is not None)
+    ref = inp.ref_logprobs
 
-    log_ratio = torch.clamp(inp.logprobs - inp.old_logprobs, min=-20.0, max=20.0)
-    ratio = torch.exp(log_ratio)
-    eps_low = _per_class(high, cfg.high.clip_low, cfg.low.clip_low, ratio)
-    eps_high = _per_class(high, cfg.high.clip_high, cfg.low.clip_high, ratio)
-    pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, min=1.0 - eps_low, max=1.0 + eps_high)
-    clipped = torch.maximum(pg1, pg2)
-    if cfg.dual_clip_c is not None:
-        pg3 = -adv * cfg.dual_clip_c
-        pg = torch.where(adv < 0, torch.minimum(pg3, clipped), clipped)
+    if fused:
+        lp = inp.logprobs.detach()
+        with torch.no_grad():
+            t = _token_terms(lp, inp.old_logprobs, ref, adv, eps_low, eps_high,
+                             cfg.dual_clip_c, cfg.kl_estimator)
+            pg_loss = _wsum(t.pg, w_pg)
+            live = ~t.clipped & (t.log_ratio.abs() < 20.0)  # gradient flows through r
+            if t.dual is not None:
+                live &= ~t.dual
+            grad = torch.where(live, -adv * t.ratio, torch.zeros((), dtype=dtype)) * w_pg
+            kl_loss = torch.zeros((), dtype=dtype)
+            if w_kl is not None:
+                kl_loss = _wsum(t.kl, w_kl)
+                grad = grad + _kl_grad(lp, ref, cfg.kl_estimator) * w_kl
+            value = pg_loss + kl_loss
+        loss = _AttachGrad.apply(inp.logprobs, value, grad) if inp.logprobs.requires_grad \
+            else value
     else:
-        pg = clipped
-    pg_w = _per_class(high, cfg.high.pg_weight, cfg.low.pg_weight, ratio)
-    pg_weighted = pg * pg_w if not (isinstance(pg_w, float) and pg_w == 1.0) else pg
-    pg_loss = aggregate(pg_weighted, maskf, cfg.loss_agg_mode, cfg.loss_norm_length)
-
-    kl_loss, kl_tok = _kl_term(inp, cfg, high, low, maskf)
-    loss = pg_loss + kl_loss
-
-    metrics = _diagnostics(inp, cfg, ratio, log_ratio, adv, pg1, pg2, clipped, pg_weighted,
-                           kl_tok, high, low, maskf)
-    metrics["actor/pg_loss"] = pg_loss.detach()
-    metrics["actor/kl_loss"] = kl_loss.detach()
-    metrics["actor/loss"] = loss.detach()
+        t = _token_terms(inp.logprobs, inp.old_logprobs, ref, adv, eps_low, eps_high,
+                         cfg.dual_clip_c, cfg.kl_estimator)
+        pg_loss = _wsum(t.pg, w_pg)
+        kl_loss = _wsum(t.kl, w_kl) if w_kl is not None else (inp.logprobs * 0.0).sum()
+        loss = pg_loss + kl_loss
+    if not torch.isfinite(loss.detach()):
+        _raise_nonfinite(inp, valid)
+    metrics = _diagnostics(inp, cfg, t, adv, w_pg, high, low, valid) if with_metrics else {}
+    if with_metrics:
+        metrics["actor/pg_loss"] = pg_loss.detach()
+        metrics["actor/kl_loss"] = kl_loss.detach()
+        metrics["actor/loss"] = loss.detach()
     return LossOutput(loss=loss, pg_loss=pg_loss, kl_loss=kl_loss, metrics=metrics)
 
 
-def _kl_term(inp, cfg, high, low, maskf):
-    """Weighted KL term (scalar) and the per-token estimate (B, T) or None."""
-    zero = (inp.logprobs * 0.0).sum()
-    if inp.ref_logprobs is None:
-        if cfg.needs_reference:
-            raise ValueError("a KL weight is > 0 but ref_logprobs were not given")
-        return zero, None
-    kl_tok = kl_penalty(inp.logprobs, inp.ref_logprobs, cfg.kl_estimator)
-    if cfg.kl_normalization == "all_tokens":
-        w = _per_class(high, cfg.high.kl_weight, cfg.low.kl_weight, kl_tok)
-        if isinstance(w, float) and w == 0.0:
-            return zero, kl_tok
-        return aggregate(kl_tok * w, maskf, cfg.loss_agg_mode, cfg.loss_norm_length), kl_tok
-    total = zero
-    for mask, weight in ((high, cfg.high.kl_weight), (low, cfg.low.kl_weight)):
-        if weight > 0:  # an empty class aggregates to 0
-            m = mask.to(kl_tok.dtype)
-            total = total + weight * aggregate(kl_tok, m, cfg.loss_agg_mode, cfg.loss_norm_length)
-    return total, kl_tok
+def _raise_nonfinite(inp: LossInputs, valid: torch.Tensor) -> None:
+    parts = []
+    for name in ("logprobs", "old_logprobs", "ref_logprobs", "advantages"):
+        t = getattr(inp, name)
+        if t is None:
+            continue
+        bad = ~torch.isfinite(t.detach())
+        if t.dim() == 2:
+            n_valid, n_pad = int((bad & valid).sum()), int((bad & ~valid).sum())
+            if n_valid or n_pad:
+                parts.append(f"{name}: {n_valid} valid and {n_pad} padded token(s)")
+        elif bad.any():
+            parts.append(f"{name}: {int(bad.sum())} response(s)")
+    raise NonFiniteLogprobError(
+        "policy loss is not finite; non-finite inputs: " + ("; ".join(parts) or "none found")
+    )
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    n = mask.sum()
+    return (x * mask).sum() / n if n > 0 else torch.zeros((), dtype=torch.float32)
 
 
 @torch.no_grad()
-def _diagnostics(inp, cfg, ratio, log_ratio, adv, pg1, pg2, clipped, pg_weighted, kl_tok,
-                 high, low, maskf) -> dict[str, torch.Tensor]:
+def _diagnostics(inp, cfg, t: _TokenTerms, adv, w_pg, high, low, valid):
     """Per-class clip fractions (each side), KL, PG contribution, counts; ratio statistics."""
     out: dict[str, torch.Tensor] = {}
-    valid = maskf.bool()
-    was_clipped = pg2 > pg1  # the clipped branch is active (no gradient through the ratio)
-    pos = adv > 0
-    neg = adv < 0
-    dual = (clipped > -adv * cfg.dual_clip_c) & neg if cfg.dual_clip_c is not None else None
+    pos, neg = adv > 0, adv < 0
+    upper = (t.clipped & pos).float()  # ratio above 1 + eps_high with A > 0
+    lower = (t.clipped & neg).float()  # ratio below 1 - eps_low with A < 0
+    pg_weighted = t.pg.detach() * w_pg  # contributions add up to pg_loss
     for name, mask in zip(CLASSES, (high, low)):
-        m = mask.to(ratio.dtype)
+        m = mask.float()
         out[f"actor/tokens_{name}"] = m.sum()
-        out[f"actor/clipfrac_{name}_upper"] = _masked_mean((was_clipped & pos).float(), m)
-        out[f"actor/clipfrac_{name}_lower"] = _masked_mean((was_clipped & neg).float(), m)
-        if dual is not None:
-            out[f"actor/dual_clipfrac_{name}"] = _masked_mean(dual.float(), m)
-        # Contribution to pg_loss: same denominators, numerator restricted to the class, so the
-        # two classes' contributions add up to pg_loss exactly.
-        out[f"actor/pg_contrib_{name}"] = aggregate(pg_weighted * m, maskf, cfg.loss_agg_mode,
-                                                    cfg.loss_norm_length)
-        if kl_tok is not None:
-            out[f"actor/kl_{name}"] = _masked_mean(kl_tok, m)
+        out[f"actor/clipfrac_{name}_upper"] = _masked_mean(upper, m)
+        out[f"actor/clipfrac_{name}_lower"] = _masked_mean(lower, m)
+        if t.dual is not None:
+            out[f"actor/dual_clipfrac_{name}"] = _masked_mean(t.dual.float(), m)
+        out[f"actor/pg_contrib_{name}"] = torch.where(mask, pg_weighted, 0.0).sum()
+        if t.kl is not None:
+            out[f"actor/kl_{name}"] = _masked_mean(t.kl.detach(), m)
         if inp.entropy is not None:
             out[f"actor/entropy_{name}"] = _masked_mean(inp.entropy.float(), m)
-    out["actor/clipfrac"] = _masked_mean(was_clipped.float(), maskf)
-    out["actor/ppo_kl"] = _masked_mean(-log_ratio, maskf)
+    vf = valid.float()
+    out["actor/clipfrac"] = _masked_mean(t.clipped.float(), vf)
+    out["actor/ppo_kl"] = _masked_mean(-t.log_ratio.detach(), vf)
     if valid.any():
-        r = ratio[valid]
+        r = t.ratio.detach()[valid]
         out["actor/ratio_mean"] = r.mean()
         out["actor/ratio_max"] = r.max()
         out["actor/ratio_min"] = r.min()
@@ -146,16 +244,20 @@ def _diagnostics(inp, cfg, ratio, log_ratio, adv, pg1, pg2, clipped, pg_weighted
 
 
 @POLICY_LOSSES.register("ppo_clip")
-def ppo_clip_loss(inp: LossInputs, cfg: AlgoConfig) -> LossOutput:
+def ppo_clip_loss(
+    inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True, fused: bool = True
+) -> LossOutput:
     """Classic PPO-clip (+ dual clip): every token uses the low-entropy class's settings."""
     plain = LossInputs(
         logprobs=inp.logprobs, old_logprobs=inp.old_logprobs, advantages=inp.advantages,
         response_mask=inp.response_mask, high_entropy_mask=None, ref_logprobs=inp.ref_logprobs,
         entropy=inp.entropy, token_mask=inp.token_mask,
     )
-    return dual_token_clip_loss(plain, cfg)
+    return dual_token_clip_loss(plain, cfg, with_metrics, fused)
 
 
-def compute_policy_loss(name: str, inp: LossInputs, cfg: AlgoConfig) -> LossOutput:
+def compute_policy_loss(
+    name: str, inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True
+) -> LossOutput:
     """Run the named policy loss."""
-    return POLICY_LOSSES.get(name)(inp, cfg)
+    return POLICY_LOSSES.get(name)(inp, cfg, with_metrics)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from archer.config import ENTROPY_SCOPES
@@ -40,7 +41,7 @@ def masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch
     ``torch.nanquantile`` but works on any size (torch.quantile is limited to 16M elements).
     """
     filled = values.float().masked_fill(~mask, float("inf"))
-    ordered, _ = torch.sort(filled, dim=-1)  # valid values first, ascending
+    ordered = _sort_rows(filled)  # valid values first, ascending
     count = mask.sum(dim=-1)  # (N,)
     pos = q * (count - 1).clamp(min=0).to(torch.float64)  # fractional index into sorted values
     lo = pos.floor().long()
@@ -51,6 +52,13 @@ def masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch
     # Lerp written so equal neighbours give exactly that value (no inf*0 on the valid part).
     out = torch.where(v_hi == v_lo, v_lo, v_lo + frac * (v_hi - v_lo))
     return out.masked_fill(count == 0, float("nan"))
+
+
+def _sort_rows(x: torch.Tensor) -> torch.Tensor:
+    """Ascending sort along the last dim. On CPU numpy's sort is ~5x faster than torch's."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy(), axis=-1))
+    return torch.sort(x, dim=-1).values
 
 
 def split_by_entropy(
@@ -71,8 +79,9 @@ def split_by_entropy(
     if scope not in ENTROPY_SCOPES:
         raise ValueError(f"unknown entropy scope {scope!r}; choose one of {list(ENTROPY_SCOPES)}")
     valid = response_mask.bool()
-    bad = valid & ~torch.isfinite(entropy)
-    if bad.any():
+    # One cheap reduction in the common case; the exact check only when something is off.
+    bad = None if torch.isfinite(entropy.sum()) else valid & ~torch.isfinite(entropy)
+    if bad is not None and bad.any():
         rows = sorted({int(r) for r in bad.nonzero()[:, 0].tolist()})
         raise NonFiniteEntropyError(
             f"{int(bad.sum())} valid token(s) have non-finite entropy (NaN/inf logits) in "
