@@ -20,9 +20,10 @@ class RolloutBatch:
     """N = B * n sampled responses, row-aligned; samples of one prompt are contiguous.
 
     The full sequence of row i is ``cat(prompt_ids[i], response_ids[i])``: prompt left-padded,
-    response right-padded, so every response starts at column P. With left padding the
-    forward pass must get position ids from the attention mask (``position_ids()``), the
-    same ones ``generate`` used.
+    response right-padded, so every response starts at column P. A teacher-forced forward
+    pass should use ``model_inputs()``: position ids from the attention mask, the same ones
+    ``generate`` used (RoPE is shift-invariant only in exact arithmetic; learned absolute
+    positions are not shift-invariant at all).
     """
 
     prompt_ids: torch.Tensor  # (N, P) long, left-padded with the pad token

