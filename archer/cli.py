@@ -1,0 +1,80 @@
+"""The ``archer`` command: one entry point that wires the pieces.
+
+    archer demo                      the main job on its embedded default (see README)
+    archer presets                   the method table: paper, preset, module
+    archer model prepare NAME        build a local HF model directory (tiny, smollm2-135m)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from experiments.presets import load_preset, preset_names
+
+    rows = [("preset", "arXiv", "update", "agg", "clip high-ent", "clip low-ent", "KL low")]
+    for name in preset_names():
+        p = load_preset(name)
+        a = p.algo
+        rows.append((
+            name, p.arxiv, a.update_mode, a.loss_agg_mode,
+            f"{a.high.clip_low}/{a.high.clip_high}", f"{a.low.clip_low}/{a.low.clip_high}",
+            str(a.low.kl_weight),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+def _cmd_model_prepare(args: argparse.Namespace) -> int:
+    from archer.models import prepare_model
+
+    path = prepare_model(args.name, cache_dir=args.cache_dir)
+    print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from experiments.demo import run_demo
+
+    return run_demo(out_dir=args.out_dir, steps=args.steps, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the main job on its embedded default")
+    demo.add_argument("--out-dir", default="runs/demo", help="where run outputs go")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per preset")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
+
+    presets = sub.add_parser("presets", help="list method presets")
+    presets.set_defaults(func=_cmd_presets)
+
+    model = sub.add_parser("model", help="model utilities")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    prep = model_sub.add_parser("prepare", help="build a local HF model directory")
+    prep.add_argument("name", help="tiny | smollm2-135m")
+    prep.add_argument("--cache-dir", default=None, help="default: $ARCHER_CACHE_DIR")
+    prep.set_defaults(func=_cmd_model_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"archer: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
