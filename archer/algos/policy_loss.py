@@ -67,7 +67,10 @@ def _token_terms(logprobs, old_logprobs, ref_logprobs, adv, eps_low, eps_high, c
     log_ratio = torch.clamp(logprobs - old_logprobs, min=-20.0, max=20.0)
     ratio = torch.exp(log_ratio)
     pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, min=1.0 - eps_low, max=1.0 + eps_high)
+    lo, hi = 1.0 - eps_low, 1.0 + eps_high
+    if isinstance(lo, torch.Tensor) != isinstance(hi, torch.Tensor):  # clamp wants one kind
+        lo, hi = torch.as_tensor(lo, dtype=ratio.dtype), torch.as_tensor(hi, dtype=ratio.dtype)
+    pg2 = -adv * torch.clamp(ratio, min=lo, max=hi)
     clipped_loss = torch.maximum(pg1, pg2)
     clipped = pg2 > pg1
     dual = None
@@ -165,11 +168,14 @@ def dual_token_clip_loss(
             live = ~t.clipped & (t.log_ratio.abs() < 20.0)  # gradient flows through r
             if t.dual is not None:
                 live &= ~t.dual
-            grad = torch.where(live, -adv * t.ratio, torch.zeros((), dtype=dtype)) * w_pg
-            kl_loss = torch.zeros((), dtype=dtype)
+            zero = torch.zeros((), dtype=dtype)
+            # where() on the weights, so NaN in padded positions never reaches the gradient
+            grad = torch.where(live & (w_pg != 0), -adv * t.ratio * w_pg, zero)
+            kl_loss = zero
             if w_kl is not None:
                 kl_loss = _wsum(t.kl, w_kl)
-                grad = grad + _kl_grad(lp, ref, cfg.kl_estimator) * w_kl
+                grad = grad + torch.where(w_kl != 0, _kl_grad(lp, ref, cfg.kl_estimator) * w_kl,
+                                          zero)
             value = pg_loss + kl_loss
         loss = _AttachGrad.apply(inp.logprobs, value, grad) if inp.logprobs.requires_grad \
             else value

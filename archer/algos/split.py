@@ -40,7 +40,7 @@ def masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch
     values (N, L), mask (N, L) bool -> (N,). Rows without a valid entry give NaN. Matches
     ``torch.nanquantile`` but works on any size (torch.quantile is limited to 16M elements).
     """
-    filled = values.float().masked_fill(~mask, float("inf"))
+    filled = values.detach().float().masked_fill(~mask, float("inf"))
     ordered = _sort_rows(filled)  # valid values first, ascending
     count = mask.sum(dim=-1)  # (N,)
     pos = q * (count - 1).clamp(min=0).to(torch.float64)  # fractional index into sorted values
