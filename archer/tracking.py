@@ -1,0 +1,126 @@
+"""The MetricLogger protocol the trainer talks to, with a no-op and a JSON-lines logger.
+
+The trainer never imports a tracking service: MLflow (or anything else) plugs in from
+``experiments/`` by implementing this protocol. ``JsonlLogger`` writes into the run directory:
+
+- ``run.json``: ``{"run_id", "status"}`` (the run id survives a resume),
+- ``params.json``, ``tags.json``: the last logged values (merged),
+- ``metrics.jsonl``: one line per ``log_metrics`` call, ``{"step": s, **metrics}``,
+- ``artifacts.jsonl``: the paths given to ``log_artifact``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class MetricLogger(Protocol):
+    @property
+    def run_id(self) -> str: ...
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+
+    def log_artifact(self, path: str | Path) -> None: ...
+
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class NullLogger:
+    """Discards everything (a run without tracking)."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self._run_id = run_id or uuid.uuid4().hex
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan"/"inf": valid JSON, still visible
+    if hasattr(value, "item"):  # tensors / numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+class JsonlLogger:
+    """JSON-lines metrics in ``run_dir``. ``run_id=None`` starts a new run (fresh files);
+    the id of an existing run continues it (metrics are appended)."""
+
+    def __init__(self, run_dir: str | Path, run_id: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        info = self.run_dir / "run.json"
+        previous = json.loads(info.read_text())["run_id"] if info.is_file() else None
+        if run_id is None or run_id != previous:
+            for name in ("metrics.jsonl", "params.json", "tags.json", "artifacts.jsonl"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        self._run_id = run_id or uuid.uuid4().hex
+        self._write_info("RUNNING")
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _write_info(self, status: str) -> None:
+        text = json.dumps({"run_id": self._run_id, "status": status}) + "\n"
+        (self.run_dir / "run.json").write_text(text)
+
+    def _merge(self, name: str, values: dict[str, Any]) -> None:
+        path = self.run_dir / name
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data.update({k: _jsonable(v) for k, v in values.items()})
+        path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._merge("params.json", params)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._merge("tags.json", tags)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def log_artifact(self, path: str | Path) -> None:
+        with (self.run_dir / "artifacts.jsonl").open("a") as f:
+            f.write(json.dumps({"path": str(path)}) + "\n")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._write_info(status)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All logged metric rows, in order (for tests and quick looks)."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]

@@ -1,0 +1,146 @@
+"""Typed, validated configuration of one training run (everything except the algorithm knobs,
+which live in :class:`archer.config.AlgoConfig`).
+
+Every field has one comment. Values are checked at construction and a bad one fails naming the
+field; :meth:`TrainConfig.from_dict` refuses unknown keys (a typo never passes silently).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from archer.config import AlgoConfig, ConfigError, build_config
+
+REWARD_ON_NONE = ("error", "zero")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: an int in [{lo}, {hi}]")
+
+
+def _check_float(name: str, value: Any, lo: float, hi: float = math.inf, lo_open=False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        lb = "(" if lo_open else "["
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: a number in {lb}{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training prompts come from: a reasoning-gym task or a registered data file."""
+
+    task: str = "chain_sum"  # reasoning-gym task name (used when `file` is None)
+    size: int = 1000  # number of generated gym problems (train + validation)
+    seed: int = 0  # seed of the gym generator and of the train/val split
+    task_config: dict = field(default_factory=dict)  # extra kwargs of the gym task's config
+    file: str | None = None  # registered data file name (archer.data.datasets.FILES) instead
+
+    def __post_init__(self) -> None:
+        _check_int("data.size", self.size, 2)
+        _check_int("data.seed", self.seed, 0)
+        if not isinstance(self.task_config, dict):
+            raise ConfigError("data.task_config must be a mapping")
+        if not self.task and not self.file:
+            raise ConfigError("data: set `task` (reasoning-gym) or `file` (registered data file)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One RL run: model, data, rollout, optimisation, validation, checkpoints."""
+
+    # --- what is trained on what --------------------------------------------------------------
+    model: str = "tiny"  # local HF directory or a prepared model name (archer.models.MODELS)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)  # the algorithm (loss, split, ...)
+    reward: str = "reasoning_gym"  # reward function name (archer.rewards.REWARDS)
+    reward_on_none: str = "error"  # a reward of None: "error" stops the run, "zero" scores 0
+    data: DataConfig = field(default_factory=DataConfig)  # the prompt source
+    template: str = "plain_answer"  # prompt template name (archer.data.templates.TEMPLATES)
+    # --- rollout --------------------------------------------------------------------------------
+    prompts_per_step: int = 4  # prompts (groups) per training step, after refill
+    group_size: int = 4  # G: sampled responses per prompt
+    max_new_tokens: int = 8  # response budget in tokens
+    temperature: float | None = None  # rollout temperature; None = algo.temperature (must match)
+    top_p: float = 1.0  # nucleus sampling; 1.0 disables it
+    rollout_batch_size: int = 8  # prompts per generate() call
+    refill_max_rounds: int = 3  # DAPO refill: at most this many rollout rounds per step (>= 1)
+    # --- update ---------------------------------------------------------------------------------
+    ppo_epochs: int = 1  # passes over the rollout batch per step
+    mini_batch_prompts: int = 4  # prompts per optimizer step (x G responses)
+    micro_batch_size: int = 16  # responses per forward/backward (gradient accumulation)
+    shuffle_minibatches: bool = True  # shuffle the groups before cutting mini-batches each epoch
+    lr: float = 1e-4  # AdamW peak learning rate
+    weight_decay: float = 0.1  # AdamW decoupled weight decay
+    warmup_steps: int = 0  # linear warm-up over this many training steps, then constant
+    grad_clip: float = 1.0  # max global grad norm; a non-finite norm skips the optimizer step
+    entropy_chunk_size: int = 256  # positions per chunk in the entropy computation
+    # --- run ------------------------------------------------------------------------------------
+    total_steps: int = 10  # training steps (rollout + update) in the whole run
+    seed: int = 0  # seeds sampling, shuffling, the prompt order and torch
+    val_every: int = 0  # validate every N steps (and at the end); 0 disables validation
+    val_size: int = 16  # held-out prompts for validation (taken out of the data)
+    val_temperature: float = 0.0  # validation sampling temperature; 0 = greedy
+    ckpt_every: int = 0  # checkpoint every N steps (and at the end); 0 = only at the end
+    keep_checkpoints: int = 2  # keep the last K checkpoints
+    resume: bool = True  # continue from the latest checkpoint in out_dir when there is one
+    out_dir: str = "runs/default"  # run directory: metrics, checkpoints, final export
+    export_final: bool = True  # save the final policy + tokenizer as an HF dir in out_dir/final
+    dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16
+    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    deterministic: bool = False  # torch.use_deterministic_algorithms (warn-only) for exact resume
+
+    def __post_init__(self) -> None:
+        if isinstance(self.algo, dict):
+            object.__setattr__(self, "algo", AlgoConfig.from_dict(self.algo))
+        if isinstance(self.data, dict):
+            object.__setattr__(self, "data", build_config(DataConfig, self.data, "data"))
+        if not isinstance(self.algo, AlgoConfig) or not isinstance(self.data, DataConfig):
+            raise ConfigError("algo and data must be AlgoConfig/DataConfig or mappings")
+        if self.temperature is not None and self.temperature != self.algo.temperature:
+            raise ConfigError(
+                f"temperature={self.temperature} differs from algo.temperature="
+                f"{self.algo.temperature}; the loss scores tokens at the sampling temperature"
+            )
+        if self.reward_on_none not in REWARD_ON_NONE:
+            raise ConfigError(f"reward_on_none={self.reward_on_none!r}; allowed {REWARD_ON_NONE}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "rollout_batch_size",
+                     "refill_max_rounds", "ppo_epochs", "mini_batch_prompts",
+                     "micro_batch_size", "total_steps", "keep_checkpoints",
+                     "entropy_chunk_size"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "seed", "val_every", "ckpt_every", "val_size"):
+            _check_int(name, getattr(self, name), 0)
+        if self.num_threads is not None:
+            _check_int("num_threads", self.num_threads, 1)
+        _check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        _check_float("lr", self.lr, 0.0, lo_open=True)
+        _check_float("weight_decay", self.weight_decay, 0.0)
+        _check_float("grad_clip", self.grad_clip, 0.0, lo_open=True)
+        _check_float("val_temperature", self.val_temperature, 0.0)
+        if self.mini_batch_prompts > self.prompts_per_step:
+            raise ConfigError(
+                f"mini_batch_prompts={self.mini_batch_prompts} exceeds prompts_per_step="
+                f"{self.prompts_per_step}"
+            )
+        if self.val_every and self.val_size < 1:
+            raise ConfigError("val_every > 0 needs val_size >= 1")
+
+    @property
+    def sampling_temperature(self) -> float:
+        return self.algo.temperature
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a plain mapping (YAML/JSON); unknown keys fail naming the key."""
+        return build_config(cls, dict(data), "train")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

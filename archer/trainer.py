@@ -1,0 +1,762 @@
+"""The RL trainer: ``train_step`` (one rollout + update) and ``fit`` (the whole run).
+
+One step reads top to bottom as DESIGN.md's story::
+
+    prompts -> rollout (G samples each) -> rewards -> overlong shaping -> group filter
+    (+ DAPO refill) -> advantages (+ Lopti reweighting) -> old / ref log-probs (no grad)
+    -> PPO epochs x mini-batches x update phases (micro-batch gradient accumulation,
+       entropy split, dual-token loss, one optimizer step per phase) -> metrics
+
+Simplifications, on purpose: one process, the HF rollout backend shares the policy module
+(nothing to sync after an update), the learning-rate schedule is a pure function of the step.
+
+Reward contract: ``fn(completions, **columns) -> list[float | None]``; the columns are the
+prompt record's fields (``answer``, ``entry``, ...) repeated for each of the G samples. A
+``None`` reward stops the run (``reward_on_none="error"``) or counts as 0 (``"zero"``).
+
+Micro-batch gradient accumulation is exact: every aggregation mode is
+``sum(x * W)`` with W proportional to ``mask / D`` where D is the number of tokens
+(token-mean) or of non-empty responses (seq-mean-*) in the aggregated set. A micro-batch's
+loss is computed with its own D_micro and multiplied by ``D_micro / D_mini`` (the mini-batch's
+D for the same mask), so the accumulated gradient equals the gradient of the mini-batch
+aggregate. The PG term and each class's KL term (``kl_normalization=per_class``) have their own
+masks, hence their own scale; the loss is then evaluated per term (PG without KL, then KL of
+each class without PG) and the scaled terms are summed. With one micro-batch every scale is 1.
+
+Entropy split: with ``entropy_source=current`` and ``scope=response`` the split comes from the
+same forward pass as the log-probs, per micro-batch (the reference). When the split must be
+known for the whole mini-batch before the first micro-batch (scope group/batch with several
+micro-batches, mask/async-by-entropy phases whose token counts set the denominators, per-class
+KL denominators with several micro-batches, or async phases that must partition one split),
+a no-grad forward pass over the mini-batch computes the current entropy first and the split is
+taken over the mini-batch. ``scope=batch`` means the mini-batch (the set one optimizer step
+sees). With ``entropy_source=old`` the split uses the old policy's entropy, over the mini-batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+import resource
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from archer.algos import (
+    LossInputs,
+    Phase,
+    build_update_plan,
+    compute_advantages,
+    compute_policy_loss,
+    lopti_reweight,
+    nonuniform_group_mask,
+    overlong_penalty,
+    phase_token_mask,
+    split_by_entropy,
+    token_entropy,
+    token_logprobs,
+)
+from archer.algos.split import TokenSplit, split_change_fraction
+from archer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from archer.config import AlgoConfig
+from archer.rollout import HFRollout, SamplingParams
+from archer.tracking import JsonlLogger, MetricLogger
+from archer.train_config import TrainConfig
+from archer.types import RolloutBatch
+
+LOSS_NAME = "dual_token_clip"
+REPETITION_N = 4  # n of the n-gram repetition ratio
+
+# Metrics every completed update step logs (the smoke test checks them all).
+STEP_METRICS = (
+    "reward/mean", "reward/shaped_mean", "groups/solved_none_frac", "groups/solved_all_frac",
+    "groups/kept", "groups/sampled", "rollout/rounds", "response/length_mean",
+    "response/length_max", "response/truncated_frac", "response/repetition_ratio",
+    "train/step_skipped", "actor/entropy", "actor/entropy_high_entropy",
+    "actor/entropy_low_entropy", "actor/tokens_high_entropy", "actor/tokens_low_entropy",
+    "actor/frac_high_entropy", "actor/clipfrac_high_entropy_upper",
+    "actor/clipfrac_high_entropy_lower", "actor/clipfrac_low_entropy_upper",
+    "actor/clipfrac_low_entropy_lower", "actor/pg_contrib_high_entropy",
+    "actor/pg_contrib_low_entropy", "actor/pg_loss", "actor/kl_loss", "actor/loss",
+    "actor/grad_norm", "actor/lr", "actor/optimizer_steps", "actor/updates_skipped",
+    "actor/split_change_frac", "time/rollout", "time/reward", "time/old_logprob",
+    "time/update", "time/step", "perf/tokens_per_s", "perf/peak_memory_mb",
+)
+_SUMMED = ("actor/pg_loss", "actor/kl_loss", "actor/loss", "actor/pg_contrib_",
+           "actor/tokens_", "actor/optimizer_steps", "actor/updates_skipped")
+
+
+# --------------------------------------------------------------------------------------
+# Run state and context
+# --------------------------------------------------------------------------------------
+
+
+class PromptSampler:
+    """Epoch-wise shuffled prompt order, resumable from ``state_dict()``."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch, self.pos = size, seed, 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        return random.Random(self.seed * 1_000_003 + self.epoch).sample(range(self.size),
+                                                                         self.size)
+
+    def next(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos >= self.size:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._permutation()
+            take = min(k - len(out), self.size - self.pos)
+            out += self._perm[self.pos : self.pos + take]
+            self.pos += take
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos, "size": self.size, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["size"] != self.size or state["seed"] != self.seed:
+            raise ValueError(f"sampler state {state} does not match this dataset/seed")
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._perm = self._permutation()
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # completed training steps
+    run_id: str | None = None  # tracking run id (a resumed run logs into the same run)
+    updates_skipped: int = 0  # optimizer steps skipped on a non-finite grad norm, in total
+    steps_skipped: int = 0  # training steps with no informative group, in total
+
+
+@dataclass
+class TrainContext:
+    cfg: TrainConfig
+    model: torch.nn.Module
+    ref: torch.nn.Module | None
+    tokenizer: Any
+    rollout: HFRollout
+    optimizer: torch.optim.Optimizer
+    reward_fn: Any
+    train_records: list[dict]
+    val_records: list[dict]
+    sampler: PromptSampler
+    plan: tuple[Phase, ...]
+    state: TrainState = field(default_factory=TrainState)
+
+    @property
+    def algo(self) -> AlgoConfig:
+        return self.cfg.algo
+
+
+@dataclass
+class FitResult:
+    state: TrainState  # final counters and run id
+    model: torch.nn.Module  # the trained policy
+    metrics: list[dict[str, float]]  # per-step metrics of this call (a resume: the new steps)
+    export_dir: Path | None  # HF directory of the final policy
+
+
+def setup_torch(cfg: TrainConfig) -> None:
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+
+def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """(train, validation) prompt records; validation is ``val_size`` held-out records."""
+    from archer.data.datasets import load_dataset, load_reasoning_gym, split_train_val
+
+    d = cfg.data
+    if d.file:
+        records = list(load_dataset(d.file))
+    else:
+        records = list(load_reasoning_gym(d.task, d.size, d.seed, **d.task_config))
+    if cfg.val_size == 0:
+        return records, []
+    return split_train_val(records, cfg.val_size, seed=d.seed)
+
+
+def resolve_reward(name: str):
+    """The registered reward; ``math``/``code``/... modules are imported on first use."""
+    import archer.data.datasets  # noqa: F401  (registers "reasoning_gym")
+    from archer.rewards import REWARDS, get_reward
+
+    if name not in REWARDS:
+        try:
+            importlib.import_module(f"archer.rewards.{name}")
+        except ModuleNotFoundError:
+            pass
+    return get_reward(name)
+
+
+def build_context(cfg: TrainConfig) -> TrainContext:
+    from archer.models import load_policy_and_ref
+
+    model, ref, tokenizer = load_policy_and_ref(
+        cfg.model, need_ref=cfg.algo.needs_reference, dtype=cfg.dtype,
+        device="cuda" if torch.cuda.is_available() else "cpu")
+    train, val = load_records(cfg)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+        weight_decay=cfg.weight_decay)
+    return TrainContext(
+        cfg=cfg, model=model, ref=ref, tokenizer=tokenizer,
+        rollout=HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size),
+        optimizer=optimizer, reward_fn=resolve_reward(cfg.reward), train_records=train,
+        val_records=val, sampler=PromptSampler(len(train), cfg.seed),
+        plan=build_update_plan(cfg.algo))
+
+
+# --------------------------------------------------------------------------------------
+# One training step
+# --------------------------------------------------------------------------------------
+
+
+class PhaseTimer:
+    """Accumulates wall-clock seconds per named phase: ``with timer("rollout"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
+def train_step(ctx: TrainContext) -> dict[str, float]:
+    """One RL step: rollout -> rewards -> filter -> advantages -> old/ref -> update."""
+    timer, start = PhaseTimer(), time.perf_counter()
+    lr = set_learning_rate(ctx)
+    batch, rewards, metrics = collect_rollouts(ctx, timer)  # rewards, shaping, filter, refill
+    metrics["actor/lr"] = lr
+    if batch is None:  # every group was all-equal: nothing to learn from
+        ctx.state.steps_skipped += 1
+        metrics["train/step_skipped"] = 1.0
+    else:
+        metrics["train/step_skipped"] = 0.0
+        with timer("old_logprob"):
+            update_batch = prepare_update_batch(ctx, batch, rewards)  # advantages, old, ref
+        with timer("update"):
+            metrics |= update_policy(ctx, update_batch)
+        metrics["perf/tokens_per_s"] = _num_tokens(batch) / max(timer.seconds["update"], 1e-9)
+    ctx.state.step += 1
+    metrics |= {f"time/{k}": timer.seconds.get(k, 0.0)
+                for k in ("rollout", "reward", "old_logprob", "update")}
+    metrics["time/step"] = time.perf_counter() - start
+    metrics["perf/peak_memory_mb"] = peak_memory_mb()
+    metrics["train/updates_skipped_total"] = float(ctx.state.updates_skipped)
+    return metrics
+
+
+def lr_factor(step: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1 over ``warmup_steps`` (the first step already gets 1/warmup),
+    then constant."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def set_learning_rate(ctx: TrainContext) -> float:
+    lr = ctx.cfg.lr * lr_factor(ctx.state.step, ctx.cfg.warmup_steps)
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+# --- rollout, rewards, group filter ----------------------------------------------------
+
+
+def collect_rollouts(ctx: TrainContext, timer: PhaseTimer):
+    """Sample groups until ``prompts_per_step`` informative ones (refill) or one round
+    (drop/none). Returns (kept batch or None, shaped rewards (N,), rollout metrics)."""
+    cfg, algo = ctx.cfg, ctx.algo
+    rounds = cfg.refill_max_rounds if algo.group_filter == "refill" else 1
+    kept, kept_rewards, seen = [], [], []
+    for r in range(rounds):
+        records = [ctx.train_records[i] for i in ctx.sampler.next(cfg.prompts_per_step)]
+        with timer("rollout"):
+            batch = generate(ctx, records, seed=_rollout_seed(cfg, ctx.state.step, r))
+        with timer("reward"):
+            raw = score(ctx, batch, records, cfg.group_size)
+        shaped = raw + overlong_penalty(batch.response_lengths, cfg.max_new_tokens,
+                                        algo.overlong_buffer_len, algo.overlong_penalty_factor)
+        keep = (torch.ones_like(shaped, dtype=torch.bool) if algo.group_filter == "none"
+                else nonuniform_group_mask(shaped, batch.group_index))
+        seen.append((batch, raw, shaped))
+        if keep.any():
+            rows = keep.nonzero().squeeze(-1)
+            kept.append(batch.select(rows))
+            kept_rewards.append(shaped[rows])
+        if sum(_num_groups(b) for b in kept) >= cfg.prompts_per_step:
+            break
+    metrics = rollout_metrics(seen, len(seen))
+    if not kept:
+        metrics["groups/kept"] = 0.0
+        return None, None, metrics
+    batch, rewards = concat_batches(kept, ctx.rollout.pad_id), torch.cat(kept_rewards)
+    if algo.group_filter == "refill":  # exactly prompts_per_step groups
+        rows = (batch.group_index < cfg.prompts_per_step).nonzero().squeeze(-1)
+        batch, rewards = batch.select(rows), rewards[rows]
+    metrics["groups/kept"] = float(_num_groups(batch))
+    return batch, rewards, metrics
+
+
+def _rollout_seed(cfg: TrainConfig, step: int, round_: int) -> int:
+    return cfg.seed * 1_000_003 + step * 1_009 + round_ * 101
+
+
+def prompt_texts(ctx: TrainContext, records: list[dict]) -> list[str]:
+    from archer.data.templates import format_prompt
+
+    return [format_prompt(r, ctx.cfg.template, ctx.tokenizer) for r in records]
+
+
+def generate(ctx: TrainContext, records: list[dict], seed: int) -> RolloutBatch:
+    cfg = ctx.cfg
+    params = SamplingParams(temperature=cfg.sampling_temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens, n=cfg.group_size, seed=seed)
+    return ctx.rollout.generate(prompt_texts(ctx, records), params)
+
+
+def score(ctx: TrainContext, batch: RolloutBatch, records: list[dict], n: int) -> torch.Tensor:
+    """(N,) float rewards; the record's fields are passed as columns, repeated n times."""
+    keys = [k for k in records[0] if k != "prompt"]
+    columns = {k: [rec.get(k) for rec in records for _ in range(n)] for k in keys}
+    values = ctx.reward_fn(batch.texts, **columns)
+    if len(values) != batch.num_samples:
+        raise ValueError(f"reward {ctx.cfg.reward!r} returned {len(values)} values for "
+                         f"{batch.num_samples} completions")
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing and ctx.cfg.reward_on_none == "error":
+        raise ValueError(f"reward {ctx.cfg.reward!r} returned None for samples {missing[:10]}; "
+                         "set reward_on_none='zero' to score them 0")
+    return torch.tensor([0.0 if v is None else float(v) for v in values], dtype=torch.float32)
+
+
+def rollout_metrics(seen: list[tuple[RolloutBatch, torch.Tensor, torch.Tensor]],
+                    rounds: int) -> dict[str, float]:
+    """Reward, group and response statistics over every sampled response of the step."""
+    raw = torch.cat([r for _, r, _ in seen])
+    shaped = torch.cat([s for _, _, s in seen])
+    lengths = torch.cat([b.response_lengths for b, _, _ in seen]).float()
+    truncated = torch.cat([b.truncated for b, _, _ in seen]).float()
+    none, full, groups = 0, 0, 0
+    for b, r, _ in seen:
+        for g in torch.unique(b.group_index):
+            rg = r[b.group_index == g]
+            none, full, groups = none + int(rg.max() <= 0), full + int(rg.min() >= 1), groups + 1
+    reps = [repetition_ratio(row[: int(n)].tolist())
+            for b, _, _ in seen for row, n in zip(b.response_ids, b.response_lengths)]
+    return {
+        "reward/mean": raw.mean().item(), "reward/shaped_mean": shaped.mean().item(),
+        "groups/solved_none_frac": none / groups, "groups/solved_all_frac": full / groups,
+        "groups/sampled": float(groups), "rollout/rounds": float(rounds),
+        "response/length_mean": lengths.mean().item(),
+        "response/length_max": lengths.max().item(),
+        "response/truncated_frac": truncated.mean().item(),
+        "response/repetition_ratio": sum(reps) / len(reps),
+    }
+
+
+def repetition_ratio(tokens: list[int], n: int = REPETITION_N) -> float:
+    """1 - distinct n-grams / n-grams of one response (0 when it has fewer than n tokens)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def concat_batches(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Join rollout batches (re-padding prompts left, responses right); groups renumbered
+    0..B-1 in order of first appearance."""
+    import torch.nn.functional as F
+
+    p = max(b.prompt_length for b in parts)
+    r = max(b.response_ids.shape[1] for b in parts)
+
+    def cat(name: str, width: int, value, left: bool) -> torch.Tensor:
+        ts = [getattr(b, name) for b in parts]
+        return torch.cat([F.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]),
+                                value=value) for t in ts])
+
+    groups, offset = [], 0
+    for b in parts:
+        _, inverse = torch.unique_consecutive(b.group_index, return_inverse=True)
+        groups.append(inverse + offset)
+        offset += int(inverse.max()) + 1
+    return RolloutBatch(
+        prompt_ids=cat("prompt_ids", p, pad_id, True), prompt_mask=cat("prompt_mask", p, 0, True),
+        response_ids=cat("response_ids", r, pad_id, False),
+        response_mask=cat("response_mask", r, 0, False),
+        response_lengths=torch.cat([b.response_lengths for b in parts]),
+        truncated=torch.cat([b.truncated for b in parts]),
+        sampler_logprobs=cat("sampler_logprobs", r, 0.0, False),
+        group_index=torch.cat(groups), texts=[t for b in parts for t in b.texts])
+
+
+def _num_groups(batch: RolloutBatch) -> int:
+    return int(torch.unique(batch.group_index).numel())
+
+
+def _num_tokens(batch: RolloutBatch) -> int:
+    return int(batch.prompt_mask.sum() + batch.response_mask.sum())
+
+
+# --- advantages, old and reference log-probs -------------------------------------------
+
+
+@dataclass
+class UpdateBatch:
+    """The rollout batch plus everything the loss needs that does not change during the
+    update (row-aligned, N responses)."""
+
+    batch: RolloutBatch
+    advantages: torch.Tensor  # (N,) per response, or (N, R) after Lopti reweighting
+    old_logprobs: torch.Tensor  # (N, R) under the policy before this step's update
+    old_entropy: torch.Tensor  # (N, R) entropy of the old policy
+    ref_logprobs: torch.Tensor | None  # (N, R) under the frozen reference, if KL is used
+
+    @property
+    def num_rows(self) -> int:
+        return self.batch.num_samples
+
+    def rows(self, idx: torch.Tensor) -> UpdateBatch:
+        return UpdateBatch(
+            batch=self.batch.select(idx), advantages=self.advantages[idx],
+            old_logprobs=self.old_logprobs[idx], old_entropy=self.old_entropy[idx],
+            ref_logprobs=None if self.ref_logprobs is None else self.ref_logprobs[idx])
+
+
+def forward_tokens(model: torch.nn.Module, batch: RolloutBatch, temperature: float,
+                   chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced pass -> (log-probs (n, R) differentiable if grad is on, entropy (n, R)),
+    both from the same logits (position ids from the mask: left padding)."""
+    logits = model(**batch.model_inputs(), use_cache=False).logits  # (n, T, V)
+    p = batch.prompt_length
+    resp = logits[:, p - 1 : -1]  # (n, R, V): column P-1+j predicts response token j
+    logprobs = token_logprobs(resp, batch.response_ids, temperature)
+    return logprobs, token_entropy(resp.detach(), temperature, chunk_size)
+
+
+@torch.no_grad()
+def forward_tokens_batched(model, batch: RolloutBatch, temperature: float, micro: int,
+                           chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [forward_tokens(model, batch.select(rows), temperature, chunk_size)
+             for rows in torch.arange(batch.num_samples).split(micro)]
+    return torch.cat([lp for lp, _ in parts]), torch.cat([e for _, e in parts])
+
+
+def prepare_update_batch(ctx: TrainContext, batch: RolloutBatch,
+                         rewards: torch.Tensor) -> UpdateBatch:
+    """Advantages and the old / reference log-probs, recomputed by the trainer (no grad)."""
+    cfg, algo = ctx.cfg, ctx.algo
+    old_lp, old_ent = forward_tokens_batched(ctx.model, batch, algo.temperature,
+                                             cfg.micro_batch_size, cfg.entropy_chunk_size)
+    ref_lp = None
+    if algo.needs_reference:
+        ref_lp, _ = forward_tokens_batched(ctx.ref, batch, algo.temperature,
+                                           cfg.micro_batch_size, cfg.entropy_chunk_size)
+    adv = compute_advantages(algo.advantage, rewards, batch.group_index, algo.adv_eps)
+    if algo.lopti_alpha > 0:
+        adv = lopti_reweight(adv, old_lp, algo.lopti_alpha)  # (N, R)
+    return UpdateBatch(batch, adv, old_lp, old_ent, ref_lp)
+
+
+# --- the update ------------------------------------------------------------------------
+
+
+def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
+    """PPO epochs over mini-batches of whole groups; each plan phase = all micro-batches
+    then one optimizer step. Also measures how the token split moves between epochs."""
+    records, changes, previous = [], [], None
+    valid = ub.batch.response_mask.bool()
+    for epoch in range(ctx.cfg.ppo_epochs):
+        high_this_epoch = torch.zeros_like(valid)
+        for rows in minibatch_rows(ctx, ub, epoch):
+            mb = ub.rows(rows)
+            split = minibatch_split(ctx, mb)  # None: split per micro-batch from its forward
+            for i, phase in enumerate(ctx.plan):
+                ctx.optimizer.zero_grad(set_to_none=True)
+                metrics, high = accumulate_gradients(ctx, mb, phase, split)
+                metrics |= optimizer_step(ctx)
+                records.append(metrics)
+                if i == 0:
+                    high_this_epoch[rows] = high
+        if previous is not None:
+            changes.append(split_change_fraction(previous, high_this_epoch, valid))
+        previous = high_this_epoch
+    out = _mean_metrics(records)
+    out["actor/split_change_frac"] = sum(changes) / len(changes) if changes else 0.0
+    out["actor/optimizer_steps"] = sum(m["actor/optimizer_steps"] for m in records)
+    out["actor/updates_skipped"] = sum(m["actor/updates_skipped"] for m in records)
+    high_n, low_n = out.get("actor/tokens_high_entropy", 0.0), out.get(
+        "actor/tokens_low_entropy", 0.0)
+    out["actor/frac_high_entropy"] = high_n / max(high_n + low_n, 1.0)
+    return out
+
+
+def minibatch_rows(ctx: TrainContext, ub: UpdateBatch, epoch: int) -> list[torch.Tensor]:
+    """Row indices of each mini-batch: ``mini_batch_prompts`` whole groups, optionally in a
+    shuffled order seeded by (seed, step, epoch)."""
+    groups = torch.unique(ub.batch.group_index)
+    if ctx.cfg.shuffle_minibatches:
+        gen = torch.Generator().manual_seed(
+            ctx.cfg.seed * 1_000_003 + ctx.state.step * 997 + epoch)
+        groups = groups[torch.randperm(len(groups), generator=gen)]
+    out = []
+    for chunk in groups.split(ctx.cfg.mini_batch_prompts):
+        out.append(torch.isin(ub.batch.group_index, chunk).nonzero().squeeze(-1))
+    return out
+
+
+def needs_minibatch_split(ctx: TrainContext, num_rows: int) -> bool:
+    """Whether the current-entropy split must be known for the whole mini-batch up front."""
+    algo = ctx.algo
+    several = math.ceil(num_rows / ctx.cfg.micro_batch_size) > 1
+    by_entropy = any(p.needs_entropy_split for p in ctx.plan)
+    class_kl = algo.needs_reference and algo.kl_normalization == "per_class"
+    if len(ctx.plan) > 1 and by_entropy:
+        return True
+    return several and (algo.entropy_scope != "response" or by_entropy or class_kl)
+
+
+def minibatch_split(ctx: TrainContext, mb: UpdateBatch) -> TokenSplit | None:
+    algo = ctx.algo
+    if algo.entropy_source == "old":
+        entropy = mb.old_entropy
+    elif needs_minibatch_split(ctx, mb.num_rows):
+        _, entropy = forward_tokens_batched(ctx.model, mb.batch, algo.temperature,
+                                            ctx.cfg.micro_batch_size, ctx.cfg.entropy_chunk_size)
+    else:
+        return None
+    return split_by_entropy(entropy, mb.batch.response_mask, algo.entropy_quantile,
+                            algo.entropy_scope, mb.batch.group_index)
+
+
+def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
+                         split: TokenSplit | None) -> tuple[dict[str, float], torch.Tensor]:
+    """Backward of the phase's mini-batch loss, micro-batch by micro-batch (exact scaling,
+    see the module docstring). Returns (metrics, high-entropy mask (n, R) used)."""
+    cfg, algo = ctx.cfg, ctx.algo
+    chunks = torch.arange(mb.num_rows).split(cfg.micro_batch_size)
+    denominators = None
+    if len(chunks) > 1:
+        high_full = split.high_entropy_mask if split is not None else None
+        token_mask = phase_token_mask(phase, mb.batch.response_mask, high_full, mb.old_logprobs,
+                                      algo.async_prob_threshold)
+        denominators = _denominators(token_mask, high_full, algo.loss_agg_mode)
+    records, highs = [], []
+    for rows in chunks:
+        micro = mb.rows(rows)
+        logprobs, entropy = forward_tokens(ctx.model, micro.batch, algo.temperature,
+                                           cfg.entropy_chunk_size)
+        mask = micro.batch.response_mask.bool()
+        high = (split.high_entropy_mask[rows] if split is not None else split_by_entropy(
+            entropy, mask, algo.entropy_quantile, algo.entropy_scope,
+            micro.batch.group_index).high_entropy_mask)
+        token_mask = phase_token_mask(phase, mask, high, micro.old_logprobs,
+                                      algo.async_prob_threshold)
+        inputs = LossInputs(logprobs=logprobs, old_logprobs=micro.old_logprobs,
+                            advantages=micro.advantages, response_mask=mask,
+                            high_entropy_mask=high, ref_logprobs=micro.ref_logprobs,
+                            entropy=entropy, token_mask=token_mask)
+        scales = None if denominators is None else _scales(
+            denominators, _denominators(token_mask, high, algo.loss_agg_mode))
+        loss, metrics = micro_loss(algo, inputs, scales)
+        loss.backward()
+        metrics["actor/entropy"] = entropy[mask].mean().item() if mask.any() else 0.0
+        records.append(metrics)
+        highs.append(high)
+    return _sum_metrics(records), torch.cat(highs)
+
+
+def _denominators(token_mask: torch.Tensor, high: torch.Tensor | None,
+                  mode: str) -> dict[str, float]:
+    """D per aggregated set: tokens (token-mean) or non-empty responses (seq-mean-*)."""
+    def d(mask: torch.Tensor) -> float:
+        return float(mask.sum() if mode == "token-mean" else (mask.sum(-1) > 0).sum())
+
+    out = {"pg": d(token_mask)}
+    if high is not None:
+        out["high"], out["low"] = d(token_mask & high), d(token_mask & ~high)
+    return out
+
+
+def _scales(mini: dict[str, float], micro: dict[str, float]) -> dict[str, float]:
+    return {k: (micro[k] / mini[k] if mini[k] > 0 else 0.0) for k in micro if k in mini}
+
+
+def _without_kl(algo: AlgoConfig) -> AlgoConfig:
+    return replace(algo, high=replace(algo.high, kl_weight=0.0),
+                   low=replace(algo.low, kl_weight=0.0))
+
+
+def _only_kl(algo: AlgoConfig, cls: str) -> AlgoConfig:
+    def keep(name: str):
+        c = getattr(algo, name)
+        return replace(c, pg_weight=0.0, kl_weight=c.kl_weight if name == cls else 0.0)
+
+    return replace(algo, high=keep("high"), low=keep("low"))
+
+
+def micro_loss(algo: AlgoConfig, inputs: LossInputs,
+               scales: dict[str, float] | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the mini-batch loss, and its (scaled) diagnostics."""
+    per_class_kl = algo.needs_reference and algo.kl_normalization == "per_class"
+    if scales is None or not per_class_kl:
+        s = 1.0 if scales is None else scales["pg"]
+        out = compute_policy_loss(LOSS_NAME, inputs, algo, with_metrics=True)
+        return out.loss * s, _scaled_metrics(out.metrics, s)
+    out = compute_policy_loss(LOSS_NAME, inputs, _without_kl(algo), with_metrics=True)
+    total, metrics = out.loss * scales["pg"], _scaled_metrics(out.metrics, scales["pg"])
+    kl = 0.0
+    for cls in ("high", "low"):
+        if getattr(algo, cls).kl_weight > 0 and scales.get(cls, 0.0) > 0:
+            term = compute_policy_loss(LOSS_NAME, inputs, _only_kl(algo, cls),
+                                       with_metrics=False)
+            total = total + term.loss * scales[cls]
+            kl += term.kl_loss.item() * scales[cls]
+    metrics["actor/kl_loss"] = kl
+    metrics["actor/loss"] = metrics["actor/pg_loss"] + kl
+    return total, metrics
+
+
+def _scaled_metrics(metrics: dict[str, torch.Tensor], s: float) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        scaled = k.startswith(("actor/pg_loss", "actor/kl_loss", "actor/loss",
+                               "actor/pg_contrib_"))
+        out[k] = float(v) * (s if scaled else 1.0)
+    return out
+
+
+def optimizer_step(ctx: TrainContext) -> dict[str, float]:
+    """Clip the global grad norm and step; skip (and count) when the norm is not finite."""
+    params = [p for p in ctx.model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, ctx.cfg.grad_clip)
+    if not torch.isfinite(norm):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.state.updates_skipped += 1
+        return {"actor/optimizer_steps": 0.0, "actor/updates_skipped": 1.0}
+    ctx.optimizer.step()
+    return {"actor/grad_norm": float(norm), "actor/optimizer_steps": 1.0,
+            "actor/updates_skipped": 0.0}
+
+
+def _sum_metrics(records: list[dict[str, float]]) -> dict[str, float]:
+    """Micro-batches -> one phase: loss terms and token counts add up, the rest average."""
+    keys = {k for r in records for k in r}
+    out = {}
+    for k in keys:
+        values = [r[k] for r in records if k in r]
+        out[k] = sum(values) if k.startswith(_SUMMED) else sum(values) / len(values)
+    return out
+
+
+def _mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in records for k in r}
+    return {k: sum(r[k] for r in records if k in r) / sum(k in r for r in records)
+            for k in keys}
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# --------------------------------------------------------------------------------------
+# Validation, checkpoints, the run
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(ctx: TrainContext) -> dict[str, float]:
+    """Mean reward on the held-out prompts (greedy unless ``val_temperature`` > 0)."""
+    cfg = ctx.cfg
+    params = SamplingParams(temperature=cfg.val_temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens, n=1, seed=cfg.seed + 17)
+    batch = ctx.rollout.generate(prompt_texts(ctx, ctx.val_records), params)
+    rewards = score(ctx, batch, ctx.val_records, 1)
+    return {"val/reward_mean": rewards.mean().item(),
+            "val/response_length_mean": batch.response_lengths.float().mean().item()}
+
+
+def save(ctx: TrainContext) -> Path:
+    state = {"sampler": ctx.sampler.state_dict(), "run_id": ctx.state.run_id,
+             "updates_skipped": ctx.state.updates_skipped,
+             "steps_skipped": ctx.state.steps_skipped}
+    return save_checkpoint(ctx.cfg.out_dir, ctx.state.step, ctx.model, ctx.optimizer, state,
+                           keep=ctx.cfg.keep_checkpoints)
+
+
+def resume(ctx: TrainContext) -> bool:
+    """Load the latest checkpoint of ``out_dir`` into the context; False when there is none."""
+    path = latest_checkpoint(ctx.cfg.out_dir) if ctx.cfg.resume else None
+    if path is None:
+        return False
+    state = load_checkpoint(path, ctx.model, ctx.optimizer)
+    ctx.sampler.load_state_dict(state["sampler"])
+    ctx.state = TrainState(step=state["step"], run_id=state["run_id"],
+                           updates_skipped=state["updates_skipped"],
+                           steps_skipped=state["steps_skipped"])
+    return True
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def fit(cfg: TrainConfig, logger: MetricLogger | None = None) -> FitResult:
+    """Train for ``cfg.total_steps`` steps (continuing from the latest checkpoint in
+    ``out_dir``), validating and checkpointing on schedule; export the final policy."""
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    resumed = resume(ctx)
+    logger = logger or JsonlLogger(cfg.out_dir, run_id=ctx.state.run_id)
+    ctx.state.run_id = logger.run_id
+    if not resumed:
+        logger.log_params(flatten(cfg.to_dict()))
+    history = []
+    try:
+        while ctx.state.step < cfg.total_steps:
+            metrics = train_step(ctx)
+            step = ctx.state.step
+            last = step == cfg.total_steps
+            if cfg.val_every and ctx.val_records and (step % cfg.val_every == 0 or last):
+                metrics |= validate(ctx)
+            logger.log_metrics(metrics, step)
+            history.append(metrics)
+            if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+                save(ctx)
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+    export_dir = export_policy(ctx) if cfg.export_final else None
+    logger.finish("FINISHED")
+    return FitResult(state=ctx.state, model=ctx.model, metrics=history, export_dir=export_dir)
+
+
+def export_policy(ctx: TrainContext) -> Path:
+    out = Path(ctx.cfg.out_dir) / "final"
+    ctx.model.save_pretrained(out)
+    ctx.tokenizer.save_pretrained(out)
+    return out

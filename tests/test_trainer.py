@@ -1,0 +1,179 @@
+"""Trainer on a tiny char-level Llama (hidden 32, 2 layers), G=4, 4 prompts, 5 new tokens.
+
+A synthetic reward (parity of the response's character codes) gives mixed groups on a random
+model, so updates happen; a constant reward makes every group all-equal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from archer.config import AlgoConfig, ConfigError
+from archer.models import build_tiny_model
+from archer.rewards import REWARDS, register_reward
+from archer.train_config import TrainConfig
+from archer.trainer import (
+    STEP_METRICS,
+    PhaseTimer,
+    accumulate_gradients,
+    build_context,
+    collect_rollouts,
+    fit,
+    minibatch_split,
+    prepare_update_batch,
+    setup_torch,
+    train_step,
+)
+from experiments.presets import load_preset
+
+if "test_parity" not in REWARDS:
+
+    @register_reward("test_parity")
+    def parity_reward(completions, **columns):
+        """1.0 when the sum of character codes is even (about half of random responses)."""
+        return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
+
+    @register_reward("test_const")
+    def const_reward(completions, **columns):
+        return [1.0 for _ in completions]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=32, layers=2, heads=4)
+
+
+def make_cfg(tiny_path, out_dir, algo: AlgoConfig | None = None, **overrides) -> TrainConfig:
+    base = dict(
+        model=str(tiny_path), algo=algo or load_preset("archer").algo, reward="test_parity",
+        data={"task": "chain_sum", "size": 40, "seed": 0}, prompts_per_step=4, group_size=4,
+        max_new_tokens=5, mini_batch_prompts=2, micro_batch_size=4, ppo_epochs=2, lr=1e-3,
+        total_steps=2, val_every=0, val_size=4, out_dir=str(out_dir), num_threads=1,
+        deterministic=True, export_final=False,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def params_of(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_smoke_two_steps_change_params_and_log_metrics(tiny_path, tmp_path):
+    cfg = make_cfg(tiny_path, tmp_path, val_every=2, export_final=True)
+    setup_torch(cfg)
+    before = params_of(build_context(cfg).model)
+    result = fit(cfg)
+    after = params_of(result.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    updated = [m for m in result.metrics if m["train/step_skipped"] == 0.0]
+    assert updated, "no step had an informative group"
+    for m in updated:
+        missing = [k for k in STEP_METRICS if k not in m]
+        assert not missing, missing
+        bad = {k: v for k, v in m.items() if not math.isfinite(v)}
+        assert not bad, bad
+    assert "val/reward_mean" in result.metrics[-1]
+    assert result.metrics[0]["actor/optimizer_steps"] == 4  # 2 epochs x 2 mini-batches
+    assert (result.export_dir / "config.json").is_file()
+    assert result.state.step == 2
+
+
+def test_all_equal_groups_are_filtered_and_step_skipped(tiny_path, tmp_path):
+    cfg = make_cfg(tiny_path, tmp_path, reward="test_const")
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    before = params_of(ctx.model)
+    metrics = train_step(ctx)
+    assert metrics["train/step_skipped"] == 1.0
+    assert metrics["groups/kept"] == 0.0 and metrics["groups/solved_all_frac"] == 1.0
+    assert ctx.state.steps_skipped == 1 and ctx.state.step == 1
+    assert all(torch.equal(before[k], v) for k, v in params_of(ctx.model).items())
+
+
+def test_refill_samples_more_rounds(tiny_path, tmp_path):
+    algo = replace(load_preset("dapo").algo)
+    cfg = make_cfg(tiny_path, tmp_path, algo=algo, refill_max_rounds=3)
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    batch, rewards, metrics = collect_rollouts(ctx, PhaseTimer())
+    assert 1 <= metrics["rollout/rounds"] <= 3
+    if metrics["rollout/rounds"] < 3:
+        assert metrics["groups/kept"] == 4  # refilled up to prompts_per_step exactly
+    assert batch.num_samples == 4 * int(metrics["groups/kept"])
+    assert sorted(torch.unique(batch.group_index).tolist()) == list(
+        range(int(metrics["groups/kept"])))
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_micro_batch_accumulation_matches_one_batch(tiny_path, tmp_path, mode):
+    algo = replace(load_preset("archer").algo, loss_agg_mode=mode)  # per-class KL included
+    cfg = make_cfg(tiny_path, tmp_path, algo=algo, micro_batch_size=16)
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    batch, rewards, _ = collect_rollouts(ctx, PhaseTimer())
+    assert batch is not None
+    ub = prepare_update_batch(ctx, batch, rewards)
+    # perturb the policy so ratios differ from 1 (clipping and KL are exercised)
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grads = {}
+    for micro in (ub.num_rows, 3):
+        ctx.cfg = replace(cfg, micro_batch_size=micro)
+        ctx.model.zero_grad(set_to_none=True)
+        split = minibatch_split(ctx, ub)
+        metrics, _ = accumulate_gradients(ctx, ub, ctx.plan[0], split)
+        grads[micro] = ({k: p.grad.clone() for k, p in ctx.model.named_parameters()}, metrics)
+    (g1, m1), (g3, m3) = grads[ub.num_rows], grads[3]
+    for k in g1:
+        torch.testing.assert_close(g3[k], g1[k], atol=1e-6, rtol=1e-4)
+    for key in ("actor/loss", "actor/pg_loss", "actor/kl_loss"):
+        assert m3[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-7)
+    assert m1["actor/kl_loss"] > 0
+
+
+def test_async_mode_steps_twice_per_minibatch(tiny_path, tmp_path):
+    cfg = make_cfg(tiny_path, tmp_path, algo=load_preset("ar_lopti").algo)
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    calls = []
+    original = ctx.optimizer.step
+    ctx.optimizer.step = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    metrics = train_step(ctx)
+    assert metrics["train/step_skipped"] == 0.0
+    minibatches = math.ceil(metrics["groups/kept"] / cfg.mini_batch_prompts)
+    assert len(calls) == cfg.ppo_epochs * minibatches * 2
+    assert metrics["actor/optimizer_steps"] == len(calls)
+
+
+def test_nonfinite_gradient_skips_the_step(tiny_path, tmp_path):
+    cfg = make_cfg(tiny_path, tmp_path)
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    before = params_of(ctx.model)
+    p = next(ctx.model.parameters())
+    p.register_hook(lambda g: g * float("nan"))
+    metrics = train_step(ctx)
+    assert metrics["train/step_skipped"] == 0.0
+    assert metrics["actor/optimizer_steps"] == 0  # every phase had a NaN grad norm
+    assert metrics["actor/updates_skipped"] == 4  # 2 epochs x 2 mini-batches
+    assert ctx.state.updates_skipped == metrics["actor/updates_skipped"]
+    assert all(torch.equal(before[k], v) for k, v in params_of(ctx.model).items())
+
+
+def test_bad_config_key_names_the_key(tiny_path, tmp_path):
+    with pytest.raises(ConfigError, match="lr_rate"):
+        TrainConfig.from_dict({"model": "tiny", "lr_rate": 0.1})
+    with pytest.raises(ConfigError, match="entropy_quantil"):
+        TrainConfig.from_dict({"algo": {"entropy_quantil": 0.8}})
+    with pytest.raises(ConfigError, match="tsk"):
+        TrainConfig.from_dict({"data": {"tsk": "chain_sum"}})
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        TrainConfig.from_dict({"micro_batch_size": 0})
+    with pytest.raises(ConfigError, match="temperature"):
+        TrainConfig.from_dict({"temperature": 0.7})
