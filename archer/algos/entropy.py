@@ -37,6 +37,7 @@ def token_entropy(
             # Two (c, V) buffers at most: z (shifted logits) and e (exp, then e * z).
             z = torch.div(flat[start : start + chunk_size].float(), temperature)  # (c, V) new
             z.sub_(z.amax(dim=-1, keepdim=True))  # shift: entropy is shift-invariant
+            z.clamp_(min=-1e30)  # a -inf logit is a probability-0 token: 0 * -1e30 = 0; NaN stays
             e = torch.exp(z)  # (c, V)
             s = e.sum(dim=-1)  # (c,)
             ez = e.mul_(z).sum(dim=-1)  # (c,) sum_v exp(z_v) z_v

@@ -48,8 +48,8 @@ def _per_class(high: torch.Tensor, high_value: float, low_value: float, dtype):
     """(B, T) tensor taking high_value on high tokens and low_value elsewhere (or a float)."""
     if high_value == low_value:
         return float(low_value)
-    return torch.where(high, torch.tensor(high_value, dtype=dtype),
-                       torch.tensor(low_value, dtype=dtype))
+    return torch.where(high, torch.tensor(high_value, dtype=dtype, device=high.device),
+                       torch.tensor(low_value, dtype=dtype, device=high.device))
 
 
 @dataclass
@@ -69,7 +69,8 @@ def _token_terms(logprobs, old_logprobs, ref_logprobs, adv, eps_low, eps_high, c
     pg1 = -adv * ratio
     lo, hi = 1.0 - eps_low, 1.0 + eps_high
     if isinstance(lo, torch.Tensor) != isinstance(hi, torch.Tensor):  # clamp wants one kind
-        lo, hi = torch.as_tensor(lo, dtype=ratio.dtype), torch.as_tensor(hi, dtype=ratio.dtype)
+        lo = torch.as_tensor(lo, dtype=ratio.dtype, device=ratio.device)
+        hi = torch.as_tensor(hi, dtype=ratio.dtype, device=ratio.device)
     pg2 = -adv * torch.clamp(ratio, min=lo, max=hi)
     clipped_loss = torch.maximum(pg1, pg2)
     clipped = pg2 > pg1
@@ -153,6 +154,9 @@ def dual_token_clip_loss(
     if cfg.needs_reference and inp.ref_logprobs is None:
         raise ValueError("a KL weight is > 0 but ref_logprobs were not given")
     dtype = inp.logprobs.dtype
+    # A NaN or -inf log-prob on a valid token is an error, never clamped or averaged away.
+    if not torch.isfinite(torch.where(valid, inp.logprobs.detach(), 0.0).sum()):
+        _raise_nonfinite(inp, valid)
     adv = inp.advantages[:, None] if inp.advantages.dim() == 1 else inp.advantages
     eps_low = _per_class(high, cfg.high.clip_low, cfg.low.clip_low, dtype)
     eps_high = _per_class(high, cfg.high.clip_high, cfg.low.clip_high, dtype)

@@ -22,6 +22,6 @@ class LossInputs:
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar to backpropagate: pg_loss + kl_loss
-    pg_loss: torch.Tensor  # scalar clipped-surrogate term
-    kl_loss: torch.Tensor  # scalar weighted KL term
+    pg_loss: torch.Tensor  # scalar clipped-surrogate term (no gradient on the fused path)
+    kl_loss: torch.Tensor  # scalar weighted KL term (no gradient on the fused path)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars
