@@ -294,8 +294,10 @@ def collect_rollouts(ctx: TrainContext, timer: PhaseTimer):
             raw = score(ctx, batch, records, cfg.group_size)
         shaped = raw + overlong_penalty(batch.response_lengths, cfg.max_new_tokens,
                                         algo.overlong_buffer_len, algo.overlong_penalty_factor)
-        keep = (torch.ones_like(shaped, dtype=torch.bool) if algo.group_filter == "none"
-                else nonuniform_group_mask(shaped, batch.group_index))
+        # Filter on the verifier's reward (DAPO filters on accuracy): length shaping alone
+        # must not make an all-wrong group look informative.
+        keep = (torch.ones_like(raw, dtype=torch.bool) if algo.group_filter == "none"
+                else nonuniform_group_mask(raw, batch.group_index))
         seen.append((batch, raw, shaped))
         if keep.any():
             rows = keep.nonzero().squeeze(-1)
