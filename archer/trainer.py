@@ -383,29 +383,7 @@ def repetition_ratio(tokens: list[int], n: int = REPETITION_N) -> float:
 def concat_batches(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     """Join rollout batches (re-padding prompts left, responses right); groups renumbered
     0..B-1 in order of first appearance."""
-    import torch.nn.functional as F
-
-    p = max(b.prompt_length for b in parts)
-    r = max(b.response_ids.shape[1] for b in parts)
-
-    def cat(name: str, width: int, value, left: bool) -> torch.Tensor:
-        ts = [getattr(b, name) for b in parts]
-        return torch.cat([F.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]),
-                                value=value) for t in ts])
-
-    groups, offset = [], 0
-    for b in parts:
-        _, inverse = torch.unique_consecutive(b.group_index, return_inverse=True)
-        groups.append(inverse + offset)
-        offset += int(inverse.max()) + 1
-    return RolloutBatch(
-        prompt_ids=cat("prompt_ids", p, pad_id, True), prompt_mask=cat("prompt_mask", p, 0, True),
-        response_ids=cat("response_ids", r, pad_id, False),
-        response_mask=cat("response_mask", r, 0, False),
-        response_lengths=torch.cat([b.response_lengths for b in parts]),
-        truncated=torch.cat([b.truncated for b in parts]),
-        sampler_logprobs=cat("sampler_logprobs", r, 0.0, False),
-        group_index=torch.cat(groups), texts=[t for b in parts for t in b.texts])
+    return RolloutBatch.concat(parts, pad_id, renumber_groups=True)
 
 
 def _num_groups(batch: RolloutBatch) -> int:

@@ -96,6 +96,44 @@ class RolloutBatch:
                 out[f.name] = [value[i] for i in idx.tolist()]
         return RolloutBatch(**out)
 
+    @staticmethod
+    def concat(parts: list[RolloutBatch], pad_id: int, renumber_groups: bool = False
+               ) -> RolloutBatch:
+        """Join batches: prompts re-left-padded to the widest P, responses right-padded.
+
+        ``renumber_groups``: group ids become 0..B-1 in order of first appearance across the
+        parts (for batches sampled separately, e.g. DAPO refill rounds)."""
+        if len(parts) == 1 and not renumber_groups:
+            return parts[0]
+        p = max(b.prompt_ids.shape[1] for b in parts)
+        r = max(b.response_ids.shape[1] for b in parts)
+
+        def cat(name: str, width: int, value, left: bool) -> torch.Tensor:
+            ts = [getattr(b, name) for b in parts]
+            return torch.cat([
+                torch.nn.functional.pad(
+                    t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]), value=value)
+                for t in ts])
+
+        groups = [b.group_index for b in parts]
+        if renumber_groups:
+            groups, offset = [], 0
+            for b in parts:
+                _, inverse = torch.unique_consecutive(b.group_index, return_inverse=True)
+                groups.append(inverse + offset)
+                offset += int(inverse.max()) + 1 if len(inverse) else 0
+        return RolloutBatch(
+            prompt_ids=cat("prompt_ids", p, pad_id, True),
+            prompt_mask=cat("prompt_mask", p, 0, True),
+            response_ids=cat("response_ids", r, pad_id, False),
+            response_mask=cat("response_mask", r, 0, False),
+            response_lengths=torch.cat([b.response_lengths for b in parts]),
+            truncated=torch.cat([b.truncated for b in parts]),
+            sampler_logprobs=cat("sampler_logprobs", r, 0.0, False),
+            group_index=torch.cat(groups),
+            texts=[t for b in parts for t in b.texts],
+        )
+
     def to(self, device: torch.device | str) -> RolloutBatch:
         moved = {
             f.name: getattr(self, f.name).to(device)

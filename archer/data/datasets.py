@@ -23,14 +23,12 @@ record index (JSON array), unless ``skip_bad_records=True``: then it is counted
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
 import pickle
 import random
 import re
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,13 +133,11 @@ def _codeforces(raw: dict) -> dict:
 
 def decode_lcb_tests(value: Any) -> list[dict]:
     """LiveCodeBench test cases: a list, a JSON string, or base64(zlib(pickle(JSON str)))
-    (the official ``private_test_cases`` format; pickle: only for trusted LCB files)."""
-    if isinstance(value, list):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return json.loads(pickle.loads(zlib.decompress(base64.b64decode(value))))
+    (the official ``private_test_cases`` format), decoded by the code verifier's restricted
+    unpickler, which admits only plain built-in values."""
+    from archer.rewards.code import decode_lcb_tests as decode
+
+    return decode(value)
 
 
 def _lcb(raw: dict) -> dict:

@@ -208,26 +208,4 @@ class _seeded:
 
 def _concat(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     """Join micro-batches: prompts re-left-padded to the widest P, responses right-padded."""
-    if len(parts) == 1:
-        return parts[0]
-    p = max(b.prompt_ids.shape[1] for b in parts)
-    r = max(b.response_ids.shape[1] for b in parts)
-
-    def pad(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
-        extra = width - t.shape[1]
-        return F.pad(t, (extra, 0) if left else (0, extra), value=value)
-
-    def cat(name: str, width: int, value, left: bool) -> torch.Tensor:
-        return torch.cat([pad(getattr(b, name), width, value, left) for b in parts])
-
-    return RolloutBatch(
-        prompt_ids=cat("prompt_ids", p, pad_id, True),
-        prompt_mask=cat("prompt_mask", p, 0, True),
-        response_ids=cat("response_ids", r, pad_id, False),
-        response_mask=cat("response_mask", r, 0, False),
-        response_lengths=torch.cat([b.response_lengths for b in parts]),
-        truncated=torch.cat([b.truncated for b in parts]),
-        sampler_logprobs=cat("sampler_logprobs", r, 0.0, False),
-        group_index=torch.cat([b.group_index for b in parts]),
-        texts=[t for b in parts for t in b.texts],
-    )
+    return RolloutBatch.concat(parts, pad_id)
