@@ -35,14 +35,14 @@ def _demo_train_config(model: str, algo, out_dir: Path, steps: int, seed: int):
         data=DataConfig(task="chain_sum", size=2400, seed=seed,
                         task_config={"min_terms": 2, "max_terms": 2, "min_digits": 2,
                                      "max_digits": 2}),
-        template="plain_answer", prompts_per_step=32, group_size=8, max_new_tokens=6,
+        template="none", prompts_per_step=32, group_size=8, max_new_tokens=6,
         ppo_epochs=1, mini_batch_prompts=32, micro_batch_size=256, lr=1e-4,
         warmup_steps=0, total_steps=steps, seed=seed, val_every=steps, val_size=200,
         ckpt_every=0, out_dir=str(out_dir), rollout_batch_size=32, num_threads=2,
     )
 
 
-def supervised_warmup(cfg, out_dir: Path, max_seconds: float = 60.0,
+def supervised_warmup(cfg, out_dir: Path, max_seconds: float = 120.0,
                       target_accuracy: float = 0.35) -> tuple[Path, float]:
     """Teacher-force ``prompt -> answer`` on the training split until the greedy held-out
     accuracy reaches ``target_accuracy`` (checked every 25 steps) or time runs out."""
@@ -97,7 +97,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
     from archer.trainer import fit
     from experiments.presets import load_preset
 
-    steps = steps or 60
+    steps = steps or 30
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -110,8 +110,11 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
     rows = []
     for i, name in enumerate(DEMO_PRESETS):
         print(f"[3/4] RL with preset {name!r} ({i + 1}/{len(DEMO_PRESETS)}), {steps} steps")
-        cfg = replace(_demo_train_config(str(warm), load_preset(name).algo, out / name, steps,
-                                         seed), resume=False)
+        # DAPO's overlong buffer (4096 tokens at 20k) scaled to the demo's 6-token budget.
+        overrides = {"overlong_buffer_len": 2} if name == "dapo" else None
+        algo = load_preset(name, overrides).algo
+        cfg = replace(_demo_train_config(str(warm), algo, out / name, steps, seed),
+                      resume=False)
         t0 = time.perf_counter()
         result = fit(cfg)
         last = result.metrics[-1] if result.metrics else {}
