@@ -42,7 +42,7 @@ import resource
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -578,48 +578,17 @@ def _scales(mini: dict[str, float], micro: dict[str, float]) -> dict[str, float]
     return {k: (micro[k] / mini[k] if mini[k] > 0 else 0.0) for k in micro if k in mini}
 
 
-def _without_kl(algo: AlgoConfig) -> AlgoConfig:
-    return replace(algo, high=replace(algo.high, kl_weight=0.0),
-                   low=replace(algo.low, kl_weight=0.0))
-
-
-def _only_kl(algo: AlgoConfig, cls: str) -> AlgoConfig:
-    def keep(name: str):
-        c = getattr(algo, name)
-        return replace(c, pg_weight=0.0, kl_weight=c.kl_weight if name == cls else 0.0)
-
-    return replace(algo, high=keep("high"), low=keep("low"))
-
-
 def micro_loss(algo: AlgoConfig, inputs: LossInputs,
                scales: dict[str, float] | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """This micro-batch's share of the mini-batch loss, and its (scaled) diagnostics."""
-    per_class_kl = algo.needs_reference and algo.kl_normalization == "per_class"
-    if scales is None or not per_class_kl:
-        s = 1.0 if scales is None else scales["pg"]
-        out = compute_policy_loss(LOSS_NAME, inputs, algo, with_metrics=True)
-        return out.loss * s, _scaled_metrics(out.metrics, s)
-    out = compute_policy_loss(LOSS_NAME, inputs, _without_kl(algo), with_metrics=True)
-    total, metrics = out.loss * scales["pg"], _scaled_metrics(out.metrics, scales["pg"])
-    kl = 0.0
-    for cls in ("high", "low"):
-        if getattr(algo, cls).kl_weight > 0 and scales.get(cls, 0.0) > 0:
-            term = compute_policy_loss(LOSS_NAME, inputs, _only_kl(algo, cls),
-                                       with_metrics=False)
-            total = total + term.loss * scales[cls]
-            kl += term.kl_loss.item() * scales[cls]
-    metrics["actor/kl_loss"] = kl
-    metrics["actor/loss"] = metrics["actor/pg_loss"] + kl
-    return total, metrics
+    """This micro-batch's share of the mini-batch loss, and its diagnostics.
 
-
-def _scaled_metrics(metrics: dict[str, torch.Tensor], s: float) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        scaled = k.startswith(("actor/pg_loss", "actor/kl_loss", "actor/loss",
-                               "actor/pg_contrib_"))
-        out[k] = float(v) * (s if scaled else 1.0)
-    return out
+    One loss call: ``scales`` weights the PG term and each class's KL term by this
+    micro-batch's share of the mini-batch denominators; losses and PG contributions come
+    back already scaled, so their sums over micro-batches are the mini-batch values."""
+    if scales is not None and not (algo.needs_reference and algo.kl_normalization == "per_class"):
+        scales = {"pg": scales["pg"]}  # all-token KL shares the PG denominator
+    out = compute_policy_loss(LOSS_NAME, inputs, algo, with_metrics=True, scales=scales)
+    return out.loss, {k: float(v) for k, v in out.metrics.items()}
 
 
 def optimizer_step(ctx: TrainContext) -> dict[str, float]:

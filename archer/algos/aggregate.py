@@ -64,6 +64,10 @@ def aggregate(
     loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, norm_length: int | None = None
 ) -> torch.Tensor:
     """Aggregate a (B, T) loss matrix over ``mask`` (B, T) with the named mode -> scalar."""
-    w = aggregation_weights(mask, mode, norm_length, loss_mat.dtype)
-    # where() rather than a product so a NaN in a padded position cannot leak in.
-    return torch.where(w != 0, loss_mat * w, torch.zeros((), dtype=loss_mat.dtype)).sum()
+    return weighted_sum(loss_mat, aggregation_weights(mask, mode, norm_length, loss_mat.dtype))
+
+
+def weighted_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum(x * w) over positions with non-zero weight: where() rather than a plain product so
+    a NaN in a padded (zero-weight) position cannot leak in."""
+    return torch.where(w != 0, x * w, torch.zeros((), dtype=x.dtype)).sum()

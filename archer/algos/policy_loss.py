@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from archer.algos.aggregate import aggregation_weights
+from archer.algos.aggregate import weighted_sum as _wsum
 from archer.algos.kl import kl_penalty
 from archer.algos.types import LossInputs, LossOutput
 from archer.config import AlgoConfig
@@ -113,10 +114,14 @@ class _AttachGrad(torch.autograd.Function):
         return grad_out * grad_coef, None, None
 
 
-def _loss_weights(cfg: AlgoConfig, valid, high, low, dtype, has_ref: bool):
-    """Aggregation weights W_pg and W_kl (B, T) (W_kl None when there is no KL term)."""
+def _loss_weights(cfg: AlgoConfig, valid, high, low, dtype, has_ref: bool, scales=None):
+    """Aggregation weights W_pg and W_kl (B, T) (W_kl None when there is no KL term).
+
+    ``scales`` ({"pg", "high", "low"} -> float) multiplies each aggregated term, so a
+    micro-batch can contribute its exact share of a mini-batch aggregate."""
     mode, length = cfg.loss_agg_mode, cfg.loss_norm_length
-    w_valid = aggregation_weights(valid, mode, length, dtype)
+    sc = scales or {}
+    w_valid = aggregation_weights(valid, mode, length, dtype) * sc.get("pg", 1.0)
     pg_w = _per_class(high, cfg.high.pg_weight, cfg.low.pg_weight, dtype)
     w_pg = w_valid * pg_w if not (isinstance(pg_w, float) and pg_w == 1.0) else w_valid
     if not has_ref or not cfg.needs_reference:
@@ -124,26 +129,26 @@ def _loss_weights(cfg: AlgoConfig, valid, high, low, dtype, has_ref: bool):
     if cfg.kl_normalization == "all_tokens":
         return w_pg, w_valid * _per_class(high, cfg.high.kl_weight, cfg.low.kl_weight, dtype)
     w_kl = torch.zeros_like(w_valid)
-    for mask, weight in ((high, cfg.high.kl_weight), (low, cfg.low.kl_weight)):
+    for name, mask, weight in (("high", high, cfg.high.kl_weight),
+                               ("low", low, cfg.low.kl_weight)):
         if weight > 0:  # an empty class has all-zero weights, so it contributes 0
-            w_kl = w_kl + weight * aggregation_weights(mask, mode, length, dtype)
+            w_kl = w_kl + weight * sc.get(name, 1.0) * aggregation_weights(
+                mask, mode, length, dtype)
     return w_pg, w_kl
-
-
-def _wsum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """sum(x * w), ignoring positions with zero weight (NaN in padding cannot leak)."""
-    return torch.where(w != 0, x * w, torch.zeros((), dtype=x.dtype)).sum()
 
 
 @POLICY_LOSSES.register("dual_token_clip")
 def dual_token_clip_loss(
-    inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True, fused: bool = True
+    inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True, fused: bool = True,
+    scales: dict[str, float] | None = None,
 ) -> LossOutput:
     """Archer loss. All tensors (B, T) except advantages (B,) or (B, T). Returns LossOutput.
 
     Raises NonFiniteLogprobError when the loss is not finite because of NaN/inf log-probs,
     instead of averaging them in silently. ``with_metrics=False`` skips the diagnostics.
     ``fused=False`` differentiates through autograd instead of the closed-form gradient.
+    ``scales`` multiplies the PG term ("pg") and each class's KL term ("high", "low");
+    losses and PG contributions in the output are scaled alike.
     """
     valid = inp.response_mask.bool()
     if inp.token_mask is not None:
@@ -160,7 +165,8 @@ def dual_token_clip_loss(
     adv = inp.advantages[:, None] if inp.advantages.dim() == 1 else inp.advantages
     eps_low = _per_class(high, cfg.high.clip_low, cfg.low.clip_low, dtype)
     eps_high = _per_class(high, cfg.high.clip_high, cfg.low.clip_high, dtype)
-    w_pg, w_kl = _loss_weights(cfg, valid, high, low, dtype, inp.ref_logprobs is not None)
+    w_pg, w_kl = _loss_weights(cfg, valid, high, low, dtype, inp.ref_logprobs is not None,
+                               scales)
     ref = inp.ref_logprobs
 
     if fused:
@@ -255,7 +261,8 @@ def _diagnostics(inp, cfg, t: _TokenTerms, adv, w_pg, high, low, valid):
 
 @POLICY_LOSSES.register("ppo_clip")
 def ppo_clip_loss(
-    inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True, fused: bool = True
+    inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True, fused: bool = True,
+    scales: dict[str, float] | None = None,
 ) -> LossOutput:
     """Classic PPO-clip (+ dual clip): every token uses the low-entropy class's settings."""
     plain = LossInputs(
@@ -263,11 +270,12 @@ def ppo_clip_loss(
         response_mask=inp.response_mask, high_entropy_mask=None, ref_logprobs=inp.ref_logprobs,
         entropy=inp.entropy, token_mask=inp.token_mask,
     )
-    return dual_token_clip_loss(plain, cfg, with_metrics, fused)
+    return dual_token_clip_loss(plain, cfg, with_metrics, fused, scales)
 
 
 def compute_policy_loss(
-    name: str, inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True
+    name: str, inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True,
+    scales: dict[str, float] | None = None,
 ) -> LossOutput:
-    """Run the named policy loss."""
-    return POLICY_LOSSES.get(name)(inp, cfg, with_metrics)
+    """Run the named policy loss (``scales``: see :func:`dual_token_clip_loss`)."""
+    return POLICY_LOSSES.get(name)(inp, cfg, with_metrics, scales=scales)
