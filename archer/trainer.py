@@ -41,6 +41,7 @@ import random
 import resource
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -674,17 +675,59 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def fit(cfg: TrainConfig, logger: MetricLogger | None = None) -> FitResult:
+LoggerFactory = Callable[[str | None], MetricLogger]
+
+
+def open_logger(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None,
+                run_id: str | None) -> MetricLogger:
+    """The run's logger: ``logger`` itself, ``logger(run_id)`` for a factory (``run_id`` is
+    the checkpoint's tracking run id, None for a new run), or a JsonlLogger in ``out_dir``."""
+    if logger is None:
+        return JsonlLogger(cfg.out_dir, run_id=run_id)
+    if isinstance(logger, MetricLogger):
+        return logger
+    if callable(logger):
+        made = logger(run_id)
+        if not isinstance(made, MetricLogger):
+            raise TypeError(f"logger factory returned {type(made).__name__}, not a MetricLogger")
+        return made
+    raise TypeError(f"logger must be a MetricLogger or a factory, got {type(logger).__name__}")
+
+
+def progress_bar(cfg: TrainConfig, start: int, progress: bool | None):
+    """tqdm bar over the run's steps; ``progress=None`` shows it only when stderr is a TTY."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.total_steps, initial=start, desc="train", unit="step",
+                disable=None if progress is None else not progress, dynamic_ncols=True)
+
+
+def progress_postfix(metrics: dict[str, float]) -> dict[str, str]:
+    """The live numbers on the bar: reward, entropy, kept groups, held-out reward."""
+    shown = {"reward": "reward/mean", "entropy": "actor/entropy", "kept": "groups/kept",
+             "val": "val/reward_mean"}
+    return {name: f"{metrics[key]:.3g}" for name, key in shown.items() if key in metrics}
+
+
+def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
+        progress: bool | None = None) -> FitResult:
     """Train for ``cfg.total_steps`` steps (continuing from the latest checkpoint in
-    ``out_dir``), validating and checkpointing on schedule; export the final policy."""
+    ``out_dir``), validating and checkpointing on schedule; export the final policy.
+
+    ``logger``: a MetricLogger, or a factory ``f(run_id | None) -> MetricLogger`` that
+    gets the checkpoint's tracking run id so a resumed run logs into the same tracking run
+    (default: ``JsonlLogger(out_dir)``). Params are logged once, when the run starts.
+    ``progress``: a tqdm bar with the live reward and entropy (None: only on a TTY).
+    """
     setup_torch(cfg)
     ctx = build_context(cfg)
     resumed = resume(ctx)
-    logger = logger or JsonlLogger(cfg.out_dir, run_id=ctx.state.run_id)
+    logger = open_logger(cfg, logger, ctx.state.run_id)
     ctx.state.run_id = logger.run_id
     if not resumed:
         logger.log_params(flatten(cfg.to_dict()))
     history = []
+    bar = progress_bar(cfg, ctx.state.step, progress)
     try:
         while ctx.state.step < cfg.total_steps:
             metrics = train_step(ctx)
@@ -694,11 +737,16 @@ def fit(cfg: TrainConfig, logger: MetricLogger | None = None) -> FitResult:
                 metrics |= validate(ctx)
             logger.log_metrics(metrics, step)
             history.append(metrics)
+            bar.set_postfix(progress_postfix(metrics), refresh=False)
+            bar.update(1)
             if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+                ctx.state.run_id = logger.run_id  # an offline-started run may have its id now
                 save(ctx)
     except BaseException:
+        bar.close()
         logger.finish("FAILED")
         raise
+    bar.close()
     export_dir = export_policy(ctx) if cfg.export_final else None
     logger.finish("FINISHED")
     return FitResult(state=ctx.state, model=ctx.model, metrics=history, export_dir=export_dir)
