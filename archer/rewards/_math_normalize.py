@@ -8,6 +8,7 @@ in :mod:`archer.rewards.math` and run in worker processes with a hard time limit
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 
@@ -17,6 +18,7 @@ __all__ = [
     "extract_boxed",
     "gold_from_gsm8k",
     "normalize_answer",
+    "plain_number",
     "split_compound",
     "string_equivalent",
     "to_fraction",
@@ -286,6 +288,13 @@ def normalize_answer(answer: str) -> str:
     s = str(answer).strip()
     if len(s) > _MAX_NORMALIZE_CHARS:
         return s
+    return _normalize(s)
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalize(s: str) -> str:
+    """:func:`normalize_answer` of a stripped string, memoised (graders see the same gold
+    answer once per response of a group, and the same wrong answers again and again)."""
     for k, v in _UNICODE.items():
         if k in s:
             s = s.replace(k, v)
@@ -553,3 +562,34 @@ def string_equivalent(pred: str, gold: str) -> bool:
     if res is not None:
         return res
     return _string_leaf_equal(a, b)
+
+
+_FRAC_CMD_RE = re.compile(r"\\[dt]?frac(?![a-zA-Z])")
+_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![a-zA-Z])|\u00b0")
+_LAYOUT_RE = re.compile(r"\\(?:left|right|!|,)(?![a-zA-Z])")
+
+
+def plain_number(answer: str) -> tuple[Fraction, bool] | None:
+    """``(value, exact)`` when ``answer`` is nothing but a number, else None.
+
+    A number is a decimal (``025``, ``27.0``, ``-1,000``), ``a/b`` or ``\\frac{a}{b}``, with
+    optional ``$``, spacing and a degree sign; anything else (letters, units, ``%``, ``^``,
+    ``\\sqrt``...) gives None, so the caller can rely on the value meaning the same to every
+    checker.
+    ``exact`` is False when a decimal point remains after normalisation (``0.5``, not
+    ``27.0``): such values are approximations that checkers compare with a tolerance.
+
+    >>> plain_number("025"), plain_number(r"$\\dfrac{3}{4}$"), plain_number("12 cm")
+    ((Fraction(25, 1), True), (Fraction(3, 4), True), None)
+    """
+    s = str(answer)
+    if len(s) > 100:
+        return None
+    bare = _LAYOUT_RE.sub("", _FRAC_CMD_RE.sub("", _DEGREE_RE.sub("", s)))
+    if re.search(r"[^0-9.,+\-/{}$\s\u2212]", bare):
+        return None
+    norm = normalize_answer(s)
+    value = to_fraction(norm)
+    if value is None:
+        return None
+    return value, "." not in norm

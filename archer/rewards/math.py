@@ -34,6 +34,7 @@ Importing this module is cheap: sympy and math_verify are imported only inside t
 from __future__ import annotations
 
 import cmath
+import functools
 import importlib
 import json
 import logging
@@ -58,6 +59,8 @@ from archer.rewards._math_normalize import (
     extract_boxed,
     gold_from_gsm8k,
     normalize_answer,
+    plain_number,
+    split_compound,
     string_equivalent,
     to_fraction,
 )
@@ -355,6 +358,12 @@ def _to_sympy(s: str):
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _to_sympy_cached(s: str):
+    """:func:`_to_sympy`, memoised per process (a gold answer is parsed once per group)."""
+    return _to_sympy(s)
+
+
 def _sympy_values_equal(a, b, rel_tol: float) -> bool:
     import sympy
 
@@ -413,8 +422,10 @@ def sympy_equivalent(pred: str, gold: str, rel_tol: float = 1e-6) -> tuple[bool,
             return True
         fx, fy = to_fraction(x), to_fraction(y)
         if fx is not None and fy is not None:  # plain numbers: no need for sympy
+            if "." not in x and "." not in y:  # exact integers/fractions: exact comparison
+                return fx == fy
             return abs(fx - fy) <= rel_tol * max(abs(fx), abs(fy))
-        ex, ey = _to_sympy(x), _to_sympy(y)
+        ex, ey = _to_sympy_cached(x), _to_sympy_cached(y)
         if ex is None or ey is None:
             failures.append(f"unparseable {x if ex is None else y!r}")
             return False
@@ -428,6 +439,16 @@ def sympy_equivalent(pred: str, gold: str, rel_tol: float = 1e-6) -> tuple[bool,
     return False, failures[0] if failures else "not equal"
 
 
+@functools.lru_cache(maxsize=4096)
+def _math_verify_parse(answer: str) -> tuple:
+    """``math_verify.parse`` of ``\\boxed{answer}``, memoised per process: in a batch the gold
+    answer of a group is parsed once, not once per response. (Parsed values are immutable
+    sympy objects and strings; ``verify`` does not modify them.)"""
+    from math_verify import parse
+
+    return tuple(parse("\\boxed{" + answer + "}", parsing_timeout=None))
+
+
 def math_verify_equivalent(pred: str, gold: str) -> tuple[bool, str]:
     """Math-Verify on the raw answers, with its signal timeouts disabled: ``(accepted, detail)``.
 
@@ -435,15 +456,15 @@ def math_verify_equivalent(pred: str, gold: str) -> tuple[bool, str]:
     ``math_verify.verify(gold, pred)``. Safe in any thread, but without a time limit: call it
     through :class:`MathGrader` for one.
     """
-    from math_verify import parse, verify
+    from math_verify import verify
 
-    g = parse("\\boxed{" + gold + "}", parsing_timeout=None)
+    g = _math_verify_parse(gold)
     if not g:
         return False, "math_verify could not parse the gold answer"
-    p = parse("\\boxed{" + pred + "}", parsing_timeout=None)
+    p = _math_verify_parse(pred)
     if not p:
         return False, "math_verify could not parse the answer"
-    ok = verify(g, p, timeout_seconds=None)
+    ok = verify(list(g), list(p), timeout_seconds=None)
     return bool(ok), "math_verify equal" if ok else "not equal"
 
 
@@ -593,7 +614,10 @@ class _Worker:
         self.conn.send((checkers, cfg.rel_tol, cfg.worker_memory_mb))
         self.started = time.monotonic()
         self.ready = False
-        self.task: int | None = None
+        # tasks sent and not yet answered, oldest first; the worker runs them in this order
+        self.inflight: deque[int] = deque()
+        # when the oldest in-flight task runs out of time (its clock starts when the worker
+        # gets to it, i.e. when the previous result arrives)
         self.deadline = 0.0
 
     def kill(self) -> None:
@@ -611,6 +635,9 @@ class _Worker:
 
 class _CheckerPool:
     """Worker processes with per-task deadlines; an overrunning worker is killed and replaced."""
+
+    #: tasks in flight per worker (hides the parent's round trip between two tasks)
+    PIPELINE = 4
 
     def __init__(self, cfg: MathGraderConfig, checkers: tuple[str, ...]) -> None:
         self.cfg = cfg
@@ -633,28 +660,44 @@ class _CheckerPool:
         return [w.proc.pid for w in self._workers]
 
     def run(self, tasks: Sequence[tuple[str, str, str]], timeout: float) -> list[_Outcome]:
-        """Run ``(checker, pred, gold)`` tasks; each gets ``timeout`` seconds once dispatched."""
+        """Run ``(checker, pred, gold)`` tasks; each gets ``timeout`` seconds of its worker.
+
+        Up to :attr:`PIPELINE` tasks are in flight per worker, so a worker goes straight on
+        to its next task instead of waiting for the parent to read a result and send more.
+        A task's clock starts when its worker reaches it; on a timeout the worker is killed,
+        and its other in-flight tasks go back to the queue.
+        """
         from multiprocessing.connection import wait
 
         results: list[_Outcome | None] = [None] * len(tasks)
         queue = deque(range(len(tasks)))
         while len(self._workers) < self.cfg.num_workers:
             self._spawn()
+        # with few tasks, spread them instead of piling them on the first worker
+        depth = max(1, min(self.PIPELINE, -(-len(tasks) // max(1, len(self._workers)))))
         start_failures = 0
-        while queue or any(w.task is not None for w in self._workers):
+
+        def requeue(w: _Worker) -> None:
+            queue.extendleft(reversed(w.inflight))
+            w.inflight.clear()
+
+        while queue or any(w.inflight for w in self._workers):
             now = time.monotonic()
             for w in list(self._workers):
-                if w.ready and w.task is None and queue:
+                while w.ready and queue and len(w.inflight) < depth:
                     i = queue.popleft()
                     try:
                         w.conn.send((i, *tasks[i]))
                     except (BrokenPipeError, OSError):
                         queue.appendleft(i)
+                        requeue(w)
                         self._replace(w)
-                        continue
-                    w.task, w.deadline = i, now + timeout
+                        break
+                    if not w.inflight:
+                        w.deadline = now + timeout
+                    w.inflight.append(i)
                     self.tasks_run += 1
-            limits = [w.deadline for w in self._workers if w.task is not None]
+            limits = [w.deadline for w in self._workers if w.inflight]
             limits += [
                 w.started + self.cfg.worker_start_timeout_s for w in self._workers if not w.ready
             ]
@@ -670,8 +713,11 @@ class _CheckerPool:
                         code = w.proc.wait(timeout=1)
                     except subprocess.TimeoutExpired:
                         code = None
-                    if w.task is not None:
-                        results[w.task] = _Outcome("error", f"worker died (exit code {code})")
+                    if w.inflight:
+                        results[w.inflight.popleft()] = _Outcome(
+                            "error", f"worker died (exit code {code})"
+                        )
+                        requeue(w)
                     elif not w.ready:
                         start_failures += 1
                     self._replace(w)
@@ -687,15 +733,17 @@ class _CheckerPool:
                     raise RuntimeError(f"math grader worker failed to start: {msg[1]}")
                 elif kind == "result":
                     _, tid, status, detail = msg
-                    if tid == w.task:
+                    if w.inflight and tid == w.inflight[0]:
+                        w.inflight.popleft()
                         results[tid] = _Outcome(status, detail)
-                        w.task = None
+                        w.deadline = time.monotonic() + timeout
             now = time.monotonic()
             for w in list(self._workers):
-                if w.task is not None and now >= w.deadline:
-                    results[w.task] = _Outcome(
+                if w.inflight and now >= w.deadline:
+                    results[w.inflight.popleft()] = _Outcome(
                         "timeout", f"no result within {timeout:g}s (worker killed)"
                     )
+                    requeue(w)
                     self._replace(w)
                 elif not w.ready and now >= w.started + self.cfg.worker_start_timeout_s:
                     start_failures += 1
@@ -882,8 +930,40 @@ class MathGrader:
         reason = "timeout" if "timeout" in statuses else "error" if "error" in statuses else "wrong"
         return Verdict(False, reason, extracted, None, detail)
 
+    def _numbers_differ(self, extracted: str, gold: str) -> Verdict | None:
+        """A ``wrong`` verdict when no builtin checker can accept: two plain numbers
+        (:func:`plain_number`) that differ exactly (integers, fractions) or beyond every
+        checker's tolerance, or a plain number against a tuple/interval/set/list of two or more
+        elements. None when the checkers must decide.
+        """
+        a = plain_number(extracted)
+        b = plain_number(gold)
+        if (a is None) != (b is None):
+            # a number never equals a tuple, interval, set or list of two or more elements
+            other = normalize_answer(gold if a is not None else extracted)
+            if split_compound(other) is not None:
+                return Verdict(
+                    False, "wrong", extracted, None, "a number vs a compound answer (no checker run)"
+                )
+            return None
+        if a is None or b is None or a[0] == b[0]:
+            return None
+        (x, x_exact), (y, y_exact) = a, b
+        if not (x_exact and y_exact):
+            # sympy accepts within rel_tol; Math-Verify rounds to 6 decimals
+            tol = max(self.config.rel_tol, 1e-4) * max(1, abs(x), abs(y))
+            if abs(x - y) <= tol:
+                return None
+        return Verdict(
+            False, "wrong", extracted, None, f"plain numbers differ: {x} != {y} (no checker run)"
+        )
+
     def grade_batch(self, responses: Sequence[str], golds: Sequence[Any]) -> list[Verdict]:
         """One :class:`Verdict` per response; identical (answer, gold) pairs are checked once.
+
+        When only builtin checkers are enabled, two plain numbers that differ (exactly, or
+        beyond every checker's tolerance) are ``wrong`` without a round trip to the workers;
+        all other pairs go through the checkers in order.
 
         Verdicts are cached, timeouts included (a hung answer is not retried); ``error``
         verdicts (e.g. a worker that died) are not cached. A missing gold gives ``error``.
@@ -893,6 +973,7 @@ class MathGrader:
         cfg = self.config
         verdicts: list[Verdict | None] = [None] * len(responses)
         todo: dict[tuple, list[int]] = {}
+        fast_reject = all(c in BUILTIN_CHECKERS for c in cfg.checkers)
         with self._lock:
             for i, (resp, gold) in enumerate(zip(responses, golds)):
                 if gold is None or (isinstance(gold, str) and not gold.strip()):
@@ -902,7 +983,13 @@ class MathGrader:
                 if extracted is None:
                     verdicts[i] = Verdict(False, "no_answer", None, None, how)
                     continue
-                key = (extracted, _gold_str(gold), cfg.cache_key)
+                gold_s = _gold_str(gold)
+                if fast_reject:
+                    v = self._numbers_differ(extracted, gold_s)
+                    if v is not None:
+                        verdicts[i] = v
+                        continue
+                key = (extracted, gold_s, cfg.cache_key)
                 cached = self._cache_get(key)
                 if cached is not None:
                     self._hits += 1

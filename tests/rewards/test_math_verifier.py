@@ -254,14 +254,20 @@ def test_grade_batch_reasons_and_checkers(grader):
         r"\boxed{3}",
         "I don't know",
         r"<think>\boxed{4}",
+        r"\boxed{3\sqrt{2}}",
     ]
-    golds = ["25", r"\sqrt{8}", "4", "4", "4"]
+    golds = ["25", r"\sqrt{8}", "4", "4", "4", r"\sqrt{8}"]
     v = grader.grade_batch(responses, golds)
-    assert [x.reason for x in v] == ["correct", "correct", "wrong", "no_answer", "no_answer"]
-    assert [x.correct for x in v] == [True, True, False, False, False]
+    assert [x.reason for x in v] == [
+        "correct", "correct", "wrong", "no_answer", "no_answer", "wrong"
+    ]
+    assert [x.correct for x in v] == [True, True, False, False, False, False]
     assert v[0].checker == "string" and v[0].extracted == "025"
     assert v[1].checker == "sympy"
-    assert v[2].checker is None and "math_verify" in v[2].detail
+    # two different plain numbers are settled without the workers ...
+    assert v[2].checker is None and v[2].detail.startswith("plain numbers differ")
+    # ... anything else goes through every checker
+    assert v[5].checker is None and all(c in v[5].detail for c in ("string", "sympy", "math_verify"))
     assert all(isinstance(x, Verdict) and x.detail for x in v)
     assert grader.grade(r"\boxed{\dfrac{1}{2}}", 0.5).correct  # non-string gold
 
