@@ -41,6 +41,7 @@ class DataConfig:
     seed: int = 0  # seed of the gym generator and of the train/val split
     task_config: dict = field(default_factory=dict)  # extra kwargs of the gym task's config
     file: str | None = None  # registered data file name (archer.data.datasets.FILES) instead
+    skip_bad_records: bool = False  # data file: skip (count, log) malformed records
 
     def __post_init__(self) -> None:
         _check_int("data.size", self.size, 2)

@@ -181,7 +181,7 @@ def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
 
     d = cfg.data
     if d.file:
-        records = list(load_dataset(d.file))
+        records = list(load_dataset(d.file, skip_bad_records=d.skip_bad_records))
     else:
         records = list(load_reasoning_gym(d.task, d.size, d.seed, **d.task_config))
     if cfg.val_size == 0:
