@@ -33,27 +33,35 @@ import io
 import json
 import pickle
 import re
+import secrets
 import threading
 import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from archer.rewards import register_reward
-from archer.rewards.sandbox import RunResult, Sandbox, SandboxConfig
+from archer.rewards.sandbox import (
+    PID_PLACEHOLDER,
+    RunResult,
+    Sandbox,
+    SandboxConfig,
+    worker_seccomp_filter,
+)
 
 REASONS = (
     "passed", "failed", "no_code", "timeout", "runtime_error", "compile_error", "sandbox_error",
 )
 
+HEADER_MODULES = (
+    "string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
+    "statistics", "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")
 # Imports LiveCodeBench puts before every solution (same modules, same order).
 IMPORT_HEADER = "\n".join(
-    [f"from {m} import *" for m in (
-        "string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
-        "statistics", "itertools", "functools", "operator", "io", "sys", "json", "builtins",
-        "typing")]
+    [f"from {m} import *" for m in HEADER_MODULES]
     + [f"import {m}" for m in (
         "string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
         "statistics", "itertools", "functools", "operator", "io", "sys", "json")]
@@ -183,13 +191,96 @@ def compare_stdout(output: str, expected: str, float_tol: float = 0.0) -> bool:
     return True
 
 
-def compare_functional(result: Any, expected: Any) -> bool:
-    if isinstance(result, tuple):
-        result = list(result)
+def strict_equal(result: Any, expected: Any) -> bool:
+    """Equality of two JSON values that also requires equal types, recursively: ``True`` is
+    not ``1``, ``"1"`` is not ``1``, a list is not a dict.  Numbers are the exception: an
+    ``int`` equals the ``float`` of the same value (JSON does not keep the distinction)."""
+    tr, te = type(result), type(expected)
+    if tr is bool or te is bool:
+        return tr is te and result == expected
+    if tr in (int, float) and te in (int, float):
+        return result == expected
+    if tr is not te:
+        return False
+    if tr is list:
+        return len(result) == len(expected) and all(
+            strict_equal(a, b) for a, b in zip(result, expected))
+    if tr is dict:
+        return result.keys() == expected.keys() and all(
+            strict_equal(result[k], expected[k]) for k in expected)
     return result == expected
 
 
+def compare_functional(result: Any, expected: Any) -> bool:
+    """LiveCodeBench's functional check (tuples read as lists), type-strict: see
+    :func:`strict_equal`."""
+    if isinstance(result, tuple):
+        result = list(result)
+    return strict_equal(result, expected)
+
+
 # --- check() suites ----------------------------------------------------------------------------
+
+#: Helpers the LeetCode check suites (DeepCoder / LeetCodeDataset) call without defining them:
+#: the same names and semantics as that data set's prompt preamble.  Prepended to the program
+#: and to the test code of ``check`` problems that use the LiveCodeBench header.
+LEETCODE_HELPERS = """
+inf = float('inf')
+
+
+class ListNode:
+    def __init__(self, val=0, next=None):
+        self.val = val
+        self.next = next
+
+
+class TreeNode:
+    def __init__(self, val=0, left=None, right=None):
+        self.val = val
+        self.left = left
+        self.right = right
+
+
+def list_node(values):
+    head = None
+    for v in reversed(list(values or [])):
+        head = ListNode(v, head)
+    return head
+
+
+def is_same_list(p1, p2):
+    while p1 is not None and p2 is not None:
+        if p1.val != p2.val:
+            return False
+        p1, p2 = p1.next, p2.next
+    return p1 is None and p2 is None
+
+
+def tree_node(values):
+    if not values:
+        return None
+    root = TreeNode(values[0])
+    queue, i = collections.deque([root]), 1
+    while queue:
+        node = queue.popleft()
+        if i < len(values) and values[i] is not None:
+            node.left = TreeNode(values[i])
+            queue.append(node.left)
+        i += 1
+        if i < len(values) and values[i] is not None:
+            node.right = TreeNode(values[i])
+            queue.append(node.right)
+        i += 1
+    return root
+
+
+def is_same_tree(p, q):
+    if not p and not q:
+        return True
+    if not p or not q or p.val != q.val:
+        return False
+    return is_same_tree(p.left, q.left) and is_same_tree(p.right, q.right)
+"""
 
 
 def _check_def(tree: ast.Module) -> ast.FunctionDef | None:
@@ -207,12 +298,30 @@ def count_check_asserts(code: str) -> int:
     return sum(isinstance(s, ast.Assert) for s in fn.body) if fn else 0
 
 
-def instrument_check(code: str) -> tuple[str, int]:
-    """Rewrite each top-level ``assert`` of ``check`` into a reported case."""
+def _is_check_call(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+            and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "check"
+            and len(stmt.value.args) == 1 and not stmt.value.keywords)
+
+
+def split_check(code: str) -> tuple[str, str, int]:
+    """Split a check suite into (test code, entry expression, number of cases).
+
+    The top-level ``check(<expr>)`` calls are removed: ``<expr>`` (``Solution().twoSum``,
+    a HumanEval entry point) is evaluated by the worker that runs the program, and the judge
+    calls ``check`` itself with a proxy.  Each top-level ``assert`` of ``check`` becomes a
+    reported case ``__archer_case__(i, lambda: <test>)``.  Raises ValueError when there is no
+    ``def check`` or no ``check(...)`` call, SyntaxError when the code does not parse.
+    """
     tree = ast.parse(code)
     fn = _check_def(tree)
     if fn is None:
-        return code, 0
+        raise ValueError("test code defines no check() function")
+    calls = [s for s in tree.body if _is_check_call(s)]
+    if not calls:
+        raise ValueError("test code never calls check(<candidate>)")
+    entry = ast.unparse(calls[-1].value.args[0])
+    tree.body = [s for s in tree.body if not _is_check_call(s)]
     n = 0
     body = []
     for stmt in fn.body:
@@ -229,176 +338,13 @@ def instrument_check(code: str) -> tuple[str, int]:
             body.append(stmt)
     fn.body = body
     ast.fix_missing_locations(tree)
-    return ast.unparse(tree), n
+    return ast.unparse(tree), entry, n
 
 
 # --- the harness (runs inside the sandbox) -----------------------------------------------------
 
-HARNESS = r'''
-import builtins, io, json, os, signal, sys, threading, traceback
-_RES = os.fdopen(int(sys.argv[-1]), "w", buffering=1)
-_sys_exit = sys.exit
-def _emit(**rec):
-    _RES.write(json.dumps(rec) + "\n")
-    _RES.flush()
-class _Timeout(BaseException):
-    pass
-def _on_alarm(signum, frame):
-    raise _Timeout()
-signal.signal(signal.SIGALRM, _on_alarm)
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-_spec = json.loads(sys.stdin.buffer.read())
-_T = float(_spec["test_timeout"])
-_CAP = int(_spec["max_output"])
-def _alarm(t):
-    signal.setitimer(signal.ITIMER_REAL, t)
-def _tb(e):
-    s = "".join(traceback.format_exception_only(type(e), e)).strip()
-    return s[-1000:]
-_OUT = [None]
-def _to_fd(fd, target):
-    if fd != target:
-        os.dup2(fd, target)
-        os.close(fd)
-def _redirect(data):
-    fi = os.open(".archer_in", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fi, data)
-    os.lseek(fi, 0, 0)
-    _to_fd(fi, 0)
-    os.unlink(".archer_in")
-    fo = os.open(".archer_out", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    _to_fd(fo, 1)
-    os.unlink(".archer_out")
-    if _OUT[0] is not None:
-        os.close(_OUT[0])
-    _OUT[0] = os.dup(1)
-    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
-    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)))
-def _collect():
-    try:
-        sys.stdout.flush()
-    except BaseException:
-        pass
-    fd = _OUT[0]
-    size = os.lseek(fd, 0, 2)
-    want = min(size, _CAP + 1)
-    data = os.pread(fd, want, 0) if want else b""
-    return data[:_CAP].decode("utf-8", "replace"), size > _CAP
-def _join_threads():
-    for t in threading.enumerate():
-        if t is not threading.main_thread() and not t.daemon:
-            t.join()
-_kind = _spec["kind"]
-try:
-    _code = compile(_spec["code"], "<solution>", "exec")
-except BaseException as e:
-    _emit(event="compile_error", detail=_tb(e))
-    _sys_exit(0)
-if _kind == "stdin":
-    _emit(event="ready")
-    for _i, _inp in enumerate(_spec["inputs"]):
-        _redirect(_inp.encode("utf-8"))
-        _status, _detail = "ok", ""
-        _alarm(_T)
-        try:
-            try:
-                exec(_code, {"__name__": "__main__", "__builtins__": builtins})
-            except SystemExit:
-                pass
-            _join_threads()
-            _alarm(0)
-        except _Timeout:
-            _status = "timeout"
-        except BaseException as e:
-            _alarm(0)
-            _status, _detail = "error", _tb(e)
-        _alarm(0)
-        _out, _trunc = _collect()
-        _emit(i=_i, status=_status, out=_out, truncated=_trunc, detail=_detail)
-        if _status != "ok":
-            break
-elif _kind == "functional":
-    _redirect(b"")
-    _ns = {"__name__": "solution", "__builtins__": builtins}
-    _alarm(_T)
-    try:
-        exec(_code, _ns)
-        _alarm(0)
-    except BaseException as e:
-        _alarm(0)
-        _emit(event="load_error", detail=_tb(e), timeout=isinstance(e, _Timeout))
-        _sys_exit(0)
-    _fn_name = _spec["func_name"]
-    _cls = _ns.get("Solution")
-    if not isinstance(_cls, type) and not callable(_ns.get(_fn_name)):
-        _emit(event="load_error", detail="no class Solution and no function " + _fn_name)
-        _sys_exit(0)
-    _emit(event="ready")
-    for _i, _inp in enumerate(_spec["inputs"]):
-        _status, _detail, _ret = "ok", "", None
-        _alarm(_T)
-        try:
-            _lines = _inp.split("\n")
-            while _lines and not _lines[-1].strip():
-                _lines.pop()
-            _args = [json.loads(_l) for _l in _lines]
-            _f = getattr(_cls(), _fn_name) if isinstance(_cls, type) else _ns[_fn_name]
-            _r = _f(*_args)
-            _alarm(0)
-            if isinstance(_r, tuple):
-                _r = list(_r)
-            try:
-                _ret = json.dumps(_r)
-            except BaseException:
-                _ret = None
-                _detail = "result is not JSON: " + repr(_r)[:500]
-        except _Timeout:
-            _status = "timeout"
-        except BaseException as e:
-            _alarm(0)
-            _status, _detail = "error", _tb(e)
-        _alarm(0)
-        _emit(i=_i, status=_status, ret=_ret, detail=_detail)
-        if _status != "ok":
-            break
-else:  # check
-    _redirect(b"")
-    try:
-        _check = compile(_spec["check_code"], "<tests>", "exec")
-    except BaseException as e:
-        _emit(event="test_error", detail=_tb(e))
-        _sys_exit(0)
-    _state = {"n": 0}
-    def __archer_case__(i, thunk):
-        _alarm(_T)
-        ok = thunk()
-        _state["n"] = i + 1
-        if not ok:
-            _emit(i=i, status="fail", detail="assertion failed")
-            raise AssertionError("case %d failed" % i)
-        _emit(i=i, status="ok")
-        _alarm(_T)
-    _ns = {"__name__": "__main__", "__builtins__": builtins, "__archer_case__": __archer_case__}
-    _emit(event="ready")
-    _alarm(_T)
-    try:
-        exec(_code, _ns)
-        exec(_check, _ns)
-        _alarm(0)
-        _emit(event="done", status="ok", cases=_state["n"])
-    except _Timeout:
-        _emit(event="done", status="timeout", cases=_state["n"])
-    except AssertionError as e:
-        _alarm(0)
-        _emit(event="done", status="fail", cases=_state["n"], detail=_tb(e))
-    except BaseException as e:
-        _alarm(0)
-        _emit(event="done", status="error", cases=_state["n"], detail=_tb(e))
-    _alarm(0)
-_emit(event="end")
-sys.stdout.flush()
-os._exit(0)
-'''
+#: source of :mod:`archer.rewards._harness`, run with ``python -I -S -c`` in the sandbox
+HARNESS = (Path(__file__).with_name("_harness.py")).read_text(encoding="utf-8")
 
 
 # --- problems from data records ----------------------------------------------------------------
@@ -543,7 +489,12 @@ def to_problem(obj: Any) -> Problem:
 # --- grading -----------------------------------------------------------------------------------
 
 
+def _uses_leetcode_helpers(problem: Problem) -> bool:
+    return problem.kind == "check" and problem.header
+
+
 def build_program(code: str, problem: Problem) -> str:
+    """The program the worker runs: header (+ LeetCode helpers), HumanEval prompt, code."""
     if problem.prompt:
         # HumanEval: the completion may be a whole function or only its body
         if problem.entry_point and re.search(rf"^\s*def\s+{problem.entry_point}\s*\(", code,
@@ -551,16 +502,41 @@ def build_program(code: str, problem: Problem) -> str:
             code = problem.prompt + "\n" + code
         else:
             code = problem.prompt + code
+    if _uses_leetcode_helpers(problem):
+        code = LEETCODE_HELPERS + "\n" + code
     return (IMPORT_HEADER + "\n" + code) if problem.header else code
 
 
-class CodeGrader:
-    """Grades completions against problems, one sandboxed program per completion."""
+def checker_prelude(problem: Problem) -> str:
+    """What the judge runs before a check problem's test code: the HumanEval prompt (its
+    helper functions, e.g. ``poly``), or the header and LeetCode helpers."""
+    if problem.prompt:
+        return problem.prompt
+    if problem.header:
+        return IMPORT_HEADER + "\n" + LEETCODE_HELPERS
+    return ""
 
-    def __init__(self, config: SandboxConfig | None = None, float_tol: float = 0.0) -> None:
+
+_WORKER_FILTER = worker_seccomp_filter()
+
+
+class CodeGrader:
+    """Grades completions against problems, one sandboxed program per completion.
+
+    ``fail_fast`` (default, as LiveCodeBench): stop a program at its first failing test;
+    otherwise every test runs and ``tests_passed`` counts them all.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None, float_tol: float = 0.0,
+                 fail_fast: bool = True) -> None:
         self.config = config or SandboxConfig()
         self.sandbox = Sandbox(self.config)
         self.float_tol = float_tol
+        self.fail_fast = fail_fast
+        self._filter = _WORKER_FILTER.hex() if (
+            _WORKER_FILTER is not None and self.config.forbid_fork) else None
+        self._args = ["-c", HARNESS] if self.config.allow_site_packages else [
+            "-S", "-c", HARNESS]
 
     def grade(self, completion: str, problem: Any) -> CodeVerdict:
         problem = to_problem(problem)
@@ -573,72 +549,88 @@ class CodeGrader:
     def grade_code(self, code: str, problem: Problem) -> CodeVerdict:
         """Grade an already-extracted program."""
         problem = to_problem(problem)
+        sb = self.sandbox
         program = build_program(code, problem)
+        nonce = secrets.token_hex(16)
         spec: dict[str, Any] = {
             "kind": problem.kind, "code": program,
             "test_timeout": self.config.test_timeout_s,
             "max_output": self.config.max_output_bytes,
+            "fail_fast": self.fail_fast,
+            "seccomp": self._filter, "pid_placeholder": PID_PLACEHOLDER,
+            "drop_uid": sb.drop_uid,
+            # imported once by the judge, before it forks workers
+            "preload": list(HEADER_MODULES) if problem.header else [],
         }
+        secret: dict[str, Any] = {"nonce": nonce}
         total = problem.n_tests
         if problem.kind == "check":
             try:
-                check_code, n = instrument_check(problem.check_code or "")
-            except SyntaxError as e:
-                return CodeVerdict(False, "sandbox_error", 0, total, self.sandbox.sandboxed,
-                                   f"test code does not parse: {e}")
-            spec["check_code"] = check_code
+                check_code, entry, n = split_check(problem.check_code or "")
+            except (SyntaxError, ValueError) as e:
+                return CodeVerdict(False, "sandbox_error", 0, total, sb.sandboxed,
+                                   f"unusable test code: {e}")
+            spec["entry"] = entry
+            secret["check_code"] = check_code
+            secret["prelude"] = checker_prelude(problem)
             total = max(1, n)
         else:
             spec["inputs"] = [t.input for t in problem.tests]
             spec["func_name"] = problem.func_name
             if not problem.tests:
-                return CodeVerdict(False, "sandbox_error", 0, 0, self.sandbox.sandboxed,
+                return CodeVerdict(False, "sandbox_error", 0, 0, sb.sandboxed,
                                    "problem has no tests")
         results: list[TestResult] = []
-        failure: dict[str, str] = {}
+        forged: list[dict] = []
 
         def on_record(rec: dict) -> bool:
+            if rec.get("k") != nonce:
+                forged.append(rec)
+                return False
             if "i" not in rec or problem.kind == "check":
                 return True
-            i, status = int(rec["i"]), rec.get("status")
-            if status == "timeout":
-                results.append(TestResult(i, "timeout", "time limit exceeded"))
-                return False
-            if status != "ok":
-                results.append(TestResult(i, "runtime_error", str(rec.get("detail", ""))))
-                return False
-            if not 0 <= i < len(problem.tests):
-                results.append(TestResult(i, "failed", "bogus test index"))
-                return False
-            want = problem.tests[i].output
-            if problem.kind == "stdin":
-                ok = not rec.get("truncated") and compare_stdout(
-                    str(rec.get("out", "")), want, self.float_tol)
-                got = str(rec.get("out", ""))[:200]
-            else:
-                ret = rec.get("ret")
-                try:
-                    ok = ret is not None and compare_functional(json.loads(ret), json.loads(want))
-                except (ValueError, TypeError):
-                    ok = False
-                got = str(ret)[:200] if ret is not None else str(rec.get("detail", ""))[:200]
-            if ok:
-                results.append(TestResult(i, "passed"))
-                return True
-            detail = f"wrong answer: got {got!r}, expected {want[:200]!r}"
-            if rec.get("truncated"):
-                detail = "output limit exceeded"
-            results.append(TestResult(i, "failed", detail))
-            failure["detail"] = detail
-            return False
+            res = self._judge_record(problem, rec)
+            results.append(res)
+            return res.status == "passed" or not self.fail_fast
 
-        run = self.sandbox.run(
-            ["-c", HARNESS], json.dumps(spec).encode("utf-8"), on_record=on_record,
+        run = sb.run(
+            self._args, json.dumps(spec).encode("utf-8"), on_record=on_record,
             wall_time_s=min(self.config.wall_time_s,
                             5.0 + (total + 1) * self.config.test_timeout_s),
             test_timeout_s=self.config.test_timeout_s,
+            secret=json.dumps(secret).encode("utf-8"), own_seccomp=True,
         )
+        if forged:
+            return CodeVerdict(False, "failed", 0, total, run.sandboxed,
+                               "protocol record without the run's nonce", [], run.wall_s)
         return self._verdict(problem, run, results, total)
+
+    def _judge_record(self, problem: Problem, rec: dict) -> TestResult:
+        """One stdin/functional test record -> its result (the host holds the outputs)."""
+        i, status = int(rec["i"]), rec.get("status")
+        detail = str(rec.get("detail", ""))[:1000]
+        if status == "timeout":
+            return TestResult(i, "timeout", "time limit exceeded")
+        if status != "ok":
+            return TestResult(i, "runtime_error", detail)
+        if not 0 <= i < len(problem.tests):
+            return TestResult(i, "failed", "bogus test index")
+        if rec.get("truncated"):
+            return TestResult(i, "failed", "output limit exceeded")
+        want = problem.tests[i].output
+        if problem.kind == "stdin":
+            out = str(rec.get("out", ""))
+            ok, got = compare_stdout(out, want, self.float_tol), out[:200]
+        else:
+            ret = rec.get("ret")
+            try:
+                ok = isinstance(ret, str) and compare_functional(json.loads(ret), json.loads(want))
+            except (ValueError, TypeError, RecursionError):
+                ok = False
+            got = str(ret)[:200]
+        if ok:
+            return TestResult(i, "passed")
+        return TestResult(i, "failed", f"wrong answer: got {got!r}, expected {want[:200]!r}")
 
     def _verdict(self, problem: Problem, run: RunResult, results: list[TestResult],
                  total: int) -> CodeVerdict:
@@ -652,6 +644,8 @@ class CodeGrader:
         events = {r.get("event"): r for r in run.records if "event" in r}
         if run.error:
             return verdict("sandbox_error", run.error)
+        if "sandbox_error" in events:
+            return verdict("sandbox_error", events["sandbox_error"].get("detail", ""))
         if "compile_error" in events:
             return verdict("compile_error", events["compile_error"].get("detail", ""))
         if "test_error" in events:
@@ -661,39 +655,41 @@ class CodeGrader:
             return verdict("timeout" if ev.get("timeout") else "runtime_error",
                            ev.get("detail", ""))
         if problem.kind == "check":
+            status_of = {"ok": "passed", "fail": "failed", "error": "runtime_error",
+                         "timeout": "timeout"}
             for r in run.records:
                 if "i" in r:
-                    ok = r.get("status") == "ok"
-                    results.append(TestResult(int(r["i"]), "passed" if ok else "failed",
+                    results.append(TestResult(int(r["i"]), status_of.get(r.get("status"),
+                                                                         "failed"),
                                               str(r.get("detail", ""))))
             done = events.get("done")
-            if done is not None:
+            if done is not None and "end" in events:
                 st = done.get("status")
-                n = sum(x.status == "passed" for x in results)
-                if st == "ok":
+                n_ok = sum(x.status == "passed" for x in results)
+                first_bad = next((x for x in results if x.status != "passed"), None)
+                if st == "ok" and first_bad is None:
                     n_asserts = count_check_asserts(problem.check_code or "")
-                    if n < n_asserts:
-                        return verdict("failed", f"check() ran {n} of {n_asserts} asserts")
+                    if n_ok < n_asserts:
+                        return verdict("failed", f"check() ran {n_ok} of {n_asserts} asserts")
                     if not results:
                         results.append(TestResult(0, "passed"))
                     return verdict("passed", "")
                 if st == "timeout":
                     results.append(TestResult(len(results), "timeout", "time limit exceeded"))
                     return verdict("timeout", "time limit exceeded")
+                if first_bad is not None:
+                    reason = first_bad.status if first_bad.status != "passed" else "failed"
+                    return verdict(reason, f"test {first_bad.index}: {first_bad.detail}")
                 if st == "fail":
-                    if not results or results[-1].status == "passed":
-                        results.append(TestResult(len(results), "failed",
-                                                  done.get("detail", "")))
-                    return verdict("failed", done.get("detail", "assertion failed"))
+                    results.append(TestResult(len(results), "failed", done.get("detail", "")))
+                    return verdict("failed", done.get("detail", "") or "assertion failed")
                 results.append(TestResult(len(results), "runtime_error", done.get("detail", "")))
                 return verdict("runtime_error", done.get("detail", ""))
         else:
-            if results and results[-1].status != "passed":
-                last = results[-1]
-                reason = {"timeout": "timeout", "runtime_error": "runtime_error"}.get(
-                    last.status, "failed")
-                return verdict(reason, f"test {last.index}: {last.detail}")
-            if len(results) == total and all(r.status == "passed" for r in results):
+            bad = next((r for r in results if r.status != "passed"), None)
+            if bad is not None:
+                return verdict(bad.status, f"test {bad.index}: {bad.detail}")
+            if len(results) == total and "end" in events:
                 return verdict("passed", "")
         # the harness died or was killed before reporting everything
         if run.timed_out:
@@ -701,26 +697,25 @@ class CodeGrader:
             return verdict("timeout", f"{run.timed_out} wall-clock limit exceeded")
         if run.records_truncated:
             return verdict("failed", "result stream over its size limit")
+        err = run.stderr[-1000:].decode("utf-8", "replace")
         if "ready" not in events:
-            err = run.stderr[-1000:].decode("utf-8", "replace")
             if run.returncode is not None and run.returncode < 0:
                 return verdict("runtime_error", f"killed by signal {-run.returncode}: {err}")
             return verdict("sandbox_error", f"harness failed (rc={run.returncode}): {err}")
         rc = run.returncode
-        err = run.stderr[-1000:].decode("utf-8", "replace")
-        if rc is not None and rc in (-9, -24, 128 + 9, 128 + 24) and run.wall_s > 0.5:
-            # SIGKILL/SIGXCPU: the CPU-time rlimit
-            results.append(TestResult(len(results), "timeout", "cpu time limit"))
-            return verdict("timeout", f"killed (rc={rc}), cpu time limit")
         results.append(TestResult(len(results), "runtime_error", f"rc={rc}"))
-        return verdict("runtime_error", f"program died (rc={rc}): {err}")
+        return verdict("runtime_error", f"judge exited early (rc={rc}): {err}")
 
     def grade_batch(self, completions: list[str], problems: list[Any]) -> list[CodeVerdict]:
+        """Grade many completions on a pool of ``max_workers`` threads (one sandboxed
+        program each at a time)."""
         if len(completions) != len(problems):
             raise ValueError("completions and problems must have the same length")
         if not completions:
             return []
         workers = min(int(self.config.max_workers), len(completions))
+        if workers == 1:
+            return [self._grade_safe(c, p) for c, p in zip(completions, problems)]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="archer-code") as ex:
             return list(ex.map(self._grade_safe, completions, problems))
 

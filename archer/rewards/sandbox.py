@@ -131,48 +131,121 @@ def base_python() -> str:
     return os.path.realpath(exe)
 
 
-# --- seccomp: forbid process creation (fork/vfork/clone without CLONE_THREAD/clone3) ---------
+# --- seccomp filters ---------------------------------------------------------------------------
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-# (fork, vfork, clone, clone3) syscall numbers; -1 where the syscall does not exist
-_NR = {"x86_64": (57, 58, 56, 435), "aarch64": (-1, -1, 220, 435)}
+# syscall numbers per architecture; -1 where the syscall does not exist
+_NR = {
+    "x86_64": dict(
+        fork=57, vfork=58, clone=56, clone3=435, kill=62, tkill=200, tgkill=234,
+        rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, ptrace=101, process_vm_readv=310,
+        process_vm_writev=311, pidfd_open=434, pidfd_getfd=438, pidfd_send_signal=424,
+        setsid=112, setpgid=109, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
+        socket=41, unshare=272, setns=308, bpf=321, perf_event_open=298, kcmp=312,
+        userfaultfd=323),
+    "aarch64": dict(
+        fork=-1, vfork=-1, clone=220, clone3=435, kill=129, tkill=130, tgkill=131,
+        rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, ptrace=117, process_vm_readv=270,
+        process_vm_writev=271, pidfd_open=434, pidfd_getfd=438, pidfd_send_signal=424,
+        setsid=157, setpgid=154, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
+        socket=198, unshare=97, setns=268, bpf=280, perf_event_open=241, kcmp=272,
+        userfaultfd=282),
+}
+_LD, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_ALLOW, _EPERM, _ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+_CLONE_THREAD = 0x00010000
+_ARG0_LO, _ARG0_HI = 16, 20  # struct seccomp_data: nr, arch, ip (8 bytes), args[6]
+#: stands for the worker's own pid in :func:`worker_seccomp_filter` (patched by the harness)
+PID_PLACEHOLDER = 0x7E57A11D
+_AF_UNIX = 1
+
+
+def _ins(code, k, jt=0, jf=0):
+    return (code, jt, jf, k)
+
+
+def _prologue(arch: str) -> list:
+    return [
+        _ins(_LD, 4),  # arch
+        _ins(_JEQ, _AUDIT_ARCH[arch], 1, 0),
+        _ins(_RET, _EPERM),  # foreign ABI (e.g. int 0x80): refuse everything
+        _ins(_LD, 0),  # syscall nr
+        _ins(_JGE, 0x40000000, 0, 1),  # x32 ABI
+        _ins(_RET, _EPERM),
+    ]
+
+
+def _no_process_rules(nr: dict) -> list:
+    """fork/vfork refused, clone3 -> ENOSYS (libc falls back to clone), clone only for
+    threads.  The accumulator must hold the syscall number; it is reloaded after."""
+    prog = []
+    for name in ("fork", "vfork"):
+        if nr[name] >= 0:
+            prog += [_ins(_JEQ, nr[name], 0, 1), _ins(_RET, _EPERM)]
+    prog += [
+        _ins(_JEQ, nr["clone3"], 0, 1),
+        _ins(_RET, _ENOSYS),
+        _ins(_JEQ, nr["clone"], 0, 4),
+        _ins(_LD, _ARG0_LO),  # clone flags (args[0], low word)
+        _ins(_JSET, _CLONE_THREAD, 0, 1),
+        _ins(_RET, _ALLOW),
+        _ins(_RET, _EPERM),
+    ]
+    return prog
+
+
+def _pack(prog: list) -> bytes:
+    return b"".join(struct.pack("HBBI", *p) for p in prog)
 
 
 def _seccomp_no_fork() -> bytes | None:
-    """A classic-BPF seccomp program (bytes of ``struct sock_filter[]``) or None (arch)."""
+    """A classic-BPF seccomp program (bytes of ``struct sock_filter[]``) that forbids new
+    processes (threads stay allowed), or None on an unknown architecture."""
     arch = os.uname().machine
     if arch not in _AUDIT_ARCH:
         return None
-    fork, vfork, clone, clone3 = _NR[arch]
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
-    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
-    clone_thread = 0x00010000
+    return _pack(_prologue(arch) + _no_process_rules(_NR[arch]) + [_ins(_RET, _ALLOW)])
 
-    def ins(code, k, jt=0, jf=0):
-        return (code, jt, jf, k)
 
-    prog = [
-        ins(ld, 4),  # arch
-        ins(jeq, _AUDIT_ARCH[arch], 1, 0),
-        ins(ret, eperm),  # foreign ABI (e.g. int 0x80): refuse everything
-        ins(ld, 0),  # syscall nr
-        ins(jge, 0x40000000, 0, 1),  # x32 ABI
-        ins(ret, eperm),
-    ]
-    for nr in (fork, vfork):
-        if nr >= 0:
-            prog += [ins(jeq, nr, 0, 1), ins(ret, eperm)]
+def worker_seccomp_filter() -> bytes | None:
+    """The filter of the code harness's worker processes (see ``archer.rewards._harness``).
+
+    On top of :func:`_seccomp_no_fork`: signals only to the worker itself (``kill``,
+    ``tgkill``, ``tkill``, ``rt_(tg)sigqueueinfo`` whose first argument is
+    :data:`PID_PLACEHOLDER`, which the worker replaces with its pid), and EPERM for ptrace,
+    process_vm_readv/writev, pidfd_*, setsid, setpgid, io_uring, unshare, setns, bpf,
+    perf_event_open, kcmp, userfaultfd and sockets other than AF_UNIX.  None on an unknown
+    architecture.
+    """
+    arch = os.uname().machine
+    if arch not in _AUDIT_ARCH:
+        return None
+    nr = _NR[arch]
+    prog = _prologue(arch)
+    for name in ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open",
+                 "pidfd_getfd", "pidfd_send_signal", "setsid", "setpgid", "io_uring_setup",
+                 "io_uring_enter", "io_uring_register", "unshare", "setns", "bpf",
+                 "perf_event_open", "kcmp", "userfaultfd"):
+        prog += [_ins(_JEQ, nr[name], 0, 1), _ins(_RET, _EPERM)]
+    for name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        prog += [
+            _ins(_JEQ, nr[name], 0, 6),
+            _ins(_LD, _ARG0_HI),
+            _ins(_JEQ, 0, 0, 2),
+            _ins(_LD, _ARG0_LO),
+            _ins(_JEQ, PID_PLACEHOLDER, 1, 0),
+            _ins(_RET, _EPERM),
+            _ins(_RET, _ALLOW),
+        ]
     prog += [
-        ins(jeq, clone3, 0, 1),
-        ins(ret, enosys),  # libc falls back to clone(), which we can inspect
-        ins(jeq, clone, 1, 0),
-        ins(ret, allow),
-        ins(ld, 16),  # clone flags (args[0], low word)
-        ins(jset, clone_thread, 0, 1),
-        ins(ret, allow),
-        ins(ret, eperm),
+        _ins(_JEQ, nr["socket"], 0, 4),
+        _ins(_LD, _ARG0_LO),
+        _ins(_JEQ, _AF_UNIX, 1, 0),
+        _ins(_RET, _EPERM),
+        _ins(_RET, _ALLOW),
     ]
-    return b"".join(struct.pack("HBBI", *p) for p in prog)
+    prog += _no_process_rules(nr) + [_ins(_RET, _ALLOW)]
+    return _pack(prog)
 
 
 # --- bwrap probe -----------------------------------------------------------------------------
@@ -206,6 +279,7 @@ class Sandbox:
             logger.warning("no seccomp filter for %s: forks limited by RLIMIT_NPROC only",
                            os.uname().machine)
         self.sandboxed = False
+        self._nobody_ok: bool | None = None
         why = "disabled by SandboxConfig(use_bwrap=False)"
         if self.bwrap:
             ok, why = self._probe()
@@ -296,18 +370,39 @@ class Sandbox:
         on_record: Callable[[dict], bool] | None = None,
         wall_time_s: float | None = None,
         test_timeout_s: float | None = None,
+        secret: bytes | None = None,
+        own_seccomp: bool = False,
     ) -> RunResult:
-        """Run ``python -I *args <results-fd>`` and collect what it reports.
+        """Run ``python -I *args <results-fd> [<secret-fd>]`` and collect what it reports.
 
         The program may write JSON lines to the results fd; each parsed line is appended to
         ``records`` and passed to ``on_record``, which returns False to stop the run (the
         process group is killed).  ``test_timeout_s`` restarts with every record.
+        ``secret`` (if given) is readable on a second pipe whose fd number is the last argument.
+        ``own_seccomp``: the program installs its own filters in the processes that need them
+        (the code harness does, per worker), so neither bwrap's no-fork filter nor
+        ``RLIMIT_NPROC`` is applied to the program itself.
         """
         return self._run(args, stdin, self.sandboxed, on_record=on_record,
-                         wall_time_s=wall_time_s, test_timeout_s=test_timeout_s)
+                         wall_time_s=wall_time_s, test_timeout_s=test_timeout_s,
+                         secret=secret, own_seccomp=own_seccomp)
+
+    @property
+    def drop_uid(self) -> int | None:
+        """Unsandboxed and root: the uid (nobody) the code harness's workers switch to, when
+        nobody can still read the interpreter's standard library; else None."""
+        if self.sandboxed or os.geteuid() != 0:
+            return None
+        if self._nobody_ok is None:
+            stdlib = os.path.dirname(os.__file__) if self.config.python is None else None
+            self._nobody_ok = stdlib is not None and _world_readable(stdlib)
+            if not self._nobody_ok:
+                logger.warning("code workers keep uid 0 (without capabilities): nobody cannot "
+                               "read the interpreter's standard library")
+        return 65534 if self._nobody_ok else None
 
     def _run(self, args, stdin, use_bwrap, on_record=None, wall_time_s=None,
-             test_timeout_s=None, probe=False) -> RunResult:
+             test_timeout_s=None, probe=False, secret=None, own_seccomp=False) -> RunResult:
         cfg = self.config
         wall = min(wall_time_s or cfg.wall_time_s, cfg.wall_time_s)
         if probe:
@@ -316,10 +411,14 @@ class Sandbox:
         cpu_s = max(1, int(min(cfg.cpu_time_s, wall)) + 1)
         res_r, res_w = os.pipe()
         pass_fds = [res_w]
+        sec_r = sec_w = None
+        if secret is not None:
+            sec_r, sec_w = os.pipe()
+            pass_fds.append(sec_r)
         seccomp_fd = None
         scratch = None
         if use_bwrap:
-            if self._seccomp is not None:
+            if self._seccomp is not None and not own_seccomp:
                 seccomp_fd = os.memfd_create("archer-seccomp", 0)
                 os.write(seccomp_fd, self._seccomp)
                 os.lseek(seccomp_fd, 0, os.SEEK_SET)
@@ -329,31 +428,38 @@ class Sandbox:
             env = dict(BASE_ENV)
         else:
             scratch = tempfile.mkdtemp(prefix="archer-sbx-")
+            if self.drop_uid is not None:
+                os.chmod(scratch, 0o777)  # the workers run as nobody
             cmd = [self.python, "-I", *args]
             cwd = scratch
             env = dict(BASE_ENV, HOME=scratch, TMPDIR=scratch)
         if not probe:
             cmd.append(str(res_w))
+            if sec_r is not None:
+                cmd.append(str(sec_r))
         result = RunResult(returncode=None, sandboxed=bool(use_bwrap))
         t0 = time.monotonic()
         try:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 cwd=cwd, env=env, pass_fds=pass_fds, start_new_session=True,
-                preexec_fn=self._preexec(cpu_s, nproc=seccomp_fd is None), close_fds=True,
+                preexec_fn=self._preexec(cpu_s, nproc=seccomp_fd is None and not own_seccomp),
+                close_fds=True,
             )
         except OSError as e:
-            os.close(res_r)
-            os.close(res_w)
-            if seccomp_fd is not None:
-                os.close(seccomp_fd)
+            for fd in (res_r, res_w, seccomp_fd, sec_r, sec_w):
+                if fd is not None:
+                    os.close(fd)
             result.error = f"cannot start sandbox: {e}"
             if scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
             return result
         os.close(res_w)
-        if seccomp_fd is not None:
-            os.close(seccomp_fd)
+        for fd in (seccomp_fd, sec_r):
+            if fd is not None:
+                os.close(fd)
+        if sec_w is not None:
+            threading.Thread(target=_write_and_close, args=(sec_w, secret), daemon=True).start()
         try:
             self._communicate(proc, stdin, res_r, result, on_record, t0, wall, test_wall)
         finally:
@@ -376,7 +482,7 @@ class Sandbox:
 
     def _communicate(self, proc, stdin, res_r, result, on_record, t0, wall, test_wall):
         cap = self.config.max_output_bytes
-        rec_cap = 4 * cap + (1 << 20)
+        line_cap = 8 * cap + (1 << 20)  # one record (JSON escapes can inflate the output)
 
         def feed() -> None:
             try:
@@ -396,7 +502,6 @@ class Sandbox:
         sel.register(proc.stdout, selectors.EVENT_READ, "out")
         sel.register(proc.stderr, selectors.EVENT_READ, "err")
         sel.register(res_r, selectors.EVENT_READ, "rec")
-        rec_total = 0
         last_progress = t0
         exited_at = None
         try:
@@ -427,10 +532,6 @@ class Sandbox:
                         continue
                     name = key.data
                     if name == "rec":
-                        rec_total += len(chunk)
-                        if rec_total > rec_cap:
-                            result.records_truncated = True
-                            return
                         bufs["rec"] += chunk
                         while b"\n" in bufs["rec"]:
                             line, _, rest = bytes(bufs["rec"]).partition(b"\n")
@@ -443,6 +544,9 @@ class Sandbox:
                             if on_record is not None and on_record(rec) is False:
                                 result.stopped = True
                                 return
+                        if len(bufs["rec"]) > line_cap:
+                            result.records_truncated = True
+                            return
                     else:
                         buf = bufs[name]
                         room = cap - len(buf)
@@ -454,6 +558,32 @@ class Sandbox:
             sel.close()
             result.stdout = bytes(bufs["out"])
             result.stderr = bytes(bufs["err"])
+
+
+def _world_readable(path: str) -> bool:
+    """Every directory from / to ``path`` is searchable by others, and ``path`` readable."""
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    for i in range(1, len(parts) + 1):
+        d = os.sep.join(parts[:i]) or os.sep
+        try:
+            mode = os.stat(d).st_mode
+        except OSError:
+            return False
+        if not mode & 0o001 or (d == path and not mode & 0o004):
+            return False
+    return True
+
+
+def _write_and_close(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _parse_record(line: bytes) -> dict | None:
