@@ -3,6 +3,7 @@
     archer demo                      the main job on its embedded default (see README)
     archer presets                   the method table: paper, preset, module
     archer model prepare NAME        build a local HF model directory (tiny, smollm2-135m)
+    archer grade math|code --input F --output F   grade outputs from anywhere (JSONL)
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out_dir, steps=args.steps, seed=args.seed)
 
 
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from archer.grade import run_grade
+
+    return run_grade(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="training steps per preset")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+
+    from archer.grade import add_grade_arguments
+
+    add_grade_arguments(
+        sub.add_parser("grade", help="grade math/code outputs from a JSONL file"), _cmd_grade
+    )
 
     presets = sub.add_parser("presets", help="list method presets")
     presets.set_defaults(func=_cmd_presets)

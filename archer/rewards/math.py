@@ -48,7 +48,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from archer.rewards import register_reward
@@ -227,6 +227,9 @@ class Verdict:
     extracted: str | None
     checker: str | None
     detail: str
+    #: time the checkers spent on this (answer, gold) pair when it was first checked (a cached
+    #: verdict keeps it); not part of equality
+    seconds: float = field(default=0.0, compare=False)
 
     @property
     def reward(self) -> float:
@@ -239,6 +242,7 @@ class _Outcome:
 
     status: str
     detail: str = ""
+    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,13 +739,15 @@ class _CheckerPool:
                     _, tid, status, detail = msg
                     if w.inflight and tid == w.inflight[0]:
                         w.inflight.popleft()
-                        results[tid] = _Outcome(status, detail)
-                        w.deadline = time.monotonic() + timeout
+                        now = time.monotonic()
+                        # the task's clock started at deadline - timeout
+                        results[tid] = _Outcome(status, detail, now - (w.deadline - timeout))
+                        w.deadline = now + timeout
             now = time.monotonic()
             for w in list(self._workers):
                 if w.inflight and now >= w.deadline:
                     results[w.inflight.popleft()] = _Outcome(
-                        "timeout", f"no result within {timeout:g}s (worker killed)"
+                        "timeout", f"no result within {timeout:g}s (worker killed)", timeout
                     )
                     requeue(w)
                     self._replace(w)
@@ -908,10 +914,12 @@ class MathGrader:
                     break
                 if name == "string":
                     for i in todo:
+                        t0 = time.perf_counter()
                         try:
-                            results[i][name] = _call_checker(_string_checker, *pairs[i])
+                            out = _call_checker(_string_checker, *pairs[i])
                         except Exception as e:  # noqa: BLE001
-                            results[i][name] = _Outcome("error", f"{type(e).__name__}: {e}")
+                            out = _Outcome("error", f"{type(e).__name__}: {e}")
+                        results[i][name] = replace(out, seconds=time.perf_counter() - t0)
                     continue
                 outs = self._get_pool().run(
                     [(name, pairs[i][0], pairs[i][1]) for i in todo], self.config.timeout_s
@@ -923,12 +931,13 @@ class MathGrader:
     @staticmethod
     def _verdict(extracted: str, outcomes: dict[str, _Outcome]) -> Verdict:
         detail = "; ".join(f"{c}: {o.status} ({o.detail})" for c, o in outcomes.items())
+        seconds = sum(o.seconds for o in outcomes.values())
         for c, o in outcomes.items():
             if o.status == "accept":
-                return Verdict(True, "correct", extracted, c, f"{c}: {o.detail}")
+                return Verdict(True, "correct", extracted, c, f"{c}: {o.detail}", seconds)
         statuses = {o.status for o in outcomes.values()}
         reason = "timeout" if "timeout" in statuses else "error" if "error" in statuses else "wrong"
-        return Verdict(False, reason, extracted, None, detail)
+        return Verdict(False, reason, extracted, None, detail, seconds)
 
     def _numbers_differ(self, extracted: str, gold: str) -> Verdict | None:
         """A ``wrong`` verdict when no builtin checker can accept: two plain numbers
