@@ -81,9 +81,11 @@ class SandboxConfig:
     tmpfs_mb: int = 64  # size of the private /tmp and of the scratch dir
     max_workers: int = 4  # concurrent programs in CodeGrader.grade_batch
     use_bwrap: bool | None = None  # None: use bwrap when it passes its self-check
-    # seccomp filter forbidding new processes (threads stay allowed). When False (or without
-    # bwrap) RLIMIT_NPROC=max_processes applies instead, but the kernel counts all processes of
-    # the host user against it and ignores it for root.
+    # seccomp filters: raw programs (Sandbox.run) under bwrap may not create processes
+    # (threads stay allowed); the code harness's workers get worker_seccomp_filter() (no
+    # processes, no signals to others, no ptrace, no non-unix sockets, ...), with or without
+    # bwrap. When False, RLIMIT_NPROC=max_processes applies instead, but the kernel counts all
+    # processes of the host user against it and ignores it for root.
     forbid_fork: bool = True
     allow_site_packages: bool = False  # expose the base interpreter's site-packages
     python: str | None = None  # interpreter; default: the base (non-venv) interpreter
