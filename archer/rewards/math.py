@@ -368,6 +368,29 @@ def _to_sympy_cached(s: str):
     return _to_sympy(s)
 
 
+def _differ_at_random_points(a, b, points: int = 2) -> bool:
+    """Whether ``a - b`` is clearly non-zero at some rational point: then it is not identically
+    zero, and the (slow) ``simplify`` need not run. Points where either side is undefined or
+    not finite prove nothing."""
+    import random
+
+    import sympy
+
+    syms = sorted(a.free_symbols | b.free_symbols, key=str)
+    rng = random.Random(0)
+    for _ in range(points):
+        pt = {x: sympy.Rational(rng.randint(7, 97), rng.randint(3, 31)) for x in syms}
+        try:
+            va, vb = complex(sympy.N(a.subs(pt), 30)), complex(sympy.N(b.subs(pt), 30))
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+            continue
+        if not (cmath.isfinite(va) and cmath.isfinite(vb)):
+            continue
+        if abs(va - vb) > 1e-9 * max(1.0, abs(va), abs(vb)):
+            return True
+    return False
+
+
 def _sympy_values_equal(a, b, rel_tol: float) -> bool:
     import sympy
 
@@ -382,10 +405,14 @@ def _sympy_values_equal(a, b, rel_tol: float) -> bool:
                     diff = abs(va - vb)
                     if diff <= rel_tol * max(abs(va), abs(vb)) or diff <= 1e-12:
                         return True
+                    if diff > 1e-9 * max(1.0, abs(va), abs(vb)):
+                        return False  # clearly different values: simplify cannot equate them
                 elif fa != fb:  # one overflows, the other does not: they differ
                     return False
             except (TypeError, ValueError, OverflowError):
                 pass
+        elif _differ_at_random_points(a, b):
+            return False
         try:
             return sympy.simplify(a - b) == 0
         except Exception:  # noqa: BLE001
