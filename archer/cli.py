@@ -4,6 +4,8 @@
     archer presets                   the method table: paper, preset, module
     archer model prepare NAME        build a local HF model directory (tiny, smollm2-135m)
     archer grade math|code --input F --output F   grade outputs from anywhere (JSONL)
+    archer train [--print-config] key=value ...   RL run composed with Hydra (experiments/conf)
+    archer sft [--print-config] key=value ...     supervised warm-up -> HF model directory
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out_dir, steps=args.steps, seed=args.seed)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from experiments.train_cli import run_train
+
+    return run_train(args.overrides, print_config=args.print_config)
+
+
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from experiments.train_cli import run_sft
+
+    return run_sft(args.overrides, print_config=args.print_config)
+
+
 def _cmd_grade(args: argparse.Namespace) -> int:
     from archer.grade import run_grade
 
@@ -61,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="training steps per preset")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+
+    for name, func, help_, example in (
+        ("train", _cmd_train, "RL training run composed from experiments/conf (Hydra)",
+         "archer train algo=archer model=tiny data=gym_arith trainer.steps=30"),
+        ("sft", _cmd_sft, "supervised warm-up; saves an HF model dir for `archer train`",
+         "archer sft model=tiny data=gym_arith sft.max_seconds=120"),
+    ):
+        cmd = sub.add_parser(name, help=help_, description=f"{help_}. Example: {example}")
+        cmd.add_argument("overrides", nargs="*", metavar="key=value",
+                         help="Hydra overrides: group=option (algo=dapo) or dotted keys "
+                              "(trainer.lr=3e-4); unknown keys are errors")
+        cmd.add_argument("--print-config", action="store_true",
+                         help="print the resolved, validated configuration and exit")
+        cmd.set_defaults(func=func)
 
     from archer.grade import add_grade_arguments
 

@@ -45,51 +45,18 @@ def _demo_train_config(model: str, algo, out_dir: Path, steps: int, seed: int):
 def supervised_warmup(cfg, out_dir: Path, max_seconds: float = 120.0,
                       target_accuracy: float = 0.35) -> tuple[Path, float]:
     """Teacher-force ``prompt -> answer`` on the training split until the greedy held-out
-    accuracy reaches ``target_accuracy`` (checked every 25 steps) or time runs out."""
-    from archer.trainer import build_context, prompt_texts, validate
+    accuracy reaches ``target_accuracy`` (checked every 25 steps) or time runs out
+    (``archer.sft``, the same code as ``archer sft``)."""
+    from archer.sft import SFTConfig, supervised_finetune
 
-    ctx = build_context(cfg)
-    tok, model = ctx.tokenizer, ctx.model
-    prompts = prompt_texts(ctx, ctx.train_records)
-    answers = [" " + str(r["answer"]) for r in ctx.train_records]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    start, step, acc = time.perf_counter(), 0, 0.0
-    while time.perf_counter() - start < max_seconds:
-        idx = torch.randint(len(prompts), (128,), generator=gen).tolist()
-        loss = _sft_loss(model, tok, [prompts[i] for i in idx], [answers[i] for i in idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 25 == 0:
-            model.eval()
-            acc = validate(ctx)["val/reward_mean"]
-            model.train()
-            print(f"  warm-up step {step:4d}  loss {loss.item():.3f}  held-out acc {acc:.3f}")
-            if acc >= target_accuracy:
-                break
-    path = out_dir / "warmup_model"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path, acc
-
-
-def _sft_loss(model, tok, prompts: list[str], answers: list[str]) -> torch.Tensor:
-    rows, labels = [], []
-    for p, a in zip(prompts, answers):
-        p_ids = tok(p, add_special_tokens=False)["input_ids"]
-        a_ids = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        rows.append(p_ids + a_ids)
-        labels.append([-100] * len(p_ids) + a_ids)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id)  # (B, L) right-padded
-    lab = torch.full((len(rows), width), -100)
-    att = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, lb) in enumerate(zip(rows, labels)):
-        ids[i, : len(r)], lab[i, : len(lb)], att[i, : len(r)] = torch.tensor(r), \
-            torch.tensor(lb), 1
-    return model(input_ids=ids, attention_mask=att, labels=lab).loss
+    sft = SFTConfig(
+        model=cfg.model, data=cfg.data, reward=cfg.reward, template=cfg.template,
+        answer_format=" {answer}", out_dir=str(out_dir / "warmup_sft"), steps=1_000_000,
+        max_seconds=max_seconds, target_accuracy=target_accuracy, eval_every=25,
+        batch_size=128, lr=3e-3, weight_decay=0.0, val_size=cfg.val_size,
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, num_threads=cfg.num_threads)
+    result = supervised_finetune(sft, log=print)
+    return result.model_dir, result.accuracy
 
 
 def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0) -> int:

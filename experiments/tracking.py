@@ -182,7 +182,8 @@ class MlflowLogger:
                retry_max, finish_wait) -> None:
         from mlflow.tracking import MlflowClient
 
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # SQLite migrations are chatty
+        for name in ("alembic", "mlflow.store.db.utils"):  # SQLite migrations are chatty
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.uri = resolve_tracking_uri(tracking_uri)

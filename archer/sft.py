@@ -1,0 +1,211 @@
+"""Supervised warm-up (``archer sft``): teacher-force ``prompt -> reference answer``.
+
+A randomly initialised tiny model never samples a correct answer, so RL has no reward to
+learn from; a short supervised phase on the training split's reference answers gives it a
+non-zero start. The prompt is the same text the trainer generates from (template + chat
+template), the target is ``answer_format.format(answer=record["answer"])`` followed by EOS,
+and only the target tokens are scored (prompt labels are -100). Held-out greedy accuracy is
+measured with the task's reward on the same train/validation split as ``archer train``
+(``archer.trainer.load_records``), every ``eval_every`` steps and at the end; training stops
+at ``target_accuracy`` (a warm-up should not converge: RL needs something left to fix), after
+``max_seconds`` or after ``steps``. The result is a Hugging Face directory
+``<out_dir>/model`` that ``archer train model=<out_dir>/model`` loads, plus
+``<out_dir>/sft_log.jsonl`` (one row per evaluation) and ``<out_dir>/sft_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from archer.config import ConfigError, build_config
+from archer.train_config import DTYPES, DataConfig, TrainConfig, _check_float, _check_int
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """One supervised warm-up: model, data, budget and optimiser."""
+
+    model: str = "tiny"  # local HF directory or a prepared model name (archer.models.MODELS)
+    data: DataConfig = field(default_factory=DataConfig)  # prompts and reference answers
+    reward: str = "reasoning_gym"  # reward used as the held-out accuracy
+    template: str = "plain_answer"  # prompt template (as in `archer train`)
+    answer_format: str = " {answer}"  # the target text written after the prompt
+    out_dir: str = "runs/sft"  # model -> <out_dir>/model, log -> <out_dir>/sft_log.jsonl
+    steps: int = 2000  # at most this many optimizer steps
+    max_seconds: float | None = 120.0  # wall-clock budget; None = no limit
+    target_accuracy: float | None = None  # stop once held-out accuracy reaches it; None = never
+    eval_every: int = 25  # held-out evaluation every N steps (and at the end)
+    batch_size: int = 64  # (prompt, answer) pairs per step, sampled with replacement
+    lr: float = 3e-3  # AdamW learning rate (constant)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    val_size: int = 200  # held-out prompts (the same split as `archer train`)
+    max_new_tokens: int = 8  # generation budget of the held-out evaluation
+    seed: int = 0  # seeds the batch sampling
+    dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16
+    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            object.__setattr__(self, "data", build_config(DataConfig, self.data, "data"))
+        for name in ("steps", "eval_every", "batch_size", "max_new_tokens"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("val_size", self.val_size, 0)
+        _check_int("seed", self.seed, 0)
+        if self.num_threads is not None:
+            _check_int("num_threads", self.num_threads, 1)
+        if self.max_seconds is not None:
+            _check_float("max_seconds", self.max_seconds, 0.0, lo_open=True)
+        if self.target_accuracy is not None:
+            _check_float("target_accuracy", self.target_accuracy, 0.0, 1.0)
+            if self.val_size < 1:
+                raise ConfigError("target_accuracy needs val_size >= 1 (held-out prompts)")
+        _check_float("lr", self.lr, 0.0, lo_open=True)
+        _check_float("weight_decay", self.weight_decay, 0.0)
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
+        if not isinstance(self.answer_format, str) or "{answer}" not in self.answer_format:
+            raise ConfigError(f"answer_format={self.answer_format!r} must contain {{answer}}")
+
+    def records_config(self) -> TrainConfig:
+        """The TrainConfig whose ``load_records`` split this warm-up shares."""
+        return TrainConfig(model=self.model, data=self.data, reward=self.reward,
+                           template=self.template, val_size=self.val_size, seed=self.seed)
+
+
+@dataclass
+class SFTResult:
+    model_dir: Path  # the saved HF directory
+    steps: int  # optimizer steps taken
+    first_loss: float  # loss of the first batch
+    last_loss: float  # loss of the last batch
+    accuracy: float  # last held-out greedy accuracy (nan without held-out prompts)
+    stopped: str  # "target" | "time" | "steps"
+    history: list[dict[str, float]]  # one row per evaluation: step, loss, accuracy, seconds
+
+
+def sft_batch(tokenizer, prompts: list[str], targets: list[str]):
+    """(input_ids, attention_mask, labels), each (B, L), right-padded; labels are -100 on
+    the prompt and the padding, so only the target tokens and EOS are scored."""
+    rows, labels = [], []
+    for p, a in zip(prompts, targets):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p_ids + a_ids)
+        labels.append([-100] * len(p_ids) + a_ids)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    lab = torch.full((len(rows), width), -100)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, lb) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(lb)] = torch.tensor(lb)
+        att[i, : len(r)] = 1
+    return ids, att, lab
+
+
+def sft_loss(model, tokenizer, prompts: list[str], targets: list[str]) -> torch.Tensor:
+    """Mean token cross-entropy of ``targets`` (+ EOS) given ``prompts``."""
+    device = next(model.parameters()).device
+    ids, att, lab = (t.to(device) for t in sft_batch(tokenizer, prompts, targets))
+    return model(input_ids=ids, attention_mask=att, labels=lab).loss
+
+
+@torch.no_grad()
+def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], reward_fn,
+                     max_new_tokens: int, batch_size: int = 64) -> float:
+    """Mean reward of greedy answers to ``prompts`` (None rewards count as 0)."""
+    from archer.rollout import HFRollout, SamplingParams
+
+    rollout = HFRollout(model, tokenizer, batch_size=batch_size)
+    batch = rollout.generate(prompts, SamplingParams(temperature=0.0, top_p=1.0, n=1,
+                                                     max_new_tokens=max_new_tokens, seed=0))
+    keys = [k for k in records[0] if k != "prompt"]
+    values = reward_fn(batch.texts, **{k: [r.get(k) for r in records] for k in keys})
+    return sum(0.0 if v is None else float(v) for v in values) / len(values)
+
+
+def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
+    """Run the warm-up described in the module docstring; returns where the model went."""
+    from archer.data.templates import format_prompt
+    from archer.models import load_policy_and_ref
+    from archer.trainer import load_records, resolve_reward
+
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _, tok = load_policy_and_ref(cfg.model, need_ref=False, dtype=cfg.dtype,
+                                        device=device)
+    train, val = load_records(cfg.records_config())
+    missing = [i for i, r in enumerate(train) if r.get("answer") is None]
+    if missing:
+        raise ValueError(f"{len(missing)} training records have no 'answer' to learn "
+                         f"(first: index {train[missing[0]].get('index')})")
+    prompts = [format_prompt(r, cfg.template, tok) for r in train]
+    targets = [cfg.answer_format.format(answer=r["answer"]) for r in train]
+    val_prompts = [format_prompt(r, cfg.template, tok) for r in val]
+    reward_fn = resolve_reward(cfg.reward)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "sft_log.jsonl"
+    log_path.unlink(missing_ok=True)
+
+    def evaluate() -> float:
+        if not val:
+            return math.nan
+        return heldout_accuracy(model, tok, val_prompts, val, reward_fn, cfg.max_new_tokens)
+
+    start = time.perf_counter()
+    history: list[dict[str, float]] = []
+    first_loss = last_loss = math.nan
+    acc, stopped, step = math.nan, "steps", 0
+    model.train()
+    while step < cfg.steps:
+        if cfg.max_seconds is not None and time.perf_counter() - start >= cfg.max_seconds:
+            stopped = "time"
+            break
+        idx = torch.randint(len(prompts), (cfg.batch_size,), generator=gen).tolist()
+        loss = sft_loss(model, tok, [prompts[i] for i in idx], [targets[i] for i in idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        last_loss = loss.item()
+        first_loss = last_loss if step == 1 else first_loss
+        if step % cfg.eval_every == 0:
+            acc = _record(history, log_path, step, last_loss, evaluate(), start, log)
+            if cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
+                stopped = "target"
+                break
+    if not history or history[-1]["step"] != step:
+        acc = _record(history, log_path, step, last_loss, evaluate(), start, log)
+    model_dir = out / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    result = SFTResult(model_dir=model_dir, steps=step, first_loss=first_loss,
+                       last_loss=last_loss, accuracy=acc, stopped=stopped, history=history)
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    summary["config"] = asdict(cfg)
+    (out / "sft_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return result
+
+
+def _record(history, log_path: Path, step: int, loss: float, acc: float, start: float,
+            log: Callable[[str], None]) -> float:
+    row = {"step": step, "loss": loss, "accuracy": acc,
+           "seconds": round(time.perf_counter() - start, 2)}
+    history.append(row)
+    with log_path.open("a") as f:
+        f.write(json.dumps({k: (str(v) if isinstance(v, float) and not math.isfinite(v)
+                                else v) for k, v in row.items()}) + "\n")
+    log(f"  sft step {step:5d}  loss {loss:.3f}  held-out acc {acc:.3f}  ({row['seconds']} s)")
+    return acc

@@ -1,0 +1,107 @@
+"""Supervised warm-up (archer/sft.py and ``archer sft``) on a tiny model (hidden 32)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from archer.cli import main
+from archer.config import ConfigError
+from archer.models import build_tiny_model, load_policy_and_ref
+from archer.rewards import REWARDS, register_reward
+from archer.sft import SFTConfig, sft_batch, sft_loss, supervised_finetune
+from archer.train_config import DataConfig
+
+if "test_sft_always" not in REWARDS:
+
+    @register_reward("test_sft_always")
+    def always_right(completions, **columns):
+        return [1.0 for _ in completions]
+
+
+DATA = DataConfig(task="chain_sum", size=60, seed=0,
+                  task_config={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=32, layers=2, heads=4)
+
+
+def test_batch_scores_only_the_answer_and_eos(tiny_path):
+    _, _, tok = load_policy_and_ref(tiny_path, need_ref=False)
+    ids, att, lab = sft_batch(tok, ["ab", "abcd"], [" 7", " 12"])
+    # char tokenizer: one token per character; widths 2+2+1 and 4+3+1, row 0 right-padded
+    assert ids.shape == lab.shape == att.shape == (2, 8)
+    assert att.tolist() == [[1] * 5 + [0] * 3, [1] * 8]
+    eos = tok.eos_token_id
+    assert lab[0].tolist() == [-100, -100] + tok(" 7", add_special_tokens=False)["input_ids"] \
+        + [eos, -100, -100, -100]
+    assert ids[0, 5:].tolist() == [tok.pad_token_id] * 3
+    assert lab[1].tolist()[:4] == [-100] * 4 and lab[1, -1].item() == eos
+
+
+def test_loss_decreases_and_saved_dir_loads(tiny_path, tmp_path):
+    cfg = SFTConfig(model=str(tiny_path), data=DATA, out_dir=str(tmp_path / "sft"), steps=30,
+                    max_seconds=None, eval_every=30, batch_size=16, lr=3e-3, val_size=8,
+                    max_new_tokens=3, num_threads=1)
+    model, _, tok = load_policy_and_ref(tiny_path, need_ref=False)
+    probe_p = ["User: 3 + 4 =\nReply with only the final number.\nAssistant:"] * 2
+    probe_a = [" 7", " 7"]
+    with torch.no_grad():
+        before = sft_loss(model, tok, probe_p, probe_a).item()
+    result = supervised_finetune(cfg, log=lambda line: None)
+    assert result.steps == 30 and result.stopped == "steps"
+    assert result.last_loss < 0.6 * result.first_loss, (result.first_loss, result.last_loss)
+    assert 0.0 <= result.accuracy <= 1.0 and [h["step"] for h in result.history] == [30]
+    trained, _, tok2 = load_policy_and_ref(result.model_dir, need_ref=False)
+    with torch.no_grad():
+        after = sft_loss(trained, tok2, probe_p, probe_a).item()
+    assert after < before  # the saved weights are the trained ones
+    assert tok2("12 + 3", add_special_tokens=False)["input_ids"] == \
+        tok("12 + 3", add_special_tokens=False)["input_ids"]
+    summary = json.loads((tmp_path / "sft" / "sft_summary.json").read_text())
+    assert summary["steps"] == 30 and summary["config"]["batch_size"] == 16
+
+
+def test_target_accuracy_stops_at_the_first_evaluation(tiny_path, tmp_path):
+    cfg = SFTConfig(model=str(tiny_path), data=DATA, reward="test_sft_always",
+                    out_dir=str(tmp_path), steps=100, max_seconds=None, eval_every=2,
+                    batch_size=4, val_size=4, max_new_tokens=2, target_accuracy=0.5,
+                    num_threads=1)
+    result = supervised_finetune(cfg, log=lambda line: None)
+    assert (result.steps, result.stopped, result.accuracy) == (2, "target", 1.0)
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="target_accuracy"):
+        SFTConfig(target_accuracy=1.5)
+    with pytest.raises(ConfigError, match="answer_format"):
+        SFTConfig(answer_format="no placeholder")
+    with pytest.raises(ConfigError, match="sise"):
+        SFTConfig(data={"task": "chain_sum", "sise": 3})
+
+
+def test_cli_sft_then_train_on_the_saved_model(tiny_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sft"
+    assert main(["sft", f"model={tiny_path}", "data.size=40", f"sft.out_dir={out}",
+                 "sft.steps=4", "sft.batch_size=8", "sft.eval_every=2", "sft.val_size=4",
+                 "sft.max_new_tokens=3", "sft.num_threads=1"]) == 0
+    assert f"model: {out / 'model'}" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "sft_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert main(["train", f"model={out / 'model'}", "algo=grpo", "data.size=40",
+                 "trainer.steps=1", "trainer.prompts_per_step=2", "trainer.group_size=2",
+                 "trainer.mini_batch_prompts=2", "trainer.micro_batch_size=4",
+                 "trainer.max_new_tokens=3", "trainer.val_every=0", "trainer.val_size=4",
+                 "trainer.num_threads=1", "trainer.export_final=false", "tracking=none",
+                 f"trainer.out_dir={tmp_path / 'rl'}"]) == 0
+    assert "archer train: 1 steps" in capsys.readouterr().out
+
+
+def test_cli_sft_rejects_unknown_knob(capsys):
+    assert main(["sft", "--print-config", "+sft.stepz=3"]) == 2
+    assert "'sft.stepz' (did you mean 'sft.steps'?)" in capsys.readouterr().err

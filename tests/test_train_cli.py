@@ -1,0 +1,146 @@
+"""``archer train``: Hydra composition, strict keys, and real runs through ``archer.cli.main``
+on a tiny model (hidden 32) with 1-2 steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from archer.cli import main
+from archer.config import AlgoConfig
+from archer.models import build_tiny_model
+from archer.train_config import TrainConfig
+from experiments.presets import load_preset, preset_names
+from experiments.train_cli import (
+    NOT_TRAINER,
+    build_train_setup,
+    compose_config,
+    group_options,
+    trainer_defaults,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=32, layers=2, heads=4)
+
+
+def print_config(capsys, *overrides) -> dict:
+    assert main(["train", "--print-config", *overrides]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_print_config_composes_groups_and_overrides(capsys):
+    cfg = print_config(capsys, "algo=dapo", "trainer.steps=3", "algo.low.kl_weight=0.005",
+                       "data.task_config.max_digits=3")
+    assert list(cfg) == ["algo", "model", "data", "trainer", "tracking"]
+    assert cfg["algo"]["group_filter"] == "refill"  # from the dapo preset
+    assert cfg["algo"]["low"]["kl_weight"] == 0.005 and cfg["algo"]["high"]["kl_weight"] == 0.0
+    assert cfg["trainer"]["steps"] == 3
+    assert cfg["trainer"]["out_dir"] == "runs/train/dapo-gym_arith-tiny"
+    assert cfg["data"]["task_config"]["max_digits"] == 3
+    assert cfg["model"] == {"path": "tiny"}
+    assert cfg["tracking"]["backend"] == "mlflow" and cfg["tracking"]["uri"] is None
+
+
+def test_every_preset_composes_to_its_algo_config():
+    for name in preset_names():
+        setup = build_train_setup(compose_config([f"algo={name}", "tracking=none"]))
+        assert setup.train.algo == load_preset(name).algo, name
+
+
+def test_every_group_option_builds():
+    for option in group_options("data"):
+        setup = build_train_setup(compose_config([f"data={option}"]))
+        assert setup.train.data.file or setup.train.data.task, option
+    math = build_train_setup(compose_config(["data=math_train"])).train
+    assert (math.reward, math.template, math.data.skip_bad_records) == ("math", "boxed_math",
+                                                                        True)
+    for option in ("jsonl", "none", "mlflow"):
+        assert build_train_setup(compose_config([f"tracking={option}"])).tracking["backend"] \
+            == option
+
+
+def test_trainer_section_covers_train_config_exactly():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(trainer_defaults()) == (fields - set(NOT_TRAINER)) | {"steps", "progress"}
+    setup = build_train_setup(compose_config(["trainer.steps=7", "trainer.lr=0.5",
+                                              "trainer.progress=false"]))
+    assert setup.train.total_steps == 7 and setup.train.lr == 0.5 and setup.progress is False
+
+
+@pytest.mark.parametrize("override,named", [
+    ("trainer.stpes=3", "'trainer.stpes' (did you mean 'trainer.steps'?)"),
+    ("+trainer.stpes=3", "'trainer.stpes' (did you mean 'trainer.steps'?)"),
+    ("++trainer.stpes=3", "'trainer.stpes'"),
+    ("algo.lowx.kl=1", "'algo.lowx.kl' (did you mean 'algo.low'?)"),
+    ("+algo.lowx.kl=1", "'algo.lowx' (did you mean 'algo.low'?)"),
+    ("+algo.low.kl_weigth=1", "'algo.low.kl_weigth' (did you mean 'algo.low.kl_weight'?)"),
+    ("+foo=1", "['foo']"),
+    ("tracking.urii=x", "'tracking.urii' (did you mean 'tracking.uri'?)"),
+    ("+data.task_config.min_termz=2", "min_termz"),
+    ("algo=ppo", "algo/ppo"),
+    ("trainer.steps=0", "steps=0"),
+    ("algo.entropy_quantile=1.5", "entropy_quantile=1.5"),
+    ("data.task=chain_summ", "'chain_summ'"),
+    ("data=math_train data.file=math_trian", "'math_trian'"),
+    ("model=/no/such/model/dir", "/no/such/model/dir"),
+    ("model=local", "model.path"),
+])
+def test_bad_keys_and_values_fail_naming_them(capsys, override, named):
+    assert main(["train", "--print-config", *override.split()]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("archer: error:")
+    assert named in err, err
+
+
+def small_run(tiny_path, out_dir, *extra) -> list[str]:
+    return [
+        "train", f"model={tiny_path}", "algo=grpo", "data.size=40", "trainer.prompts_per_step=2",
+        "trainer.group_size=4", "trainer.mini_batch_prompts=2", "trainer.micro_batch_size=8",
+        "trainer.max_new_tokens=4", "trainer.val_every=1", "trainer.val_size=4",
+        "trainer.num_threads=1", "trainer.export_final=false", "trainer.progress=false",
+        f"trainer.out_dir={out_dir}", *extra,
+    ]
+
+
+def test_train_jsonl_writes_config_and_metrics(tiny_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert main(small_run(tiny_path, out, "trainer.steps=1", "tracking=jsonl")) == 0
+    assert "archer train: 1 steps" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and "val/reward_mean" in rows[0]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["path"] == str(tiny_path) and saved["trainer"]["steps"] == 1
+    assert AlgoConfig.from_dict(saved["algo"]) == load_preset("grpo").algo
+    params = json.loads((out / "params.json").read_text())
+    assert params["total_steps"] == 1 and params["algo.low.clip_high"] == 0.28
+    assert not (tmp_path / "runs").exists()  # nothing written outside the given out_dir
+
+
+def test_train_mlflow_resume_continues_one_run(tiny_path, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    tracking = [f"tracking.uri='{uri}'", "tracking.experiment=cli-test"]
+    assert main(small_run(tiny_path, out, "trainer.steps=1", *tracking)) == 0
+    assert main(small_run(tiny_path, out, "trainer.steps=2", *tracking)) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cli-test").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "reward/mean"))
+    assert steps == [1, 2]
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.tags["archer.algo"] == "grpo" and run.data.tags["archer.model"] == "local"
+    assert "trainer.steps=1" in run.data.tags["archer.overrides"]
+    assert "trainer.steps=2" in run.data.tags["archer.resumed_overrides"]
+    assert run.data.params["algo.advantage"] == "grpo"
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "dl"))
+    assert yaml.safe_load(open(config))["trainer"]["steps"] == 2  # the latest invocation
