@@ -728,6 +728,7 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
         logger.log_params(flatten(cfg.to_dict()))
     history = []
     bar = progress_bar(cfg, ctx.state.step, progress)
+    shown: dict[str, str] = {}
     try:
         while ctx.state.step < cfg.total_steps:
             metrics = train_step(ctx)
@@ -737,7 +738,8 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
                 metrics |= validate(ctx)
             logger.log_metrics(metrics, step)
             history.append(metrics)
-            bar.set_postfix(progress_postfix(metrics), refresh=False)
+            shown |= progress_postfix(metrics)  # a skipped step keeps the last entropy
+            bar.set_postfix(shown, refresh=False)
             bar.update(1)
             if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
                 ctx.state.run_id = logger.run_id  # an offline-started run may have its id now

@@ -42,6 +42,7 @@ NOT_TRAINER = ("model", "algo", "reward", "data", "template", "total_steps")
 DATA_EXTRA = {"reward": "reasoning_gym", "template": "plain_answer",
               "answer_format": " {answer}"}
 MODEL_KEYS = ("path",)
+SFT_FROM_GROUPS = ("model", "data", "reward", "template", "answer_format")  # not sft.* keys
 TRACKING_KEYS = {
     "mlflow": ("backend", "uri", "experiment", "run_name", "request_timeout", "finish_wait"),
     "jsonl": ("backend",),
@@ -433,5 +434,3 @@ def run_sft(overrides: list[str], print_config: bool = False) -> int:
           f"{result.model_dir} (archer train model={result.model_dir})")
     return 0
 
-
-SFT_FROM_GROUPS = ("model", "data", "reward", "template", "answer_format")

@@ -12,6 +12,7 @@ import yaml
 from archer.cli import main
 from archer.config import AlgoConfig
 from archer.models import build_tiny_model
+from archer.rewards import REWARDS, register_reward
 from archer.train_config import TrainConfig
 from experiments.presets import load_preset, preset_names
 from experiments.train_cli import (
@@ -21,6 +22,13 @@ from experiments.train_cli import (
     group_options,
     trainer_defaults,
 )
+
+if "test_parity_cli" not in REWARDS:
+
+    @register_reward("test_parity_cli")
+    def parity_reward(completions, **columns):
+        """1.0 when the sum of character codes is even: mixed groups on a random model."""
+        return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
 
 
 @pytest.fixture(scope="module")
@@ -102,16 +110,20 @@ def small_run(tiny_path, out_dir, *extra) -> list[str]:
         "train", f"model={tiny_path}", "algo=grpo", "data.size=40", "trainer.prompts_per_step=2",
         "trainer.group_size=4", "trainer.mini_batch_prompts=2", "trainer.micro_batch_size=8",
         "trainer.max_new_tokens=4", "trainer.val_every=1", "trainer.val_size=4",
-        "trainer.num_threads=1", "trainer.export_final=false", "trainer.progress=false",
-        f"trainer.out_dir={out_dir}", *extra,
+        "trainer.num_threads=1", "trainer.export_final=false", f"trainer.out_dir={out_dir}",
+        *extra,
     ]
 
 
 def test_train_jsonl_writes_config_and_metrics(tiny_path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    assert main(small_run(tiny_path, out, "trainer.steps=1", "tracking=jsonl")) == 0
-    assert "archer train: 1 steps" in capsys.readouterr().out
+    assert main(small_run(tiny_path, out, "trainer.steps=1", "tracking=jsonl",
+                          "trainer.progress=true", "data.reward=test_parity_cli")) == 0
+    captured = capsys.readouterr()
+    assert "archer train: 1 steps" in captured.out
+    bar = captured.err.split("train: 100%")[-1]  # the tqdm bar's final state
+    assert "1/1" in bar and "reward=" in bar and "entropy=" in bar and "val=" in bar
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] and "val/reward_mean" in rows[0]
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -128,7 +140,7 @@ def test_train_mlflow_resume_continues_one_run(tiny_path, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
-    tracking = [f"tracking.uri='{uri}'", "tracking.experiment=cli-test"]
+    tracking = [f"tracking.uri='{uri}'", "tracking.experiment=cli-test", "trainer.progress=false"]
     assert main(small_run(tiny_path, out, "trainer.steps=1", *tracking)) == 0
     assert main(small_run(tiny_path, out, "trainer.steps=2", *tracking)) == 0
     client = MlflowClient(uri)
