@@ -87,6 +87,7 @@ class TrainConfig:
     val_every: int = 0  # validate every N steps (and at the end); 0 disables validation
     val_size: int = 16  # held-out prompts for validation (taken out of the data)
     val_temperature: float = 0.0  # validation sampling temperature; 0 = greedy
+    val_samples: int = 1  # k samples per held-out prompt; val/reward_mean is avg@k
     ckpt_every: int = 0  # checkpoint every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # keep the last K checkpoints
     resume: bool = True  # continue from the latest checkpoint in out_dir when there is one
@@ -115,8 +116,11 @@ class TrainConfig:
         for name in ("prompts_per_step", "group_size", "max_new_tokens", "rollout_batch_size",
                      "refill_max_rounds", "ppo_epochs", "mini_batch_prompts",
                      "micro_batch_size", "total_steps", "keep_checkpoints",
-                     "entropy_chunk_size"):
+                     "entropy_chunk_size", "val_samples"):
             _check_int(name, getattr(self, name), 1)
+        if self.val_samples > 1 and self.val_temperature == 0:
+            raise ConfigError(f"val_samples={self.val_samples} needs val_temperature > 0 "
+                              "(greedy samples are all the same)")
         for name in ("warmup_steps", "seed", "val_every", "ckpt_every", "val_size"):
             _check_int(name, getattr(self, name), 0)
         if self.num_threads is not None:

@@ -634,14 +634,21 @@ def peak_memory_mb() -> float:
 
 @torch.no_grad()
 def validate(ctx: TrainContext) -> dict[str, float]:
-    """Mean reward on the held-out prompts (greedy unless ``val_temperature`` > 0)."""
+    """Mean reward on the held-out prompts: greedy, or avg@k over ``val_samples`` samples at
+    ``val_temperature`` (with pass@k: the fraction of prompts with a sample scoring >= 1)."""
     cfg = ctx.cfg
+    k = cfg.val_samples
     params = SamplingParams(temperature=cfg.val_temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, n=1, seed=cfg.seed + 17)
+                            max_new_tokens=cfg.max_new_tokens, n=k, seed=cfg.seed + 17)
     batch = ctx.rollout.generate(prompt_texts(ctx, ctx.val_records), params)
-    rewards = score(ctx, batch, ctx.val_records, 1)
-    return {"val/reward_mean": rewards.mean().item(),
-            "val/response_length_mean": batch.response_lengths.float().mean().item()}
+    rewards = score(ctx, batch, ctx.val_records, k)
+    out = {"val/reward_mean": rewards.mean().item(),
+           "val/response_length_mean": batch.response_lengths.float().mean().item()}
+    if k > 1:
+        solved = torch.zeros(len(ctx.val_records)).scatter_reduce_(
+            0, batch.group_index, (rewards >= 1).float(), "amax")
+        out[f"val/pass@{k}"] = solved.mean().item()
+    return out
 
 
 def save(ctx: TrainContext) -> Path:

@@ -205,3 +205,26 @@ def test_reasoning_gym_reward_path(tiny_path, tmp_path):
     metrics = train_step(build_context(cfg))
     assert metrics["reward/mean"] == 0.0 and metrics["groups/solved_none_frac"] == 1.0
     assert metrics["groups/kept"] == 4 and metrics["actor/pg_loss"] == 0.0
+
+
+def test_validation_avg_at_k_and_pass_at_k(tiny_path, tmp_path):
+    """avg@k is the mean over all k samples of every held-out prompt; pass@k counts a prompt
+    once when any of its k samples scores 1 (hand-checked against the per-sample rewards)."""
+    from archer.trainer import validate
+
+    cfg = make_cfg(tiny_path, tmp_path, val_size=6, val_temperature=1.0, val_samples=4,
+                   rollout_batch_size=4)  # 6 prompts over two generate() calls
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    seen = []
+    inner = ctx.reward_fn
+    ctx.reward_fn = lambda completions, **cols: seen.extend(inner(completions, **cols)) or \
+        inner(completions, **cols)
+    out = validate(ctx)
+    assert len(seen) == 24
+    rewards = torch.tensor(seen).view(6, 4)  # prompt-major, k samples each
+    assert out["val/reward_mean"] == pytest.approx(rewards.mean().item())
+    assert out["val/pass@4"] == pytest.approx((rewards.max(1).values >= 1).float().mean().item())
+    assert 0 < out["val/reward_mean"] < 1  # parity reward: mixed outcomes
+    with pytest.raises(ConfigError, match="val_samples"):
+        make_cfg(tiny_path, tmp_path, val_samples=2)  # greedy samples would all be equal
