@@ -1,7 +1,8 @@
 """Test harness that :class:`archer.rewards.code.CodeGrader` runs inside the sandbox.
 
-Run as ``python -I -S -c <this file's text> <results-fd> <secret-fd>``, the public spec (JSON)
-on stdin.  Standard library only: it runs under the base interpreter, without the project or
+Run as ``python -I -S -c <this file's text> <results-fd> <secret-fd>`` (or its marshalled
+bytecode ahead of the spec on stdin, see ``archer.rewards.code.harness_invocation``), the public
+spec (JSON) on stdin.  Standard library only: it runs under the base interpreter, without the project or
 site-packages.  Two kinds of process:
 
 * **P**, this process, the *judge*.  It never executes candidate code.  It writes the
@@ -31,17 +32,64 @@ Per kind:
 
 from __future__ import annotations
 
+import _json
+import _signal as signal  # not ``signal``: it imports enum, a few ms per sandbox
 import builtins
 import io
-import json
 import os
 import select
-import signal
 import struct
 import sys
-import threading
 import time
-import traceback
+
+# --- JSON without the ``json`` package (which imports re and enum: ~10 ms per sandbox) ---------
+
+
+class _ScanContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name):
+        return {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}[name]
+
+
+_scan = _json.make_scanner(_ScanContext)
+
+
+def _no_default(obj):
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_encode = _json.make_encoder(None, _no_default, _json.encode_basestring_ascii, None, ":", ",",
+                             False, False, True)
+
+
+def json_loads(text):
+    """``json.loads`` (the C scanner; NaN/Infinity accepted)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    n = len(text)
+    i = 0
+    while i < n and text[i] in " \t\r\n":
+        i += 1
+    try:
+        obj, end = _scan(text, i)
+    except StopIteration:
+        raise ValueError("no JSON value") from None
+    while end < n and text[end] in " \t\r\n":
+        end += 1
+    if end != n:
+        raise ValueError("extra data after the JSON value")
+    return obj
+
+
+def json_dumps(obj):
+    """``json.dumps`` with compact separators (ASCII output)."""
+    return "".join(_encode(obj, 0))
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 4, 22, 38
 SECCOMP_MODE_FILTER = 2
@@ -210,7 +258,7 @@ def _write_all(fd, data):
 
 
 def send(fd, obj):
-    data = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    data = json_dumps(obj).encode("utf-8")
     _write_all(fd, struct.pack("<I", len(data)) + data)
 
 
@@ -236,7 +284,7 @@ def recv(fd, deadline=None, limit=1 << 30):
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(2000)  # json's C parser recurses on the C stack
     try:
-        msg = json.loads(data)
+        msg = json_loads(data)
     except (ValueError, RecursionError) as e:
         raise CodecError(f"unreadable reply: {type(e).__name__}") from None
     finally:
@@ -247,8 +295,7 @@ def recv(fd, deadline=None, limit=1 << 30):
 
 
 def _tb(e):
-    s = "".join(traceback.format_exception_only(type(e), e)).strip()
-    return s[-1000:]
+    return f"{type(e).__name__}: {e}"[-1000:]
 
 
 # --- lockdown of a worker ------------------------------------------------------------------------
@@ -346,12 +393,24 @@ def _std_streams():
 
 
 def _join_threads():
-    for t in threading.enumerate():
-        if t is not threading.main_thread() and not t.daemon:
-            t.join()
+    threading = sys.modules.get("threading")  # no threads unless the program imported it
+    if threading is not None:
+        for t in threading.enumerate():
+            if t is not threading.main_thread() and not t.daemon:
+                t.join()
 
 
 # --- worker bodies (run in W, after lockdown) ----------------------------------------------------
+
+def _print_exc():
+    try:
+        import traceback  # only on this error path: its imports cost a few ms
+
+        traceback.print_exc()
+    except BaseException:  # noqa: BLE001
+        e = sys.exc_info()[1]
+        sys.stderr.write(f"{type(e).__name__}: {e}\n")
+
 
 def run_stdin_program(code):
     """Run the program as ``__main__`` and exit like a real interpreter would."""
@@ -369,12 +428,12 @@ def run_stdin_program(code):
             rc = 1
             print(e.code, file=sys.stderr)
     except BaseException:  # noqa: BLE001
-        traceback.print_exc()
+        _print_exc()
         rc = 1
     try:
         sys.stdout.flush()
     except BaseException:  # noqa: BLE001 - e.g. the file-size limit
-        traceback.print_exc()
+        _print_exc()
         rc = rc or 1
     try:
         sys.stderr.flush()
@@ -386,7 +445,7 @@ def _call_args(inp):
     lines = inp.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
-    return [json.loads(line) for line in lines]
+    return [json_loads(line) for line in lines]
 
 
 def rpc_worker(code, spec, req, rep):
@@ -427,8 +486,8 @@ def rpc_worker(code, spec, req, rep):
                 if isinstance(result, tuple):
                     result = list(result)
                 try:
-                    out = {"r": json.dumps(result)}
-                except (TypeError, ValueError):
+                    out = {"r": json_dumps(result)}
+                except (TypeError, ValueError, RecursionError):
                     raise CodecError("result is not JSON: " + repr(result)[:300]) from None
         except BaseException as e:  # noqa: BLE001 - includes SystemExit
             out = {"e": _tb(e), "et": type(e).__name__}
@@ -746,7 +805,7 @@ def _sync_args(args, after):
 
 
 def _make_emitter(fd, nonce):
-    dumps, write = json.dumps, _write_all
+    dumps, write = json_dumps, _write_all
 
     def emit(**rec):
         rec["k"] = nonce
@@ -758,7 +817,7 @@ def _make_emitter(fd, nonce):
 def main():
     res_fd, sec_fd = int(sys.argv[-2]), int(sys.argv[-1])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    spec = json.loads(sys.stdin.buffer.read())
+    spec = json_loads(sys.stdin.buffer.read())
     kernel = _Kernel()
     kernel.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     for mod in spec.get("preload", ()):
@@ -775,7 +834,7 @@ def main():
     if code is not None and kind in ("functional", "check"):
         judge.spawn_rpc(code)  # before the secrets are read: W never holds them
     with os.fdopen(sec_fd, "rb") as f:
-        secret = json.loads(f.read())
+        secret = json_loads(f.read())
     emit = _make_emitter(res_fd, secret.pop("nonce"))
     if code is None:
         emit(event="compile_error", detail=compile_error)

@@ -14,10 +14,32 @@ Test formats (:class:`Problem.kind`):
   completion + test + ``check(entry_point)``) are turned into this kind.  Each top-level
   ``assert`` of ``check`` counts as one test.
 
-One harness process runs all tests of a problem and reports per-test results as JSON lines on
-a dedicated pipe; it stops at the first failure (as LiveCodeBench).  For stdin/functional
-problems the harness never sees the expected outputs: the parent compares, and kills the
-program at the first mismatch.
+Running (:mod:`archer.rewards._harness`): one sandbox per program.  Inside it a *judge*
+process that never executes candidate code forks *workers* that do; each worker closes every
+inherited descriptor, drops all capabilities and installs its own seccomp filter (no processes,
+no signals to other processes, no ptrace, no non-unix sockets, ...) before the program runs.
+stdin programs get a fresh worker per test; functional and check programs one worker that
+answers the judge's calls.  The verdict comes only from the judge's records on a pipe the
+workers do not hold, each stamped with a per-run random nonce; exit codes and printed text
+never count, and a run without the judge's final ``end`` record is a failure.
+
+* stdin/functional: the expected outputs never enter the sandbox; the host compares (functional
+  results type-strictly, :func:`strict_equal`) and stops at the first mismatch (``fail_fast``).
+* check suites (HumanEval, LeetCode): the judge runs ``check`` itself with a proxy
+  ``candidate`` that forwards each call to the worker; arguments and results cross as tagged
+  JSON and are rebuilt as plain built-in objects (and ``ListNode``/``TreeNode``), so a result
+  cannot carry its own ``__eq__``, and patching builtins, ``check``, ``AssertionError`` or the
+  harness in the worker changes nothing in the judge.  The worker is forked before the judge
+  reads the test code and the nonce, so its memory holds neither.
+
+Threat model, honestly: the judge is as strong as the kernel boundary between two processes of
+the same uid without capabilities (the judge is non-dumpable, the workers cannot ptrace, signal
+or open its ``/proc`` entries).  A stdin worker is forked after the judge learned the nonce, so
+its memory holds a copy; it has no descriptor to use it on.  The candidate sees its own
+arguments, as any program does.  Without bubblewrap (the fallback) the same judge/worker split
+and seccomp filter apply, but the file system is not isolated: workers run as ``nobody`` when
+started as root and ``nobody`` can read the standard library, otherwise as the same uid without
+capabilities, so files that uid owns are writable.
 
 LiveCodeBench records are loaded with :func:`load_lcb_record`, in the local shape (a list of
 test dicts) or the official one (JSON strings, or base64(zlib(pickle(JSON string))) decoded by
@@ -29,11 +51,14 @@ from __future__ import annotations
 import ast
 import base64
 import datetime as _dt
+import importlib.util
 import io
 import json
+import marshal
 import pickle
 import re
 import secrets
+import subprocess
 import threading
 import zlib
 from collections.abc import Iterable
@@ -131,6 +156,11 @@ class CodeVerdict:
 
     def __post_init__(self) -> None:
         assert self.reason in REASONS, self.reason
+
+    @property
+    def first_failure(self) -> TestResult | None:
+        """The first test that did not pass (status = kind, index, truncated message)."""
+        return next((t for t in self.tests if t.status != "passed"), None)
 
 
 # --- extraction --------------------------------------------------------------------------------
@@ -345,6 +375,38 @@ def split_check(code: str) -> tuple[str, str, int]:
 
 #: source of :mod:`archer.rewards._harness`, run with ``python -I -S -c`` in the sandbox
 HARNESS = (Path(__file__).with_name("_harness.py")).read_text(encoding="utf-8")
+#: reads the harness as marshalled bytecode from stdin (``<length>\\n<bytes>``), then runs it:
+#: saves compiling ~900 lines in every sandbox
+_BOOT = "import marshal,sys;b=sys.stdin.buffer;exec(marshal.loads(b.read(int(b.readline()))))"
+_MAGIC: dict[str, str] = {}
+_MAGIC_LOCK = threading.Lock()
+
+
+def _bytecode_magic(python: str) -> str:
+    """``importlib.util.MAGIC_NUMBER`` of ``python`` (hex; "" if it cannot be asked)."""
+    with _MAGIC_LOCK:
+        if python not in _MAGIC:
+            try:
+                out = subprocess.run(
+                    [python, "-I", "-S", "-c", "import importlib.util as u, sys; "
+                     "sys.stdout.write(u.MAGIC_NUMBER.hex())"],
+                    capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
+                ).stdout.decode()
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+            _MAGIC[python] = out.strip()
+        return _MAGIC[python]
+
+
+def harness_invocation(python: str, site_packages: bool = False) -> tuple[list[str], bytes]:
+    """(interpreter arguments, stdin prefix) that run the harness in ``python``: its
+    marshalled bytecode when ``python`` has this interpreter's bytecode format, else the
+    source."""
+    flags = [] if site_packages else ["-S"]
+    if _bytecode_magic(python) == importlib.util.MAGIC_NUMBER.hex():
+        blob = marshal.dumps(compile(HARNESS, "<archer-harness>", "exec"))
+        return flags + ["-c", _BOOT], str(len(blob)).encode() + b"\n" + blob
+    return flags + ["-c", HARNESS], b""
 
 
 # --- problems from data records ----------------------------------------------------------------
@@ -535,8 +597,8 @@ class CodeGrader:
         self.fail_fast = fail_fast
         self._filter = _WORKER_FILTER.hex() if (
             _WORKER_FILTER is not None and self.config.forbid_fork) else None
-        self._args = ["-c", HARNESS] if self.config.allow_site_packages else [
-            "-S", "-c", HARNESS]
+        self._args, self._stdin_prefix = harness_invocation(
+            self.sandbox.python, self.config.allow_site_packages)
 
     def grade(self, completion: str, problem: Any) -> CodeVerdict:
         problem = to_problem(problem)
@@ -594,7 +656,8 @@ class CodeGrader:
             return res.status == "passed" or not self.fail_fast
 
         run = sb.run(
-            self._args, json.dumps(spec).encode("utf-8"), on_record=on_record,
+            self._args, self._stdin_prefix + json.dumps(spec).encode("utf-8"),
+            on_record=on_record,
             wall_time_s=min(self.config.wall_time_s,
                             5.0 + (total + 1) * self.config.test_timeout_s),
             test_timeout_s=self.config.test_timeout_s,

@@ -18,6 +18,7 @@ from archer.rewards.code import (
     Problem,
     TestCase,
     code_reward,
+    compare_functional,
     compare_stdout,
     decode_lcb_tests,
     encode_lcb_tests,
@@ -86,6 +87,8 @@ def test_stdin_correct_and_incorrect(grader):
     v = grader.grade(fence("a, b = map(int, input().split())\nprint(a + b if a < 5 else 0)"), ADD)
     assert (v.passed, v.reason, v.tests_passed) == (False, "failed", 1)
     assert [t.status for t in v.tests] == ["passed", "failed"]
+    ff = v.first_failure
+    assert (ff.index, ff.status) == (1, "failed") and "got '0" in ff.detail and v.wall_s > 0
 
 
 def test_stdin_error_reasons(grader):
@@ -194,6 +197,31 @@ def test_lcb_file_parses_and_wrong_programs_fail(grader):
     verdicts = grader.grade_batch(wrong, stdin + func)
     assert [v.passed for v in verdicts] == [False, False, False]
     assert all(v.reason == "failed" for v in verdicts), verdicts
+
+
+def test_fail_fast_off_runs_every_test():
+    g = CodeGrader(SandboxConfig(test_timeout_s=2.0, wall_time_s=20.0, memory_mb=1024),
+                   fail_fast=False)
+    tests = [{"input": f"{a} {b}\n", "output": f"{a + b}\n"} for a, b in
+             [(1, 2), (5, 7), (2, 2), (9, 1)]]
+    v = g.grade(fence("a, b = map(int, input().split())\nprint(a + b if a < 5 else 0)"), tests)
+    assert (v.passed, v.tests_passed, v.tests_total) == (False, 2, 4)
+    assert [t.status for t in v.tests] == ["passed", "failed", "passed", "failed"]
+    assert v.first_failure.index == 1
+    prob = Problem("check", check_code="def check(candidate):\n    assert candidate(1) == 2\n"
+                   "    assert candidate(5) == 6\n    assert candidate(2) == 3\n\ncheck(f)\n",
+                   header=False)
+    v = g.grade(fence("def f(x):\n    return x + 1 if x < 5 else 0"), prob)
+    assert (v.passed, v.tests_passed, v.tests_total) == (False, 2, 3)
+    assert [t.status for t in v.tests] == ["passed", "failed", "passed"]
+
+
+def test_strict_functional_comparison():
+    assert compare_functional((1, 2), [1, 2]) and compare_functional(2, 2.0)
+    assert not compare_functional(True, 1) and not compare_functional(1, True)
+    assert not compare_functional("1", 1) and not compare_functional([[True]], [[1]])
+    assert not compare_functional({"a": 1}, {"a": True}) and compare_functional({"a": [1]},
+                                                                                 {"a": [1.0]})
 
 
 def test_official_encoding_round_trip():
