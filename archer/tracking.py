@@ -33,6 +33,10 @@ class MetricLogger(Protocol):
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
+    # Optional: ``rewind(step, metrics)``, called when a run resumes from the checkpoint of
+    # ``step``: forget metric rows of later steps (they are redone) and log ``metrics`` (the
+    # checkpointed step's own) if they never reached the logger.
+
 
 class NullLogger:
     """Discards everything (a run without tracking)."""
@@ -111,6 +115,17 @@ class JsonlLogger:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+    def rewind(self, step: int, metrics: dict[str, float] | None = None) -> None:
+        """Resuming from the checkpoint of ``step``: drop rows of later steps (they will be
+        redone) and log ``metrics`` for ``step`` itself if the run died before logging it."""
+        rows = [r for r in self.read_metrics() if r["step"] <= step]
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.metrics_path)
+        if metrics and not any(r["step"] == step for r in rows):
+            self.log_metrics(metrics, step)
 
     def log_artifact(self, path: str | Path) -> None:
         with (self.run_dir / "artifacts.jsonl").open("a") as f:

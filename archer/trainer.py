@@ -136,6 +136,7 @@ class TrainState:
     run_id: str | None = None  # tracking run id (a resumed run logs into the same run)
     updates_skipped: int = 0  # optimizer steps skipped on a non-finite grad norm, in total
     steps_skipped: int = 0  # training steps with no informative group, in total
+    last_metrics: dict[str, float] = field(default_factory=dict)  # metrics of the saved step
 
 
 @dataclass
@@ -651,10 +652,12 @@ def validate(ctx: TrainContext) -> dict[str, float]:
     return out
 
 
-def save(ctx: TrainContext) -> Path:
+def save(ctx: TrainContext, metrics: dict[str, float] | None = None) -> Path:
+    """Checkpoint the run, with the metrics of the step just completed: they are logged after
+    the save, and re-logged on resume if the process died in between."""
     state = {"sampler": ctx.sampler.state_dict(), "run_id": ctx.state.run_id,
              "updates_skipped": ctx.state.updates_skipped,
-             "steps_skipped": ctx.state.steps_skipped}
+             "steps_skipped": ctx.state.steps_skipped, "metrics": dict(metrics or {})}
     return save_checkpoint(ctx.cfg.out_dir, ctx.state.step, ctx.model, ctx.optimizer, state,
                            keep=ctx.cfg.keep_checkpoints)
 
@@ -668,7 +671,8 @@ def resume(ctx: TrainContext) -> bool:
     ctx.sampler.load_state_dict(state["sampler"])
     ctx.state = TrainState(step=state["step"], run_id=state["run_id"],
                            updates_skipped=state["updates_skipped"],
-                           steps_skipped=state["steps_skipped"])
+                           steps_skipped=state["steps_skipped"],
+                           last_metrics=state.get("metrics", {}))
     return True
 
 
@@ -733,6 +737,8 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
     ctx.state.run_id = logger.run_id
     if not resumed:
         logger.log_params(flatten(cfg.to_dict()))
+    elif hasattr(logger, "rewind"):  # drop steps logged after the checkpoint; re-log its own
+        logger.rewind(ctx.state.step, ctx.state.last_metrics)
     history = []
     bar = progress_bar(cfg, ctx.state.step, progress)
     shown: dict[str, str] = {}
@@ -743,14 +749,14 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
             last = step == cfg.total_steps
             if cfg.val_every and ctx.val_records and (step % cfg.val_every == 0 or last):
                 metrics |= validate(ctx)
+            if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+                ctx.state.run_id = logger.run_id  # an offline-started run may have its id now
+                save(ctx, metrics)  # before logging: a logged step is always resumable
             logger.log_metrics(metrics, step)
             history.append(metrics)
             shown |= progress_postfix(metrics)  # a skipped step keeps the last entropy
             bar.set_postfix(shown, refresh=False)
             bar.update(1)
-            if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
-                ctx.state.run_id = logger.run_id  # an offline-started run may have its id now
-                save(ctx)
     except BaseException:
         bar.close()
         logger.finish("FAILED")

@@ -301,6 +301,30 @@ class MlflowLogger:
             self._deliver({"op": "metrics", "step": int(step), "timestamp": _now_ms(),
                            "values": values})
 
+    def rewind(self, step: int, metrics: dict[str, float] | None = None) -> None:
+        """Resuming from the checkpoint of ``step``: buffered metrics of later steps are
+        dropped, and ``metrics`` (that step's own) are logged unless MLflow already has them.
+        MLflow cannot delete uploaded points: when later steps were uploaded before the crash
+        (``ckpt_every`` > 1) they get a second value when redone, and the run is tagged
+        ``archer.rewound_to_step`` so a reader knows."""
+        entries = self.buffer.read() if self.buffer.path.is_file() else []
+        kept = [e for e in entries if e["op"] != "metrics" or e["step"] <= step]
+        if len(kept) != len(entries):
+            self.buffer.rewrite(kept)
+        buffered = {e["step"] for e in kept if e["op"] == "metrics"}
+        uploaded: set[int] = set()
+        if self._mlflow_id is not None and self.flush(force=True):
+            try:
+                with self._short_requests():
+                    history = self.client.get_metric_history(self._mlflow_id, "time/step")
+                uploaded = {m.step for m in history}
+            except Exception as err:  # noqa: BLE001
+                self._offline(err)
+        if any(s > step for s in uploaded):
+            self.set_tags({"archer.rewound_to_step": step})
+        if metrics and step not in uploaded | buffered:
+            self.log_metrics(metrics, step)
+
     def log_artifact(self, path: str | Path) -> None:
         self._deliver({"op": "artifact", "path": str(Path(path).resolve())})
 

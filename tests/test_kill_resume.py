@@ -106,3 +106,74 @@ def test_sigkill_mid_step_resumes_without_losing_or_repeating_a_step(tmp_path):
     for (name, a), (_, b) in zip(straight.model.named_parameters(),
                                  resumed.model.named_parameters()):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=name)
+
+
+class Crash(BaseException):
+    """Stands in for the process dying at a chosen point (SIGKILL cannot be caught)."""
+
+
+CALLS: list[int] = []  # reward calls of the current test_crash_in_step_4 run
+
+
+if "test_crash_in_step_4" not in REWARDS:
+
+    @register_reward("test_crash_in_step_4")
+    def dies_in_step_4(completions, **columns):
+        CALLS.append(1)
+        if len(CALLS) == 4:  # one reward call per step (group_filter drop: one round)
+            raise Crash(4)
+        return parity(completions)
+
+
+class CrashingLogger(JsonlLogger):
+    """Dies when asked to log ``die_at``: the step's checkpoint (if due) is already saved."""
+
+    def __init__(self, run_dir, run_id=None, die_at=None):
+        super().__init__(run_dir, run_id)
+        self.die_at = die_at
+
+    def log_metrics(self, metrics, step):
+        if step == self.die_at:
+            raise Crash(step)
+        super().log_metrics(metrics, step)
+
+
+def small_cfg(model_dir, out_dir, steps, ckpt_every):
+    return TrainConfig.from_dict({**cfg_dict(model_dir, out_dir), "total_steps": steps,
+                                  "ckpt_every": ckpt_every})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=32, layers=2, heads=4)
+
+
+def test_death_between_checkpoint_and_log_relogs_the_checkpointed_step(tiny, tmp_path):
+    """Checkpoint of step 2 saved, its metrics never logged: the resume logs them from the
+    checkpoint, so no step is lost."""
+    with pytest.raises(Crash):
+        fit(small_cfg(tiny, tmp_path, 4, 1), logger=lambda rid: CrashingLogger(tmp_path, rid, 2))
+    assert [p.name for p in list_checkpoints(tmp_path)][-1] == "step_000002"
+    run_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    assert [r["step"] for r in JsonlLogger(tmp_path, run_id).read_metrics()] == [1]
+    fit(small_cfg(tiny, tmp_path, 4, 1))
+    rows = JsonlLogger(tmp_path, run_id).read_metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[1]["time/step"] > 0  # the real metrics of step 2, from the checkpoint
+
+
+def test_steps_after_the_last_checkpoint_are_redone_not_repeated(tiny, tmp_path):
+    """ckpt_every=2, death inside step 4: step 3 was logged but never checkpointed. The resume
+    restarts from step 2's checkpoint and step 3 appears once (the redone one)."""
+    CALLS.clear()
+    cfg = small_cfg(tiny, tmp_path, 5, 2)
+    with pytest.raises(Crash):
+        fit(TrainConfig.from_dict({**cfg.to_dict(), "reward": "test_crash_in_step_4"}))
+    run_id = json.loads((tmp_path / "run.json").read_text())["run_id"]
+    before = JsonlLogger(tmp_path, run_id).read_metrics()
+    assert [r["step"] for r in before] == [1, 2, 3]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000002"]
+    fit(cfg)
+    rows = JsonlLogger(tmp_path, run_id).read_metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[:2] == before[:2]

@@ -261,3 +261,35 @@ def test_unreachable_server_leaves_a_buffer_that_a_resume_keeps(tmp_path):
     assert not sync_run_dir(tmp_path)
     with pytest.raises(ValueError, match="offline-nope"):
         MlflowLogger(tmp_path, "offline-nope", tracking_uri=url)
+
+
+def test_mlflow_resume_relogs_a_checkpointed_step_that_never_reached_mlflow(store, tiny_path,
+                                                                           tmp_path):
+    """The process dies after checkpointing step 2 but before logging it: the resumed run
+    logs step 2 from the checkpoint; MLflow ends with steps 1..3 exactly once."""
+    experiment = "rewind-test"
+
+    class Crash(BaseException):
+        pass
+
+    class Dying(MlflowLogger):
+        def log_metrics(self, metrics, step):
+            if step == 2:
+                raise Crash
+            super().log_metrics(metrics, step)
+
+    cfg = TrainConfig(
+        model=str(tiny_path), algo=load_preset("grpo").algo, reward="test_parity_mlflow",
+        data={"task": "chain_sum", "size": 24, "seed": 0}, prompts_per_step=2, group_size=4,
+        max_new_tokens=4, mini_batch_prompts=2, micro_batch_size=8, total_steps=3,
+        ckpt_every=1, val_size=4, out_dir=str(tmp_path / "run"), num_threads=1,
+        export_final=False)
+    with pytest.raises(Crash):
+        fit(cfg, logger=lambda rid: Dying(tmp_path / "run", rid, tracking_uri=store,
+                                          experiment=experiment), progress=False)
+    result = fit(cfg, logger=lambda rid: MlflowLogger(tmp_path / "run", rid, tracking_uri=store,
+                                                      experiment=experiment), progress=False)
+    client = MlflowClient(store)
+    assert [s for s, _ in history(client, result.state.run_id, "time/step")] == [1, 2, 3]
+    run = client.get_run(result.state.run_id)
+    assert "archer.rewound_to_step" not in run.data.tags
