@@ -43,8 +43,10 @@ goes first) after each TRL step, outside TRL's timed window. A TRL step is the t
 the median over ``--steps`` rounds is reported, with the ratios and the per-phase medians.
 Besides wall seconds, each step's process CPU seconds (all threads, ``time.process_time``) are
 reported: on a shared machine other processes inflate wall time, much less CPU time.
-TRL's phases come from wrapping its ``_generate`` (rollout), ``_calculate_rewards`` (reward)
-and log-prob passes run while preparing the batch (old_logprob); its ``update`` is the rest.
+TRL's phases come from wrapping its ``_generate`` (rollout) and ``_calculate_rewards``
+(reward); its ``old_logprob`` is the rest of its batch preparation (the analogue of our
+``prepare_update_batch``: old/ref log-probs when needed, advantages) and its ``update`` the
+rest of the step (loss forward, backward, clipping, optimizer step).
 
 Run: ``.venv/bin/python bench/trainer_vs_trl.py [--steps 8] [--quick] [--profile]``
 (needs the ``bench`` extra: ``pip install -e '.[bench]'``).
@@ -182,23 +184,31 @@ def make_trl_trainer(s: Setup, model_dir: Path, ctx, out_dir: Path, callback):
         repetition_penalty=1.0, learning_rate=s.lr, weight_decay=s.weight_decay,
         lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch",
         max_steps=s.steps + 1, num_train_epochs=1, use_cpu=True, bf16=False, fp16=False,
-        gradient_checkpointing=False, report_to="none", logging_steps=10**6,
+        activation_checkpointing=False, report_to="none", logging_steps=10**6,
         save_strategy="no", shuffle_dataset=False, seed=s.seed, data_seed=s.seed,
         dataloader_num_workers=0, log_completions=False, disable_tqdm=True,
         remove_unused_columns=False, mask_truncated_completions=False)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                  local_files_only=True)
     trainer_cls = timed_trl_class(GRPOTrainer)
-    return trainer_cls(model=model, reward_funcs=gym_verifier, args=args, train_dataset=dataset,
-                       processing_class=tokenizer, callbacks=[callback])
+    trainer = trainer_cls(model=model, reward_funcs=gym_verifier, args=args,
+                          train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+    dtypes = {p.dtype for p in trainer.model.parameters()}
+    if trainer.model.is_gradient_checkpointing or args.bf16 or dtypes != {torch.float32}:
+        raise RuntimeError(f"TRL is not in plain fp32 without checkpointing: {dtypes}")
+    return trainer
 
 
 def timed_trl_class(base):
-    """GRPOTrainer with wall-clock timers around its rollout, reward and no-grad log-prob
-    passes (the latter only while a batch is being prepared: TRL's old/ref log-probs)."""
+    """GRPOTrainer with wall-clock timers: ``rollout`` (``_generate``), ``reward``
+    (``_calculate_rewards``) and ``old_logprob`` = the rest of ``_generate_and_score_completions``
+    (old/ref log-prob passes if any, advantages, padding: the analogue of our
+    ``prepare_update_batch``). ``logp_passes`` counts the log-prob passes run while preparing
+    a batch (0 when TRL takes the old log-probs from the update's own forward)."""
 
     class TimedGRPOTrainer(base):
         phase_seconds: dict[str, float]
+        logp_passes = 0
         _preparing = False
 
         def _add(self, name, seconds):
@@ -219,19 +229,20 @@ def timed_trl_class(base):
                 self._add("reward", time.perf_counter() - t0)
 
         def _generate_and_score_completions(self, *a, **k):
-            self._preparing = True
+            self._preparing, t0 = True, time.perf_counter()
+            before = self.phase_seconds.get("rollout", 0.0) + self.phase_seconds.get("reward", 0.0)
             try:
                 return super()._generate_and_score_completions(*a, **k)
             finally:
                 self._preparing = False
+                inner = (self.phase_seconds.get("rollout", 0.0)
+                         + self.phase_seconds.get("reward", 0.0) - before)
+                self._add("old_logprob", time.perf_counter() - t0 - inner)
 
         def _get_per_token_logps_and_entropies(self, *a, **k):
-            t0 = time.perf_counter()
-            try:
-                return super()._get_per_token_logps_and_entropies(*a, **k)
-            finally:
-                if self._preparing:
-                    self._add("old_logprob", time.perf_counter() - t0)
+            if self._preparing:
+                type(self).logp_passes += 1
+            return super()._get_per_token_logps_and_entropies(*a, **k)
 
     TimedGRPOTrainer.phase_seconds = {}
     return TimedGRPOTrainer
@@ -242,7 +253,8 @@ def timed_trl_class(base):
 # --------------------------------------------------------------------------------------
 
 
-def make_interleaver(ours: dict, results: dict[str, Timings], profiler: cProfile.Profile | None):
+def make_interleaver(ours: dict, results: dict[str, Timings],
+                     profilers: dict[str, cProfile.Profile]):
     from transformers import TrainerCallback
 
     class Interleave(TrainerCallback):
@@ -261,10 +273,14 @@ def make_interleaver(ours: dict, results: dict[str, Timings], profiler: cProfile
             self.cpu_gap = 0.0 if self.c_resume is None else cpu - self.c_resume
             self.t_begin, self.c_begin = now, cpu
             self.trainer.phase_seconds.clear()
+            if "trl" in profilers and self.round > 0:
+                profilers["trl"].enable()
 
         def on_step_end(self, args, state, control, **kw):
             core = time.perf_counter() - self.t_begin
             core_cpu = time.process_time() - self.c_begin
+            if "trl" in profilers and self.round > 0:
+                profilers["trl"].disable()
             timed = self.round > 0  # round 0 warms up every run
             if timed:
                 trl = results["trl"]
@@ -277,7 +293,7 @@ def make_interleaver(ours: dict, results: dict[str, Timings], profiler: cProfile
                 trl.lengths.append(_trl_last_length(self.trainer))
             names = list(ours) if self.round % 2 == 0 else list(reversed(ours))
             for name in names:
-                prof = profiler if (profiler is not None and timed and name == "grpo") else None
+                prof = profilers.get(name) if timed else None
                 if prof is not None:
                     prof.enable()
                 our_step(ours[name], results[name] if timed else None)
@@ -300,6 +316,7 @@ def run(s: Setup, profile: bool = False) -> dict:
 
     torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
+    load_before = _loadavg()
     with tempfile.TemporaryDirectory(prefix="archer-bench-") as tmp:
         tmp = Path(tmp)
         model_dir = build_tiny_model(tmp / "model", hidden=s.hidden, layers=s.layers,
@@ -307,8 +324,8 @@ def run(s: Setup, profile: bool = False) -> dict:
         ours = {name: build_context(our_config(s, model_dir, name, tmp / name))
                 for name in ("grpo", "archer")}
         results = {k: Timings() for k in ("trl", "grpo", "archer")}
-        profiler = cProfile.Profile() if profile else None
-        callback = make_interleaver(ours, results, profiler)
+        profilers = {k: cProfile.Profile() for k in ("trl", "grpo")} if profile else {}
+        callback = make_interleaver(ours, results, profilers)
         trainer = make_trl_trainer(s, model_dir, ours["grpo"], tmp / "trl", callback)
         callback.trainer = trainer
         with warnings.catch_warnings():
@@ -317,11 +334,21 @@ def run(s: Setup, profile: bool = False) -> dict:
     if len(results["trl"].step) != s.steps:
         raise RuntimeError(f"TRL ran {len(results['trl'].step)} timed steps, not {s.steps}")
     out = summarise(results)
-    if profiler is not None:
+    out["trl"]["logp_passes"] = trainer.logp_passes
+    out["loadavg"] = (load_before, _loadavg())
+    for name, profiler in profilers.items():
         buf = io.StringIO()
-        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(35)
-        out["profile_grpo"] = buf.getvalue()
+        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(40)
+        out[f"profile_{name}"] = buf.getvalue()
     return out
+
+
+def _loadavg() -> float:
+    """The 1-minute load average (other processes share these cores), NaN if unknown."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def summarise(results: dict[str, Timings]) -> dict:
@@ -352,6 +379,8 @@ def report(s: Setup, out: dict) -> None:
     print(f"tiny Llama hidden={s.hidden} layers={s.layers}; P={s.prompts} prompts x "
           f"G={s.group_size}, max_new_tokens={s.max_new_tokens}, one PPO epoch, one optimizer "
           f"step per step; median of {s.steps} interleaved steps after 1 warm-up")
+    print(f"1-min load average before/after: {out['loadavg'][0]:.2f}/{out['loadavg'][1]:.2f}; "
+          f"TRL no-grad log-prob passes while preparing batches: {out['trl']['logp_passes']}")
     head = f"{'run':14s} {'s/step':>8s} " + " ".join(f"{p:>11s}" for p in PHASES)
     print(head + f" {'other':>8s} {'cpu_s':>8s} {'resp_len':>8s}")
     for name, label in (("trl", "TRL GRPO"), ("grpo", "ours grpo"), ("archer", "ours archer")):
@@ -365,9 +394,10 @@ def report(s: Setup, out: dict) -> None:
     print(f"ratio archer / grpo     = {out['ratio_archer_vs_grpo']:.3f} (median of per-step "
           f"ratios {out['ratio_archer_vs_grpo_paired']:.3f}; CPU seconds "
           f"{out['cpu_ratio_archer_vs_grpo']:.3f}; target <= 1.05)")
-    if "profile_grpo" in out:
-        print("cProfile of our grpo steps (cumulative):")
-        print(out["profile_grpo"])
+    for name in ("trl", "grpo"):
+        if f"profile_{name}" in out:
+            print(f"cProfile of the timed {name} steps (cumulative):")
+            print(out[f"profile_{name}"])
 
 
 def main(argv=None) -> dict:
@@ -381,7 +411,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--quick", action="store_true",
                     help="smoke size: 2 steps, P=2, G=4, T=8 (overrides those options)")
-    ap.add_argument("--profile", action="store_true", help="cProfile our grpo steps")
+    ap.add_argument("--profile", action="store_true", help="cProfile TRL's and our grpo steps")
     ap.add_argument("--json", action="store_true", help="also print a JSON line")
     args = ap.parse_args(argv)
     if args.quick:
@@ -402,7 +432,7 @@ def main(argv=None) -> dict:
     out = run(s, profile=args.profile)
     report(s, out)
     if args.json:
-        print(json.dumps({k: v for k, v in out.items() if k != "profile_grpo"}))
+        print(json.dumps({k: v for k, v in out.items() if not k.startswith("profile_")}))
     return out
 
 
