@@ -6,6 +6,8 @@
     archer grade math|code --input F --output F   grade outputs from anywhere (JSONL)
     archer train [--print-config] key=value ...   RL run composed with Hydra (experiments/conf)
     archer sft [--print-config] key=value ...     supervised warm-up -> HF model directory
+    archer eval --model DIR --benchmarks gsm8k,lcb_v5 --k 8 ...   evaluation (evals/)
+    archer data fetch NAME           download a data set from its public hub id
 """
 
 from __future__ import annotations
@@ -66,6 +68,18 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     return run_grade(args)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from evals.cli import run_eval
+
+    return run_eval(args)
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from archer.data.fetch import run_fetch
+
+    return run_fetch(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_grade_arguments(
         sub.add_parser("grade", help="grade math/code outputs from a JSONL file"), _cmd_grade
     )
+
+    from evals.cli import add_eval_arguments
+
+    add_eval_arguments(
+        sub.add_parser("eval", help="evaluate a model on benchmarks (samples -> scores -> "
+                       "results + MLflow)"), _cmd_eval
+    )
+    data = sub.add_parser("data", help="data utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    from archer.data.fetch import add_fetch_arguments
+
+    add_fetch_arguments(data_sub.add_parser("fetch", help="download a data set from its public "
+                                            "hub id into the data directory"), _cmd_data_fetch)
 
     presets = sub.add_parser("presets", help="list method presets")
     presets.set_defaults(func=_cmd_presets)

@@ -165,6 +165,8 @@ def _lcb(raw: dict) -> dict:
         "func_name": func_name,
         "id": raw["question_id"],
         "contest_date": raw.get("contest_date"),
+        "platform": raw["platform"],
+        "difficulty": raw.get("difficulty"),
     }
 
 

