@@ -99,7 +99,9 @@ def score_samples(samples_path: str | Path, *, data_dir: str | Path | None = Non
     graded = grade_texts(contract, problems, texts, workers=workers)
     result = build_result(contract, problems, graded, model=sf.header.get("model", ""),
                           engine=sf.header.get("engine", "hf"))
-    result["metrics"]["truncated_frac"] = sum(truncated) / len(truncated)
+    known = [bool(t) for t in truncated if t is not None]  # lm-eval does not report it
+    if known:
+        result["metrics"]["truncated_frac"] = sum(known) / len(known)
     if write:
         write_result(samples_path.parent, result, graded, problems)
     return result
