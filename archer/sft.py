@@ -120,7 +120,8 @@ def sft_loss(model, tokenizer, prompts: list[str], targets: list[str]) -> torch.
 @torch.no_grad()
 def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], reward_fn,
                      max_new_tokens: int, batch_size: int = 64) -> float:
-    """Mean reward of greedy answers to ``prompts`` (None rewards count as 0)."""
+    """Fraction of greedy answers to ``prompts`` that score >= 1 (partial credit, e.g.
+    reasoning-gym's for a near miss, and None rewards count as wrong)."""
     from archer.rollout import HFRollout, SamplingParams
 
     rollout = HFRollout(model, tokenizer, batch_size=batch_size)
@@ -128,7 +129,7 @@ def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], 
                                                      max_new_tokens=max_new_tokens, seed=0))
     keys = [k for k in records[0] if k != "prompt"]
     values = reward_fn(batch.texts, **{k: [r.get(k) for r in records] for k in keys})
-    return sum(0.0 if v is None else float(v) for v in values) / len(values)
+    return sum(v is not None and float(v) >= 1.0 for v in values) / len(values)
 
 
 def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:

@@ -635,8 +635,9 @@ def peak_memory_mb() -> float:
 
 @torch.no_grad()
 def validate(ctx: TrainContext) -> dict[str, float]:
-    """Mean reward on the held-out prompts: greedy, or avg@k over ``val_samples`` samples at
-    ``val_temperature`` (with pass@k: the fraction of prompts with a sample scoring >= 1)."""
+    """Held-out prompts, greedy or ``val_samples`` (k) samples each at ``val_temperature``:
+    mean reward, accuracy (the fraction of samples scoring >= 1, i.e. avg@k without partial
+    credit) and, for k > 1, pass@k (the fraction of prompts with a sample scoring >= 1)."""
     cfg = ctx.cfg
     k = cfg.val_samples
     params = SamplingParams(temperature=cfg.val_temperature, top_p=cfg.top_p,
@@ -644,6 +645,7 @@ def validate(ctx: TrainContext) -> dict[str, float]:
     batch = ctx.rollout.generate(prompt_texts(ctx, ctx.val_records), params)
     rewards = score(ctx, batch, ctx.val_records, k)
     out = {"val/reward_mean": rewards.mean().item(),
+           "val/accuracy": (rewards >= 1).float().mean().item(),  # partial credit excluded
            "val/response_length_mean": batch.response_lengths.float().mean().item()}
     if k > 1:
         solved = torch.zeros(len(ctx.val_records)).scatter_reduce_(

@@ -224,6 +224,7 @@ def test_validation_avg_at_k_and_pass_at_k(tiny_path, tmp_path):
     assert len(seen) == 24
     rewards = torch.tensor(seen).view(6, 4)  # prompt-major, k samples each
     assert out["val/reward_mean"] == pytest.approx(rewards.mean().item())
+    assert out["val/accuracy"] == pytest.approx((rewards >= 1).float().mean().item())
     assert out["val/pass@4"] == pytest.approx((rewards.max(1).values >= 1).float().mean().item())
     assert 0 < out["val/reward_mean"] < 1  # parity reward: mixed outcomes
     with pytest.raises(ConfigError, match="val_samples"):
