@@ -60,6 +60,7 @@ import re
 import secrets
 import subprocess
 import threading
+import weakref
 import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,7 @@ from archer.rewards.sandbox import (
     RunResult,
     Sandbox,
     SandboxConfig,
+    WarmPool,
     worker_seccomp_filter,
 )
 
@@ -85,6 +87,11 @@ HEADER_MODULES = (
     "string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
     "statistics", "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")
 # Imports LiveCodeBench puts before every solution (same modules, same order).
+#: imported once by a warm sandbox's zygote, so no program pays for them: the LiveCodeBench
+#: header's modules, what HumanEval prompts import, what the harness imports on error paths
+ZYGOTE_PRELOAD = HEADER_MODULES + (
+    "traceback", "dataclasses", "decimal", "fractions", "numbers", "array", "textwrap",
+    "hashlib", "time", "unicodedata")
 IMPORT_HEADER = "\n".join(
     [f"from {m} import *" for m in HEADER_MODULES]
     + [f"import {m}" for m in (
@@ -599,6 +606,19 @@ class CodeGrader:
             _WORKER_FILTER is not None and self.config.forbid_fork) else None
         self._args, self._stdin_prefix = harness_invocation(
             self.sandbox.python, self.config.allow_site_packages)
+        self.pool: WarmPool | None = None
+        if self.config.warm_pool and self.sandbox.sandboxed:
+            self.pool = WarmPool(
+                self.sandbox, self._args, self._stdin_prefix, ZYGOTE_PRELOAD,
+                init={"seccomp": self._filter, "pid_placeholder": PID_PLACEHOLDER,
+                      "drop_uid": self.sandbox.drop_uid},
+                size=int(self.config.max_workers) + 1)
+            weakref.finalize(self, self.pool.close)
+
+    def close(self) -> None:
+        """Stop the warm sandboxes (they also stop with this process)."""
+        if self.pool is not None:
+            self.pool.close()
 
     def grade(self, completion: str, problem: Any) -> CodeVerdict:
         problem = to_problem(problem)
@@ -621,7 +641,8 @@ class CodeGrader:
             "fail_fast": self.fail_fast,
             "seccomp": self._filter, "pid_placeholder": PID_PLACEHOLDER,
             "drop_uid": sb.drop_uid,
-            # imported once by the judge, before it forks workers
+            # cold start: imported once by the judge, before it forks workers (a warm
+            # sandbox's zygote has ZYGOTE_PRELOAD imported already)
             "preload": list(HEADER_MODULES) if problem.header else [],
         }
         secret: dict[str, Any] = {"nonce": nonce}
@@ -655,14 +676,20 @@ class CodeGrader:
             results.append(res)
             return res.status == "passed" or not self.fail_fast
 
-        run = sb.run(
-            self._args, self._stdin_prefix + json.dumps(spec).encode("utf-8"),
-            on_record=on_record,
-            wall_time_s=min(self.config.wall_time_s,
-                            5.0 + (total + 1) * self.config.test_timeout_s),
-            test_timeout_s=self.config.test_timeout_s,
-            secret=json.dumps(secret).encode("utf-8"), own_seccomp=True,
-        )
+        wall = min(self.config.wall_time_s, 5.0 + (total + 1) * self.config.test_timeout_s)
+        if self.pool is not None:
+            run = self.pool.run(
+                json.dumps(spec).encode("utf-8"), json.dumps(secret).encode("utf-8"),
+                max(1, int(min(self.config.cpu_time_s, wall)) + 1), on_record=on_record,
+                wall_time_s=wall, test_timeout_s=self.config.test_timeout_s,
+                is_last=lambda rec: rec.get("event") == "end" and rec.get("k") == nonce)
+        else:
+            run = sb.run(
+                self._args, self._stdin_prefix + json.dumps(spec).encode("utf-8"),
+                on_record=on_record, wall_time_s=wall,
+                test_timeout_s=self.config.test_timeout_s,
+                secret=json.dumps(secret).encode("utf-8"), own_seccomp=True,
+            )
         if forged:
             return CodeVerdict(False, "failed", 0, total, run.sandboxed,
                                "protocol record without the run's nonce", [], run.wall_s)
