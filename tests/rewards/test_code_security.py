@@ -6,8 +6,11 @@ killed), so the verdict must be a failure.  Cases that cannot be judged that way
 records, patched checkers, ``__eq__``) return a wrong answer and try to make it count.  A
 control case (no attack) passes in every format, so the failures are the defences' doing.
 
-The fallback (no bubblewrap) runs the cases that its defences cover (rlimits, the workers'
+Modes: ``warm`` (bubblewrap with the warm sandbox pool, the default), ``cold`` (a fresh
+bubblewrap sandbox per program, ``SandboxConfig(warm_pool=False)``) and ``fallback`` (no
+bubblewrap).  The fallback runs the cases that its defences cover (rlimits, the workers'
 seccomp filter, the judge/worker split, a clean environment); it does not isolate files.
+In warm mode, ``survives=True`` cases also show that the pool recovers after the attack.
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ BWRAP = _bwrap_ok()
 def graders():
     out = {}
     if BWRAP:
-        out["bwrap"] = CodeGrader(SandboxConfig(**CFG))
+        out["warm"] = CodeGrader(SandboxConfig(**CFG))
+        assert out["warm"].pool is not None
+        out["cold"] = CodeGrader(SandboxConfig(warm_pool=False, **CFG))
+        assert out["cold"].pool is None
     with pytest.warns(RuntimeWarning, match="UNSANDBOXED"):
         out["fallback"] = CodeGrader(SandboxConfig(use_bwrap=False, **CFG))
     return out
@@ -80,7 +86,7 @@ def grade(graders, mode, fmt, code):
     if g is None:
         pytest.skip("bubblewrap unusable here")
     v = g.grade_code(code, problem(fmt))
-    assert v.sandboxed is (mode == "bwrap")
+    assert v.sandboxed is (mode != "fallback")
     return v
 
 
@@ -95,7 +101,10 @@ def assert_fails(graders, mode, fmt, code, reasons=None, survives=False):
     return v
 
 
-MODES = ["bwrap", "fallback"]
+#: "warm": bubblewrap with the warm pool (the default), "cold": a fresh bubblewrap sandbox per
+#: program, "fallback": no bubblewrap
+MODES = ["warm", "cold", "fallback"]
+BWRAP_MODES = ["warm", "cold"]
 
 
 # --- control -------------------------------------------------------------------------------------
@@ -170,9 +179,10 @@ def test_stdout_flood_that_exits_cleanly_is_truncated(graders):
 # --- files, environment, network -------------------------------------------------------------------
 
 @pytest.mark.skipif(not BWRAP, reason="bubblewrap unusable here")
+@pytest.mark.parametrize("mode", BWRAP_MODES)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("action", ["write", "delete", "rmtree"])
-def test_files_outside_the_sandbox_untouched(graders, tmp_path, fmt, action):
+def test_files_outside_the_sandbox_untouched(graders, tmp_path, mode, fmt, action):
     canary_dir = tmp_path / "canary"
     canary_dir.mkdir()
     canary = canary_dir / "canary.txt"
@@ -186,7 +196,7 @@ def test_files_outside_the_sandbox_untouched(graders, tmp_path, fmt, action):
             "delete": f"import os\nos.remove({str(canary)!r})\nos.remove({str(home)!r})",
             "rmtree": f"import shutil\nshutil.rmtree({str(canary_dir)!r})",
         }[action]
-        assert_fails(graders, "bwrap", fmt, program(fmt, attack, where="call"),
+        assert_fails(graders, mode, fmt, program(fmt, attack, where="call"),
                      {"runtime_error"})
         assert canary.read_text() == "original" and home.read_text() == "original"
         assert sorted(p.name for p in canary_dir.iterdir()) == ["canary.txt"]
@@ -282,8 +292,9 @@ def test_cannot_signal_other_processes(graders, mode, fmt):
 
 
 @pytest.mark.skipif(not BWRAP, reason="bubblewrap unusable here")
+@pytest.mark.parametrize("mode", BWRAP_MODES)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_sigkill_everything_from_the_sandbox(graders, fmt):
+def test_sigkill_everything_from_the_sandbox(graders, mode, fmt):
     # real SIGKILLs, only under bubblewrap (its pid namespace bounds them even if the filter
     # failed): parent, own group, every process
     attack = """
@@ -295,7 +306,7 @@ def test_sigkill_everything_from_the_sandbox(graders, fmt):
         except OSError:
             pass
     """
-    assert_fails(graders, "bwrap", fmt, program(fmt, attack, where="call", answer="a * b"),
+    assert_fails(graders, mode, fmt, program(fmt, attack, where="call", answer="a * b"),
                  survives=True)
     assert os.getppid() > 0  # this process is alive and well
 
@@ -470,7 +481,7 @@ def test_humaneval_style_check_cannot_be_patched(graders, mode):
            "test": "def check(candidate):\n    assert candidate(1) == 2\n"
                    "    assert candidate(41) == 42\n"}
     good = g.grade("```python\n    return x + 1\n```", rec)
-    assert good.passed and good.tests_passed == 2 and good.sandboxed is (mode == "bwrap")
+    assert good.passed and good.tests_passed == 2 and good.sandboxed is (mode != "fallback")
     for body in ["    return x\n\ndef check(candidate):\n    pass\n",
                  "    return x\nimport builtins\nbuiltins.AssertionError = KeyError\n",
                  "    import sys\n    sys.exit(0)\n",
