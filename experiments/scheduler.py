@@ -1,0 +1,461 @@
+"""The study scheduler: trials as Ray tasks with declared resources, retried from their
+checkpoints, resumable as a whole, logged to MLflow by one writer, shown live.
+
+- **Ray**: a local Ray (``num_cpus`` CPUs, no dashboard) by default, or an existing cluster
+  (``ray_address``). Each trial is one task (``experiments.trial.run_trial``: train, then
+  evaluate) with the study's ``num_cpus``/``num_gpus``; at most ``max_concurrent`` run at once.
+- **Retries**: a trial whose task fails (an exception, or its worker process killed) is
+  submitted again up to ``max_retries`` times; the trainer resumes from the trial's latest
+  checkpoint, so finished steps are not redone.
+- **Resumable study**: ``<study dir>/study.json`` records every trial by identity hash
+  (status, attempts, MLflow run, how far its event file was uploaded). Running the study
+  again skips finished trials and resumes the others (also after the scheduler itself was
+  killed: a trial marked running by a dead scheduler is resumed).
+- **Per-trial logs**: ``<trial dir>/trial.log`` (stdout/stderr of its attempts);
+  ``events.jsonl`` is what the trial reported.
+- **Single MLflow writer**: the driver tails each trial's ``events.jsonl`` and replays it
+  through :class:`experiments.mlflow_hierarchy.StudyTracker`.
+- **Live view**: a table (trial, status, attempt, step, latest metric) redrawn in place on a
+  terminal, one line per status change otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.study import TrialSpec
+from experiments.trial import EVENTS, STOP, EventLog
+
+STATE = "study.json"
+PASS_ENV = ("ARCHER_DATA_DIR", "ARCHER_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE")
+SHOWN_METRICS = ("val/accuracy", "val/reward_mean", "reward/mean")
+
+
+# --------------------------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialState:
+    number: int
+    name: str
+    hash: str
+    out_dir: str
+    total_steps: int
+    status: str = "pending"  # pending | running | finished | failed | pruned
+    attempts: int = 0
+    run_id: str | None = None
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value per metric
+    offset: int = 0  # bytes of events.jsonl uploaded to MLflow
+    uploaded_steps: list[int] = field(default_factory=list)
+    eval_run_ids: list[str] = field(default_factory=list)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    export_dir: str | None = None
+    error: str | None = None
+    objective: float | None = None
+    started: float | None = None
+    ended: float | None = None
+
+    def latest(self) -> tuple[str, float] | None:
+        for key in SHOWN_METRICS:
+            if key in self.metrics:
+                return key, self.metrics[key]
+        return None
+
+
+@dataclass
+class StudyState:
+    study: str
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str | None = None
+    status: str = "running"
+    trials: dict[str, TrialState] = field(default_factory=dict)  # hash -> state
+    updated: float = 0.0
+    registered: str | None = None  # "<model name>/<version>" of the best trial's policy
+    best: str | None = None  # hash of the best trial
+    current: list[str] = field(default_factory=list)  # hashes of the latest invocation
+
+    def shown(self) -> list[TrialState]:
+        """The trials of the latest invocation (all when it is not recorded)."""
+        keep = set(self.current) or set(self.trials)
+        return sorted((t for h, t in self.trials.items() if h in keep), key=lambda t: t.number)
+
+    @classmethod
+    def load(cls, path: Path) -> StudyState | None:
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        trials = {h: TrialState(**t) for h, t in data.pop("trials").items()}
+        return cls(**data, trials=trials)
+
+    def save(self, path: Path) -> None:
+        self.updated = time.time()
+        data = self.__dict__ | {"trials": {h: t.__dict__ for h, t in self.trials.items()}}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        os.replace(tmp, path)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.shown():
+            out[t.status] = out.get(t.status, 0) + 1
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Progress view
+# --------------------------------------------------------------------------------------------
+
+
+def format_table(state: StudyState) -> str:
+    rows = [("#", "trial", "status", "try", "step", "latest metric")]
+    for t in state.shown():
+        latest = t.latest()
+        metric = f"{latest[0]}={latest[1]:.4g}" if latest else "-"
+        if t.objective is not None:
+            metric += f"  objective={t.objective:.4g}"
+        if t.error and t.status == "failed":
+            metric = t.error[:60]
+        rows.append((str(t.number), t.name, t.status, str(t.attempts),
+                     f"{t.step}/{t.total_steps}", metric))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(state.counts().items()))
+    head = f"study {state.study} ({state.status}): {counts}"
+    return "\n".join([head, *lines])
+
+
+class ProgressView:
+    """Live table on a terminal (redrawn at most every ``interval`` s), else a line per
+    trial status change. ``enabled=None``: the table only when ``stream`` is a terminal."""
+
+    def __init__(self, enabled: bool | None = None, stream=None, interval: float = 1.0):
+        self.stream = stream or sys.stderr
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.live = tty if enabled is None else bool(enabled) and tty
+        self.quiet = enabled is False
+        self.interval = interval
+        self._last = 0.0
+        self._seen: dict[str, tuple[str, int]] = {}
+
+    def update(self, state: StudyState, force: bool = False) -> None:
+        if self.quiet:
+            return
+        if self.live:
+            now = time.monotonic()
+            if force or now - self._last >= self.interval:
+                self.stream.write("\x1b[H\x1b[2J" + format_table(state) + "\n")
+                self.stream.flush()
+                self._last = now
+            return
+        for t in state.shown():
+            key = (t.status, t.attempts)
+            if self._seen.get(t.hash) != key:
+                self._seen[t.hash] = key
+                latest = t.latest()
+                extra = f" {latest[0]}={latest[1]:.4g}" if latest else ""
+                err = f" ({t.error})" if t.error and t.status == "failed" else ""
+                self.stream.write(f"[{state.study}] {t.name}: {t.status} (attempt {t.attempts}"
+                                  f", step {t.step}/{t.total_steps}){extra}{err}\n")
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Sources of trials
+# --------------------------------------------------------------------------------------------
+
+
+class TrialSource:
+    """What the scheduler runs. ``next_trial()``: a trial to start now or None;
+    ``exhausted()``: no more trials will come; ``on_update(trial, state, tracker)``: called
+    after new events were uploaded, returns True to stop (prune) the trial;
+    ``on_done(trial, state, tracker)``: the trial ended (finished, failed or pruned)."""
+
+    def next_trial(self) -> TrialSpec | None:
+        raise NotImplementedError
+
+    def exhausted(self) -> bool:
+        raise NotImplementedError
+
+    def on_update(self, trial: TrialSpec, state: TrialState, tracker) -> bool:
+        return False
+
+    def on_done(self, trial: TrialSpec, state: TrialState, tracker) -> None:
+        pass
+
+
+class ListSource(TrialSource):
+    def __init__(self, trials: list[TrialSpec]) -> None:
+        self.queue = list(trials)
+
+    def next_trial(self) -> TrialSpec | None:
+        return self.queue.pop(0) if self.queue else None
+
+    def exhausted(self) -> bool:
+        return not self.queue
+
+
+# --------------------------------------------------------------------------------------------
+# Ray
+# --------------------------------------------------------------------------------------------
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             num_gpus: int | None = None) -> None:
+    """Connect to ``address`` (an existing cluster), or start a local Ray without the
+    dashboard; nothing when Ray is already initialised in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 log_to_driver=False)
+
+
+def _trial_task(payload: dict[str, Any]) -> dict[str, Any]:
+    from experiments.trial import run_trial
+
+    return run_trial(payload)
+
+
+_REMOTE = None
+
+
+def _remote():
+    global _REMOTE
+    if _REMOTE is None:
+        import ray
+
+        _REMOTE = ray.remote(max_retries=0)(_trial_task)  # retries are the scheduler's
+    return _REMOTE
+
+
+# --------------------------------------------------------------------------------------------
+# The scheduler
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    trial: TrialSpec
+    ref: Any
+
+
+class Scheduler:
+    def __init__(self, study: str, study_dir: str | Path, *, experiment: str,
+                 tracking_uri: str | None = None, max_concurrent: int = 2,
+                 max_retries: int = 2, ray_address: str | None = None,
+                 num_cpus: int | None = None, progress: bool | None = None,
+                 poll_s: float = 0.25, system_metrics: bool = False,
+                 study_params: dict[str, Any] | None = None, study_config: str = "",
+                 observer: Callable[[StudyState], None] | None = None,
+                 stream=None) -> None:
+        from experiments.mlflow_hierarchy import StudyTracker
+
+        self.study = study
+        self.dir = Path(study_dir).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.dir / STATE
+        self.max_concurrent = max_concurrent
+        self.max_retries = max_retries
+        self.ray_address, self.num_cpus = ray_address, num_cpus
+        self.poll_s = poll_s
+        self.system_metrics = system_metrics
+        self.observer = observer
+        self.view = ProgressView(progress, stream=stream)
+        self.tracker = StudyTracker(study, self.dir, experiment, tracking_uri)
+        previous = StudyState.load(self.state_path)
+        if previous is not None and previous.tracking_uri != self.tracker.uri:
+            raise ValueError(f"study {study} was logged to {previous.tracking_uri}; rerun it "
+                             f"with that tracking URI (got {self.tracker.uri})")
+        self.state = previous or StudyState(study=study, experiment=experiment,
+                                            tracking_uri=self.tracker.uri)
+        self.state.status = "running"
+        config_path = self.dir / "study.yaml"
+        config_path.write_text(study_config)
+        self.state.parent_run_id = self.tracker.open_study_run(
+            self.state.parent_run_id, study_params or {}, config_path)
+        self.save()
+
+    def save(self) -> None:
+        self.state.save(self.state_path)
+
+    # ------------------------------------------------------------------------------------------
+
+    def is_finished(self, trial: TrialSpec) -> bool:
+        t = self.state.trials.get(trial.hash)
+        return t is not None and t.status in ("finished", "pruned")
+
+    def _prepare(self, trial: TrialSpec) -> TrialState:
+        """State + MLflow run for ``trial`` (new, or continued from an earlier invocation)."""
+        t = self.state.trials.get(trial.hash)
+        if t is None:
+            t = TrialState(number=trial.number, name=trial.name, hash=trial.hash,
+                           out_dir=trial.out_dir, total_steps=int(trial.train["total_steps"]))
+            self.state.trials[trial.hash] = t
+        if trial.hash not in self.state.current:
+            self.state.current.append(trial.hash)
+        out = Path(trial.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        config_path = out / "config.yaml"
+        if not config_path.is_file():
+            import yaml
+
+            config_path.write_text(yaml.safe_dump(trial.config, sort_keys=False))
+        if trial.hash not in self.tracker.loggers:
+            t.run_id = self.tracker.open_trial_run(trial, t.run_id, self.state.parent_run_id,
+                                                   config_path)
+        self._drain(trial, t)  # events a killed scheduler had not uploaded yet
+        (out / STOP).unlink(missing_ok=True)
+        return t
+
+    def _submit(self, trial: TrialSpec, t: TrialState) -> _Running:
+        t.attempts += 1
+        t.status = "running"
+        t.error = None
+        t.started = t.started or time.time()
+        payload = {"train": trial.train, "run_id": t.run_id, "attempt": t.attempts,
+                   "eval": trial.eval, "system_metrics": self.system_metrics,
+                   "env": {k: os.environ[k] for k in PASS_ENV if k in os.environ}}
+        options = {"num_cpus": trial.resources.get("num_cpus", 1),
+                   "num_gpus": trial.resources.get("num_gpus", 0),
+                   "name": f"{self.study}/{trial.name}"}
+        ref = _remote().options(**options).remote(payload)
+        self.save()
+        return _Running(trial, ref)
+
+    def _drain(self, trial: TrialSpec, t: TrialState) -> bool:
+        """Upload the trial's new events to MLflow; True when there were any."""
+        events, offset = EventLog(Path(trial.out_dir) / EVENTS).read_from(t.offset)
+        if not events:
+            return False
+        uploaded = set(t.uploaded_steps)
+        for event in events:
+            self.tracker.apply(trial.hash, event, uploaded)
+            if event["op"] == "metrics":
+                t.step = int(event["step"])
+                t.metrics.update({k: v for k, v in event["values"].items()
+                                  if isinstance(v, (int, float))})
+            elif event["op"] == "rewind":
+                t.step = int(event["step"])
+            elif event["op"] == "eval":
+                t.eval_run_ids = self.tracker.log_evaluations(trial, t.run_id, event["results"])
+                t.eval_metrics = {f"{r['benchmark']}/{k}": v for r in event["results"]
+                                  for k, v in r["metrics"].items()
+                                  if isinstance(v, (int, float))}
+            elif event["op"] == "done":
+                t.export_dir = event.get("export_dir")
+        t.uploaded_steps = sorted(uploaded)
+        t.offset = offset
+        self.save()
+        return True
+
+    def _finish(self, run: _Running, t: TrialState, status: str, source: TrialSource,
+                error: str | None = None) -> None:
+        t.status = status
+        t.error = error
+        t.ended = time.time()
+        mlflow_status = {"finished": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
+        if status == "pruned":
+            self.tracker.loggers[run.trial.hash].set_tags({"archer.pruned": "true"})
+        self.tracker.finish_trial(run.trial.hash, mlflow_status)
+        source.on_done(run.trial, t, self.tracker)
+        self.save()
+
+    def run(self, source: TrialSource) -> StudyState:
+        import ray
+
+        init_ray(self.ray_address, self.num_cpus)
+        running: dict[Any, _Running] = {}
+        try:
+            while True:
+                while len(running) < self.max_concurrent:
+                    trial = source.next_trial()
+                    if trial is None:
+                        break
+                    if self.is_finished(trial):  # a rerun: identity hash already done
+                        continue
+                    t = self._prepare(trial)
+                    job = self._submit(trial, t)
+                    running[job.ref] = job
+                if not running:
+                    if source.exhausted():
+                        break
+                    time.sleep(self.poll_s)
+                    continue
+                self.view.update(self.state)
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_s)
+                for job in list(running.values()):
+                    t = self.state.trials[job.trial.hash]
+                    if self._drain(job.trial, t) and t.status == "running":
+                        if source.on_update(job.trial, t, self.tracker):
+                            (Path(job.trial.out_dir) / STOP).touch()
+                for ref in ready:
+                    job = running.pop(ref)
+                    self._settle(job, source, running)
+                if self.observer is not None:
+                    self.observer(self.state)
+        finally:
+            for job in running.values():  # interrupted (Ctrl-C): stop what is running
+                ray.cancel(job.ref, force=True)
+                self.state.trials[job.trial.hash].status = "pending"
+            self.save()
+        counts = self.state.counts()
+        self.state.status = "finished" if set(counts) <= {"finished", "pruned"} else "failed"
+        self.tracker.finish_study("FINISHED" if self.state.status == "finished" else "FAILED",
+                                  {f"trials_{k}": float(v) for k, v in counts.items()})
+        self.save()
+        self.view.update(self.state, force=True)
+        return self.state
+
+    def _settle(self, job: _Running, source: TrialSource, running: dict) -> None:
+        import ray
+
+        t = self.state.trials[job.trial.hash]
+        try:
+            result = ray.get(job.ref)
+        except Exception as err:  # noqa: BLE001  (task error or worker crash)
+            self._drain(job.trial, t)
+            message = _error_line(err)
+            if t.attempts <= self.max_retries:
+                t.error = message
+                retry = self._submit(job.trial, t)
+                running[retry.ref] = retry
+                return
+            self._finish(job, t, "failed", source, error=message)
+            return
+        self._drain(job.trial, t)
+        self._finish(job, t, result["status"], source)
+
+
+def _error_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    kind = type(err).__name__
+    if "WorkerCrashed" in kind or "died" in text.lower() and "worker" in text.lower():
+        return f"{kind}: the trial's worker process died"
+    return f"{kind}: {lines[-1] if lines else ''}"[:300]
+
+
+def objective_value(t: TrialState, metric: str) -> float | None:
+    """The trial's objective: its last value of ``metric`` (training/validation metrics),
+    else an evaluation metric ``<benchmark>/<metric>``; None when it has neither."""
+    value = t.metrics.get(metric, t.eval_metrics.get(metric))
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

@@ -1,0 +1,410 @@
+"""Studies as Hydra configs: ``experiments/conf/study/<name>.yaml`` -> validated trials.
+
+A study file states a grid of training runs in a few lines::
+
+    name: ablate_kl
+    recipe: cpu                         # experiments/conf/recipe/<recipe>.yaml: base overrides,
+                                        # per-trial evaluation, Ray resources
+    base: [algo=archer]                 # more overrides for every trial
+    axes: {algo.low.kl_weight: [0.0, 0.001, 0.005]}   # cartesian product
+    variants: {}                        # or named override lists (one trial each)
+    seeds: [0, 1, 2]                    # trainer.seed, an axis of its own
+    objective: {metric: val/accuracy, direction: maximize}
+    max_concurrent: 2
+    max_retries: 2
+
+Trials = variants x axes x seeds, numbered in that order. Every trial is composed with
+``experiments.train_cli`` (the same composition as ``archer train``: recipe, then ``base``,
+then the variant and axis values, then the command line's trial overrides, then the seed) and
+validated into a TrainConfig *before* anything runs: an unknown preset, an unknown key (in
+the study file, the recipe or an override), an empty axis or an empty grid refuse the whole
+study with a message naming the problem.
+
+The study file is composed by Hydra (``compose("study/<name>")``) so study-level overrides use
+Hydra's syntax and struct mode (``study.seeds=[0]``, ``study.max_concurrent=4``); a key the
+file does not have is refused by Hydra, a key the schema does not know by :func:`load_study`.
+
+A trial's identity is the hash of its resolved configuration (everything that changes what is
+trained and how it is evaluated; not the output directory, the progress bar or the tracking
+backend): running the study again skips trials whose hash finished and resumes the others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archer.config import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+STUDY_DIR = CONF_DIR / "study"
+RECIPE_DIR = CONF_DIR / "recipe"
+DEFAULT_ROOT = "runs/studies"
+
+STUDY_KEYS = {
+    "name": str, "description": str, "recipe": str, "base": list, "axes": dict,
+    "variants": dict, "seeds": list, "objective": dict, "max_concurrent": int,
+    "max_retries": int, "eval": (dict, type(None)), "resources": dict,
+    "experiment": (str, type(None)), "register_best": bool, "system_metrics": bool,
+}
+STUDY_DEFAULTS: dict[str, Any] = {
+    "description": "", "recipe": "cpu", "base": [], "axes": {}, "variants": {}, "seeds": [0],
+    "objective": {"metric": "val/accuracy", "direction": "maximize"}, "max_concurrent": 2,
+    "max_retries": 2, "experiment": None, "register_best": True, "system_metrics": False,
+    "eval": None, "resources": {},
+}
+RECIPE_KEYS = ("overrides", "eval", "resources")
+EVAL_KEYS = ("benchmarks", "limit", "k", "max_new_tokens", "temperature", "top_p", "seed",
+             "batch_size")
+RESOURCE_KEYS = ("num_cpus", "num_gpus")
+DIRECTIONS = ("maximize", "minimize")
+# Keys that do not change what a trial computes: left out of its identity hash.
+NOT_IDENTITY = (("trainer", "out_dir"), ("trainer", "progress"), ("tracking",))
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial, fully resolved and validated."""
+
+    number: int  # position in the study (Optuna's trial number in a sweep)
+    name: str  # e.g. "t003-algo=dapo-seed=0"
+    overrides: tuple[str, ...]  # what was composed, in order
+    config: dict[str, Any]  # the resolved configuration (as `archer train --print-config`)
+    train: dict[str, Any]  # TrainConfig.to_dict() with out_dir set
+    hash: str  # identity: hash of the resolved config + evaluation
+    out_dir: str  # the trial's run directory (checkpoints, events, logs, evaluation)
+    eval: dict[str, Any] | None  # evaluation spec (evals harness) or None
+    resources: dict[str, float]  # Ray resources of the task
+    tags: dict[str, str] = field(default_factory=dict)  # preset, seed, variant, ...
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    description: str
+    recipe: str
+    recipe_overrides: tuple[str, ...]
+    base: tuple[str, ...]
+    axes: dict[str, list]
+    variants: dict[str, list[str]]
+    seeds: tuple[int, ...]
+    objective: dict[str, str]
+    max_concurrent: int
+    max_retries: int
+    eval: dict[str, Any] | None
+    resources: dict[str, float]
+    experiment: str
+    register_best: bool
+    system_metrics: bool
+    raw: dict[str, Any]  # the composed study file (logged as the study's config)
+
+    def size(self) -> int:
+        n = max(1, len(self.variants))
+        for values in self.axes.values():
+            n *= len(values)
+        return n * len(self.seeds)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validating the study file
+# --------------------------------------------------------------------------------------------
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Command-line overrides -> (study-level without the ``study.`` prefix, trial-level).
+    ``recipe=X`` is a shorthand of ``study.recipe=X``."""
+    study, trial = [], []
+    for ov in overrides:
+        if ov.startswith("study."):
+            study.append(ov[len("study."):])
+        elif ov.startswith("recipe="):
+            study.append(ov)
+        else:
+            trial.append(ov)
+    return study, trial
+
+
+def study_path(name: str | Path) -> Path:
+    """``experiments/conf/study/<name>.yaml``, or ``name`` itself when it is a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"study file {path} does not exist")
+        return path.resolve()
+    path = STUDY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(str(name), study_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown study {name!r}{hint}; studies: {study_names()} (or give a "
+                          "path to a study .yaml file)")
+    return path
+
+
+def _compose_study_file(path: Path, overrides: list[str]) -> dict[str, Any]:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    in_group = path.parent == STUDY_DIR  # composed under the package `study`
+    conf_dir = CONF_DIR if in_group else path.parent
+    config_name = f"study/{path.stem}" if in_group else path.stem
+    prefix = "study." if in_group else ""
+    in_file = set(yaml.safe_load(path.read_text()) or {})
+    # a schema key the file leaves at its default is added (Hydra's `+`), any other is an error
+    overrides = [("+" if ov.split("=", 1)[0] in set(STUDY_KEYS) - in_file else "") + ov
+                 for ov in overrides]
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3",
+                               job_name="archer-study"):
+        try:
+            cfg = compose(config_name, overrides=[
+                f"+{prefix}{ov[1:]}" if ov.startswith("+") else f"{prefix}{ov}"
+                for ov in overrides])
+        except (HydraException, OmegaConfBaseException) as err:
+            text = str(err).strip().splitlines()[0]
+            m = re.search(r"Could not override '([^']+)'", text)
+            if m:
+                key = m.group(1).removeprefix(prefix)
+                close = difflib.get_close_matches(key, list(STUDY_KEYS), n=1)
+                hint = f" (did you mean 'study.{close[0]}'?)" if close else ""
+                raise ConfigError(f"study {path.stem}: unknown study key 'study.{key}'{hint}; "
+                                  f"keys: {sorted(STUDY_KEYS)}") from None
+            raise ConfigError(f"study {path.stem}: bad override: {text}") from None
+    data = OmegaConf.to_container(cfg, resolve=True)
+    return data["study"] if in_group and set(data) == {"study"} else data
+
+
+def _load_recipe(name: str) -> dict[str, Any]:
+    path = RECIPE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe {name!r}; recipes: {recipe_names()}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - set(RECIPE_KEYS))
+    if unknown:
+        raise ConfigError(f"recipe {name}: unknown key(s) {unknown}; keys: {list(RECIPE_KEYS)}")
+    return raw
+
+
+def _check_keys(where: str, given: dict, allowed) -> None:
+    allowed = list(allowed)
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; keys: {sorted(allowed)}")
+
+
+def _check_eval(where: str, spec: Any) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}.eval must be a mapping or null, got {spec!r}")
+    _check_keys(f"{where}.eval", spec, EVAL_KEYS)
+    benches = spec.get("benchmarks")
+    if not isinstance(benches, list) or not benches:
+        raise ConfigError(f"{where}.eval.benchmarks must be a non-empty list of benchmarks")
+    from evals.registry import BENCHMARKS
+
+    for b in benches:
+        if b not in BENCHMARKS:
+            raise ConfigError(f"{where}.eval: unknown benchmark {b!r}; choose from "
+                              f"{BENCHMARKS.names()}")
+    return dict(spec)
+
+
+def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpec:
+    """Compose and validate ``experiments/conf/study/<name>.yaml`` or a study file path
+    (study-level overrides without the ``study.`` prefix)."""
+    path = study_path(name)
+    name = path.stem
+    data = _compose_study_file(path, list(overrides or []))
+    where = f"study {name}"
+    _check_keys(where, data, STUDY_KEYS)
+    data = STUDY_DEFAULTS | data
+    for key, types in STUDY_KEYS.items():
+        if key not in data:
+            raise ConfigError(f"{where}: missing key {key!r}")
+        if not isinstance(data[key], types) or (types is int and isinstance(data[key], bool)):
+            raise ConfigError(f"{where}: {key}={data[key]!r} has the wrong type "
+                              f"(expected {getattr(types, '__name__', types)})")
+    if data["name"] != name:
+        raise ConfigError(f"{where}: name={data['name']!r} differs from the file name {name!r}")
+    recipe = _load_recipe(data["recipe"])
+    axes: dict[str, list] = {}
+    for key, values in data["axes"].items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: axis {key!r} is empty (give at least one value)")
+        axes[str(key)] = list(values)
+    variants: dict[str, list[str]] = {}
+    for vname, ovs in data["variants"].items():
+        if not isinstance(ovs, list) or not all(isinstance(o, str) and "=" in o for o in ovs):
+            raise ConfigError(f"{where}: variant {vname!r} must be a list of key=value overrides")
+        variants[str(vname)] = list(ovs)
+    if not data["seeds"]:
+        raise ConfigError(f"{where}: seeds is empty (give at least one seed)")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in data["seeds"]):
+        raise ConfigError(f"{where}: seeds={data['seeds']!r} must be non-negative integers")
+    if len(set(data["seeds"])) != len(data["seeds"]):
+        raise ConfigError(f"{where}: seeds={data['seeds']!r} has duplicates")
+    for key in ("max_concurrent",):
+        if data[key] < 1:
+            raise ConfigError(f"{where}: {key}={data[key]} must be >= 1")
+    if data["max_retries"] < 0:
+        raise ConfigError(f"{where}: max_retries={data['max_retries']} must be >= 0")
+    objective = dict(data["objective"])
+    _check_keys(f"{where}.objective", objective, ("metric", "direction"))
+    if objective.get("direction") not in DIRECTIONS or not objective.get("metric"):
+        raise ConfigError(f"{where}.objective must give a metric and a direction in "
+                          f"{list(DIRECTIONS)}, got {objective!r}")
+    _check_presets(where, axes, variants, data["base"] + list(recipe.get("overrides") or []))
+    evaluation = _check_eval(where, data["eval"] if data["eval"] is not None
+                             else recipe.get("eval"))
+    resources = dict(recipe.get("resources") or {}) | dict(data["resources"] or {})
+    _check_keys(f"{where}.resources", resources, RESOURCE_KEYS)
+    resources = {"num_cpus": float(resources.get("num_cpus", 1)),
+                 "num_gpus": float(resources.get("num_gpus", 0))}
+    if resources["num_cpus"] < 0 or resources["num_gpus"] < 0:
+        raise ConfigError(f"{where}.resources must be >= 0, got {resources}")
+    spec = StudySpec(
+        name=name, description=data["description"], recipe=data["recipe"],
+        recipe_overrides=tuple(recipe.get("overrides") or ()), base=tuple(data["base"]),
+        axes=axes, variants=variants, seeds=tuple(data["seeds"]), objective=objective,
+        max_concurrent=data["max_concurrent"], max_retries=data["max_retries"],
+        eval=evaluation, resources=resources,
+        experiment=data["experiment"] or f"study-{name}", register_best=data["register_best"],
+        system_metrics=data["system_metrics"], raw=data)
+    if spec.size() == 0:
+        raise ConfigError(f"{where}: the grid is empty (no trials)")
+    return spec
+
+
+def _check_presets(where: str, axes: dict[str, list], variants: dict[str, list[str]],
+                   base: list[str]) -> None:
+    from experiments.presets import preset_names
+
+    names = preset_names()
+
+    def check(value: Any, origin: str) -> None:
+        if str(value) not in names:
+            close = difflib.get_close_matches(str(value), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown preset {value!r} in {origin}{hint}; presets: "
+                              f"{names}")
+
+    for value in axes.get("algo", []):
+        check(value, "axes.algo")
+    for vname, ovs in variants.items():
+        for ov in ovs:
+            if ov.startswith("algo="):
+                check(ov.split("=", 1)[1], f"variants.{vname}")
+    for ov in base:
+        if ov.startswith("algo="):
+            check(ov.split("=", 1)[1], "base")
+
+
+# --------------------------------------------------------------------------------------------
+# Trials
+# --------------------------------------------------------------------------------------------
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.=+-]+", "_", text)[:80]
+
+
+def dedupe(overrides: list[str]) -> list[str]:
+    """Keep only the last ``key=value`` of each key (the recipe's ``model=tiny`` gives way to
+    a command line's ``model=<dir>``), in the order of the kept ones."""
+    last = {ov.split("=", 1)[0]: i for i, ov in enumerate(overrides)}
+    return [ov for i, ov in enumerate(overrides) if last[ov.split("=", 1)[0]] == i]
+
+
+def identity_hash(config: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
+    """sha256 (first 12 hex digits) of the resolved config without the keys that do not
+    change what is computed (:data:`NOT_IDENTITY`), plus the evaluation spec."""
+    data = json.loads(json.dumps(config, default=str))
+    for path in NOT_IDENTITY:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part, {})
+        node.pop(path[-1], None)
+    text = json.dumps({"config": data, "eval": evaluation}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Path,
+                  evaluation: dict[str, Any] | None, resources: dict[str, float],
+                  tags: dict[str, str]) -> TrialSpec:
+    """Compose + validate one trial (``archer train``'s composition with ``overrides``)."""
+    from experiments.train_cli import build_train_setup, compose_config
+
+    fixed = ["tracking=none", "trainer.progress=false"]
+    try:
+        setup = build_train_setup(compose_config(dedupe(list(overrides) + fixed), "config"))
+    except ConfigError as err:
+        raise ConfigError(f"trial {name}: {err}") from None
+    config = setup.composed.config
+    digest = identity_hash(config, evaluation)
+    out_dir = (study_dir / "trials" / f"{name}-{digest[:8]}").resolve()
+    config["trainer"]["out_dir"] = str(out_dir)
+    train = setup.train.to_dict() | {"out_dir": str(out_dir)}
+    choices = setup.composed.choices
+    tags = {"archer.preset": choices.get("algo", ""), "archer.seed": str(setup.train.seed),
+            "archer.model": str(setup.train.model), "archer.data": choices.get("data", "")
+            } | tags
+    return TrialSpec(number=number, name=name, overrides=tuple(overrides), config=config,
+                     train=train, hash=digest, out_dir=str(out_dir), eval=evaluation,
+                     resources=dict(resources), tags=tags)
+
+
+def expand_trials(spec: StudySpec, trial_overrides: list[str] | None = None,
+                  root: str | Path = DEFAULT_ROOT) -> list[TrialSpec]:
+    """All trials of the study, composed and validated (any error refuses the study)."""
+    study_dir = Path(root) / spec.name
+    variants = list(spec.variants.items()) or [("", [])]
+    axis_keys = list(spec.axes)
+    combos = list(itertools.product(*(spec.axes[k] for k in axis_keys)))
+    trials: list[TrialSpec] = []
+    number = 0
+    for vname, vovs in variants:
+        for combo in combos:
+            for seed in spec.seeds:
+                axis_ovs = [f"{k}={_format_value(v)}" for k, v in zip(axis_keys, combo)]
+                parts = ([vname] if vname else []) + axis_ovs + [f"seed={seed}"]
+                name = _slug(f"t{number:03d}-" + "-".join(parts))
+                overrides = (list(spec.recipe_overrides) + list(spec.base) + list(vovs)
+                             + axis_ovs + list(trial_overrides or []) + [f"trainer.seed={seed}"])
+                tags = {"archer.study": spec.name, "archer.trial_number": str(number),
+                        "archer.variant": vname or "-",
+                        "archer.axes": " ".join(axis_ovs) or "-"}
+                trials.append(resolve_trial(number, name, overrides, study_dir=study_dir,
+                                            evaluation=spec.eval, resources=spec.resources,
+                                            tags=tags))
+                number += 1
+    hashes = [t.hash for t in trials]
+    dupes = sorted({t.name for t in trials if hashes.count(t.hash) > 1})
+    if dupes:
+        raise ConfigError(f"study {spec.name}: trials {dupes} resolve to the same configuration "
+                          "(an axis value is overridden by a fixed override?)")
+    return trials

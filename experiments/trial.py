@@ -1,0 +1,259 @@
+"""One trial, inside its worker process: train (resuming from the latest checkpoint), then
+evaluate; everything it would log goes to ``<trial dir>/events.jsonl``.
+
+The trial never talks to MLflow (nor to Optuna): the study's driver is the single writer
+(``experiments.mlflow_hierarchy``), so parallel trials cannot lock a SQLite store or lose
+data. Events are appended one JSON object per line and flushed::
+
+    {"op": "start", "attempt": 2, "pid": 123, "resume_step": 3, "time": ...}
+    {"op": "params", "values": {...}}             (a new run only)
+    {"op": "rewind", "step": 3, "metrics": {...}} (a resumed run)
+    {"op": "metrics", "step": 4, "values": {...}}
+    {"op": "system", "step": 4, "values": {...}}  (system metrics, when asked for)
+    {"op": "eval", "results": [...]}              (evals.scoring results per benchmark)
+    {"op": "done", "status": "finished" | "pruned", "step": 6, "export_dir": "..."}
+
+A process killed mid-write leaves a torn last line; the next attempt cuts it off before it
+appends (:meth:`EventLog.repair`), and readers only consume complete lines.
+
+Stopping (Optuna pruning): the driver creates ``<trial dir>/STOP``; the trial's logger sees it
+when the step's metrics are logged, which is after that step's checkpoint, and raises
+:class:`TrialStopped`; the trial ends cleanly as ``pruned``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+EVENTS = "events.jsonl"
+STOP = "STOP"
+LOG = "trial.log"
+RESULT = "result.json"
+
+
+class TrialStopped(Exception):
+    """Raised inside the trainer (from the logger) when the driver asked the trial to stop."""
+
+
+class EventLog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def repair(self) -> None:
+        """Cut a torn last line (left by a killed writer)."""
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with self.path.open("r+b") as f:
+                f.truncate(keep)
+
+    def append(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, default=_jsonable) + "\n"
+        with self.path.open("a") as f:
+            f.write(line)
+            f.flush()
+
+    def read_from(self, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """Complete events after byte ``offset`` and the offset after the last of them."""
+        if not self.path.is_file():
+            return [], offset
+        with self.path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        events = [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+        return events, offset + end
+
+    def read(self) -> list[dict[str, Any]]:
+        return self.read_from(0)[0]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _number(value: Any) -> float | str | None:
+    import math
+
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+class EventLogger:
+    """``archer.tracking.MetricLogger`` writing trial events (see the module docstring)."""
+
+    def __init__(self, events: EventLog, run_id: str, stop_file: Path,
+                 system_metrics: bool = False) -> None:
+        self.events = events
+        self._run_id = run_id
+        self.stop_file = stop_file
+        self.system_metrics = system_metrics
+        self.last_step = 0
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.events.append({"op": "params", "values": {k: str(v) for k, v in params.items()}})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.events.append({"op": "tags", "values": {k: str(v) for k, v in tags.items()}})
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.events.append({"op": "artifact", "path": str(Path(path).resolve())})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        values = {k: n for k, v in metrics.items() if (n := _number(v)) is not None}
+        self.events.append({"op": "metrics", "step": int(step), "time": time.time(),
+                            "values": values})
+        self.last_step = int(step)
+        if self.system_metrics:
+            self.events.append({"op": "system", "step": int(step), "values": system_sample()})
+        if self.stop_file.is_file():  # after the step's checkpoint: a clean, resumable stop
+            raise TrialStopped(f"stopped by the scheduler after step {step}")
+
+    def rewind(self, step: int, metrics: dict[str, float] | None = None) -> None:
+        values = {k: n for k, v in (metrics or {}).items() if (n := _number(v)) is not None}
+        self.events.append({"op": "rewind", "step": int(step), "metrics": values})
+        self.last_step = int(step)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.events.append({"op": "finish", "status": status})
+
+
+def system_sample() -> dict[str, float]:
+    """CPU, memory and (when present) GPU usage of this machine/process, MLflow's names."""
+    import psutil
+
+    proc = psutil.Process()
+    out = {"system/cpu_utilization_percentage": psutil.cpu_percent(interval=None),
+           "system/system_memory_usage_percentage": psutil.virtual_memory().percent,
+           "system/process_rss_megabytes": proc.memory_info().rss / 2**20}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["system/gpu_0_memory_usage_megabytes"] = torch.cuda.memory_allocated() / 2**20
+    except Exception:  # noqa: BLE001  (best effort)
+        pass
+    return out
+
+
+@contextmanager
+def redirect_output(path: Path):
+    """fd-level redirection of stdout/stderr to ``path`` (the per-trial log), restored after
+    (Ray reuses worker processes between tasks)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("a") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
+    """Evaluate the trial's final policy with the evaluation harness (``evals/``): per
+    benchmark a resumable ``samples.jsonl``, then scores; returns the results (with ``_dir``
+    for the artifacts)."""
+    from evals.registry import make_contract, problems_for
+    from evals.runner import generate_samples, make_backend
+    from evals.scoring import score_samples
+
+    batch_size = int(spec.get("batch_size", 8))
+    backend, tokenizer = make_backend("hf", export_dir, batch_size=batch_size,
+                                      device="cuda" if _has_cuda() else "cpu", dtype="float32")
+    overrides = {k: spec[k] for k in ("limit", "k", "max_new_tokens", "temperature", "top_p",
+                                      "seed") if spec.get(k) is not None}
+    results = []
+    for name in spec["benchmarks"]:
+        bdir = out_dir / name
+        contract = make_contract(name, tokenizer=tokenizer, **overrides)
+        problems = problems_for(contract)
+        generate_samples(contract, problems, backend, bdir / "samples.jsonl",
+                         tokenizer=tokenizer, batch_size=batch_size, model=str(export_dir),
+                         engine="hf", progress=False)
+        res = score_samples(bdir / "samples.jsonl")
+        res["_dir"] = str(bdir)
+        results.append(res)
+    return results
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def run_trial(payload: dict[str, Any]) -> dict[str, Any]:
+    """Train + evaluate one trial (the body of the Ray task). ``payload``: ``train``
+    (TrainConfig dict), ``run_id`` (the tracking run the driver made), ``attempt``, ``eval``
+    (spec or None), ``env`` (variables to set), ``system_metrics``."""
+    from archer.checkpoint import latest_checkpoint
+    from archer.train_config import TrainConfig
+    from archer.trainer import fit
+
+    for key, value in (payload.get("env") or {}).items():
+        os.environ.setdefault(key, value)
+    out = Path(payload["train"]["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    events = EventLog(out / EVENTS)
+    events.repair()
+    with redirect_output(out / LOG):
+        print(f"=== trial {out.name} attempt {payload['attempt']} pid {os.getpid()} "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+        ckpt = latest_checkpoint(out)
+        resume_step = int(ckpt.name.rsplit("_", 1)[1]) if ckpt is not None else 0
+        events.append({"op": "start", "attempt": payload["attempt"], "pid": os.getpid(),
+                       "resume_step": resume_step, "time": time.time()})
+        cfg = TrainConfig.from_dict(payload["train"])
+        logger = EventLogger(events, payload["run_id"], out / STOP,
+                             system_metrics=bool(payload.get("system_metrics")))
+        try:
+            result = fit(cfg, logger=lambda _run_id: logger, progress=False)
+        except TrialStopped as stop:
+            print(str(stop), flush=True)
+            done = {"op": "done", "status": "pruned", "step": logger.last_step}
+            events.append(done)
+            return done
+        except BaseException:
+            traceback.print_exc()
+            raise
+        step = result.state.step
+        export_dir = str(result.export_dir) if result.export_dir else None
+        if payload.get("eval"):
+            if export_dir is None:
+                raise ValueError("evaluation needs the final policy: set trainer.export_final")
+            results = evaluate(Path(export_dir), payload["eval"], out / "eval")
+            events.append({"op": "eval", "results": results})
+        done = {"op": "done", "status": "finished", "step": step, "export_dir": export_dir}
+        events.append(done)
+        (out / RESULT).write_text(json.dumps(done) + "\n")
+        return done
