@@ -14,7 +14,8 @@ site-packages.  Two kinds of process:
   be killed when P dies, drops every capability (and, when asked, switches to ``nobody``), sets
   ``no_new_privs`` and installs a seccomp filter: no new processes (threads are fine), no
   signals to any process but itself, no ptrace / process_vm / pidfd, no setsid/setpgid, no
-  sockets other than AF_UNIX, no io_uring, no namespaces.  W's answers travel to P as data
+  sockets other than AF_UNIX, no io_uring, no namespaces, no SysV/POSIX IPC objects or
+  keyrings (they would outlive W).  W's answers travel to P as data
   (tagged JSON decoded by P into fresh plain objects), so nothing W does in its own interpreter
   (patched builtins, ``__eq__``, ``sys.exit``, fake prints) can reach P's verdict.
 
@@ -28,6 +29,9 @@ Per kind:
   HumanEval's entry point); P runs the ``check`` code itself with a proxy ``candidate`` whose
   calls are forwarded to W.  W is forked *before* P reads the test code and the nonce from
   the secret fd, so W's memory holds neither.
+
+Warm sandboxes run this with ``--zygote`` instead: a long-lived process that forks one P per
+program (see the zygote section below), the P and its first W forked ahead of the program.
 """
 
 from __future__ import annotations

@@ -23,6 +23,17 @@ answers the judge's calls.  The verdict comes only from the judge's records on a
 workers do not hold, each stamped with a per-run random nonce; exit codes and printed text
 never count, and a run without the judge's final ``end`` record is a failure.
 
+Warm pool (default under bubblewrap; ``SandboxConfig(warm_pool=False)`` for a cold sandbox per
+program): each sandbox of :class:`archer.rewards.sandbox.WarmPool` runs a zygote that has the
+harness and the usual modules (:data:`ZYGOTE_PRELOAD`) imported and forks the judge of the next
+program in advance; that judge forks its worker, which locks itself down and waits for the
+program.  Per program the host sends the public spec and then the secrets (fresh nonce, test
+code) down the pipe; the judge reads them itself, the spec first and the secrets only after its
+worker got the program.  The verdict is returned at the judge's ``end`` record; the zygote then
+kills whatever is left, wipes /tmp and the scratch dir and reports, and the sandbox runs
+nothing else before a clean report (else it is replaced).  See ``archer.rewards.sandbox`` for
+what sharing a sandbox between programs adds to the threat model and how it is contained.
+
 * stdin/functional: the expected outputs never enter the sandbox; the host compares (functional
   results type-strictly, :func:`strict_equal`) and stops at the first mismatch (``fail_fast``).
 * check suites (HumanEval, LeetCode): the judge runs ``check`` itself with a proxy
@@ -35,7 +46,9 @@ never count, and a run without the judge's final ``end`` record is a failure.
 Threat model, honestly: the judge is as strong as the kernel boundary between two processes of
 the same uid without capabilities (the judge is non-dumpable, the workers cannot ptrace, signal
 or open its ``/proc`` entries).  A stdin worker is forked after the judge learned the nonce, so
-its memory holds a copy; it has no descriptor to use it on.  The candidate sees its own
+its memory holds a copy; it has no descriptor to use it on.  In the warm pool, nothing of an
+earlier program (its code, inputs, test code, nonce) is in a later worker's memory: the zygote
+they all descend from never reads a run's data.  The candidate sees its own
 arguments, as any program does.  Without bubblewrap (the fallback) the same judge/worker split
 and seccomp filter apply, but the file system is not isolated: workers run as ``nobody`` when
 started as root and ``nobody`` can read the standard library, otherwise as the same uid without

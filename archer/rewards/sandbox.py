@@ -26,6 +26,38 @@ network; use it only for trusted code.
 
 The program reports structured results as JSON lines on a dedicated pipe (its fd number is the
 last argument); see :meth:`Sandbox.run`.
+
+``/dev`` is remounted read-only (device nodes still work): besides /tmp and the scratch dir,
+nothing in the sandbox is writable.
+
+**Warm sandboxes** (:class:`WarmSandbox`, :class:`WarmPool`; used by the code grader under
+bwrap unless ``SandboxConfig(warm_pool=False)``): the same sandbox, started once, whose only
+process is the code harness's *zygote*; it forks a fresh judge per program (which forks the
+workers that run candidate code, as in a cold sandbox), so no program pays for bwrap and
+interpreter start-up.  What this adds to the threat model, and how it is contained:
+
+* programs share a sandbox one after the other, never at the same time;
+* state one program could leave for the next: processes (workers cannot create any; after
+  every run the zygote, alone with bwrap's init in the pid namespace and subreaper of all,
+  SIGKILLs and reaps everything else, and a run after which anything had outlived the judge
+  is not clean), files (/tmp and the scratch dir are emptied and their modes restored; /dev
+  is read-only and checked), SysV/POSIX IPC objects and keyrings (workers may not create them;
+  SysV objects are checked), bytes left on the input pipe (checked).  Whatever the check
+  finds, or a time-out, a failed judge or a broken protocol, the whole sandbox (its process
+  group, and so its pid namespace) is killed and a fresh one started;
+* memory: the zygote never reads a run's data (the judge it forked in advance reads its
+  spec and secrets from the pipe), so the memory every later judge and worker inherits holds
+  no earlier program, input, test code or nonce; ``random`` is reseeded per judge; the zygote
+  and judges are non-dumpable and workers cannot ptrace or signal them;
+* nonces are drawn per program by the host (``secrets``) and sent with the run; a judge
+  learns only its own, and its records are only accepted during its own run (the zygote's
+  end-of-run report closes a run before the next one is sent);
+* rlimits: address space, file size and open files are inherited from the sandbox, per
+  process as before; the CPU limit is set per program in the judge and in its worker (the
+  zygote, which lives on, carries none); a sandbox is replaced after ``pool_recycle`` runs.
+
+What the pool does not change: the kernel is still shared, and a kernel exploit from a
+worker would now also reach later programs of that sandbox (until it is recycled).
 """
 
 from __future__ import annotations
@@ -715,7 +747,7 @@ class WarmSandbox:
                 if rec is not None:
                     return rec
             left = deadline - time.monotonic()
-            if left <= 0 or not selectors_wait(self._res_r, left):
+            if left <= 0 or not _wait_readable(self._res_r, left):
                 return None
             chunk = os.read(self._res_r, 65536)
             if not chunk:
@@ -1031,7 +1063,7 @@ class WarmPool:
                 self._discard(ws)
 
 
-def selectors_wait(fd: int, timeout: float) -> bool:
+def _wait_readable(fd: int, timeout: float) -> bool:
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         return bool(sel.select(timeout))
