@@ -270,3 +270,30 @@ def test_threads_still_work(grader):
         [{"input": "41", "output": "42"}],
     )
     assert v.passed and v.sandboxed
+
+
+@needs_bwrap
+def test_dev_is_read_only_but_devices_work(grader):
+    code = ("import os\nopen('/dev/null', 'w').write('x')\nprint(len(open('/dev/urandom', 'rb')"
+            ".read(4)))\n")
+    for target in ("/dev/archer_x", "/dev/shm/archer_x"):
+        code += (f"try:\n    open({target!r}, 'w').write('x'); print('WROTE')\n"
+                 "except OSError:\n    print('denied')\n")
+    res = grader.sandbox.run(["-c", code])
+    assert res.stdout.decode().split() == ["4", "denied", "denied"], res
+
+
+@needs_bwrap
+@pytest.mark.parametrize("call", ["shmget", "msgget", "semget", "add_key"])
+def test_workers_cannot_create_ipc_objects_or_keys(grader, call):
+    # objects that would outlive the worker (and, in a warm sandbox, reach the next program)
+    libc_call = {
+        "shmget": "libc.shmget(0, 4096, 0o1600)", "msgget": "libc.msgget(0, 0o1600)",
+        "semget": "libc.semget(0, 1, 0o1600)",
+        "add_key": "libc.syscall(248 if os.uname().machine == 'x86_64' else 217, b'user', "
+                   "b'archer', b'x', 1, -3)",
+    }[call]
+    code = (f"import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nr = {libc_call}\n"
+            "print('created' if r >= 0 else 'refused', ctypes.get_errno())\n")
+    v = grader.grade("```python\n" + code + "\n```", [{"input": "", "output": "created 0"}])
+    assert not v.passed and "refused 1" in v.detail, v  # EPERM
