@@ -8,6 +8,9 @@
     archer sft [--print-config] key=value ...     supervised warm-up -> HF model directory
     archer eval --model DIR --benchmarks gsm8k,lcb_v5 --k 8 ...   evaluation (evals/)
     archer data fetch NAME           download a data set from its public hub id
+    archer ablate STUDY [key=value ...]           a study (experiments/conf/study) on Ray
+    archer sweep SPACE [--n-trials N]             an Optuna sweep (experiments/conf/sweep)
+    archer study status NAME         trials of a study: status, step, latest metric
 """
 
 from __future__ import annotations
@@ -74,6 +77,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from experiments.study_cli import run_ablate
+
+    return run_ablate(args)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from experiments.sweep import run_sweep_cli
+
+    return run_sweep_cli(args)
+
+
+def _cmd_study_status(args: argparse.Namespace) -> int:
+    from experiments.study_cli import run_status
+
+    return run_status(args)
+
+
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from archer.data.fetch import run_fetch
 
@@ -122,6 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fetch_arguments(data_sub.add_parser("fetch", help="download a data set from its public "
                                             "hub id into the data directory"), _cmd_data_fetch)
+
+    from experiments.study_cli import add_ablate_arguments, add_status_arguments
+    from experiments.sweep import add_sweep_arguments
+
+    add_ablate_arguments(sub.add_parser(
+        "ablate", help="run a study (trials on Ray, logged to MLflow); resumable",
+        description="Run a study of experiments/conf/study. Example: archer ablate baselines "
+                    "study.seeds=[0] trainer.steps=2"), _cmd_ablate)
+    add_sweep_arguments(sub.add_parser(
+        "sweep", help="Optuna sweep over a search space (experiments/conf/sweep)",
+        description="Example: archer sweep archer_clip_kl --n-trials 20"), _cmd_sweep)
+    study = sub.add_parser("study", help="study utilities")
+    study_sub = study.add_subparsers(dest="study_command", required=True)
+    add_status_arguments(study_sub.add_parser("status", help="show a study's trials"),
+                         _cmd_study_status)
 
     presets = sub.add_parser("presets", help="list method presets")
     presets.set_defaults(func=_cmd_presets)

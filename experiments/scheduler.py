@@ -63,6 +63,7 @@ class TrialState:
     export_dir: str | None = None
     error: str | None = None
     objective: float | None = None
+    compute_s: float = 0.0  # training seconds (sum of time/step over uploaded steps)
     started: float | None = None
     ended: float | None = None
 
@@ -350,6 +351,7 @@ class Scheduler:
                 t.step = int(event["step"])
                 t.metrics.update({k: v for k, v in event["values"].items()
                                   if isinstance(v, (int, float))})
+                t.compute_s += float(event["values"].get("time/step", 0.0) or 0.0)
             elif event["op"] == "rewind":
                 t.step = int(event["step"])
             elif event["op"] == "eval":
@@ -372,8 +374,8 @@ class Scheduler:
         mlflow_status = {"finished": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
         if status == "pruned":
             self.tracker.loggers[run.trial.hash].set_tags({"archer.pruned": "true"})
+        source.on_done(run.trial, t, self.tracker)  # may log the objective into the run
         self.tracker.finish_trial(run.trial.hash, mlflow_status)
-        source.on_done(run.trial, t, self.tracker)
         self.save()
 
     def run(self, source: TrialSource) -> StudyState:

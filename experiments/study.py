@@ -140,35 +140,39 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return study, trial
 
 
-def study_path(name: str | Path) -> Path:
-    """``experiments/conf/study/<name>.yaml``, or ``name`` itself when it is a YAML file."""
+def study_path(name: str | Path, group: str = "study") -> Path:
+    """``experiments/conf/<group>/<name>.yaml``, or ``name`` itself when it is a YAML file."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise ConfigError(f"study file {path} does not exist")
+            raise ConfigError(f"{group} file {path} does not exist")
         return path.resolve()
-    path = STUDY_DIR / f"{name}.yaml"
+    path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        close = difflib.get_close_matches(str(name), study_names(), n=1)
+        names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        close = difflib.get_close_matches(str(name), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown study {name!r}{hint}; studies: {study_names()} (or give a "
-                          "path to a study .yaml file)")
+        raise ConfigError(f"unknown {group} {name!r}{hint}; choose one of {names} (or give a "
+                          f"path to a {group} .yaml file)")
     return path
 
 
-def _compose_study_file(path: Path, overrides: list[str]) -> dict[str, Any]:
+def _compose_study_file(path: Path, overrides: list[str], group: str = "study",
+                        keys: dict[str, Any] = STUDY_KEYS) -> dict[str, Any]:
+    """Compose a study (or sweep) file with Hydra; ``group`` is its directory under
+    ``experiments/conf`` (a file elsewhere is composed from its own directory)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    in_group = path.parent == STUDY_DIR  # composed under the package `study`
+    in_group = path.parent == CONF_DIR / group  # composed under the package `<group>`
     conf_dir = CONF_DIR if in_group else path.parent
-    config_name = f"study/{path.stem}" if in_group else path.stem
-    prefix = "study." if in_group else ""
+    config_name = f"{group}/{path.stem}" if in_group else path.stem
+    prefix = f"{group}." if in_group else ""
     in_file = set(yaml.safe_load(path.read_text()) or {})
     # a schema key the file leaves at its default is added (Hydra's `+`), any other is an error
-    overrides = [("+" if ov.split("=", 1)[0] in set(STUDY_KEYS) - in_file else "") + ov
+    overrides = [("+" if ov.split("=", 1)[0] in set(keys) - in_file else "") + ov
                  for ov in overrides]
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3",
                                job_name="archer-study"):
@@ -181,16 +185,16 @@ def _compose_study_file(path: Path, overrides: list[str]) -> dict[str, Any]:
             m = re.search(r"Could not override '([^']+)'", text)
             if m:
                 key = m.group(1).removeprefix(prefix)
-                close = difflib.get_close_matches(key, list(STUDY_KEYS), n=1)
-                hint = f" (did you mean 'study.{close[0]}'?)" if close else ""
-                raise ConfigError(f"study {path.stem}: unknown study key 'study.{key}'{hint}; "
-                                  f"keys: {sorted(STUDY_KEYS)}") from None
-            raise ConfigError(f"study {path.stem}: bad override: {text}") from None
+                close = difflib.get_close_matches(key, list(keys), n=1)
+                hint = f" (did you mean '{group}.{close[0]}'?)" if close else ""
+                raise ConfigError(f"{group} {path.stem}: unknown {group} key '{group}.{key}'"
+                                  f"{hint}; keys: {sorted(keys)}") from None
+            raise ConfigError(f"{group} {path.stem}: bad override: {text}") from None
     data = OmegaConf.to_container(cfg, resolve=True)
-    return data["study"] if in_group and set(data) == {"study"} else data
+    return data[group] if in_group and set(data) == {group} else data
 
 
-def _load_recipe(name: str) -> dict[str, Any]:
+def load_recipe(name: str) -> dict[str, Any]:
     path = RECIPE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown recipe {name!r}; recipes: {recipe_names()}")
@@ -201,7 +205,7 @@ def _load_recipe(name: str) -> dict[str, Any]:
     return raw
 
 
-def _check_keys(where: str, given: dict, allowed) -> None:
+def check_keys(where: str, given: dict, allowed) -> None:
     allowed = list(allowed)
     for key in given:
         if key not in allowed:
@@ -210,12 +214,12 @@ def _check_keys(where: str, given: dict, allowed) -> None:
             raise ConfigError(f"{where}: unknown key {key!r}{hint}; keys: {sorted(allowed)}")
 
 
-def _check_eval(where: str, spec: Any) -> dict[str, Any] | None:
+def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
     if spec is None:
         return None
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}.eval must be a mapping or null, got {spec!r}")
-    _check_keys(f"{where}.eval", spec, EVAL_KEYS)
+    check_keys(f"{where}.eval", spec, EVAL_KEYS)
     benches = spec.get("benchmarks")
     if not isinstance(benches, list) or not benches:
         raise ConfigError(f"{where}.eval.benchmarks must be a non-empty list of benchmarks")
@@ -235,7 +239,7 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     name = path.stem
     data = _compose_study_file(path, list(overrides or []))
     where = f"study {name}"
-    _check_keys(where, data, STUDY_KEYS)
+    check_keys(where, data, STUDY_KEYS)
     data = STUDY_DEFAULTS | data
     for key, types in STUDY_KEYS.items():
         if key not in data:
@@ -245,7 +249,7 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
                               f"(expected {getattr(types, '__name__', types)})")
     if data["name"] != name:
         raise ConfigError(f"{where}: name={data['name']!r} differs from the file name {name!r}")
-    recipe = _load_recipe(data["recipe"])
+    recipe = load_recipe(data["recipe"])
     axes: dict[str, list] = {}
     for key, values in data["axes"].items():
         if not isinstance(values, list) or not values:
@@ -268,15 +272,15 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     if data["max_retries"] < 0:
         raise ConfigError(f"{where}: max_retries={data['max_retries']} must be >= 0")
     objective = dict(data["objective"])
-    _check_keys(f"{where}.objective", objective, ("metric", "direction"))
+    check_keys(f"{where}.objective", objective, ("metric", "direction"))
     if objective.get("direction") not in DIRECTIONS or not objective.get("metric"):
         raise ConfigError(f"{where}.objective must give a metric and a direction in "
                           f"{list(DIRECTIONS)}, got {objective!r}")
     _check_presets(where, axes, variants, data["base"] + list(recipe.get("overrides") or []))
-    evaluation = _check_eval(where, data["eval"] if data["eval"] is not None
+    evaluation = check_eval(where, data["eval"] if data["eval"] is not None
                              else recipe.get("eval"))
     resources = dict(recipe.get("resources") or {}) | dict(data["resources"] or {})
-    _check_keys(f"{where}.resources", resources, RESOURCE_KEYS)
+    check_keys(f"{where}.resources", resources, RESOURCE_KEYS)
     resources = {"num_cpus": float(resources.get("num_cpus", 1)),
                  "num_gpus": float(resources.get("num_gpus", 0))}
     if resources["num_cpus"] < 0 or resources["num_gpus"] < 0:

@@ -40,6 +40,9 @@ class StudySource(ListSource):
 
     def on_done(self, trial, state, tracker) -> None:
         state.objective = objective_value(state, self.metric)
+        if state.objective is not None and trial.hash in tracker.loggers:
+            tracker.loggers[trial.hash].log_metrics({"objective": state.objective},
+                                                    step=state.step)
 
 
 def run_study(name: str, overrides: list[str] | None = None, *, root: str | Path = DEFAULT_ROOT,
