@@ -5,6 +5,7 @@ A study file states a grid of training runs in a few lines::
     name: ablate_kl
     recipe: cpu                         # experiments/conf/recipe/<recipe>.yaml: base overrides,
                                         # per-trial evaluation, Ray resources
+    eval: null                          # null: the recipe's evaluation; false: none; or a spec
     base: [algo=archer]                 # more overrides for every trial
     axes: {algo.low.kl_weight: [0.0, 0.001, 0.005]}   # cartesian product
     variants: {}                        # or named override lists (one trial each)
@@ -52,7 +53,7 @@ DEFAULT_ROOT = "runs/studies"
 STUDY_KEYS = {
     "name": str, "description": str, "recipe": str, "base": list, "axes": dict,
     "variants": dict, "seeds": list, "objective": dict, "max_concurrent": int,
-    "max_retries": int, "eval": (dict, type(None)), "resources": dict,
+    "max_retries": int, "eval": (dict, bool, type(None)), "resources": dict,
     "experiment": (str, type(None)), "register_best": bool, "system_metrics": bool,
 }
 STUDY_DEFAULTS: dict[str, Any] = {
@@ -277,8 +278,8 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
         raise ConfigError(f"{where}.objective must give a metric and a direction in "
                           f"{list(DIRECTIONS)}, got {objective!r}")
     _check_presets(where, axes, variants, data["base"] + list(recipe.get("overrides") or []))
-    evaluation = check_eval(where, data["eval"] if data["eval"] is not None
-                             else recipe.get("eval"))
+    evaluation = None if data["eval"] is False else check_eval(
+        where, data["eval"] if data["eval"] is not None else recipe.get("eval"))
     resources = dict(recipe.get("resources") or {}) | dict(data["resources"] or {})
     check_keys(f"{where}.resources", resources, RESOURCE_KEYS)
     resources = {"num_cpus": float(resources.get("num_cpus", 1)),

@@ -45,7 +45,7 @@ SWEEP_KEYS = {
     "name": str, "description": str, "recipe": str, "base": list, "params": dict,
     "enqueue_presets": list, "enqueue": list, "objective": dict, "compute_objective": bool,
     "sampler": str, "pruner": (dict, type(None)), "seed": int, "max_concurrent": int,
-    "max_retries": int, "storage": (str, type(None)), "eval": (dict, type(None)),
+    "max_retries": int, "storage": (str, type(None)), "eval": (dict, bool, type(None)),
     "resources": dict, "experiment": (str, type(None)), "system_metrics": bool,
 }
 SWEEP_DEFAULTS: dict[str, Any] = {
@@ -149,7 +149,8 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
         compute_objective=data["compute_objective"], sampler=data["sampler"], pruner=pruner,
         seed=data["seed"], max_concurrent=data["max_concurrent"],
         max_retries=data["max_retries"], storage=store,
-        eval=check_eval(where, data["eval"] if data["eval"] is not None else recipe.get("eval")),
+        eval=None if data["eval"] is False else check_eval(
+            where, data["eval"] if data["eval"] is not None else recipe.get("eval")),
         resources={"num_cpus": float(resources.get("num_cpus", 1)),
                    "num_gpus": float(resources.get("num_gpus", 0))},
         experiment=data["experiment"] or f"sweep-{name}", system_metrics=data["system_metrics"])

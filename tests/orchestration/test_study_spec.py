@@ -1,0 +1,117 @@
+"""Study files: composition, validation before any trial, trial identity (no Ray here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from archer.config import ConfigError
+from experiments.study import (
+    expand_trials,
+    identity_hash,
+    load_study,
+    split_overrides,
+    study_names,
+)
+from experiments.sweep import load_sweep
+
+
+def test_shipped_studies_load_with_their_grids():
+    assert study_names() == ["ablate_clip", "ablate_entropy_quantile", "ablate_kl",
+                             "ablate_update_mode", "baselines"]
+    sizes = {name: load_study(name).size() for name in study_names()}
+    # 6 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
+    assert sizes == {"baselines": 18, "ablate_entropy_quantile": 18, "ablate_clip": 15,
+                     "ablate_kl": 9, "ablate_update_mode": 12}
+    spec = load_study("baselines", ["seeds=[0]", "max_concurrent=3"])
+    assert spec.seeds == (0,) and spec.max_concurrent == 3 and spec.size() == 6
+    assert spec.axes["algo"] == ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti",
+                                 "archer"]
+    assert spec.experiment == "study-baselines" and spec.eval["benchmarks"] == ["gsm8k"]
+
+
+def test_split_overrides_separates_study_and_trial_keys():
+    study, trial = split_overrides(["study.seeds=[0]", "recipe=cpu", "trainer.steps=2",
+                                    "model=tiny"])
+    assert study == ["seeds=[0]", "recipe=cpu"] and trial == ["trainer.steps=2", "model=tiny"]
+
+
+def test_trials_compose_each_value_and_seed(tiny_model, tiny_overrides, tmp_path):
+    spec = load_study("ablate_kl", ["seeds=[0,3]"])
+    trials = expand_trials(spec, tiny_overrides(tiny_model), tmp_path)
+    assert [t.number for t in trials] == list(range(6))
+    got = [(t.config["algo"]["low"]["kl_weight"], t.train["seed"]) for t in trials]
+    assert got == [(0.0, 0), (0.0, 3), (0.001, 0), (0.001, 3), (0.005, 0), (0.005, 3)]
+    assert all(t.config["algo"]["high"]["clip_high"] == 0.5 for t in trials)  # base: archer
+    assert all(t.train["total_steps"] == 2 for t in trials)
+    assert len({t.hash for t in trials}) == 6
+    assert all(t.out_dir.startswith(str(tmp_path.resolve() / "ablate_kl" / "trials"))
+               for t in trials)
+    assert trials[0].tags["archer.preset"] == "archer" and trials[1].tags["archer.seed"] == "3"
+    # the same study in another root resolves to the same identities
+    again = expand_trials(spec, tiny_overrides(tiny_model), tmp_path / "elsewhere")
+    assert [t.hash for t in again] == [t.hash for t in trials]
+
+
+def test_identity_hash_ignores_paths_but_not_knobs():
+    config = {"algo": {"x": 1}, "trainer": {"out_dir": "a", "progress": None, "lr": 0.1},
+              "tracking": {"backend": "none"}}
+    moved = json.loads(json.dumps(config))
+    moved["trainer"]["out_dir"] = "b"
+    moved["tracking"] = {"backend": "mlflow"}
+    changed = json.loads(json.dumps(config))
+    changed["trainer"]["lr"] = 0.2
+    assert identity_hash(config, None) == identity_hash(moved, None)
+    assert identity_hash(config, None) != identity_hash(changed, None)
+    assert identity_hash(config, None) != identity_hash(config, {"benchmarks": ["gsm8k"]})
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"axes": {"algo": ["grpo", "grpoo"]}}, "unknown preset 'grpoo' in axes.algo"),
+    ({"variants": {"a": ["algo=nope"]}}, "unknown preset 'nope' in variants.a"),
+    ({"axes": {"algo": ["grpo"]}, "seedz": [0]}, "unknown key 'seedz' (did you mean 'seeds'?)"),
+    ({"axes": {"algo.low.kl_weight": []}}, "axis 'algo.low.kl_weight' is empty"),
+    ({"axes": {}, "seeds": []}, "seeds is empty"),
+    ({"axes": {"algo": ["grpo"]}, "recipe": "gpu9000"}, "unknown recipe 'gpu9000'"),
+    ({"axes": {"algo": ["grpo"]}, "objective": {"metric": "x", "direction": "up"}},
+     "direction"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm9k"]}},
+     "unknown benchmark 'gsm9k'"),
+])
+def test_bad_study_file_is_refused_naming_the_problem(tmp_path, write_study, fields, named):
+    path = write_study(tmp_path, "bad", **fields)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert named in str(err.value)
+
+
+def test_unknown_override_keys_are_refused(tmp_path, write_study, tiny_model, tiny_overrides):
+    with pytest.raises(ConfigError, match=r"unknown study key 'study.max_concurent' \(did you "
+                                          r"mean 'study.max_concurrent'\?\)"):
+        load_study("baselines", ["max_concurent=2"])
+    spec = load_study(write_study(tmp_path, "one", axes={"algo": ["grpo"]}, eval=False))
+    with pytest.raises(ConfigError, match=r"trial t000-algo=grpo-seed=0: .*'trainer.stpes'"):
+        expand_trials(spec, tiny_overrides(tiny_model) + ["trainer.stpes=3"], tmp_path)
+
+
+def test_study_that_collapses_to_duplicate_trials_is_refused(tmp_path, write_study, tiny_model,
+                                                             tiny_overrides):
+    spec = load_study(write_study(tmp_path, "dup", axes={"algo": ["grpo", "dapo"]}, eval=False))
+    with pytest.raises(ConfigError, match="resolve to the same configuration"):
+        expand_trials(spec, tiny_overrides(tiny_model) + ["algo=archer"], tmp_path)
+
+
+def test_sweep_spaces_validate(tmp_path):
+    spec = load_sweep("archer_clip_kl")
+    assert spec.sampler == "tpe" and spec.storage == "sqlite:///runs/optuna.db"
+    # the archer preset's own values are the first trial
+    assert spec.enqueued[0] == {"algo.high.clip_high": 0.5, "algo.low.kl_weight": 0.001,
+                                "algo.entropy_quantile": 0.8}
+    assert load_sweep("presets").params["algo"]["choices"][0] == "grpo"
+    with pytest.raises(ConfigError, match="grid sampler needs categorical params"):
+        load_sweep("archer_clip_kl", ["sampler=grid"])
+    with pytest.raises(ConfigError, match="not an RDB URL"):
+        load_sweep("archer_clip_kl", storage="redis://x")
+    with pytest.raises(ConfigError, match="prunes single-objective studies only"):
+        load_sweep("archer_clip_kl", ["compute_objective=true"])
