@@ -214,6 +214,18 @@ def load_problems(
     return problems[:limit] if limit is not None else problems
 
 
+def _lcb_label(b: Benchmark, path: Path) -> str:
+    """A LiveCodeBench file given by the user: "public tests only" unless its records carry
+    private tests (the official release)."""
+    if b.label != LCB_PUBLIC_LABEL:
+        return b.label
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and json.loads(line).get("private_test_cases"):
+                return "public and private tests"
+    return LCB_PUBLIC_LABEL
+
+
 def make_contract(
     bench: Benchmark | str,
     *,
@@ -252,7 +264,7 @@ def make_contract(
         lcb_release=b.lcb_release,
         lcb_start=b.lcb_start,
         lcb_end=b.lcb_end,
-        label=b.label,
+        label=_lcb_label(b, path) if data_file is not None else b.label,
     )
     contract = base.with_overrides(**overrides)
     problems = load_problems(b, data_dir=data_dir, data_file=data_file, limit=contract.limit,

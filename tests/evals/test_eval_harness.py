@@ -105,6 +105,7 @@ def test_official_lcb_record_format_with_private_tests(tmp_path):
     assert [t["output"] for t in probs[0].gold["public_test_cases"]] == ["3\n", "10\n"]
     c = make_contract("lcb_v6", data_file=path, k=2)
     assert c.data_file == "lcb_v5_public:lcb_official.jsonl"
+    assert c.label == "public and private tests"  # not "public tests only"
     from evals.scoring import grade_texts
 
     good = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
