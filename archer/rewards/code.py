@@ -355,7 +355,14 @@ def _is_check_call(stmt: ast.stmt) -> bool:
 
 
 def split_check(code: str) -> tuple[str, str, int]:
-    """Split a check suite into (test code, entry expression, number of cases).
+    """Split a check suite into (test code, entry expression, number of cases): see
+    :func:`split_check_tree`, whose tree this unparses."""
+    tree, entry, n = split_check_tree(code)
+    return ast.unparse(tree), entry, n
+
+
+def split_check_tree(code: str) -> tuple[ast.Module, str, int]:
+    """Split a check suite into (test code as a tree, entry expression, number of cases).
 
     The top-level ``check(<expr>)`` calls are removed: ``<expr>`` (``Solution().twoSum``,
     a HumanEval entry point) is evaluated by the worker that runs the program, and the judge
@@ -388,7 +395,7 @@ def split_check(code: str) -> tuple[str, str, int]:
             body.append(stmt)
     fn.body = body
     ast.fix_missing_locations(tree)
-    return ast.unparse(tree), entry, n
+    return tree, entry, n
 
 
 # --- the harness (runs inside the sandbox) -----------------------------------------------------
@@ -628,6 +635,11 @@ class CodeGrader:
                 size=int(self.config.max_workers) + 1)
             weakref.finalize(self, self.pool.close)
 
+    def warm_up(self) -> None:
+        """Start the warm sandboxes now (they are otherwise started on first use)."""
+        if self.pool is not None:
+            self.pool.prestart()
+
     def close(self) -> None:
         """Stop the warm sandboxes (they also stop with this process)."""
         if self.pool is not None:
@@ -659,18 +671,23 @@ class CodeGrader:
             "preload": list(HEADER_MODULES) if problem.header else [],
         }
         secret: dict[str, Any] = {"nonce": nonce}
-        total = problem.n_tests
+        n_asserts = None
         if problem.kind == "check":
             try:
-                check_code, entry, n = split_check(problem.check_code or "")
-            except (SyntaxError, ValueError) as e:
-                return CodeVerdict(False, "sandbox_error", 0, total, sb.sandboxed,
+                tree, entry, n_asserts = split_check_tree(problem.check_code or "")
+                if self._stdin_prefix:  # the sandbox's interpreter reads our bytecode
+                    secret["check_bytecode"] = marshal.dumps(
+                        compile(tree, "<tests>", "exec", dont_inherit=True)).hex()
+                else:
+                    secret["check_code"] = ast.unparse(tree)
+            except (SyntaxError, ValueError, RecursionError) as e:
+                return CodeVerdict(False, "sandbox_error", 0, problem.n_tests, sb.sandboxed,
                                    f"unusable test code: {e}")
             spec["entry"] = entry
-            secret["check_code"] = check_code
             secret["prelude"] = checker_prelude(problem)
-            total = max(1, n)
+            total = max(1, n_asserts)
         else:
+            total = len(problem.tests)
             spec["inputs"] = [t.input for t in problem.tests]
             spec["func_name"] = problem.func_name
             if not problem.tests:
@@ -706,7 +723,7 @@ class CodeGrader:
         if forged:
             return CodeVerdict(False, "failed", 0, total, run.sandboxed,
                                "protocol record without the run's nonce", [], run.wall_s)
-        return self._verdict(problem, run, results, total)
+        return self._verdict(problem, run, results, total, n_asserts)
 
     def _judge_record(self, problem: Problem, rec: dict) -> TestResult:
         """One stdin/functional test record -> its result (the host holds the outputs)."""
@@ -736,7 +753,7 @@ class CodeGrader:
         return TestResult(i, "failed", f"wrong answer: got {got!r}, expected {want[:200]!r}")
 
     def _verdict(self, problem: Problem, run: RunResult, results: list[TestResult],
-                 total: int) -> CodeVerdict:
+                 total: int, n_asserts: int | None = None) -> CodeVerdict:
         sb = run.sandboxed
 
         def verdict(reason: str, detail: str) -> CodeVerdict:
@@ -771,7 +788,8 @@ class CodeGrader:
                 n_ok = sum(x.status == "passed" for x in results)
                 first_bad = next((x for x in results if x.status != "passed"), None)
                 if st == "ok" and first_bad is None:
-                    n_asserts = count_check_asserts(problem.check_code or "")
+                    if n_asserts is None:
+                        n_asserts = count_check_asserts(problem.check_code or "")
                     if n_ok < n_asserts:
                         return verdict("failed", f"check() ran {n_ok} of {n_asserts} asserts")
                     if not results:

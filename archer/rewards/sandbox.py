@@ -1008,6 +1008,25 @@ class WarmPool:
         finally:
             self._release(ws)
 
+    def prestart(self, n: int | None = None) -> int:
+        """Start sandboxes (up to ``n``, default the pool size) now rather than on first use;
+        returns how many are idle."""
+        n = self.size if n is None else min(int(n), self.size)
+        with self._lock:
+            want = max(0, n - self._live)
+            self._live += want
+            self.started += want
+        fresh = [WarmSandbox(self.sandbox, self._args, self._boot, self._preload, self._init)
+                 for _ in range(want)]
+        with self._lock:
+            for ws in fresh:
+                if ws.healthy and not self._closed:
+                    self._idle.append(ws)
+                else:
+                    self.last_error = ws.why or self.last_error
+                    self._discard(ws)
+            return len(self._idle)
+
     def _discard(self, ws: WarmSandbox) -> None:
         """Close ``ws`` (not in ``_idle``); the caller holds the lock."""
         if ws.why not in ("", "recycled"):
