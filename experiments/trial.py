@@ -23,6 +23,7 @@ when the step's metrics are logged, which is after that step's checkpoint, and r
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -36,6 +37,7 @@ EVENTS = "events.jsonl"
 STOP = "STOP"
 LOG = "trial.log"
 RESULT = "result.json"
+LOCK = "trial.lock"
 
 
 class TrialStopped(Exception):
@@ -216,14 +218,22 @@ def run_trial(payload: dict[str, Any]) -> dict[str, Any]:
     """Train + evaluate one trial (the body of the Ray task). ``payload``: ``train``
     (TrainConfig dict), ``run_id`` (the tracking run the driver made), ``attempt``, ``eval``
     (spec or None), ``env`` (variables to set), ``system_metrics``."""
-    from archer.checkpoint import latest_checkpoint
-    from archer.train_config import TrainConfig
-    from archer.trainer import fit
-
     for key, value in (payload.get("env") or {}).items():
         os.environ.setdefault(key, value)
     out = Path(payload["train"]["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "w") as lock:
+        # one attempt at a time: an attempt left running by a killed scheduler holds the lock
+        # until it dies, so a new attempt never writes beside it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run_locked(payload, out)
+
+
+def _run_locked(payload: dict[str, Any], out: Path) -> dict[str, Any]:
+    from archer.checkpoint import latest_checkpoint
+    from archer.train_config import TrainConfig
+    from archer.trainer import fit
+
     events = EventLog(out / EVENTS)
     events.repair()
     with redirect_output(out / LOG):

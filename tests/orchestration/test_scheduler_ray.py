@@ -1,0 +1,255 @@
+"""The scheduler on a local Ray (one instance for the module, 2 CPUs, no dashboard): the
+baselines study end to end, fault tests, concurrent writers, an Optuna sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.scheduler import StudyState
+from experiments.study_cli import run_study, study_status
+from experiments.tracking import sanitize_key
+from experiments.trial import EventLog
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def runs_of(uri: str, experiment: str) -> list:
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def steps_of(uri: str, run_id: str, key: str = "reward/mean") -> list[int]:
+    return sorted(m.step for m in client_for(uri).get_metric_history(run_id, key))
+
+
+def starts(out_dir: str) -> list[dict]:
+    return [e for e in EventLog(Path(out_dir) / "events.jsonl").read() if e["op"] == "start"]
+
+
+def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tmp_path,
+                                                                   tiny_model, tiny_overrides):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    evaluation = "study.eval={benchmarks:[gsm8k],limit:2,k:1,max_new_tokens:8}"
+    state = run_study("baselines", ["study.seeds=[0]", evaluation, *tiny_overrides(tiny_model)],
+                      root=tmp_path / "studies", tracking_uri=uri, ray_address=ray_address,
+                      progress=False)
+    presets = ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti", "archer"]
+    trials = state.shown()
+    assert [t.status for t in trials] == ["finished"] * 6, study_status("baselines",
+                                                                        tmp_path / "studies")
+    assert all(t.step == 2 and t.attempts == 1 and len(t.eval_run_ids) == 1 for t in trials)
+    runs = runs_of(uri, "study-baselines")
+    by_kind: dict[str, list] = {}
+    for r in runs:
+        by_kind.setdefault(r.data.tags.get("archer.kind"), []).append(r)
+    assert sorted(by_kind) == ["eval", "study", "trial"]
+    (parent,) = by_kind["study"]
+    assert parent.info.run_id == state.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.data.params["n_trials"] == "6"
+    trial_runs = {r.data.tags["archer.trial_number"]: r for r in by_kind["trial"]}
+    assert sorted(trial_runs) == [str(i) for i in range(6)]
+    for number, run in trial_runs.items():
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["archer.study"] == "baselines"
+        assert tags["archer.preset"] == presets[int(number)] and tags["archer.seed"] == "0"
+        assert len(tags["archer.config_hash"]) == 12 and tags["archer.code_version"]
+        assert len(tags["archer.contract_hash"]) == 16
+        assert run.info.status == "FINISHED"
+        assert run.data.params["algo.update_mode"]  # params from the trainer, written once
+        assert steps_of(uri, run.info.run_id) == [1, 2]
+        arts = [a.path for a in client_for(uri).list_artifacts(run.info.run_id)]
+        assert "config.yaml" in arts
+    assert len(by_kind["eval"]) == 6
+    for ev in by_kind["eval"]:
+        tags = ev.data.tags
+        parent_trial = trial_runs[tags["archer.trial_number"]]
+        assert tags["mlflow.parentRunId"] == parent_trial.info.run_id
+        assert tags["archer.contract_hash"] == parent_trial.data.tags["archer.contract_hash"]
+        assert tags["archer.preset"] == parent_trial.data.tags["archer.preset"]
+        assert "gsm8k/avg_at_1" in ev.data.metrics
+    # the best trial's policy is in the model registry
+    assert state.registered == "archer-baselines/1"
+    assert state.trials[state.best].objective is not None
+    # running the study again skips all six (same identity hashes)
+    again = run_study("baselines", ["study.seeds=[0]", evaluation,
+                                    *tiny_overrides(tiny_model)],
+                      root=tmp_path / "studies", tracking_uri=uri, ray_address=ray_address,
+                      progress=False)
+    assert all(len(starts(t.out_dir)) == 1 for t in again.shown())
+    assert "finished 6" in study_status("baselines", tmp_path / "studies")
+
+
+def test_sigkilled_trial_is_retried_and_resumes_from_its_checkpoint(
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_study(tmp_path, "killtrial", axes={"algo": ["grpo"]}, eval=False,
+                       max_retries=2, register_best=False)
+    killed: list[int] = []
+
+    def observer(state: StudyState) -> None:
+        (t,) = state.trials.values()
+        if not killed and t.status == "running" and t.step >= 1:
+            pid = starts(t.out_dir)[-1]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(t.step)
+
+    state = run_study(path, tiny_overrides(tiny_model, steps=6), root=tmp_path / "s",
+                      tracking_uri=uri, ray_address=ray_address, progress=False,
+                      observer=observer)
+    (t,) = state.shown()
+    assert killed and killed[0] < 6, "the trial finished before it could be killed"
+    assert t.status == "finished" and t.attempts == 2
+    first, second = starts(t.out_dir)
+    assert second["resume_step"] >= killed[0]  # resumed from a checkpoint, not from scratch
+    assert second["pid"] != first["pid"]
+    assert steps_of(uri, t.run_id) == [1, 2, 3, 4, 5, 6]  # every step logged exactly once
+    tags = client_for(uri).get_run(t.run_id).data.tags
+    assert tags["archer.attempts"] == "2"
+
+
+def test_sigkilled_scheduler_rerun_finishes_only_what_was_missing(
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    root = tmp_path / "s"
+    path = write_study(tmp_path, "killsched", axes={"algo": ["grpo", "archer"]}, eval=False,
+                       max_concurrent=1, register_best=False)
+    overrides = tiny_overrides(tiny_model, steps=5)
+    cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), *overrides, "--root",
+           str(root), "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_path = root / "killsched" / "study.json"
+    deadline = time.monotonic() + 240
+    victim = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = StudyState.load(state_path) if state_path.is_file() else None
+            if state is not None:
+                by_number = {t.number: t for t in state.trials.values()}
+                if (0 in by_number and by_number[0].status == "finished" and 1 in by_number
+                        and by_number[1].status == "running" and by_number[1].step >= 1):
+                    victim = by_number[1]
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert victim is not None, proc.stderr.read().decode()[-2000:]
+    # the dead driver's task dies with its job; wait for its worker before resuming
+    old_pid = starts(victim.out_dir)[-1]["pid"]
+    for _ in range(300):
+        if not _alive(old_pid):
+            break
+        time.sleep(0.1)
+    state = run_study(path, overrides, root=root, tracking_uri=uri, ray_address=ray_address,
+                      progress=False)
+    t0, t1 = state.shown()
+    assert t0.status == t1.status == "finished"
+    assert len(starts(t0.out_dir)) == 1  # finished before the kill: not run again
+    runs = starts(t1.out_dir)
+    assert len(runs) == 2 and runs[1]["resume_step"] >= 1
+    assert t0.run_id != t1.run_id
+    for t in (t0, t1):
+        assert steps_of(uri, t.run_id) == [1, 2, 3, 4, 5], [
+            (e["op"], e.get("step"), e.get("pid")) for e in
+            EventLog(Path(t.out_dir) / "events.jsonl").read() if e["op"] != "params"]
+    parents = {client_for(uri).get_run(t.run_id).data.tags["mlflow.parentRunId"]
+               for t in (t0, t1)}
+    assert parents == {state.parent_run_id}  # the rerun continued the same study run
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.is_file() and "\nState:\tZ" in status.read_text())
+
+
+def test_four_concurrent_trials_lose_no_metrics(ray_address, tmp_path, write_study, tiny_model,
+                                                tiny_overrides):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_study(tmp_path, "writers", axes={"algo": ["grpo", "dapo", "dr_grpo", "archer"]},
+                       eval=False, max_concurrent=4, resources={"num_cpus": 0.5},
+                       register_best=False)
+    state = run_study(path, tiny_overrides(tiny_model, steps=8), root=tmp_path / "s",
+                      tracking_uri=uri, ray_address=ray_address, progress=False)
+    trials = state.shown()
+    assert [t.status for t in trials] == ["finished"] * 4
+    spans = [(min(e["time"] for e in starts(t.out_dir)), t.ended) for t in trials]
+    assert max(s for s, _ in spans) < min(e for _, e in spans), "trials did not overlap"
+    client = client_for(uri)
+    for t in trials:
+        events = [e for e in EventLog(Path(t.out_dir) / "events.jsonl").read()
+                  if e["op"] == "metrics"]
+        assert [e["step"] for e in events] == list(range(1, 9))
+        run = client.get_run(t.run_id)
+        for key in events[0]["values"]:
+            mkey = sanitize_key(key)
+            history = client.get_metric_history(t.run_id, mkey)
+            assert sorted(m.step for m in history) == list(range(1, 9)), key
+            sent = {e["step"]: e["values"][key] for e in events}
+            for m in history:
+                if isinstance(sent[m.step], float):
+                    assert m.value == pytest.approx(sent[m.step], rel=1e-9, abs=1e-12), key
+        assert run.info.status == "FINISHED"
+
+
+def test_optuna_sweep_of_three_trials_recorded_in_optuna_and_mlflow(
+        ray_address, tmp_path, tiny_model, tiny_overrides):
+    import optuna
+
+    from experiments.sweep import run_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    state, study = run_sweep(
+        "archer_clip_kl", 3, ["sweep.sampler=random", "sweep.eval=false",
+                              "sweep.pruner.min_steps=1", *tiny_overrides(tiny_model)],
+        root=tmp_path / "s", storage=storage, tracking_uri=uri, ray_address=ray_address,
+        progress=False)
+    loaded = optuna.load_study(study_name="archer_clip_kl", storage=storage)
+    assert len(loaded.trials) == 3
+    # the enqueued preset is trial 0 with the archer preset's values
+    assert loaded.trials[0].params == {"algo.high.clip_high": 0.5, "algo.low.kl_weight": 0.001,
+                                       "algo.entropy_quantile": 0.8}
+    runs = {r.data.tags["optuna.trial_number"]: r for r in runs_of(uri, "sweep-archer_clip_kl")
+            if r.data.tags.get("archer.kind") == "trial"}
+    assert sorted(runs) == ["0", "1", "2"]
+    for ot in loaded.trials:
+        run = runs[str(ot.number)]
+        assert json.loads(run.data.tags["optuna.params"]) == ot.params
+        if ot.state == optuna.trial.TrialState.COMPLETE:
+            assert run.data.metrics["objective"] == pytest.approx(ot.value)
+            assert run.data.metrics["val/accuracy"] == pytest.approx(ot.value)
+        else:
+            assert ot.state == optuna.trial.TrialState.PRUNED
+            assert run.data.tags["archer.pruned"] == "true"
+            assert run.info.status == "KILLED"
+    assert state.status == "finished"
