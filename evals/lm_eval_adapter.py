@@ -21,7 +21,6 @@ rewrites them); a test checks they are current.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +86,16 @@ metadata:
 def task_config(benchmark: str, **overrides: Any) -> dict[str, Any]:
     """The task as a config dict (callables instead of ``!function`` tags) for
     ``simple_evaluate``; same content as :func:`task_yaml`."""
+    import importlib.util
+
     import yaml
 
-    sys.path.insert(0, str(TASK_DIR))
-    try:
-        import utils as task_utils  # evals/tasks/utils.py, as lm-eval's !function loads it
-    finally:
-        sys.path.remove(str(TASK_DIR))
+    # evals/tasks/utils.py, loaded by file as lm-eval's !function does (not as "utils",
+    # which may name another module)
+    spec = importlib.util.spec_from_file_location("archer_lm_eval_task_utils",
+                                                  TASK_DIR / "utils.py")
+    task_utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task_utils)
 
     class _Loader(yaml.SafeLoader):
         pass

@@ -42,6 +42,19 @@ def test_lm_eval_process_results_scores_every_repeat_with_our_verifier():
         "avg_at_k": 0.5, "pass_at_k": 1.0}  # boxed only for AIME: the bare number is no answer
 
 
+def test_task_folder_loads_in_lm_eval_standalone():
+    """What `lm_eval --include_path evals/tasks --tasks archer_amc23` builds."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    tm = TaskManager(include_path=str(TASK_DIR))
+    assert {f"archer_{b}" for b in LM_EVAL_BENCHMARKS} <= set(tm.all_tasks)
+    task = get_task_dict(["archer_amc23"], tm)["archer_amc23"]
+    assert task.config.repeats == 64 and len(task.eval_docs) == 40
+    doc = task.eval_docs[0]  # answer 27
+    assert task.process_results(doc, [["\\boxed{27}", "\\boxed{1}", "27"]]) == {
+        "avg_at_k": pytest.approx(1 / 3), "pass_at_k": 1.0}
+
+
 @pytest.mark.slow
 def test_archer_eval_engine_lm_eval_writes_our_result_format(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
