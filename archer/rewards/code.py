@@ -632,7 +632,9 @@ class CodeGrader:
                 self.sandbox, self._args, self._stdin_prefix, ZYGOTE_PRELOAD,
                 init={"seccomp": self._filter, "pid_placeholder": PID_PLACEHOLDER,
                       "drop_uid": self.sandbox.drop_uid},
-                size=int(self.config.max_workers) + 1)
+                # twice the concurrent programs (+1): a sandbox still cleaning up after its
+                # last program is rarely the only one free
+                size=2 * int(self.config.max_workers) + 1)
             weakref.finalize(self, self.pool.close)
 
     def warm_up(self) -> None:

@@ -219,9 +219,9 @@ def test_zygote_refuses_to_run_outside_a_fresh_pid_namespace():
 def test_warm_up_starts_the_pool_before_first_use():
     g = CodeGrader(SandboxConfig(**{**CFG, "max_workers": 2}))
     g.warm_up()
-    assert g.pool.started == g.pool.size == 3 and len(g.pool._idle) == 3
+    assert g.pool.started == g.pool.size == 5 and len(g.pool._idle) == 5
     vs = g.grade_batch([f"```python\n{GOOD}```"] * 6, [ADD] * 6)
     assert all(v.passed for v in vs)
-    assert g.pool.started == 3 and g.pool.replaced == 0  # no start-up while grading
+    assert g.pool.started == 5 and g.pool.replaced == 0  # no start-up while grading
     g.close()
     assert g.pool._idle == [] and g.pool._live == 0
