@@ -649,6 +649,7 @@ def _killpg(proc: subprocess.Popen) -> None:
 # --- warm sandboxes ----------------------------------------------------------------------------
 
 _SPAWNER: ThreadPoolExecutor | None = None
+_SPAWNER_PID = 0
 _SPAWNER_LOCK = threading.Lock()
 
 
@@ -656,10 +657,11 @@ def _spawn(cmd: list[str], **kw) -> subprocess.Popen:
     """``Popen`` on a thread that lives as long as the process: bwrap's ``--die-with-parent``
     (``PR_SET_PDEATHSIG``) fires when the *thread* that started it exits, and a warm sandbox
     outlives the grading thread that needed it first."""
-    global _SPAWNER
+    global _SPAWNER, _SPAWNER_PID
     with _SPAWNER_LOCK:
-        if _SPAWNER is None:
+        if _SPAWNER is None or _SPAWNER_PID != os.getpid():  # threads do not survive fork()
             _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="archer-sandbox-spawner")
+            _SPAWNER_PID = os.getpid()
     return _SPAWNER.submit(subprocess.Popen, cmd, **kw).result()
 
 
@@ -994,9 +996,20 @@ class WarmPool:
         self._live = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
         self.started = 0
         self.replaced = 0
         self.last_error = ""
+
+    def _forked(self) -> bool:
+        """In a process forked from the pool's owner: forget the owner's sandboxes (using or
+        killing them would break the owner's runs) and start afresh.  Caller holds the lock."""
+        if self._pid == os.getpid():
+            return False
+        self._pid = os.getpid()
+        self._idle, self._live = [], 0
+        self.started = self.replaced = 0
+        return True
 
     def run(self, spec: bytes, secret: bytes, cpu_s: int, **kw) -> RunResult:
         ws = self._acquire()
@@ -1013,6 +1026,7 @@ class WarmPool:
         returns how many are idle."""
         n = self.size if n is None else min(int(n), self.size)
         with self._lock:
+            self._forked()
             want = max(0, n - self._live)
             self._live += want
             self.started += want
@@ -1039,6 +1053,7 @@ class WarmPool:
         while True:
             wait_for = None
             with self._lock:
+                self._forked()
                 for ws in list(self._idle):
                     done = ws.finish(timeout=0)
                     if not ws.healthy:
@@ -1069,6 +1084,8 @@ class WarmPool:
 
     def _release(self, ws: WarmSandbox) -> None:
         with self._lock:
+            if self._forked():
+                return  # not ours (cannot happen unless a thread forked mid-run)
             if ws.healthy and not self._closed and len(self._idle) < self.size:
                 self._idle.append(ws)
             else:
@@ -1077,6 +1094,8 @@ class WarmPool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            if self._forked():
+                return
             idle, self._idle = self._idle, []
             for ws in idle:
                 self._discard(ws)

@@ -225,3 +225,22 @@ def test_warm_up_starts_the_pool_before_first_use():
     assert g.pool.started == 5 and g.pool.replaced == 0  # no start-up while grading
     g.close()
     assert g.pool._idle == [] and g.pool._live == 0
+
+
+def test_a_forked_host_process_neither_uses_nor_kills_the_parents_sandboxes():
+    g = CodeGrader(SandboxConfig(**CFG))
+    g.warm_up()
+    started = g.pool.started
+    pid = os.fork()
+    if pid == 0:  # the child grades with sandboxes of its own, then closes its pool
+        ok = False
+        try:
+            ok = g.grade_code(GOOD, ADD).passed and g.pool.started == 1
+            g.close()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    v = g.grade_code(GOOD, ADD)
+    assert v.passed, v
+    assert g.pool.started == started and g.pool.replaced == 0  # the parent's pool is intact
