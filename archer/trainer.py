@@ -406,8 +406,8 @@ class UpdateBatch:
 
     batch: RolloutBatch
     advantages: torch.Tensor  # (N,) per response, or (N, R) after Lopti reweighting
-    old_logprobs: torch.Tensor  # (N, R) under the policy before this step's update
-    old_entropy: torch.Tensor  # (N, R) entropy of the old policy
+    old_logprobs: torch.Tensor | None  # (N, R) before this step's update; None: on-policy
+    old_entropy: torch.Tensor | None  # (N, R) entropy of the old policy; None: on-policy
     ref_logprobs: torch.Tensor | None  # (N, R) under the frozen reference, if KL is used
 
     @property
@@ -417,7 +417,8 @@ class UpdateBatch:
     def rows(self, idx: torch.Tensor) -> UpdateBatch:
         return UpdateBatch(
             batch=self.batch.select(idx), advantages=self.advantages[idx],
-            old_logprobs=self.old_logprobs[idx], old_entropy=self.old_entropy[idx],
+            old_logprobs=None if self.old_logprobs is None else self.old_logprobs[idx],
+            old_entropy=None if self.old_entropy is None else self.old_entropy[idx],
             ref_logprobs=None if self.ref_logprobs is None else self.ref_logprobs[idx])
 
 
@@ -442,10 +443,16 @@ def forward_tokens_batched(model, batch: RolloutBatch, temperature: float, micro
 
 def prepare_update_batch(ctx: TrainContext, batch: RolloutBatch,
                          rewards: torch.Tensor) -> UpdateBatch:
-    """Advantages and the old / reference log-probs, recomputed by the trainer (no grad)."""
+    """Advantages and the old / reference log-probs, recomputed by the trainer (no grad).
+
+    On-policy updates (see :func:`is_on_policy`) skip the old-policy pass: every micro-batch
+    is then computed with the parameters that sampled, so the update's own forward, detached,
+    is the old log-prob (ratio 1, the same gradient), as TRL and verl do."""
     cfg, algo = ctx.cfg, ctx.algo
-    old_lp, old_ent = forward_tokens_batched(ctx.model, batch, algo.temperature,
-                                             cfg.micro_batch_size, cfg.entropy_chunk_size)
+    old_lp = old_ent = None
+    if not is_on_policy(ctx, _num_groups(batch)):
+        old_lp, old_ent = forward_tokens_batched(ctx.model, batch, algo.temperature,
+                                                 cfg.micro_batch_size, cfg.entropy_chunk_size)
     ref_lp = None
     if algo.needs_reference:
         ref_lp, _ = forward_tokens_batched(ctx.ref, batch, algo.temperature,
@@ -454,6 +461,16 @@ def prepare_update_batch(ctx: TrainContext, batch: RolloutBatch,
     if algo.lopti_alpha > 0:
         adv = lopti_reweight(adv, old_lp, algo.lopti_alpha)  # (N, R)
     return UpdateBatch(batch, adv, old_lp, old_ent, ref_lp)
+
+
+def is_on_policy(ctx: TrainContext, num_groups: int) -> bool:
+    """True when the whole update is one optimizer step at the sampling parameters: one PPO
+    epoch, one mini-batch, one phase, and nothing that needs the old log-probs before the
+    update (Lopti's reweighting, probability-split phases)."""
+    cfg, algo = ctx.cfg, ctx.algo
+    return (cfg.ppo_epochs == 1 and len(ctx.plan) == 1 and cfg.mini_batch_prompts >= num_groups
+            and algo.lopti_alpha == 0 and ctx.plan[0].selector in ("all", "high_entropy",
+                                                                     "low_entropy"))
 
 
 # --- the update ------------------------------------------------------------------------
@@ -516,8 +533,8 @@ def needs_minibatch_split(ctx: TrainContext, num_rows: int) -> bool:
 
 def minibatch_split(ctx: TrainContext, mb: UpdateBatch) -> TokenSplit | None:
     algo = ctx.algo
-    if algo.entropy_source == "old":
-        entropy = mb.old_entropy
+    if algo.entropy_source == "old" and mb.old_entropy is not None:
+        entropy = mb.old_entropy  # (on-policy the old entropy is the current one: below)
     elif needs_minibatch_split(ctx, mb.num_rows):
         _, entropy = forward_tokens_batched(ctx.model, mb.batch, algo.temperature,
                                             ctx.cfg.micro_batch_size, ctx.cfg.entropy_chunk_size)
@@ -548,9 +565,9 @@ def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
         high = (split.high_entropy_mask[rows] if split is not None else split_by_entropy(
             entropy, mask, algo.entropy_quantile, algo.entropy_scope,
             micro.batch.group_index).high_entropy_mask)
-        token_mask = phase_token_mask(phase, mask, high, micro.old_logprobs,
-                                      algo.async_prob_threshold)
-        inputs = LossInputs(logprobs=logprobs, old_logprobs=micro.old_logprobs,
+        old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        token_mask = phase_token_mask(phase, mask, high, old, algo.async_prob_threshold)
+        inputs = LossInputs(logprobs=logprobs, old_logprobs=old,
                             advantages=micro.advantages, response_mask=mask,
                             high_entropy_mask=high, ref_logprobs=micro.ref_logprobs,
                             entropy=entropy, token_mask=token_mask)

@@ -229,3 +229,46 @@ def test_validation_avg_at_k_and_pass_at_k(tiny_path, tmp_path):
     assert 0 < out["val/reward_mean"] < 1  # parity reward: mixed outcomes
     with pytest.raises(ConfigError, match="val_samples"):
         make_cfg(tiny_path, tmp_path, val_samples=2)  # greedy samples would all be equal
+
+
+@pytest.mark.parametrize("preset", ["grpo", "archer", "high_entropy_only"])
+def test_on_policy_update_skips_the_old_pass_with_the_same_result(tiny_path, tmp_path,
+                                                                  monkeypatch, preset):
+    """One epoch, one mini-batch, one phase: the update's own detached log-probs are the old
+    ones. The step must equal the one with a separate old-policy pass, minus that pass."""
+    import archer.trainer as trainer
+
+    def run(force_old_pass: bool):
+        if force_old_pass:
+            monkeypatch.setattr(trainer, "is_on_policy", lambda ctx, n: False)
+        cfg = make_cfg(tiny_path, tmp_path / str(force_old_pass),
+                       algo=load_preset(preset).algo, ppo_epochs=1, mini_batch_prompts=4,
+                       micro_batch_size=8)
+        setup_torch(cfg)
+        ctx = build_context(cfg)
+        calls = []
+        ctx.model.register_forward_hook(lambda *a: calls.append(1))
+        metrics = train_step(ctx)
+        monkeypatch.undo()
+        return params_of(ctx.model), metrics, len(calls), ctx
+
+    fast, m_fast, n_fast, ctx = run(False)
+    slow, m_slow, n_slow, _ = run(True)
+    assert trainer.is_on_policy(ctx, 4)
+    assert m_fast["train/step_skipped"] == 0.0 and m_fast["time/old_logprob"] >= 0
+    assert n_slow - n_fast == 2  # 16 responses / micro 8: the old pass's two forwards
+    for k in fast:
+        torch.testing.assert_close(fast[k], slow[k], atol=1e-6, rtol=0, msg=k)
+    assert m_fast["actor/pg_loss"] == pytest.approx(m_slow["actor/pg_loss"], abs=1e-6)
+
+
+def test_off_policy_settings_keep_the_old_pass(tiny_path, tmp_path):
+    import archer.trainer as trainer
+
+    for overrides in ({"ppo_epochs": 2}, {"mini_batch_prompts": 2}):
+        cfg = make_cfg(tiny_path, tmp_path, **{"ppo_epochs": 1, "mini_batch_prompts": 4,
+                                               **overrides})
+        assert not trainer.is_on_policy(build_context(cfg), 4)
+    lopti = make_cfg(tiny_path, tmp_path, algo=load_preset("ar_lopti").algo, ppo_epochs=1,
+                     mini_batch_prompts=4)
+    assert not trainer.is_on_policy(build_context(lopti), 4)
