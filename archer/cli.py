@@ -11,6 +11,8 @@
     archer ablate STUDY [key=value ...]           a study (experiments/conf/study) on Ray
     archer sweep SPACE [--n-trials N]             an Optuna sweep (experiments/conf/sweep)
     archer study status NAME         trials of a study: status, step, latest metric
+    archer leaderboard [--study S] [--baseline grpo] [--out F.md]   leaderboard from MLflow
+    archer dashboard build|serve     static dashboards over MLflow/Optuna, served on localhost
 """
 
 from __future__ import annotations
@@ -95,6 +97,24 @@ def _cmd_study_status(args: argparse.Namespace) -> int:
     return run_status(args)
 
 
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from dashboards.cli import run_leaderboard_cli
+
+    return run_leaderboard_cli(args)
+
+
+def _cmd_dashboard_build(args: argparse.Namespace) -> int:
+    from dashboards.cli import run_build_cli
+
+    return run_build_cli(args)
+
+
+def _cmd_dashboard_serve(args: argparse.Namespace) -> int:
+    from dashboards.cli import run_serve_cli
+
+    return run_serve_cli(args)
+
+
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from archer.data.fetch import run_fetch
 
@@ -158,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     study_sub = study.add_subparsers(dest="study_command", required=True)
     add_status_arguments(study_sub.add_parser("status", help="show a study's trials"),
                          _cmd_study_status)
+
+    from dashboards.cli import add_dashboard_arguments, add_leaderboard_arguments
+
+    add_leaderboard_arguments(sub.add_parser(
+        "leaderboard", help="leaderboard from MLflow: seeds aggregated, CIs, paired deltas",
+        description="Example: archer leaderboard --study baselines --baseline grpo "
+                    "--out runs/leaderboard.md"), _cmd_leaderboard)
+    add_dashboard_arguments(sub.add_parser(
+        "dashboard", help="static dashboards over MLflow (build) served on localhost (serve)"),
+        _cmd_dashboard_build, _cmd_dashboard_serve)
 
     presets = sub.add_parser("presets", help="list method presets")
     presets.set_defaults(func=_cmd_presets)

@@ -1,0 +1,137 @@
+"""Read-only access to what studies and evaluations logged to MLflow.
+
+``search_runs_frame`` turns MLflow runs into a pandas DataFrame in ``mlflow.search_runs``'s
+layout (``run_id``, ``experiment``, ``run_name``, ``status``, ``start_time``, ``end_time``,
+``parent_run_id`` and one column per ``tags.<key>``, ``params.<key>``, ``metrics.<key>``
+holding the last value). It goes through an ``MlflowClient`` bound to one tracking URI (no
+global ``mlflow.set_tracking_uri``), and refuses a SQLite URI whose file does not exist
+instead of letting MLflow create an empty store: dashboards never write.
+
+What the rest of ``dashboards/`` relies on (written by ``experiments.mlflow_hierarchy`` and
+``evals.tracking``): study runs tagged ``archer.kind=study``; trial runs ``archer.kind=trial``
+with ``archer.study``, ``archer.preset``, ``archer.seed``, ``archer.variant``, ``archer.axes``
+and per-step trainer metrics (``archer.trainer.STEP_METRICS``); evaluation runs
+``archer.kind=eval`` nested under their trial with ``<bench>/avg_at_K``, ``..._ci_low``,
+``..._ci_high``, ``<bench>/pass_at_k``, params ``<bench>/contract.<field>``, tag
+``<bench>/contract_hash`` and the artifact ``<bench>_per_problem.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def resolve_uri(tracking_uri: str | None) -> str:
+    from experiments.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(tracking_uri)
+
+
+def open_client(tracking_uri: str | None):
+    """An ``MlflowClient`` on ``tracking_uri`` (default as for training); a ``sqlite:///``
+    store must already exist."""
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise FileNotFoundError(f"MLflow store {uri} does not exist (no file {path}); "
+                                    "run a study or an evaluation first, or pass "
+                                    "--tracking-uri")
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_ids(client, names: list[str] | None = None) -> dict[str, str]:
+    """``{experiment id: name}``: all experiments, or those named (a missing name is an error
+    listing the ones that exist)."""
+    from mlflow.entities import ViewType
+
+    exps = {e.experiment_id: e.name for e in client.search_experiments(view_type=ViewType.ALL)}
+    if names:
+        by_name = {v: k for k, v in exps.items()}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"no MLflow experiment named {missing}; there are: "
+                             f"{sorted(by_name)}")
+        return {by_name[n]: n for n in names}
+    return exps
+
+
+def search_runs_frame(client, exp_ids: dict[str, str], filter_string: str = "") -> pd.DataFrame:
+    """Every run of the experiments as one row (see the module docstring)."""
+    rows: list[dict[str, Any]] = []
+    if not exp_ids:
+        return pd.DataFrame(rows)
+    token = None
+    while True:
+        page = client.search_runs(list(exp_ids), filter_string=filter_string,
+                                  max_results=5000, page_token=token)
+        for run in page:
+            info, data = run.info, run.data
+            row: dict[str, Any] = {
+                "run_id": info.run_id, "experiment": exp_ids.get(info.experiment_id, ""),
+                "run_name": info.run_name, "status": info.status,
+                "start_time": info.start_time, "end_time": info.end_time,
+                "parent_run_id": data.tags.get("mlflow.parentRunId"),
+            }
+            row.update({f"tags.{k}": v for k, v in data.tags.items()})
+            row.update({f"params.{k}": v for k, v in data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows)
+
+
+def prefixed(row: pd.Series, prefix: str) -> dict[str, Any]:
+    """``{key: value}`` of a frame row's ``prefix.<key>`` columns that are set."""
+    n = len(prefix) + 1
+    return {c[n:]: v for c, v in row.items()
+            if c.startswith(prefix + ".") and v is not None and not _isnan(v)}
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def metric_history(client, run_id: str, key: str) -> dict[int, float]:
+    """``{step: value}`` of one metric; a step logged twice (a resumed trial that redid
+    steps) keeps its latest value."""
+    hist = client.get_metric_history(run_id, key)
+    out: dict[int, tuple[int, float]] = {}
+    for m in hist:
+        prev = out.get(int(m.step))
+        if prev is None or m.timestamp >= prev[0]:
+            out[int(m.step)] = (m.timestamp, float(m.value))
+    return {s: v for s, (_, v) in sorted(out.items())}
+
+
+def per_problem_accuracy(client, run_id: str, bench: str) -> dict[str, float] | None:
+    """``{problem_id: accuracy}`` from the eval run's ``<bench>_per_problem.csv`` artifact;
+    None when the run has no such artifact."""
+    name = f"{bench}_per_problem.csv"
+    try:
+        names = {a.path for a in client.list_artifacts(run_id)}
+    except Exception as err:  # noqa: BLE001  (artifact store unreachable)
+        log.warning("cannot list artifacts of run %s: %s", run_id, err)
+        return None
+    if name not in names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(client.download_artifacts(run_id, name, tmp))
+        with path.open(newline="", encoding="utf-8") as f:
+            return {r["problem_id"]: float(r["accuracy"]) for r in csv.DictReader(f)}
