@@ -20,6 +20,12 @@ system-deps:
 	    (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || \
 	      echo "WARNING: could not install bubblewrap; code runs without the sandbox"; \
 	  else echo "WARNING: bubblewrap missing; install it (apt-get install bubblewrap)"; fi; }
+	@# headless chromium + its driver: the dashboard browser test (tests/dashboards)
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	      echo "WARNING: could not install chromium; the dashboard browser test will skip"; \
+	  else echo "WARNING: chromium missing; install it (apt-get install chromium chromium-driver)"; fi; }
 
 # Creates or refreshes .venv; torch is pinned below 2.14 so the local CPU wheel is used.
 install: $(PY) system-deps

@@ -1,0 +1,179 @@
+"""The leaderboard on fabricated MLflow studies with hand-computed numbers (conftest.py):
+seed aggregation, CIs, pass@k, paired deltas and their significance, compute columns, the
+contract check, exports and the CLI."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import approx, fabricate_study
+
+from dashboards.leaderboard import build_leaderboard, eval_entries, significance
+from evals import metrics as M
+from evals.contracts import ContractMismatch
+
+pytestmark = pytest.mark.slow  # the session fixture logs 12 runs to SQLite (~15 s)
+
+
+def _row(board, model):
+    rows = board.table[board.table["model"] == model]
+    assert len(rows) == 1, f"{model}: {list(board.table['model'])}"
+    return rows.iloc[0]
+
+
+@pytest.fixture(scope="module")
+def board(baselines_store):
+    return build_leaderboard(baselines_store.uri, studies=["baselines"])
+
+
+def test_seed_aggregation_and_pass_at_k(board):
+    assert list(board.table["model"]) == ["archer", "dapo", "grpo"]  # sorted by avg@2
+    assert board.benchmarks == ["gsm8k"] and board.ks == {"gsm8k": 2}
+    assert board.baseline == "grpo"  # picked automatically
+    archer, dapo, grpo = (_row(board, m) for m in ("archer", "dapo", "grpo"))
+    assert archer["seeds"] == 2 and archer["gsm8k n_seeds"] == 2
+    # mean over seeds of avg@2: (4.5/6 + 5/6) / 2, (2.5/6 + 2/6) / 2, (2/6 + 2/6) / 2
+    assert approx(archer["gsm8k avg@2"], 19 / 24)
+    assert approx(dapo["gsm8k avg@2"], 3 / 8)
+    assert approx(grpo["gsm8k avg@2"], 1 / 3)
+    # sd over seeds (ddof=1): |a - b| / sqrt(2)
+    assert approx(archer["gsm8k sd"], (5 / 6 - 4.5 / 6) / math.sqrt(2))
+    assert approx(grpo["gsm8k sd"], 0.0)
+    # pass@2 per seed: a problem counts when any of its 2 samples is right
+    assert approx(archer["gsm8k pass@2"], 1.0)
+    assert approx(grpo["gsm8k pass@2"], 0.5)  # 3/6 both seeds
+    assert approx(dapo["gsm8k pass@2"], (4 / 6 + 3 / 6) / 2)
+
+
+def test_ci_is_bootstrap_over_seed_averaged_problems(board):
+    seed_avg = {"archer": [1, .75, 1, .5, .75, .75], "grpo": [.75, 0, .75, 0, .25, .25],
+                "dapo": [.75, 0, .75, 0, .5, .25]}
+    for model, pp in seed_avg.items():
+        row = _row(board, model)
+        assert approx(np.mean(pp), row["gsm8k avg@2"])
+        lo, hi = M.bootstrap_ci(pp, n_boot=10000, seed=0)
+        assert (row["gsm8k ci_low"], row["gsm8k ci_high"]) == (lo, hi)
+        assert row["gsm8k ci_low"] < row["gsm8k avg@2"] < row["gsm8k ci_high"]
+        assert 0 <= lo and hi <= 1
+
+
+def test_one_seed_ci_is_the_logged_one(baselines_store):
+    from dashboards import mlflow_data as D
+    from dashboards.leaderboard import aggregate
+
+    client = D.open_client(baselines_store.uri)
+    runs = D.search_runs_frame(client, D.experiment_ids(client))
+    entries = [e for e in eval_entries(runs) if e.label == "archer" and e.seed == "0"]
+    assert len(entries) == 1
+    e = entries[0]
+    e.per_problem = D.per_problem_accuracy(client, e.run_id, "gsm8k")
+    assert e.per_problem == {"p0": 1.0, "p1": 0.5, "p2": 1.0, "p3": 0.5, "p4": 0.5, "p5": 1.0}
+    table, _ = aggregate([e], baseline=None)
+    assert approx(table.loc[0, "gsm8k avg@2"], 0.75)
+    assert (table.loc[0, "gsm8k ci_low"], table.loc[0, "gsm8k ci_high"]) == e.ci
+    e.per_problem = None  # without the table the logged CI is used as is
+    table, _ = aggregate([e], baseline=None)
+    assert (table.loc[0, "gsm8k ci_low"], table.loc[0, "gsm8k ci_high"]) == e.ci
+
+
+def test_paired_deltas_against_the_baseline(board, baselines_store):
+    archer, dapo, grpo = (_row(board, m) for m in ("archer", "dapo", "grpo"))
+    # archer - grpo per problem [.25,.75,.25,.5,.5,.5]: mean 11/24, all six positive ->
+    # exact sign-flip p = 2 / 2**6
+    assert approx(archer["gsm8k delta"], 11 / 24)
+    assert approx(archer["gsm8k p_value"], 1 / 32)
+    assert archer["gsm8k sig"] == "*"
+    assert archer["gsm8k delta_ci_low"] > 0  # every resample of positive differences is > 0
+    # dapo - grpo: one non-zero difference (+.25 on p4) -> p = 1, no mark
+    assert approx(dapo["gsm8k delta"], 1 / 24)
+    assert approx(dapo["gsm8k p_value"], 1.0)
+    assert dapo["gsm8k sig"] == ""
+    assert grpo["gsm8k delta"] == 0.0 and math.isnan(grpo["gsm8k p_value"])
+    other = build_leaderboard(baselines_store.uri, studies=["baselines"], baseline="dapo")
+    assert approx(_row(other, "grpo")["gsm8k delta"], -1 / 24)
+    assert approx(_row(other, "archer")["gsm8k delta"], 19 / 24 - 3 / 8)
+
+
+def test_significance_marks():
+    assert [significance(p) for p in (0.2, 0.04, 0.009, 0.0009, float("nan"), None)] == [
+        "", "*", "**", "***", "", ""]
+
+
+def test_compute_columns(board):
+    for model in ("archer", "dapo", "grpo"):
+        row = _row(board, model)
+        assert approx(row["train_s"], 6.0)  # sum of time/step 1 + 2 + 3
+        assert approx(row["device_h"], 6.0 / 3600)
+        assert approx(row["gen_tokens"], 960.0)  # 4 groups x 4 x (10 + 20 + 30)
+        assert approx(row["discarded"], 24.0)  # (0 + 2 + 4) groups x 4
+    assert any("archer.num_devices" in n for n in board.notes)  # said, not hidden
+
+
+def test_exports(board, tmp_path):
+    md = board.to_markdown()
+    lines = md.splitlines()
+    assert lines[0].startswith("| model | seeds | gsm8k avg@2 % [95% CI]")
+    assert "Δ vs grpo" in lines[0]
+    assert lines[2].startswith("| archer | 2 | 79.2 [")
+    assert "+45.8*" in lines[2] and "p=0.0312" in lines[2]
+    assert "| grpo | 2 | 33.3 [" in md and "baseline" in md
+    assert board.contracts["gsm8k"] in md and "(test slice)" in md
+    csv_path = board.write(tmp_path / "lb.csv")
+    back = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
+    assert list(back["model"]) == ["archer", "dapo", "grpo"]
+    assert np.allclose(back["gsm8k avg@2"], [19 / 24, 3 / 8, 1 / 3])
+    html = board.write(tmp_path / "lb.html").read_text()
+    assert html.count('<tr data-model="') == 3 and 'id="leaderboard"' in html
+    with pytest.raises(ValueError, match="unknown leaderboard format '.txt'"):
+        board.write(tmp_path / "lb.txt")
+
+
+def test_mixing_contracts_is_refused(tmp_path):
+    from conftest import make_contract
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    grpo = {"grpo": [[[1, 0], [0, 0], [1, 1], [0, 0], [0, 0], [1, 0]]]}
+    archer = {"archer": [[[1, 1], [1, 0], [1, 1], [0, 1], [1, 0], [1, 1]]]}
+    fabricate_study(uri, tmp_path, "cold", grpo, temperature=0.8, curves=False)
+    fabricate_study(uri, tmp_path, "hot", archer, temperature=1.0, curves=False)
+    with pytest.raises(ContractMismatch) as err:
+        build_leaderboard(uri)
+    msg = str(err.value)
+    assert "gsm8k" in msg and "2 different evaluation contracts" in msg
+    assert "temperature: '0.8' != '1.0'" in msg or "temperature: '1.0' != '0.8'" in msg
+    assert "seed 0" in msg and ("archer" in msg or "grpo" in msg)
+    assert "--contract gsm8k=" in msg
+    # one study alone is fine; a chosen contract keeps only its rows
+    assert list(build_leaderboard(uri, studies=["hot"]).table["model"]) == ["archer"]
+    hot = make_contract(temperature=1.0).hash
+    board = build_leaderboard(uri, contracts={"gsm8k": hot})
+    assert list(board.table["model"]) == ["archer"] and board.contracts == {"gsm8k": hot}
+    with pytest.raises(ValueError, match="no evaluation under contract deadbeef"):
+        build_leaderboard(uri, contracts={"gsm8k": "deadbeef"})
+    forced = build_leaderboard(uri, force=True)  # mixed on purpose: said in the notes
+    assert sorted(forced.table["model"]) == ["cold/grpo", "hot/archer"]
+    assert any(n.startswith("FORCED:") and "temperature" in n for n in forced.notes)
+    assert "FORCED:" in forced.to_markdown()
+
+
+def test_cli(baselines_store, tmp_path, capsys):
+    from archer.cli import main
+
+    out = tmp_path / "lb.md"
+    rc = main(["leaderboard", "--tracking-uri", baselines_store.uri, "--study", "baselines",
+               "--baseline", "grpo", "--out", str(out), "--format", "csv"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(io.StringIO(printed.split("wrote ")[0]))
+    assert list(table["model"]) == ["archer", "dapo", "grpo"]
+    assert out.read_text().startswith("| model | seeds |")
+    assert main(["leaderboard", "--tracking-uri", baselines_store.uri, "--study", "nope"]) == 2
+    assert "no runs of study ['nope']" in capsys.readouterr().err
+    missing = tmp_path / "none.db"
+    assert main(["leaderboard", "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not missing.exists()  # a reader never creates a store
