@@ -218,6 +218,23 @@ def study_metrics(trials: pd.DataFrame) -> list[str]:
     return [c for c in out if trials[c].notna().any()]
 
 
+def study_curves(client, trials: pd.DataFrame) -> dict[str, dict[str, dict[int, float]]]:
+    """``{label: {metric: {step: mean over the label's seeds}}}`` for the curve metrics."""
+    curves: dict[str, dict[str, dict[int, float]]] = {}
+    per_label: dict[str, list[str]] = defaultdict(list)
+    for _, r in trials.iterrows():
+        per_label[r["label"]].append(r["run_id"])
+    for label, rids in per_label.items():
+        for _, metrics in CURVE_PANELS:
+            for metric, _cls in metrics:
+                hists = [D.metric_history(client, rid, metric) for rid in rids]
+                steps = sorted({s for h in hists for s in h})
+                if steps:
+                    curves.setdefault(label, {})[metric] = {
+                        s: float(np.mean([h[s] for h in hists if s in h])) for s in steps}
+    return curves
+
+
 def build_study_page(client, runs: pd.DataFrame, study: str, out_dir: Path,
                      nav: list[tuple[str, str]]) -> Path:
     from dashboards.leaderboard import build_leaderboard
@@ -241,18 +258,7 @@ def build_study_page(client, runs: pd.DataFrame, study: str, out_dir: Path,
         names = [m[len("metrics."):] for m in metrics]
         for a in varying:
             parts.append(_fig_html(axis_figure(renamed, a, names), f"axis-{_slug(a)}"))
-    curves: dict[str, dict[str, dict[int, float]]] = {}
-    per_label: dict[str, list[str]] = defaultdict(list)
-    for _, r in trials.iterrows():
-        per_label[r["label"]].append(r["run_id"])
-    for label, rids in per_label.items():
-        for _, metrics_ in CURVE_PANELS:
-            for metric, _cls in metrics_:
-                hists = [D.metric_history(client, rid, metric) for rid in rids]
-                steps = sorted({s for h in hists for s in h})
-                if steps:
-                    curves.setdefault(label, {})[metric] = {
-                        s: float(np.mean([h[s] for h in hists if s in h])) for s in steps}
+    curves = study_curves(client, trials)
     parts.append("<h2>Training curves per token class</h2>")
     if curves:
         parts.append(_fig_html(curves_figure(curves), "curves"))

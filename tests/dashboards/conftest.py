@@ -150,3 +150,28 @@ def baselines_store(tmp_path_factory):
 
 def approx(a: float, b: float, tol: float = 1e-9) -> bool:
     return math.isclose(a, b, rel_tol=0, abs_tol=tol)
+
+
+def fabricate_optuna(storage: str, name: str = "archer_clip_kl", n_trials: int = 8) -> None:
+    """A finished Optuna study whose objective depends on one parameter only (x), so its
+    importance must dominate: value = -(x - 0.3)**2."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: -(t.suggest_float("x", 0.0, 1.0) - 0.3) ** 2
+                   + 0.0 * t.suggest_float("noise", 0.0, 1.0), n_trials=n_trials)
+
+
+@pytest.fixture(scope="session")
+def site(baselines_store, tmp_path_factory):
+    """The dashboards built over the fabricated store and an Optuna sweep."""
+    from dashboards.site import build_site
+
+    root = tmp_path_factory.mktemp("site")
+    storage = f"sqlite:///{root}/optuna.db"
+    fabricate_optuna(storage)
+    paths = build_site(baselines_store.uri, root / "site", optuna_storage=storage)
+    return SimpleNamespace(dir=root / "site", paths=paths, storage=storage,
+                           uri=baselines_store.uri)

@@ -1,0 +1,109 @@
+"""The static dashboards over a fabricated study and Optuna sweep: pages, plots with the
+numbers of the runs, no network at view time, read-only over MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from pathlib import Path
+
+import pytest
+from conftest import approx, fabricate_optuna
+
+from dashboards import mlflow_data as D
+from dashboards.site import (
+    CURVE_PANELS,
+    PLOTLY_JS,
+    axis_figure,
+    build_site,
+    curves_figure,
+    study_curves,
+    study_trials,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_pages_written(site):
+    assert list(site.paths)[0] == "index"
+    assert {"index", "leaderboard_md", "leaderboard_csv", "leaderboard_html",
+            "study-baselines", "optuna-archer_clip_kl"} <= set(site.paths)
+    index = site.paths["index"].read_text()
+    assert 'id="leaderboard"' in index and 'id="leaderboard-plot"' in index
+    assert index.count('<tr data-model="') == 3
+    assert 'href="study-baselines.html"' in index and 'href="optuna-archer_clip_kl.html"' in index
+    study = site.paths["study-baselines"].read_text()
+    assert 'id="axis-algo"' in study and 'id="curves"' in study
+    for _, metrics in CURVE_PANELS:  # every per-token-class curve is plotted
+        for metric, _cls in metrics:
+            assert metric.replace("/", "\\u002f") in study, metric  # JSON-escaped
+    optuna_page = site.paths["optuna-archer_clip_kl"].read_text()
+    assert 'id="optuna-history"' in optuna_page and 'id="optuna-importances"' in optuna_page
+
+
+def test_no_network_at_view_time(site):
+    js = site.dir / PLOTLY_JS
+    assert js.stat().st_size > 1_000_000 and "Plotly" in js.read_text()[:5000] + "Plotly"
+    for page in site.dir.glob("*.html"):
+        text = page.read_text()
+        srcs = re.findall(r'<script[^>]*\ssrc="([^"]+)"', text)
+        assert all(s == PLOTLY_JS for s in srcs), (page.name, srcs)
+        assert "cdn.plot.ly" not in text and "https://cdn" not in text, page.name
+
+
+def test_axis_plot_has_seed_means_and_error_bars(site):
+    client = D.open_client(site.uri)
+    runs = D.search_runs_frame(client, D.experiment_ids(client))
+    trials = study_trials(runs, "baselines").rename(columns={"metrics.objective": "objective"})
+    assert sorted(ax["algo"] for ax in trials["axes"]) == ["archer"] * 2 + ["dapo"] * 2 + [
+        "grpo"] * 2
+    fig = axis_figure(trials, "algo", ["objective"])
+    mean_trace, seeds_trace = fig.data[0], fig.data[1]
+    assert list(mean_trace.x) == ["archer", "dapo", "grpo"]
+    assert [round(v, 9) for v in mean_trace.y] == [round(19 / 24, 9), 0.375, round(1 / 3, 9)]
+    sd = (5 / 6 - 4.5 / 6) / math.sqrt(2)
+    assert all(approx(a, b) for a, b in zip(mean_trace.error_y.array, [sd, sd, 0.0]))
+    assert len(seeds_trace.x) == 6  # every seed shown as a dot
+
+
+def test_curves_are_seed_means(site):
+    client = D.open_client(site.uri)
+    runs = D.search_runs_frame(client, D.experiment_ids(client))
+    curves = study_curves(client, study_trials(runs, "baselines"))
+    assert sorted(curves) == ["archer", "dapo", "grpo"]
+    wanted = {m for _, ms in CURVE_PANELS for m, _ in ms}
+    assert set(curves["archer"]) == wanted
+    # conftest: entropy_high = 2 + 0.1 * (1 + preset index) + 0.01 * seed - 0.1 * step0;
+    # archer is preset 1, seeds 0 and 1 -> 2.205 at step 1, 2.005 at step 3
+    ent = curves["archer"]["actor/entropy_high_entropy"]
+    assert list(ent) == [1, 2, 3]
+    assert approx(ent[1], 2.205) and approx(ent[3], 2.005)
+    assert curves["grpo"]["response/length_mean"] == {1: 10.0, 2: 20.0, 3: 30.0}
+    fig = curves_figure(curves)
+    dashes = {t.line.dash for t in fig.data if "low" in t.hovertemplate.split("<br>")[0]}
+    assert dashes == {"dash"}  # low-entropy tokens dashed, the rest solid
+
+
+def test_build_is_read_only(site, tmp_path):
+    db = Path(site.uri[len("sqlite:///"):])
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    build_site(site.uri, tmp_path / "again", optuna_storage=site.storage)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_contract_refusal_shown_on_the_page(tmp_path):
+    from conftest import fabricate_study
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    one = [[[1, 0], [0, 0], [1, 1], [0, 0], [0, 0], [1, 0]]]
+    fabricate_study(uri, tmp_path, "cold", {"grpo": one}, temperature=0.8, curves=False)
+    fabricate_study(uri, tmp_path, "hot", {"archer": one}, temperature=1.0, curves=False)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    fabricate_optuna(storage, n_trials=3)
+    paths = build_site(uri, tmp_path / "site", optuna_storage=storage)
+    index = paths["index"].read_text()
+    assert 'class="refused"' in index and "temperature" in index
+    assert "leaderboard_md" not in paths  # no table was exported
+    # each study page still has its own (single-contract) leaderboard
+    assert 'id="leaderboard"' in paths["study-cold"].read_text()
