@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import approx, fabricate_optuna
+from dashboard_fixtures import approx, fabricate_optuna
 
 from dashboards import mlflow_data as D
 from dashboards.site import (
@@ -93,7 +93,7 @@ def test_build_is_read_only(site, tmp_path):
 
 
 def test_contract_refusal_shown_on_the_page(tmp_path):
-    from conftest import fabricate_study
+    from dashboard_fixtures import fabricate_study
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     one = [[[1, 0], [0, 0], [1, 1], [0, 0], [0, 0], [1, 0]]]

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import approx, fabricate_study
+from dashboard_fixtures import approx, fabricate_study
 
 from dashboards.leaderboard import build_leaderboard, eval_entries, significance
 from evals import metrics as M
@@ -133,7 +133,7 @@ def test_exports(board, tmp_path):
 
 
 def test_mixing_contracts_is_refused(tmp_path):
-    from conftest import make_contract
+    from dashboard_fixtures import make_contract
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     grpo = {"grpo": [[[1, 0], [0, 0], [1, 1], [0, 0], [0, 0], [1, 0]]]}
