@@ -52,7 +52,8 @@ def _cmd_model_prepare(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from experiments.demo import run_demo
 
-    return run_demo(out_dir=args.out_dir, steps=args.steps, seed=args.seed)
+    return run_demo(out_dir=args.out_dir, steps=args.steps, seed=args.seed, preset=args.preset,
+                    tracking_uri=args.tracking_uri)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", default="runs/demo", help="where run outputs go")
     demo.add_argument("--steps", type=int, default=None, help="training steps per preset")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--preset", default="archer", help="method preset for the RL run")
+    demo.add_argument("--tracking-uri", default=None,
+                      help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
     demo.set_defaults(func=_cmd_demo)
 
     for name, func, help_, example in (
