@@ -33,11 +33,11 @@ DATA_SIZE = 4000
 VAL_SIZE = 200
 VAL_K = 4  # samples per held-out problem for avg@k / pass@k
 MAX_NEW_TOKENS = 5
-SFT_STEPS = 300  # supervised warm-up budget (stops earlier at SFT_TARGET)
+SFT_STEPS = 400  # supervised warm-up budget (stops earlier at SFT_TARGET)
 SFT_TARGET = 0.35  # held-out greedy accuracy that ends the warm-up
-SFT_MAX_SECONDS = 150.0
-RL_STEPS = 30
-RL_LR = 1e-4
+SFT_MAX_SECONDS = 200.0
+RL_STEPS = 40
+RL_LR = 2e-4
 
 
 def demo_train_config(model: str, algo, out_dir: Path, steps: int, seed: int, **overrides):
