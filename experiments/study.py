@@ -233,6 +233,19 @@ def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
     return dict(spec)
 
 
+def check_fields(where: str, data: dict, keys: dict, defaults: dict) -> dict:
+    """``data`` with ``defaults`` filled in; unknown or missing keys and wrong types fail."""
+    check_keys(where, data, keys)
+    data = defaults | data
+    for key, types in keys.items():
+        if key not in data:
+            raise ConfigError(f"{where}: missing key {key!r}")
+        if not isinstance(data[key], types) or (types is int and isinstance(data[key], bool)):
+            raise ConfigError(f"{where}: {key}={data[key]!r} has the wrong type "
+                              f"(expected {getattr(types, '__name__', types)})")
+    return data
+
+
 def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpec:
     """Compose and validate ``experiments/conf/study/<name>.yaml`` or a study file path
     (study-level overrides without the ``study.`` prefix)."""
@@ -240,14 +253,7 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     name = path.stem
     data = _compose_study_file(path, list(overrides or []))
     where = f"study {name}"
-    check_keys(where, data, STUDY_KEYS)
-    data = STUDY_DEFAULTS | data
-    for key, types in STUDY_KEYS.items():
-        if key not in data:
-            raise ConfigError(f"{where}: missing key {key!r}")
-        if not isinstance(data[key], types) or (types is int and isinstance(data[key], bool)):
-            raise ConfigError(f"{where}: {key}={data[key]!r} has the wrong type "
-                              f"(expected {getattr(types, '__name__', types)})")
+    data = check_fields(where, data, STUDY_KEYS, STUDY_DEFAULTS)
     if data["name"] != name:
         raise ConfigError(f"{where}: name={data['name']!r} differs from the file name {name!r}")
     recipe = load_recipe(data["recipe"])

@@ -33,6 +33,7 @@ from experiments.study import (
     _format_value,
     _slug,
     check_eval,
+    check_fields,
     check_keys,
     load_recipe,
     resolve_trial,
@@ -90,13 +91,7 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
     name = path.stem
     data = _compose_study_file(path, list(overrides or []), "sweep", SWEEP_KEYS)
     where = f"sweep {name}"
-    check_keys(where, data, SWEEP_KEYS)
-    data = SWEEP_DEFAULTS | data
-    for key, types in SWEEP_KEYS.items():
-        if key not in data:
-            raise ConfigError(f"{where}: missing key {key!r}")
-        if not isinstance(data[key], types) or (types is int and isinstance(data[key], bool)):
-            raise ConfigError(f"{where}: {key}={data[key]!r} has the wrong type")
+    data = check_fields(where, data, SWEEP_KEYS, SWEEP_DEFAULTS)
     if data["name"] != name:
         raise ConfigError(f"{where}: name={data['name']!r} differs from the file name {name!r}")
     if not data["params"]:

@@ -294,7 +294,7 @@ class MlflowLogger:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         values = {}
         for k, v in metrics.items():
-            number = _metric_value(v)
+            number = metric_value(v)
             if number is not None:
                 values[sanitize_key(k)] = number
         if values:
@@ -514,7 +514,7 @@ def _param_value(value: Any) -> str:
     return text[:MAX_PARAM_LENGTH]
 
 
-def _metric_value(value: Any) -> float | str | None:
+def metric_value(value: Any) -> float | str | None:
     """A JSON-safe number: finite floats as is, NaN/inf as strings; None when not numeric."""
     if hasattr(value, "item"):
         value = value.item()

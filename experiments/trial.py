@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from experiments.tracking import metric_value
+
 EVENTS = "events.jsonl"
 STOP = "STOP"
 LOG = "trial.log"
@@ -85,17 +87,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _number(value: Any) -> float | str | None:
-    import math
-
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else str(value)
-
-
 class EventLogger:
     """``archer.tracking.MetricLogger`` writing trial events (see the module docstring)."""
 
@@ -121,7 +112,7 @@ class EventLogger:
         self.events.append({"op": "artifact", "path": str(Path(path).resolve())})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        values = {k: n for k, v in metrics.items() if (n := _number(v)) is not None}
+        values = {k: n for k, v in metrics.items() if (n := metric_value(v)) is not None}
         self.events.append({"op": "metrics", "step": int(step), "time": time.time(),
                             "values": values})
         self.last_step = int(step)
@@ -131,7 +122,7 @@ class EventLogger:
             raise TrialStopped(f"stopped by the scheduler after step {step}")
 
     def rewind(self, step: int, metrics: dict[str, float] | None = None) -> None:
-        values = {k: n for k, v in (metrics or {}).items() if (n := _number(v)) is not None}
+        values = {k: n for k, v in (metrics or {}).items() if (n := metric_value(v)) is not None}
         self.events.append({"op": "rewind", "step": int(step), "metrics": values})
         self.last_step = int(step)
 

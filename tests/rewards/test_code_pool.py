@@ -4,13 +4,13 @@ replaced.  (The hostile programs of ``test_code_security.py`` also run under the
 from __future__ import annotations
 
 import os
-import pathlib
 import subprocess
 import textwrap
 import time
 import uuid
 
 import pytest
+from proc_helpers import pids_with
 
 import archer.rewards.code as code_mod
 from archer.rewards.code import HARNESS, CodeGrader, Problem, TestCase
@@ -156,18 +156,6 @@ def test_ordinary_failures_keep_the_sandbox_misbehaviour_replaces_it():
     assert g.pool.started == 1 + g.pool.replaced
 
 
-def _pids_with(marker: str) -> list[int]:
-    out = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                if marker.encode() in pathlib.Path(f"/proc/{p}/cmdline").read_bytes():
-                    out.append(int(p))
-            except OSError:
-                pass
-    return out
-
-
 def test_a_process_that_outlives_its_judge_gets_the_sandbox_replaced():
     # without the workers' seccomp filter (forbid_fork=False) a program can fork; the zygote
     # kills what is left after the judge and the pool replaces the sandbox
@@ -181,7 +169,7 @@ def test_a_process_that_outlives_its_judge_gets_the_sandbox_replaced():
     assert v.passed, v
     assert g.pool.replaced == 1 and g.pool.started == 2
     time.sleep(0.3)
-    assert _pids_with(marker) == []
+    assert pids_with(marker) == []
 
 
 @pytest.mark.slow

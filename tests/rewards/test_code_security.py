@@ -24,6 +24,7 @@ import time
 import uuid
 
 import pytest
+from proc_helpers import pids_with
 
 from archer.rewards.code import CodeGrader, Problem, TestCase
 from archer.rewards.sandbox import Sandbox, SandboxConfig
@@ -311,18 +312,6 @@ def test_sigkill_everything_from_the_sandbox(graders, mode, fmt):
     assert os.getppid() > 0  # this process is alive and well
 
 
-def _pids_with(marker: str) -> list[int]:
-    out = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                if marker.encode() in pathlib.Path(f"/proc/{p}/cmdline").read_bytes():
-                    out.append(int(p))
-            except OSError:
-                pass
-    return out
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nothing_outlives_the_run(graders, tmp_path, mode, fmt):
@@ -344,7 +333,7 @@ def test_nothing_outlives_the_run(graders, tmp_path, mode, fmt):
     """
     assert_fails(graders, mode, fmt, program(fmt, attack, where="call"))
     time.sleep(0.8)
-    assert _pids_with(marker) == []
+    assert pids_with(marker) == []
     assert not late.exists()
 
 

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from proc_helpers import pids_with
 
 from archer.rewards.code import CodeGrader
 from archer.rewards.sandbox import Sandbox, SandboxConfig
@@ -73,18 +74,6 @@ def test_timeout_kills_forked_child():
     _assert_group_killed(sb)
 
 
-def _host_pids_with(marker: str) -> list[int]:
-    pids = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                if marker.encode() in pathlib.Path(f"/proc/{p}/cmdline").read_bytes():
-                    pids.append(int(p))
-            except OSError:
-                pass
-    return pids
-
-
 def _assert_group_killed(sb: Sandbox) -> None:
     marker = "archer-child-" + uuid.uuid4().hex
     prog = (
@@ -99,7 +88,7 @@ def _assert_group_killed(sb: Sandbox) -> None:
     def watch():
         end = time.monotonic() + 8
         while time.monotonic() < end and not seen:
-            seen.extend(_host_pids_with(marker))
+            seen.extend(pids_with(marker))
             time.sleep(0.05)
 
     w = threading.Thread(target=watch)
@@ -110,9 +99,9 @@ def _assert_group_killed(sb: Sandbox) -> None:
     assert res.timed_out == "program" and time.monotonic() - t0 < 6
     assert seen, "the child never started"
     time.sleep(0.2)
-    assert _host_pids_with(marker) == []
+    assert pids_with(marker) == []
     for pid in seen:
-        assert not os.path.exists(f"/proc/{pid}") or _host_pids_with(marker) == []
+        assert not os.path.exists(f"/proc/{pid}") or pids_with(marker) == []
 
 
 @needs_bwrap
