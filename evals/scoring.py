@@ -39,7 +39,8 @@ TABLE_NAME = "per_problem.csv"
 def grade_texts(contract: EvalContract, problems: Sequence[EvalProblem],
                 texts: list[list[str]], *, workers: int | None = None) -> list[list[dict]]:
     """Per problem, per sample: ``{"correct": 0/1, "reason", "answer"}`` from the shared
-    verifier named by the contract (math: MathGrader; code: CodeGrader)."""
+    verifier named by the contract (math: MathGrader; code: CodeGrader; gym: reasoning-gym's
+    checker on archer's extracted answer)."""
     flat_t = [t for row in texts for t in row]
     owners = [i for i, row in enumerate(texts) for _ in row]
     out: list[dict] = []
@@ -61,6 +62,16 @@ def grade_texts(contract: EvalContract, problems: Sequence[EvalProblem],
                 except Exception:  # noqa: BLE001  (an odd answer still votes as itself)
                     answer = v.extracted
             out.append({"correct": int(v.correct), "reason": v.reason, "answer": answer})
+    elif contract.grader == "gym":
+        from archer.data.datasets import extract_answer, gym_reward
+
+        scores = gym_reward(flat_t, [problems[i].gold["entry"] for i in owners])
+        for text, score in zip(flat_t, scores):
+            answer = extract_answer(text)
+            correct = score == 1.0  # full credit only, as the trainer's val/accuracy
+            reason = "correct" if correct else ("no_answer" if answer is None else "wrong")
+            out.append({"correct": int(correct), "reason": reason, "answer": answer,
+                        "score": float(score)})
     else:
         from archer.rewards.code import CodeGrader, to_problem
         from archer.rewards.sandbox import SandboxConfig
@@ -111,7 +122,7 @@ def build_result(contract: EvalContract, problems: Sequence[EvalProblem],
                  graded: list[list[dict]], *, model: str, engine: str) -> dict[str, Any]:
     """Metrics, breakdowns and the per-problem table from per-sample verdicts."""
     correct = [[r["correct"] for r in row] for row in graded]
-    is_math = contract.grader == "math"
+    is_math = contract.grader in ("math", "gym")  # answers to vote on (maj@k)
     answers = [[r.get("answer") for r in row] for row in graded] if is_math else None
     n_min = min(len(r) for r in correct)
     metrics = M.summarize(correct, k_list=range(1, n_min + 1), answers=answers, seed=0)
@@ -123,7 +134,7 @@ def build_result(contract: EvalContract, problems: Sequence[EvalProblem],
                  "reasons": [r["reason"] for r in row]}
         if is_math:
             entry["answers"] = [r.get("answer") for r in row]
-            entry["gold"] = p.gold
+            entry["gold"] = p.gold["answer"] if contract.grader == "gym" else p.gold
         entry.update({k: v for k, v in p.meta.items() if k not in entry})
         per_problem.append(entry)
     breakdowns: dict[str, Any] = {}

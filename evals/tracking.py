@@ -40,13 +40,15 @@ def find_parent_run(model_path: str | Path) -> str | None:
 
 def log_eval(results: list[dict[str, Any]], run_dir: str | Path, *,
              tracking_uri: str | None = None, parent_run_id: str | None = None,
-             run_name: str | None = None, experiment: str = "archer-eval") -> str:
+             run_name: str | None = None, experiment: str = "archer-eval",
+             tags: dict[str, Any] | None = None) -> str:
     """Log ``results`` (from :func:`evals.scoring.score_samples`) as one MLflow run whose
-    directory is ``run_dir``; returns the run id."""
+    directory is ``run_dir``; returns the run id. ``tags`` are added (e.g. ``archer.study``
+    and ``archer.preset`` to give the run a row in a study's leaderboard)."""
     from experiments.tracking import MlflowLogger
 
     run_dir = Path(run_dir)
-    tags: dict[str, Any] = {"archer.kind": "eval"}
+    tags = {"archer.kind": "eval"} | dict(tags or {})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     if results:

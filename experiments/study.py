@@ -380,6 +380,10 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     out_dir = (study_dir / "trials" / f"{name}-{digest[:8]}").resolve()
     config["trainer"]["out_dir"] = str(out_dir)
     train = setup.train.to_dict() | {"out_dir": str(out_dir)}
+    if evaluation and "gym" in evaluation["benchmarks"] and setup.train.data.file:
+        raise ConfigError(f"trial {name}: eval benchmark gym is the held-out split of a "
+                          f"reasoning-gym task, but the trial trains on the data file "
+                          f"{setup.train.data.file!r}")
     choices = setup.composed.choices
     tags = {"archer.preset": choices.get("algo", ""), "archer.seed": str(setup.train.seed),
             "archer.model": str(setup.train.model), "archer.data": choices.get("data", "")

@@ -169,11 +169,25 @@ def redirect_output(path: Path):
             os.close(saved[1])
 
 
-def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
+def gym_eval_data(train: dict[str, Any]) -> dict[str, Any]:
+    """The ``gym`` benchmark's data config for a trial: the held-out split of the trial's own
+    reasoning-gym training data (the problems its periodic validation uses)."""
+    data = train.get("data") or {}
+    if data.get("file"):
+        raise ValueError(f"benchmark gym evaluates a reasoning-gym task, but this trial trains "
+                         f"on the data file {data['file']!r}")
+    return {"task": data["task"], "size": int(data["size"]), "seed": int(data.get("seed", 0)),
+            "val_size": int(train["val_size"]), "task_config": dict(data.get("task_config")
+                                                                     or {})}
+
+
+def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
+             train: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Evaluate the trial's final policy with the evaluation harness (``evals/``): per
     benchmark a resumable ``samples.jsonl``, then scores; returns the results (with ``_dir``
-    for the artifacts)."""
-    from evals.registry import make_contract, problems_for
+    for the artifacts). ``train`` (the trial's TrainConfig dict) gives the ``gym``
+    benchmark its problems and prompt template."""
+    from evals.registry import BENCHMARKS, GYM_SOURCE, make_contract, problems_for
     from evals.runner import generate_samples, make_backend
     from evals.scoring import score_samples
 
@@ -185,7 +199,12 @@ def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path) -> list[dict
     results = []
     for name in spec["benchmarks"]:
         bdir = out_dir / name
-        contract = make_contract(name, tokenizer=tokenizer, **overrides)
+        extra: dict[str, Any] = {}
+        if BENCHMARKS.get(name).source == GYM_SOURCE:
+            if train is None:
+                raise ValueError("benchmark gym needs the trial's training config")
+            extra = {"data_config": gym_eval_data(train), "template": train.get("template")}
+        contract = make_contract(name, tokenizer=tokenizer, **overrides, **extra)
         problems = problems_for(contract)
         generate_samples(contract, problems, backend, bdir / "samples.jsonl",
                          tokenizer=tokenizer, batch_size=batch_size, model=str(export_dir),
@@ -252,7 +271,8 @@ def _run_locked(payload: dict[str, Any], out: Path) -> dict[str, Any]:
         if payload.get("eval"):
             if export_dir is None:
                 raise ValueError("evaluation needs the final policy: set trainer.export_final")
-            results = evaluate(Path(export_dir), payload["eval"], out / "eval")
+            results = evaluate(Path(export_dir), payload["eval"], out / "eval",
+                               train=payload["train"])
             events.append({"op": "eval", "results": results})
         done = {"op": "done", "status": "finished", "step": step, "export_dir": export_dir}
         events.append(done)
