@@ -35,7 +35,9 @@ sees). With ``entropy_source=old`` the split uses the old policy's entropy, over
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import math
 import random
 import resource
@@ -423,22 +425,40 @@ class UpdateBatch:
 
 
 def forward_tokens(model: torch.nn.Module, batch: RolloutBatch, temperature: float,
-                   chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced pass -> (log-probs (n, R) differentiable if grad is on, entropy (n, R)),
-    both from the same logits (position ids from the mask: left padding)."""
-    logits = model(**batch.model_inputs(), use_cache=False).logits  # (n, T, V)
-    p = batch.prompt_length
-    resp = logits[:, p - 1 : -1]  # (n, R, V): column P-1+j predicts response token j
+                   chunk_size: int = 256, *, entropy: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher-forced pass -> (log-probs (n, R) differentiable if grad is on, entropy (n, R)
+    or None when ``entropy=False``), both from the same logits (position ids from the mask:
+    left padding). Logits are computed only where a response token is predicted (the
+    model's ``logits_to_keep``): the (n, P, V) logits over the prompt are never made."""
+    r = batch.response_ids.shape[1]
+    if _keeps_logits(type(model)):
+        # the last R + 1 positions are P-1 .. T-1; column P-1+j predicts response token j
+        logits = model(**batch.model_inputs(), use_cache=False, logits_to_keep=r + 1).logits
+    else:  # an architecture without logits_to_keep: all T positions, then cut
+        logits = model(**batch.model_inputs(), use_cache=False).logits[:, -(r + 1):]
+    resp = logits[:, :-1]  # (n, R, V)
     logprobs = token_logprobs(resp, batch.response_ids, temperature)
+    if not entropy:
+        return logprobs, None
     return logprobs, token_entropy(resp.detach(), temperature, chunk_size)
+
+
+@functools.cache
+def _keeps_logits(model_class: type) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 @torch.no_grad()
 def forward_tokens_batched(model, batch: RolloutBatch, temperature: float, micro: int,
-                           chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = [forward_tokens(model, batch.select(rows), temperature, chunk_size)
+                           chunk_size: int = 256, *, entropy: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    parts = [forward_tokens(model, batch.select(rows), temperature, chunk_size,
+                            entropy=entropy)
              for rows in torch.arange(batch.num_samples).split(micro)]
-    return torch.cat([lp for lp, _ in parts]), torch.cat([e for _, e in parts])
+    ent = torch.cat([e for _, e in parts]) if entropy else None
+    return torch.cat([lp for lp, _ in parts]), ent
 
 
 def prepare_update_batch(ctx: TrainContext, batch: RolloutBatch,
@@ -456,7 +476,8 @@ def prepare_update_batch(ctx: TrainContext, batch: RolloutBatch,
     ref_lp = None
     if algo.needs_reference:
         ref_lp, _ = forward_tokens_batched(ctx.ref, batch, algo.temperature,
-                                           cfg.micro_batch_size, cfg.entropy_chunk_size)
+                                           cfg.micro_batch_size, cfg.entropy_chunk_size,
+                                           entropy=False)
     adv = compute_advantages(algo.advantage, rewards, batch.group_index, algo.adv_eps)
     if algo.lopti_alpha > 0:
         adv = lopti_reweight(adv, old_lp, algo.lopti_alpha)  # (N, R)

@@ -96,6 +96,31 @@ def test_sampler_logprobs_match_teacher_forced_forward(batch, tiny):
         assert (batch.sampler_logprobs[mask] - wrong[mask]).abs().max() > 1e-3
 
 
+def test_trainer_forward_matches_the_sampler_with_and_without_logits_to_keep(batch, tiny,
+                                                                            monkeypatch):
+    """The trainer's forward (only the response positions' logits, via logits_to_keep)
+    scores the sampled tokens as the sampler did, and its entropy is the full-logits one;
+    a model without logits_to_keep takes the fallback and gives the same numbers."""
+    import archer.trainer as T
+    from archer.algos.entropy import entropy_naive
+
+    policy, _ = tiny
+    mask = batch.response_mask.bool()
+    with torch.no_grad():
+        lp, ent = T.forward_tokens(policy, batch, 0.7)
+        lp_only, none = T.forward_tokens(policy, batch, 0.7, entropy=False)
+    _, resp_logits = teacher_forced_logprobs(policy, batch, temperature=0.7)
+    torch.testing.assert_close(lp[mask], batch.sampler_logprobs[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ent, entropy_naive(resp_logits), atol=1e-4, rtol=0)
+    assert none is None and torch.equal(lp_only, lp)
+    assert T._keeps_logits(type(policy))
+    monkeypatch.setattr(T, "_keeps_logits", lambda cls: False)
+    with torch.no_grad():
+        lp2, ent2 = T.forward_tokens(policy, batch, 0.7)
+    torch.testing.assert_close(lp2, lp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent2, ent, atol=1e-5, rtol=0)
+
+
 def test_top_p_logprobs_are_renormalised_and_top_k_restricts(tiny):
     policy, tok = tiny
     backend = HFRollout(policy, tok, batch_size=4)
