@@ -50,10 +50,18 @@ def _cmd_model_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from experiments.demo import run_demo
+    from experiments.demo import run_demo, run_full_demo
 
-    return run_demo(out_dir=args.out_dir, steps=args.steps, seed=args.seed, preset=args.preset,
-                    tracking_uri=args.tracking_uri)
+    if args.quick:
+        if args.overrides:
+            raise ValueError(f"archer demo --quick takes no overrides, got {args.overrides}")
+        return run_demo(out_dir=args.out_dir, steps=args.steps, seed=args.seed,
+                        preset=args.preset or "archer", tracking_uri=args.tracking_uri)
+    presets = tuple(p.strip() for p in (args.preset or "grpo,dapo,archer").split(",")
+                    if p.strip())
+    return run_full_demo(out_dir=args.out_dir, seed=args.seed, tracking_uri=args.tracking_uri,
+                         presets=presets, steps=args.steps, dashboard_dir=args.dashboard_dir,
+                         overrides=args.overrides)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -126,11 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the main job on its embedded default")
+    demo = sub.add_parser(
+        "demo", help="run the main job on its embedded default (make demo)",
+        description="The full demo: warm-start a tiny model, run the baselines study (grpo, "
+                    "dapo, archer) on a local Ray, evaluate, log to MLflow, build the "
+                    "leaderboard and dashboards. --quick: the quickstart (one Archer run, "
+                    "held-out accuracy before and after).")
+    demo.add_argument("--quick", action="store_true",
+                      help="the quickstart: one RL run of --preset (default archer)")
     demo.add_argument("--out-dir", default="runs/demo", help="where run outputs go")
     demo.add_argument("--steps", type=int, default=None, help="training steps per preset")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--preset", default="archer", help="method preset for the RL run")
+    demo.add_argument("--preset", default=None,
+                      help="--quick: the preset (default archer); full demo: comma-separated "
+                           "presets of the study (default grpo,dapo,archer)")
+    demo.add_argument("--dashboard-dir", default="runs/dashboard",
+                      help="full demo: where the dashboard pages go")
+    demo.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="full demo: trial overrides after the demo recipe "
+                           "(experiments/conf/recipe/demo.yaml), e.g. trainer.steps=20")
     demo.add_argument("--tracking-uri", default=None,
                       help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
     demo.set_defaults(func=_cmd_demo)

@@ -195,6 +195,12 @@ def test_templates_plain_fallback_and_chat_template():
     assert format_prompt(record, "boxed_math", ChatTok()).startswith("<chat>What is 2+3?\n")
     msgs = {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]}
     assert format_prompt(msgs, "none") == "System: S\nUser: Q\nAssistant:"
+    gym = {"prompt": "State the final answer to the following arithmetic problem: 1 - 5 - 2 ="}
+    assert format_prompt(gym, "expression") == "User: 1 - 5 - 2 =\nAssistant:"
+    assert format_prompt({"prompt": "no colon here"}, "expression") == \
+        "User: no colon here\nAssistant:"
+    assert format_prompt({"prompt": "ends with a colon:"}, "expression") == \
+        "User: ends with a colon:\nAssistant:"
     with pytest.raises(KeyError, match="boxed_math"):
         format_prompt(record, "no_such_template")
 

@@ -15,7 +15,7 @@ def test_demo_runs_end_to_end_and_leaves_an_mlflow_run(tmp_path, monkeypatch, ca
     for name, value in {"SFT_STEPS": 6, "DATA_SIZE": 120, "VAL_SIZE": 8}.items():
         monkeypatch.setattr(demo, name, value)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2",
+    assert main(["demo", "--quick", "--out-dir", str(tmp_path / "demo"), "--steps", "2",
                  "--seed", "3", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     for row in ("greedy", "avg@4", "pass@4"):
@@ -30,3 +30,49 @@ def test_demo_runs_end_to_end_and_leaves_an_mlflow_run(tmp_path, monkeypatch, ca
     final = client.get_metric_history(run.info.run_id, "val/accuracy")
     assert [m.step for m in final] == [2] and 0.0 <= final[0].value <= 1.0
     assert (tmp_path / "demo" / "seed3" / "archer" / "final" / "config.json").is_file()
+
+
+@pytest.fixture
+def ray_cleanup():
+    yield
+    import ray
+
+    if ray.is_initialized():  # the demo starts a local Ray; other tests start their own
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_full_demo_runs_the_study_and_prints_the_leaderboard(tmp_path, monkeypatch, capsys,
+                                                              ray_cleanup):
+    """``make demo`` at a toy size: warm start, grpo/dapo/archer through the scheduler on a
+    local Ray, every trial evaluated under the warm start's contract, MLflow hierarchy,
+    leaderboard printed, dashboard written."""
+    monkeypatch.setattr(demo, "SFT_STEPS", 6)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    toy = ["data.size=120", "trainer.val_size=8", "trainer.prompts_per_step=2",
+           "trainer.group_size=4", "trainer.mini_batch_prompts=2", "trainer.micro_batch_size=8",
+           "trainer.val_every=1", "trainer.ckpt_every=1"]
+    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2",
+                 "--tracking-uri", uri, "--dashboard-dir", str(tmp_path / "dash"),
+                 *toy]) == 0
+    out = capsys.readouterr().out
+    table = out.split("[6/6]")[1]
+    rows = [line.split("|")[1].strip() for line in table.splitlines()
+            if line.startswith("|") and not line.startswith("|-")]
+    assert sorted(rows[1:]) == ["archer", "dapo", "grpo", "sft warm start"], table
+    assert (tmp_path / "dash" / "index.html").is_file()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(demo.FULL_EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    evals = [r for r in runs if r.data.tags.get("archer.kind") == "eval"]
+    assert len(evals) == 4 and len({r.data.tags["gym/contract_hash"] for r in evals}) == 1
+    nested = {r.data.tags.get("mlflow.parentRunId") for r in evals} - {None}
+    trials = {r.info.run_id for r in runs if r.data.tags.get("archer.kind") == "trial"}
+    assert nested == trials and len(trials) == 3
+    # a second run reuses the warm start (cached) and finds every trial finished
+    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2",
+                 "--tracking-uri", uri, "--dashboard-dir", str(tmp_path / "dash"),
+                 *toy]) == 0
+    assert "reusing the warm start" in capsys.readouterr().out
+    runs = client.search_runs([exp.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("archer.kind") == "eval"]) == 4

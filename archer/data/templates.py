@@ -40,6 +40,16 @@ def none(problem: str) -> str:
     return problem
 
 
+@TEMPLATES.register("expression")
+def expression(problem: str) -> str:
+    """The text after the problem's last colon: reasoning-gym's arithmetic questions read
+    ``<instruction>: <expression>`` (``State the final answer to the following arithmetic
+    problem: 1 - 5 - 2 =`` -> ``1 - 5 - 2 =``). A short prompt for tiny character-level
+    models, whose cost grows with every character; text without a colon is kept whole."""
+    head, sep, tail = problem.rpartition(":")
+    return tail.strip() if sep and tail.strip() else problem
+
+
 def build_messages(record: dict, template_name: str) -> list[dict[str, str]]:
     """Chat messages for ``record["prompt"]`` (a string, or messages whose last user turn
     gets the template's instruction)."""
