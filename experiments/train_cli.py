@@ -55,7 +55,8 @@ def trainer_defaults() -> dict[str, Any]:
     out: dict[str, Any] = {"steps": TrainConfig.total_steps}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in NOT_TRAINER:
-            out[f.name] = f.default
+            out[f.name] = (dataclasses.asdict(f.default_factory())
+                           if f.default is dataclasses.MISSING else f.default)
     out["progress"] = None
     return out
 
