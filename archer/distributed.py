@@ -238,7 +238,8 @@ def full_params(*models: torch.nn.Module | None):
 
 def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
                      ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(model, optimizer) full, unsharded state dicts on CPU. Collective for a sharded model;
+    """(model, optimizer) full, unsharded state dicts on CPU. Collective for a sharded model,
+    and then complete on rank 0 only (the other ranks get empty dicts: rank 0 writes);
     plain ``state_dict()`` otherwise."""
     if not is_sharded(model):
         return model.state_dict(), None if optimizer is None else optimizer.state_dict()

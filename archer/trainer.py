@@ -7,8 +7,14 @@ One step reads top to bottom as DESIGN.md's story::
     -> PPO epochs x mini-batches x update phases (micro-batch gradient accumulation,
        entropy split, dual-token loss, one optimizer step per phase) -> metrics
 
-Simplifications, on purpose: one process, the HF rollout backend shares the policy module
-(nothing to sync after an update), the learning-rate schedule is a pure function of the step.
+Simplifications, on purpose: the HF rollout backend shares the policy module (nothing to sync
+after an update), the learning-rate schedule is a pure function of the step.
+
+Data parallel (``torchrun``, FSDP2, see :mod:`archer.distributed`): every rank draws the same
+prompts and rolls out its contiguous share; kept groups are numbered globally (a group never
+spans ranks, so advantages stay per group), mini-batches are cut from the global group ids,
+and every denominator (and a ``scope=batch`` quantile) is taken over all ranks, so the
+SUM-reduced gradient equals the single-process one. Only rank 0 logs, checkpoints, exports.
 
 Reward contract: ``fn(completions, **columns) -> list[float | None]``; the columns are the
 prompt record's fields (``answer``, ``entry``, ...) repeated for each of the G samples. A
@@ -234,7 +240,7 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
     model, ref, tokenizer = load_policy_and_ref(
         cfg.model, need_ref=cfg.algo.needs_reference, dtype=cfg.dtype, device=device)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     for m in (model, ref):
         if m is not None:
             shard_model(m, dist, cfg.distributed.mixed_precision,
@@ -249,6 +255,15 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
         optimizer=optimizer, reward_fn=resolve_reward(cfg.reward), train_records=train,
         val_records=val, sampler=PromptSampler(len(train), cfg.seed),
         plan=build_update_plan(cfg.algo), dist=dist)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant, FSDP-safe)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def check_world_size(cfg: TrainConfig, dist: DistInfo) -> None:
