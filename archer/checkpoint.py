@@ -5,6 +5,7 @@ A checkpoint is a directory ``<out_dir>/checkpoints/step_000042`` holding
 - ``model.pt``: the policy's state dict (exact tensors, not the HF export),
 - ``optimizer.pt``: the AdamW state (moments, step counts),
 - ``rng.pt``: python ``random``, numpy and torch (CPU and, when present, CUDA) RNG states,
+- ``rng_ranks.pt`` (data-parallel runs only): the RNG states of every rank, in rank order,
 - ``state.json``: training step, prompt-sampler position, tracking run id, counters.
 
 The learning-rate schedule is a pure function of the step (see ``archer.trainer.lr_factor``),
@@ -19,6 +20,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +57,28 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int = 2,
+    *,
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    rank_rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Atomically write checkpoint ``step`` (``state`` must be JSON-serialisable); prune old
-    ones so that ``keep`` remain. Returns the checkpoint directory."""
+    ones so that ``keep`` remain. Returns the checkpoint directory.
+
+    ``model_state``/``optimizer_state``: full state dicts to write instead of the modules'
+    own (a sharded FSDP model gathers them first); ``rank_rng_states``: every rank's RNG."""
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
     tmp = root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save(model.state_dict(), tmp / "model.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    torch.save(model.state_dict() if model_state is None else model_state, tmp / "model.pt")
+    torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state,
+               tmp / "optimizer.pt")
+    torch.save(rng_state() if not rank_rng_states else rank_rng_states[0], tmp / "rng.pt")
+    if rank_rng_states:
+        torch.save(rank_rng_states, tmp / "rng_ranks.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1) + "\n")
     if final.exists():  # re-saving the same step (e.g. a resumed run): replace it
         shutil.rmtree(final)
@@ -100,14 +112,31 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     restore_rng: bool = True,
+    *,
+    rank: int = 0,
+    load_state_dicts: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
-    """Load model (and optimizer) state in place, restore RNG states; return ``state.json``."""
+    """Load model (and optimizer) state in place, restore RNG states; return ``state.json``.
+
+    ``load_state_dicts(model, optimizer, model_sd, optim_sd)`` loads the full state dicts
+    instead of ``load_state_dict`` (a sharded FSDP model); ``rank`` picks this rank's RNG
+    states when the checkpoint has them (``rng_ranks.pt``), else rank 0's are used."""
     path = Path(path)
-    device = next(model.parameters()).device
-    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
-    if optimizer is not None:
-        optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    if load_state_dicts is not None:
+        model_sd = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        optim_sd = None if optimizer is None else torch.load(
+            path / "optimizer.pt", map_location="cpu", weights_only=True)
+        load_state_dicts(model, optimizer, model_sd, optim_sd)
+    else:
+        device = next(model.parameters()).device
+        model.load_state_dict(torch.load(path / "model.pt", map_location=device,
+                                         weights_only=True))
+        if optimizer is not None:
+            optimizer.load_state_dict(
+                torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     if restore_rng:
-        set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        ranks = path / "rng_ranks.pt"
+        states = torch.load(ranks, weights_only=False) if ranks.is_file() else None
+        set_rng_state(states[rank] if states and rank < len(states)
+                      else torch.load(path / "rng.pt", weights_only=False))
     return json.loads((path / "state.json").read_text())

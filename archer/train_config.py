@@ -16,6 +16,8 @@ from archer.config import AlgoConfig, ConfigError, build_config
 
 REWARD_ON_NONE = ("error", "zero")
 DTYPES = ("float32", "bfloat16", "float16")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+MIXED_PRECISION = ("none", "bf16", "fp16")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: float = math.inf) -> None:
@@ -53,6 +55,28 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """Data-parallel training with torch FSDP2 when launched by ``torchrun`` (WORLD_SIZE > 1);
+    ignored in a single process. See :mod:`archer.distributed`."""
+
+    backend: str = "auto"  # process-group backend: auto (nccl on CUDA, else gloo) | gloo | nccl
+    mixed_precision: str = "none"  # FSDP2 param dtype in forward/backward: none | bf16 | fp16
+    reshard_after_forward: bool = True  # free gathered layer params after forward (ZeRO-3)
+    timeout_s: int = 1800  # collective timeout in seconds (a rank that dies stops the others)
+
+    def __post_init__(self) -> None:
+        if self.backend not in DIST_BACKENDS:
+            raise ConfigError(f"distributed.backend={self.backend!r} is invalid; allowed "
+                              f"{list(DIST_BACKENDS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"distributed.mixed_precision={self.mixed_precision!r} is invalid; "
+                              f"allowed {list(MIXED_PRECISION)}")
+        if not isinstance(self.reshard_after_forward, bool):
+            raise ConfigError("distributed.reshard_after_forward must be true or false")
+        _check_int("distributed.timeout_s", self.timeout_s, 1)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One RL run: model, data, rollout, optimisation, validation, checkpoints."""
 
@@ -81,6 +105,9 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up over this many training steps, then constant
     grad_clip: float = 1.0  # max global grad norm; a non-finite norm skips the optimizer step
     entropy_chunk_size: int = 256  # positions per chunk in the entropy computation
+    gradient_checkpointing: bool = False  # recompute layer activations in backward (memory)
+    length_bucketing: bool = False  # micro-batches of similar response length, padding trimmed
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # FSDP2 (torchrun)
     # --- run ------------------------------------------------------------------------------------
     total_steps: int = 10  # training steps (rollout + update) in the whole run
     seed: int = 0  # seeds sampling, shuffling, the prompt order and torch
@@ -102,8 +129,17 @@ class TrainConfig:
             object.__setattr__(self, "algo", AlgoConfig.from_dict(self.algo))
         if isinstance(self.data, dict):
             object.__setattr__(self, "data", build_config(DataConfig, self.data, "data"))
-        if not isinstance(self.algo, AlgoConfig) or not isinstance(self.data, DataConfig):
-            raise ConfigError("algo and data must be AlgoConfig/DataConfig or mappings")
+        if isinstance(self.distributed, dict):
+            try:
+                dist = build_config(DistributedConfig, self.distributed, "distributed")
+            except ConfigError as err:
+                raise ConfigError(str(err).replace("distributed.distributed.", "distributed.")
+                                  ) from None
+            object.__setattr__(self, "distributed", dist)
+        if not isinstance(self.algo, AlgoConfig) or not isinstance(self.data, DataConfig) or \
+                not isinstance(self.distributed, DistributedConfig):
+            raise ConfigError("algo, data and distributed must be their config classes or "
+                              "mappings")
         if self.temperature is not None and self.temperature != self.algo.temperature:
             raise ConfigError(
                 f"temperature={self.temperature} differs from algo.temperature="
@@ -123,6 +159,9 @@ class TrainConfig:
                               "(greedy samples are all the same)")
         for name in ("warmup_steps", "seed", "val_every", "ckpt_every", "val_size"):
             _check_int(name, getattr(self, name), 0)
+        for name in ("gradient_checkpointing", "length_bucketing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         if self.num_threads is not None:
             _check_int("num_threads", self.num_threads, 1)
         _check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)

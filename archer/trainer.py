@@ -7,8 +7,14 @@ One step reads top to bottom as DESIGN.md's story::
     -> PPO epochs x mini-batches x update phases (micro-batch gradient accumulation,
        entropy split, dual-token loss, one optimizer step per phase) -> metrics
 
-Simplifications, on purpose: one process, the HF rollout backend shares the policy module
-(nothing to sync after an update), the learning-rate schedule is a pure function of the step.
+Simplifications, on purpose: the HF rollout backend shares the policy module (nothing to sync
+after an update), the learning-rate schedule is a pure function of the step.
+
+Data parallel (``torchrun``, FSDP2, see :mod:`archer.distributed`): every rank draws the same
+prompts and rolls out its contiguous share; kept groups are numbered globally (a group never
+spans ranks, so advantages stay per group), mini-batches are cut from the global group ids,
+and every denominator (and a ``scope=batch`` quantile) is taken over all ranks, so the
+SUM-reduced gradient equals the single-process one. Only rank 0 logs, checkpoints, exports.
 
 Reward contract: ``fn(completions, **columns) -> list[float | None]``; the columns are the
 prompt record's fields (``answer``, ``entry``, ...) repeated for each of the G samples. A
@@ -45,7 +51,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +71,28 @@ from archer.algos import (
     token_entropy,
     token_logprobs,
 )
-from archer.algos.split import TokenSplit, split_change_fraction
+from archer.algos.split import (
+    NonFiniteEntropyError,
+    TokenSplit,
+    masked_quantile,
+    split_change_fraction,
+)
 from archer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from archer.config import AlgoConfig
+from archer.distributed import (
+    SINGLE,
+    DistInfo,
+    full_params,
+    full_state_dicts,
+    full_tensor,
+    init_distributed,
+    load_full_state_dicts,
+    shard_model,
+    shard_slice,
+    shutdown,
+)
 from archer.rollout import HFRollout, SamplingParams
-from archer.tracking import JsonlLogger, MetricLogger
+from archer.tracking import JsonlLogger, MetricLogger, NullLogger
 from archer.train_config import TrainConfig
 from archer.types import RolloutBatch
 
@@ -155,6 +178,7 @@ class TrainContext:
     sampler: PromptSampler
     plan: tuple[Phase, ...]
     state: TrainState = field(default_factory=TrainState)
+    dist: DistInfo = SINGLE  # data-parallel rank / world size (FSDP2 when world_size > 1)
 
     @property
     def algo(self) -> AlgoConfig:
@@ -205,12 +229,24 @@ def resolve_reward(name: str):
     return get_reward(name)
 
 
-def build_context(cfg: TrainConfig) -> TrainContext:
+def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContext:
+    """Model, reference, optimizer, data. ``dist``: the process group (default: from the
+    torchrun environment, :data:`archer.distributed.SINGLE` without one); with several ranks
+    the policy and the reference are sharded with FSDP2 before the optimizer is built."""
     from archer.models import load_policy_and_ref
 
+    if dist is None:
+        dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
+    check_world_size(cfg, dist)
+    device = dist.device if dist.enabled else ("cuda" if torch.cuda.is_available() else "cpu")
     model, ref, tokenizer = load_policy_and_ref(
-        cfg.model, need_ref=cfg.algo.needs_reference, dtype=cfg.dtype,
-        device="cuda" if torch.cuda.is_available() else "cpu")
+        cfg.model, need_ref=cfg.algo.needs_reference, dtype=cfg.dtype, device=device)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    for m in (model, ref):
+        if m is not None:
+            shard_model(m, dist, cfg.distributed.mixed_precision,
+                        cfg.distributed.reshard_after_forward)
     train, val = load_records(cfg)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
@@ -220,7 +256,23 @@ def build_context(cfg: TrainConfig) -> TrainContext:
         rollout=HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size),
         optimizer=optimizer, reward_fn=resolve_reward(cfg.reward), train_records=train,
         val_records=val, sampler=PromptSampler(len(train), cfg.seed),
-        plan=build_update_plan(cfg.algo))
+        plan=build_update_plan(cfg.algo), dist=dist)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant, FSDP-safe)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def check_world_size(cfg: TrainConfig, dist: DistInfo) -> None:
+    """Each rank rolls out an equal, contiguous share of every step's prompts."""
+    if cfg.prompts_per_step % dist.world_size:
+        raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be divisible by the "
+                         f"world size {dist.world_size} (each rank samples an equal share)")
 
 
 # --------------------------------------------------------------------------------------
@@ -258,7 +310,8 @@ def train_step(ctx: TrainContext) -> dict[str, float]:
             update_batch = prepare_update_batch(ctx, batch, rewards)  # advantages, old, ref
         with timer("update"):
             metrics |= update_policy(ctx, update_batch)
-        metrics["perf/tokens_per_s"] = _num_tokens(batch) / max(timer.seconds["update"], 1e-9)
+        metrics["perf/tokens_per_s"] = ctx.dist.sum(_num_tokens(batch)) / max(
+            timer.seconds["update"], 1e-9)
     ctx.state.step += 1
     metrics |= {f"time/{k}": timer.seconds.get(k, 0.0)
                 for k in ("rollout", "reward", "old_logprob", "update")}
@@ -286,14 +339,26 @@ def set_learning_rate(ctx: TrainContext) -> float:
 
 def collect_rollouts(ctx: TrainContext, timer: PhaseTimer):
     """Sample groups until ``prompts_per_step`` informative ones (refill) or one round
-    (drop/none). Returns (kept batch or None, shaped rewards (N,), rollout metrics)."""
-    cfg, algo = ctx.cfg, ctx.algo
+    (drop/none). Returns (kept batch or None, shaped rewards (N,), rollout metrics).
+
+    Data parallel: every rank draws the same prompts and rolls out its contiguous share; the
+    kept groups are numbered globally (round by round, prompt by prompt, as one process
+    numbers them), so the refill cut, the mini-batches and the padded response width are
+    those of a single process. The batch is None only when no rank kept a group; a rank
+    may hold zero rows."""
+    cfg, algo, dist = ctx.cfg, ctx.algo, ctx.dist
     rounds = cfg.refill_max_rounds if algo.group_filter == "refill" else 1
     kept, kept_rewards, seen = [], [], []
+    share = shard_slice(cfg.prompts_per_step, dist)
+    n_kept, width = 0, 0  # kept groups over all ranks so far; response width of their rounds
     for r in range(rounds):
-        records = [ctx.train_records[i] for i in ctx.sampler.next(cfg.prompts_per_step)]
-        with timer("rollout"):
-            batch = generate(ctx, records, seed=_rollout_seed(cfg, ctx.state.step, r))
+        records = [ctx.train_records[i] for i in ctx.sampler.next(cfg.prompts_per_step)][share]
+        # HFRollout seeds its k-th generate() call with seed + k: offsetting by the calls of
+        # the lower ranks gives the single-process samples when rollout_batch_size divides
+        # the per-rank prompt count.
+        offset = dist.rank * math.ceil(len(records) / cfg.rollout_batch_size)
+        with timer("rollout"), full_params(ctx.model):
+            batch = generate(ctx, records, seed=_rollout_seed(cfg, ctx.state.step, r) + offset)
         with timer("reward"):
             raw = score(ctx, batch, records, cfg.group_size)
         shaped = raw + overlong_penalty(batch.response_lengths, cfg.max_new_tokens,
@@ -303,22 +368,43 @@ def collect_rollouts(ctx: TrainContext, timer: PhaseTimer):
         keep = (torch.ones_like(raw, dtype=torch.bool) if algo.group_filter == "none"
                 else nonuniform_group_mask(raw, batch.group_index))
         seen.append((batch, raw, shaped))
-        if keep.any():
-            rows = keep.nonzero().squeeze(-1)
-            kept.append(batch.select(rows))
-            kept_rewards.append(shaped[rows])
-        if sum(_num_groups(b) for b in kept) >= cfg.prompts_per_step:
+        flags = [bool(keep[batch.group_index == g].any()) for g in range(len(records))]
+        gathered = dist.all_gather_object((flags, batch.response_ids.shape[1]))
+        flags_all = [f for fl, _ in gathered for f in fl]  # this round's prompts, in order
+        ids = torch.full((len(records),), -1, dtype=torch.long)  # local prompt -> global group
+        ids[torch.tensor(flags, dtype=torch.bool)] = torch.arange(
+            sum(flags), dtype=torch.long) + n_kept + sum(flags_all[: share.start])
+        if any(flags_all):
+            width = max([width] + [w for _, w in gathered])
+        n_kept += sum(flags_all)
+        limit = cfg.prompts_per_step if algo.group_filter == "refill" else n_kept
+        gid = ids[batch.group_index.cpu()]
+        rows = (keep.cpu() & (gid >= 0) & (gid < limit)).nonzero().squeeze(-1)
+        part = batch.select(rows)
+        part.group_index = gid[rows].to(part.group_index.device)
+        kept.append(part)
+        kept_rewards.append(shaped[rows])
+        if n_kept >= cfg.prompts_per_step:
             break
-    metrics = rollout_metrics(seen, len(seen))
-    if not kept:
-        metrics["groups/kept"] = 0.0
+    metrics = reduce_rollout_metrics(dist, rollout_metrics(seen, len(seen)))
+    metrics["groups/kept"] = float(min(n_kept, limit))
+    if n_kept == 0:
         return None, None, metrics
-    batch, rewards = concat_batches(kept, ctx.rollout.pad_id), torch.cat(kept_rewards)
-    if algo.group_filter == "refill":  # exactly prompts_per_step groups
-        rows = (batch.group_index < cfg.prompts_per_step).nonzero().squeeze(-1)
-        batch, rewards = batch.select(rows), rewards[rows]
-    metrics["groups/kept"] = float(_num_groups(batch))
-    return batch, rewards, metrics
+    batch = pad_responses(RolloutBatch.concat(kept, ctx.rollout.pad_id), width,
+                          ctx.rollout.pad_id)
+    return batch, torch.cat(kept_rewards), metrics
+
+
+def pad_responses(batch: RolloutBatch, width: int, pad_id: int) -> RolloutBatch:
+    """Right-pad the responses to ``width`` columns (the padded width a single process
+    would see; only ``seq-mean-token-sum-norm`` without a norm length depends on it)."""
+    extra = width - batch.response_ids.shape[1]
+    if extra <= 0:
+        return batch
+    pad = torch.nn.functional.pad
+    return replace(batch, response_ids=pad(batch.response_ids, (0, extra), value=pad_id),
+                   response_mask=pad(batch.response_mask, (0, extra), value=0),
+                   sampler_logprobs=pad(batch.sampler_logprobs, (0, extra), value=0.0))
 
 
 def _rollout_seed(cfg: TrainConfig, step: int, round_: int) -> int:
@@ -376,6 +462,20 @@ def rollout_metrics(seen: list[tuple[RolloutBatch, torch.Tensor, torch.Tensor]],
         "response/truncated_frac": truncated.mean().item(),
         "response/repetition_ratio": sum(reps) / len(reps),
     }
+
+
+def reduce_rollout_metrics(dist: DistInfo, metrics: dict[str, float]) -> dict[str, float]:
+    """Rollout metrics over all ranks: every rank samples the same number of prompts and
+    responses per round, so the global mean is the mean of the ranks' means."""
+    if not dist.enabled:
+        return metrics
+    keys = sorted(metrics)
+    sums = dict(zip(keys, dist.all_reduce([metrics[k] for k in keys])))
+    out = {k: v / dist.world_size for k, v in sums.items()}
+    out["groups/sampled"] = sums["groups/sampled"]
+    out["rollout/rounds"] = metrics["rollout/rounds"]
+    out["response/length_max"] = dist.max(metrics["response/length_max"])
+    return out
 
 
 def repetition_ratio(tokens: list[int], n: int = REPETITION_N) -> float:
@@ -454,6 +554,10 @@ def _keeps_logits(model_class: type) -> bool:
 def forward_tokens_batched(model, batch: RolloutBatch, temperature: float, micro: int,
                            chunk_size: int = 256, *, entropy: bool = True
                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if batch.num_samples == 0:  # a data-parallel rank that kept no group this step
+        empty = torch.zeros(batch.response_ids.shape, dtype=torch.float32,
+                            device=batch.response_ids.device)
+        return empty, (empty.clone() if entropy else None)
     parts = [forward_tokens(model, batch.select(rows), temperature, chunk_size,
                             entropy=entropy)
              for rows in torch.arange(batch.num_samples).split(micro)]
@@ -470,18 +574,28 @@ def prepare_update_batch(ctx: TrainContext, batch: RolloutBatch,
     is the old log-prob (ratio 1, the same gradient), as TRL and verl do."""
     cfg, algo = ctx.cfg, ctx.algo
     old_lp = old_ent = None
-    if not is_on_policy(ctx, _num_groups(batch)):
-        old_lp, old_ent = forward_tokens_batched(ctx.model, batch, algo.temperature,
-                                                 cfg.micro_batch_size, cfg.entropy_chunk_size)
+    if not is_on_policy(ctx, global_num_groups(ctx, batch)):
+        with full_params(ctx.model):
+            old_lp, old_ent = forward_tokens_batched(
+                ctx.model, batch, algo.temperature, cfg.micro_batch_size, cfg.entropy_chunk_size)
     ref_lp = None
     if algo.needs_reference:
-        ref_lp, _ = forward_tokens_batched(ctx.ref, batch, algo.temperature,
-                                           cfg.micro_batch_size, cfg.entropy_chunk_size,
-                                           entropy=False)
+        with full_params(ctx.ref):
+            ref_lp, _ = forward_tokens_batched(ctx.ref, batch, algo.temperature,
+                                               cfg.micro_batch_size, cfg.entropy_chunk_size,
+                                               entropy=False)
     adv = compute_advantages(algo.advantage, rewards, batch.group_index, algo.adv_eps)
     if algo.lopti_alpha > 0:
         adv = lopti_reweight(adv, old_lp, algo.lopti_alpha)  # (N, R)
     return UpdateBatch(batch, adv, old_lp, old_ent, ref_lp)
+
+
+def global_num_groups(ctx: TrainContext, batch: RolloutBatch) -> int:
+    """Groups in the step's batch over all ranks (kept groups are numbered 0..K-1 globally)."""
+    if not ctx.dist.enabled:
+        return _num_groups(batch)
+    local = int(batch.group_index.max()) + 1 if batch.num_samples else 0
+    return int(ctx.dist.max(local))
 
 
 def is_on_policy(ctx: TrainContext, num_groups: int) -> bool:
@@ -502,6 +616,7 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
     then one optimizer step. Also measures how the token split moves between epochs."""
     records, changes, previous = [], [], None
     valid = ub.batch.response_mask.bool()
+    dist = ctx.dist
     for epoch in range(ctx.cfg.ppo_epochs):
         high_this_epoch = torch.zeros_like(valid)
         for rows in minibatch_rows(ctx, ub, epoch):
@@ -510,11 +625,15 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
             for i, phase in enumerate(ctx.plan):
                 ctx.optimizer.zero_grad(set_to_none=True)
                 metrics, high = accumulate_gradients(ctx, mb, phase, split)
-                metrics |= optimizer_step(ctx)
+                metrics = reduce_update_metrics(dist, metrics) | optimizer_step(ctx)
                 records.append(metrics)
                 if i == 0:
                     high_this_epoch[rows] = high
-        if previous is not None:
+        if previous is not None and dist.enabled:
+            moved, n = dist.all_reduce([float(((previous != high_this_epoch) & valid).sum()),
+                                        float(valid.sum())])
+            changes.append(moved / n if n else 0.0)
+        elif previous is not None:
             changes.append(split_change_fraction(previous, high_this_epoch, valid))
         previous = high_this_epoch
     out = _mean_metrics(records)
@@ -530,21 +649,24 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
 def minibatch_rows(ctx: TrainContext, ub: UpdateBatch, epoch: int) -> list[torch.Tensor]:
     """Row indices of each mini-batch: ``mini_batch_prompts`` whole groups, optionally in a
     shuffled order seeded by (seed, step, epoch)."""
-    groups = torch.unique(ub.batch.group_index)
+    groups = (torch.arange(global_num_groups(ctx, ub.batch)) if ctx.dist.enabled
+              else torch.unique(ub.batch.group_index))  # every rank cuts the same groups
     if ctx.cfg.shuffle_minibatches:
         gen = torch.Generator().manual_seed(
             ctx.cfg.seed * 1_000_003 + ctx.state.step * 997 + epoch)
         groups = groups[torch.randperm(len(groups), generator=gen)]
     out = []
     for chunk in groups.split(ctx.cfg.mini_batch_prompts):
-        out.append(torch.isin(ub.batch.group_index, chunk).nonzero().squeeze(-1))
+        out.append(torch.isin(ub.batch.group_index, chunk.to(ub.batch.group_index.device))
+                   .nonzero().squeeze(-1).cpu())
     return out
 
 
 def needs_minibatch_split(ctx: TrainContext, num_rows: int) -> bool:
     """Whether the current-entropy split must be known for the whole mini-batch up front."""
     algo = ctx.algo
-    several = math.ceil(num_rows / ctx.cfg.micro_batch_size) > 1
+    # Data parallel: the mini-batch spans ranks, so it always has "several" micro-batches.
+    several = ctx.dist.enabled or math.ceil(num_rows / ctx.cfg.micro_batch_size) > 1
     by_entropy = any(p.needs_entropy_split for p in ctx.plan)
     class_kl = algo.needs_reference and algo.kl_normalization == "per_class"
     if len(ctx.plan) > 1 and by_entropy:
@@ -557,35 +679,72 @@ def minibatch_split(ctx: TrainContext, mb: UpdateBatch) -> TokenSplit | None:
     if algo.entropy_source == "old" and mb.old_entropy is not None:
         entropy = mb.old_entropy  # (on-policy the old entropy is the current one: below)
     elif needs_minibatch_split(ctx, mb.num_rows):
-        _, entropy = forward_tokens_batched(ctx.model, mb.batch, algo.temperature,
-                                            ctx.cfg.micro_batch_size, ctx.cfg.entropy_chunk_size)
+        with full_params(ctx.model):
+            _, entropy = forward_tokens_batched(ctx.model, mb.batch, algo.temperature,
+                                                ctx.cfg.micro_batch_size,
+                                                ctx.cfg.entropy_chunk_size)
     else:
         return None
+    if ctx.dist.enabled and algo.entropy_scope == "batch":
+        return global_batch_split(ctx.dist, entropy, mb.batch.response_mask,
+                                  algo.entropy_quantile)
     return split_by_entropy(entropy, mb.batch.response_mask, algo.entropy_quantile,
                             algo.entropy_scope, mb.batch.group_index)
+
+
+def global_batch_split(dist: DistInfo, entropy: torch.Tensor, response_mask: torch.Tensor,
+                       rho: float) -> TokenSplit:
+    """``scope=batch`` over the mini-batch on all ranks: the exact rho-quantile of every
+    rank's valid-token entropies (all-gathered), then the strict split on this rank's rows."""
+    valid = response_mask.bool()
+    if (valid & ~torch.isfinite(entropy)).any():
+        raise NonFiniteEntropyError("valid token(s) have non-finite entropy (NaN/inf logits)")
+    values = dist.all_gather_cat(entropy[valid].float())
+    tau = masked_quantile(values[None], torch.ones_like(values, dtype=torch.bool)[None], rho)
+    tau = tau.to(entropy.device).expand(entropy.shape[0])
+    high = valid & (entropy > tau[:, None])
+    return TokenSplit(high_entropy_mask=high, low_entropy_mask=valid & ~high, threshold=tau)
 
 
 def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
                          split: TokenSplit | None) -> tuple[dict[str, float], torch.Tensor]:
     """Backward of the phase's mini-batch loss, micro-batch by micro-batch (exact scaling,
-    see the module docstring). Returns (metrics, high-entropy mask (n, R) used)."""
-    cfg, algo = ctx.cfg, ctx.algo
-    chunks = torch.arange(mb.num_rows).split(cfg.micro_batch_size)
+    see the module docstring). Returns (metrics, high-entropy mask (n, R) used).
+
+    Data parallel: the denominators are summed over ranks, so each rank's gradient is its
+    share of the global mini-batch loss and the SUM-reduced gradient is the single-process
+    one. Every rank runs the same number of forward/backward passes (FSDP's collectives):
+    a rank with fewer micro-batches runs zero-weight dummy passes."""
+    cfg, algo, dist = ctx.cfg, ctx.algo, ctx.dist
+    chunks = micro_batch_rows(mb, cfg.micro_batch_size, cfg.length_bucketing)
+    n_micro = int(dist.max(len(chunks))) if dist.enabled else len(chunks)
     denominators = None
-    if len(chunks) > 1:
+    if len(chunks) > 1 or dist.enabled:
         high_full = split.high_entropy_mask if split is not None else None
         token_mask = phase_token_mask(phase, mb.batch.response_mask, high_full, mb.old_logprobs,
                                       algo.async_prob_threshold)
-        denominators = _denominators(token_mask, high_full, algo.loss_agg_mode)
-    records, highs = [], []
-    for rows in chunks:
+        local = _denominators(token_mask, high_full, algo.loss_agg_mode)
+        denominators = dict(zip(local, dist.all_reduce(list(local.values()))))
+    width = mb.batch.response_ids.shape[1]
+    if algo.loss_agg_mode == "seq-mean-token-sum-norm" and algo.loss_norm_length is None:
+        algo = replace(algo, loss_norm_length=width)  # the padded length, even when trimmed
+    records = []
+    high_out = torch.zeros_like(mb.batch.response_mask, dtype=torch.bool)
+    for i in range(n_micro):
+        if i >= len(chunks):
+            _dummy_backward(ctx)
+            continue
+        rows = chunks[i]
         micro = mb.rows(rows)
+        cols = width
+        if cfg.length_bucketing:
+            micro, cols = trim_padding(micro)
         logprobs, entropy = forward_tokens(ctx.model, micro.batch, algo.temperature,
                                            cfg.entropy_chunk_size)
         mask = micro.batch.response_mask.bool()
-        high = (split.high_entropy_mask[rows] if split is not None else split_by_entropy(
-            entropy, mask, algo.entropy_quantile, algo.entropy_scope,
-            micro.batch.group_index).high_entropy_mask)
+        high = (split.high_entropy_mask[rows][:, :cols] if split is not None else
+                split_by_entropy(entropy, mask, algo.entropy_quantile, algo.entropy_scope,
+                                 micro.batch.group_index).high_entropy_mask)
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         token_mask = phase_token_mask(phase, mask, high, old, algo.async_prob_threshold)
         inputs = LossInputs(logprobs=logprobs, old_logprobs=old,
@@ -598,8 +757,61 @@ def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
         loss.backward()
         metrics["actor/entropy"] = entropy[mask].mean().item() if mask.any() else 0.0
         records.append(metrics)
-        highs.append(high)
-    return _sum_metrics(records), torch.cat(highs)
+        high_out[rows.to(high_out.device), :cols] = high
+    return _sum_metrics(records), high_out
+
+
+def micro_batch_rows(mb: UpdateBatch, size: int, by_length: bool) -> list[torch.Tensor]:
+    """Row indices of each micro-batch: in order, or (``by_length``) sorted by response
+    length, longest first, so each micro-batch holds similar lengths and little padding."""
+    if mb.num_rows == 0:  # (split() of an empty range gives one empty chunk)
+        return []
+    if not by_length:
+        return list(torch.arange(mb.num_rows).split(size))
+    lengths = mb.batch.response_mask.sum(-1).cpu()
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    return list(order.split(size))
+
+
+def trim_padding(ub: UpdateBatch) -> tuple[UpdateBatch, int]:
+    """Drop the all-padding prompt columns (left) and response columns (right) of a
+    micro-batch; returns (trimmed batch, kept response columns). Causal attention with
+    position ids from the mask gives the same log-probs up to float summation order."""
+    b = ub.batch
+    p = max(int(b.prompt_mask.sum(-1).max()), 1) if b.num_samples else b.prompt_length
+    r = max(int(b.response_mask.sum(-1).max()), 1) if b.num_samples else b.response_ids.shape[1]
+    P = b.prompt_length
+
+    def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None or t.dim() < 2 else t[:, :r]
+
+    batch = replace(b, prompt_ids=b.prompt_ids[:, P - p:], prompt_mask=b.prompt_mask[:, P - p:],
+                    response_ids=b.response_ids[:, :r], response_mask=b.response_mask[:, :r],
+                    sampler_logprobs=b.sampler_logprobs[:, :r])
+    adv = ub.advantages if ub.advantages.dim() == 1 else ub.advantages[:, :r]
+    return UpdateBatch(batch, adv, cut(ub.old_logprobs), cut(ub.old_entropy),
+                       cut(ub.ref_logprobs)), r
+
+
+def _dummy_backward(ctx: TrainContext) -> None:
+    """A zero-gradient forward/backward on one token: keeps this rank in step with the
+    ranks that have another micro-batch (FSDP gathers and reduces per pass)."""
+    ids = torch.full((1, 1), ctx.rollout.pad_id, dtype=torch.long,
+                     device=next(ctx.model.parameters()).device)
+    logits = ctx.model(input_ids=ids, use_cache=False).logits
+    (logits.float().sum() * 0.0).backward()
+
+
+def reduce_update_metrics(dist: DistInfo, metrics: dict[str, float]) -> dict[str, float]:
+    """One phase's metrics over ranks: loss terms and token counts (already each rank's share
+    of the global value) add up; the diagnostics average over the ranks that report them."""
+    if not dist.enabled:
+        return metrics
+    out: dict[str, list[float]] = defaultdict(list)
+    for part in dist.all_gather_object(metrics):
+        for k, v in part.items():
+            out[k].append(v)
+    return {k: sum(v) if k.startswith(_SUMMED) else sum(v) / len(v) for k, v in out.items()}
 
 
 def _denominators(token_mask: torch.Tensor, high: torch.Tensor | None,
@@ -634,7 +846,7 @@ def micro_loss(algo: AlgoConfig, inputs: LossInputs,
 def optimizer_step(ctx: TrainContext) -> dict[str, float]:
     """Clip the global grad norm and step; skip (and count) when the norm is not finite."""
     params = [p for p in ctx.model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, ctx.cfg.grad_clip)
+    norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, ctx.cfg.grad_clip))
     if not torch.isfinite(norm):
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.state.updates_skipped += 1
@@ -676,19 +888,30 @@ def validate(ctx: TrainContext) -> dict[str, float]:
     """Held-out prompts, greedy or ``val_samples`` (k) samples each at ``val_temperature``:
     mean reward, accuracy (the fraction of samples scoring >= 1, i.e. avg@k without partial
     credit) and, for k > 1, pass@k (the fraction of prompts with a sample scoring >= 1)."""
-    cfg = ctx.cfg
+    cfg, dist = ctx.cfg, ctx.dist
     k = cfg.val_samples
+    records = ctx.val_records[dist.rank::dist.world_size]  # data parallel: a share per rank
     params = SamplingParams(temperature=cfg.val_temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, n=k, seed=cfg.seed + 17)
-    batch = ctx.rollout.generate(prompt_texts(ctx, ctx.val_records), params)
-    rewards = score(ctx, batch, ctx.val_records, k)
-    out = {"val/reward_mean": rewards.mean().item(),
-           "val/accuracy": (rewards >= 1).float().mean().item(),  # partial credit excluded
-           "val/response_length_mean": batch.response_lengths.float().mean().item()}
+                            max_new_tokens=cfg.max_new_tokens, n=k,
+                            seed=cfg.seed + 17 + 7919 * dist.rank)
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # reward, accuracy, length, solved prompts, samples
+    if records:
+        with full_params(ctx.model):
+            batch = ctx.rollout.generate(prompt_texts(ctx, records), params)
+        rewards = score(ctx, batch, records, k)
+        solved = torch.zeros(len(records)).scatter_reduce_(
+            0, batch.group_index.cpu(), (rewards >= 1).float(), "amax")
+        sums = [rewards.sum().item(), (rewards >= 1).float().sum().item(),  # no partial credit
+                batch.response_lengths.float().sum().item(), solved.sum().item(),
+                float(len(rewards))]
+    elif dist.enabled:
+        with full_params(ctx.model):  # the gather is collective: take part in it
+            pass
+    reward, accuracy, length, solved_n, n = dist.all_reduce(sums)
+    out = {"val/reward_mean": reward / n, "val/accuracy": accuracy / n,
+           "val/response_length_mean": length / n}
     if k > 1:
-        solved = torch.zeros(len(ctx.val_records)).scatter_reduce_(
-            0, batch.group_index, (rewards >= 1).float(), "amax")
-        out[f"val/pass@{k}"] = solved.mean().item()
+        out[f"val/pass@{k}"] = solved_n / len(ctx.val_records)
     return out
 
 
@@ -698,8 +921,23 @@ def save(ctx: TrainContext, metrics: dict[str, float] | None = None) -> Path:
     state = {"sampler": ctx.sampler.state_dict(), "run_id": ctx.state.run_id,
              "updates_skipped": ctx.state.updates_skipped,
              "steps_skipped": ctx.state.steps_skipped, "metrics": dict(metrics or {})}
-    return save_checkpoint(ctx.cfg.out_dir, ctx.state.step, ctx.model, ctx.optimizer, state,
-                           keep=ctx.cfg.keep_checkpoints)
+    dist = ctx.dist
+    if not dist.enabled:
+        return save_checkpoint(ctx.cfg.out_dir, ctx.state.step, ctx.model, ctx.optimizer, state,
+                               keep=ctx.cfg.keep_checkpoints)
+    # FSDP: gather full state dicts (collective), rank 0 writes them with every rank's RNG.
+    from archer.checkpoint import checkpoint_root, rng_state
+
+    model_sd, optim_sd = full_state_dicts(ctx.model, ctx.optimizer)
+    rngs = dist.all_gather_object(rng_state())
+    path = checkpoint_root(ctx.cfg.out_dir) / f"step_{ctx.state.step:06d}"
+    if dist.is_main:
+        path = save_checkpoint(ctx.cfg.out_dir, ctx.state.step, ctx.model, ctx.optimizer,
+                               state | {"world_size": dist.world_size},
+                               keep=ctx.cfg.keep_checkpoints, model_state=model_sd,
+                               optimizer_state=optim_sd, rank_rng_states=rngs)
+    dist.barrier()  # the checkpoint exists before any rank goes on
+    return path
 
 
 def resume(ctx: TrainContext) -> bool:
@@ -707,7 +945,9 @@ def resume(ctx: TrainContext) -> bool:
     path = latest_checkpoint(ctx.cfg.out_dir) if ctx.cfg.resume else None
     if path is None:
         return False
-    state = load_checkpoint(path, ctx.model, ctx.optimizer)
+    dist = ctx.dist
+    state = load_checkpoint(path, ctx.model, ctx.optimizer, rank=dist.rank,
+                            load_state_dicts=load_full_state_dicts if dist.enabled else None)
     ctx.sampler.load_state_dict(state["sampler"])
     ctx.state = TrainState(step=state["step"], run_id=state["run_id"],
                            updates_skipped=state["updates_skipped"],
@@ -771,8 +1011,18 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
     ``progress``: a tqdm bar with the live reward and entropy (None: only on a TTY).
     """
     setup_torch(cfg)
-    ctx = build_context(cfg)
+    dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
+    try:
+        return _fit(cfg, dist, logger, progress)
+    finally:
+        shutdown(dist)
+
+
+def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress) -> FitResult:
+    ctx = build_context(cfg, dist)
     resumed = resume(ctx)
+    if not dist.is_main:  # only rank 0 talks to the tracker, shows progress, writes files
+        logger, progress = NullLogger(ctx.state.run_id), False
     logger = open_logger(cfg, logger, ctx.state.run_id)
     ctx.state.run_id = logger.run_id
     if not resumed:
@@ -808,7 +1058,15 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
 
 
 def export_policy(ctx: TrainContext) -> Path:
+    """The final policy as an HF directory (FSDP: gathered, written by rank 0)."""
     out = Path(ctx.cfg.out_dir) / "final"
-    ctx.model.save_pretrained(out)
-    ctx.tokenizer.save_pretrained(out)
+    if not ctx.dist.enabled:
+        ctx.model.save_pretrained(out)
+    else:
+        model_sd, _ = full_state_dicts(ctx.model, None)
+        if ctx.dist.is_main:
+            ctx.model.save_pretrained(out, state_dict=model_sd)
+        ctx.dist.barrier()
+    if ctx.dist.is_main:
+        ctx.tokenizer.save_pretrained(out)
     return out

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -55,7 +56,8 @@ def trainer_defaults() -> dict[str, Any]:
     out: dict[str, Any] = {"steps": TrainConfig.total_steps}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in NOT_TRAINER:
-            out[f.name] = f.default
+            out[f.name] = (dataclasses.asdict(f.default_factory())
+                           if f.default is dataclasses.MISSING else f.default)
     out["progress"] = None
     return out
 
@@ -397,9 +399,13 @@ def run_train(overrides: list[str], print_config: bool = False) -> int:
     out = Path(setup.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.yaml"
-    config_path.write_text(text)
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 writes and reports
+    if main_rank:
+        config_path.write_text(text)
     result = fit(setup.train, logger=logger_factory(setup, config_path),
                  progress=setup.progress)
+    if not main_rank:
+        return 0
     last = result.metrics[-1] if result.metrics else {}
     summary = {k: round(float(last[k]), 4) for k in ("reward/mean", "actor/entropy",
                                                       "val/reward_mean") if k in last}
