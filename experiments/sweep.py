@@ -35,6 +35,7 @@ from experiments.study import (
     check_eval,
     check_fields,
     check_keys,
+    check_resources,
     load_recipe,
     resolve_trial,
     split_overrides,
@@ -80,7 +81,7 @@ class SweepSpec:
     max_retries: int
     storage: str
     eval: dict[str, Any] | None
-    resources: dict[str, float]
+    resources: dict[str, Any]
     experiment: str
     system_metrics: bool
 
@@ -137,7 +138,7 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
     if not store.startswith(STORAGE_SCHEMES):
         raise ConfigError(f"{where}: storage {store!r} is not an RDB URL ({STORAGE_SCHEMES})")
     recipe = load_recipe(data["recipe"])
-    resources = dict(recipe.get("resources") or {}) | dict(data["resources"] or {})
+    resources = check_resources(where, recipe.get("resources"), data["resources"])
     return SweepSpec(
         name=name, raw=data, recipe_overrides=tuple(recipe.get("overrides") or ()),
         base=tuple(data["base"]), params=params, enqueued=tuple(enqueued), objective=objective,
@@ -146,8 +147,7 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
         max_retries=data["max_retries"], storage=store,
         eval=None if data["eval"] is False else check_eval(
             where, data["eval"] if data["eval"] is not None else recipe.get("eval")),
-        resources={"num_cpus": float(resources.get("num_cpus", 1)),
-                   "num_gpus": float(resources.get("num_gpus", 0))},
+        resources=resources,
         experiment=data["experiment"] or f"sweep-{name}", system_metrics=data["system_metrics"])
 
 
