@@ -213,15 +213,18 @@ def distributions(spec: SweepSpec) -> dict[str, Any]:
     return out
 
 
-def make_sampler(spec: SweepSpec):
+def make_sampler(spec: SweepSpec, offset: int = 0):
+    """The sweep's sampler, seeded ``seed + offset``: a rerun passes the number of trials the
+    study has, so a seeded sampler does not replay the points its first invocation drew."""
     import optuna
 
+    seed = spec.seed + offset
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler({k: p["choices"] for k, p in spec.params.items()},
-                                           seed=spec.seed)
+                                           seed=seed)
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 
 def make_pruner(spec: SweepSpec):
@@ -569,6 +572,8 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
     study = optuna.create_study(study_name=spec.name, storage=spec.storage,
                                 sampler=make_sampler(spec), pruner=make_pruner(spec),
                                 directions=directions, load_if_exists=True)
+    if study.trials:  # a rerun: a fresh random stream
+        study.sampler = make_sampler(spec, offset=len(study.trials))
     for fixed in spec.enqueued:
         study.enqueue_trial(fixed, skip_if_exists=True)
     params = {"sweep": spec.name, "sampler": spec.sampler, "storage": spec.storage,
