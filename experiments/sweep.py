@@ -622,7 +622,9 @@ def add_sweep_arguments(p, func) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="sweep.<key>=... changes the sweep; anything else applies to every "
                         "trial (trainer.steps=2, model=<dir>)")
-    p.add_argument("--n-trials", type=int, default=10, help="trials to run in this invocation")
+    p.add_argument("--n-trials", type=int, default=10,
+                   help="trials to run in this invocation (rerun after the driver was killed: "
+                        "continues that invocation, its trials count)")
     p.add_argument("--storage", default=None,
                    help=f"Optuna RDB storage (default: the space's, else {DEFAULT_STORAGE})")
     _common(p)
