@@ -67,8 +67,8 @@ HEARTBEAT_TIMEOUT_S = 180.0  # a driver on another host is dead after this long 
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "percentile", "none")
 PARAM_TYPES = ("float", "int", "categorical")
-STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://",
-                   "mysql+pymysql://")
+STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://",
+                   "postgresql+psycopg2://", "mysql://", "mysql+pymysql://")
 
 
 @dataclass(frozen=True)
