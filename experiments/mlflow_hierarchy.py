@@ -7,6 +7,14 @@ through one :class:`experiments.tracking.MlflowLogger` per run, so parallel tria
 contend for a SQLite store ("database is locked") and a store that is briefly unreachable
 costs nothing (the logger's offline buffer keeps the calls and uploads them later).
 
+Replaying is idempotent: metrics carry the time the trial measured them (so an event
+uploaded twice, by a driver killed between an upload and saving its offset, is the same
+point, which MLflow's SQL stores keep once), params/tags/artifacts are overwritten with the
+same values, and an evaluation run already created for a trial's benchmark is reused.
+
+Where a trial ran: its run has ``archer.node_id``, ``archer.hostname`` and ``archer.node_ip``
+(the latest attempt's Ray node); the scheduler adds ``archer.nodes`` (every attempt's).
+
 Tags on every trial and evaluation run: ``archer.study``, ``archer.trial_number``,
 ``archer.preset``, ``archer.seed``, ``archer.code_version`` (git commit, ``+dirty`` when the
 tree has changes), ``archer.config_hash`` (trial identity), and on evaluation runs
@@ -18,13 +26,14 @@ trainer's flattened TrainConfig), with the resolved config YAML as an artifact.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from experiments.tracking import MlflowLogger, resolve_tracking_uri
+from experiments.tracking import STATE_NAME, MlflowLogger, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +139,12 @@ class StudyTracker:
         kept up to date so a resumed trial's rewind re-sends only what MLflow never got."""
         logger = self.loggers[trial_hash]
         op = event["op"]
+        stamp = int(event["time"] * 1000) if isinstance(event.get("time"), (int, float)) \
+            else None
         if op == "params":
             logger.log_params(event["values"])
         elif op == "metrics" or op == "system":
-            logger.log_metrics(event["values"], event["step"])
+            logger.log_metrics(event["values"], event["step"], timestamp_ms=stamp)
             if op == "metrics":
                 uploaded.add(int(event["step"]))
         elif op == "tags":
@@ -147,26 +158,37 @@ class StudyTracker:
                 logger.set_tags({"archer.rewound_to_step": step})
                 uploaded.difference_update(later)
             if event.get("metrics") and step not in uploaded and step > 0:
-                logger.log_metrics(event["metrics"], step)
+                logger.log_metrics(event["metrics"], step, timestamp_ms=stamp)
                 uploaded.add(step)
         elif op == "start":
-            logger.set_tags({"archer.attempts": event["attempt"],
-                             "archer.resumed_from_step": event.get("resume_step", 0)})
+            tags = {"archer.attempts": event["attempt"],
+                    "archer.resumed_from_step": event.get("resume_step", 0)}
+            if event.get("node_id"):
+                tags |= {"archer.node_id": event["node_id"],
+                         "archer.hostname": event.get("hostname", ""),
+                         "archer.node_ip": event.get("node_ip", "")}
+            logger.set_tags(tags)
 
     def finish_trial(self, trial_hash: str, status: str) -> None:
         logger = self.loggers.pop(trial_hash, None)
         if logger is not None:
             logger.finish(status)
 
-    def log_evaluations(self, trial, run_id: str, results: list[dict[str, Any]]) -> list[str]:
+    def log_evaluations(self, trial, run_id: str, results: list[dict[str, Any]],
+                        timestamp_ms: int | None = None) -> list[str]:
         """One evaluation run per benchmark, nested under the trial run (through
-        ``evals.tracking.log_eval``), tagged like the trial plus the contract hash."""
+        ``evals.tracking.log_eval``), tagged like the trial plus the contract hash. A run
+        already logged for the same benchmark, contract and trial run is reused."""
         from evals.tracking import log_eval
 
         ids = []
         for res in results:
             bench = res["benchmark"]
             eval_dir = Path(trial.out_dir) / "eval" / bench
+            rid = self._logged_eval(eval_dir, run_id, bench, res["contract_hash"])
+            if rid is not None:
+                ids.append(rid)
+                continue
             rid = log_eval([res], eval_dir, tracking_uri=self.uri, parent_run_id=run_id,
                            run_name=f"{trial.name}/{bench}", experiment=self.experiment)
             eval_logger = MlflowLogger.attach(eval_dir / "mlflow", self.uri)
@@ -181,8 +203,27 @@ class StudyTracker:
                 "archer.contract_hash": ",".join(r["contract_hash"] for r in results)})
             self.loggers[trial.hash].log_metrics(
                 {f"eval/{r['benchmark']}/{k}": v for r in results
-                 for k, v in r["metrics"].items()}, step=0)
+                 for k, v in r["metrics"].items()}, step=0, timestamp_ms=timestamp_ms)
         return ids
+
+    def _logged_eval(self, eval_dir: Path, parent_id: str, bench: str,
+                     contract_hash: str) -> str | None:
+        """The evaluation run ``eval_dir`` already has for this trial run and contract."""
+        state = eval_dir / "mlflow" / STATE_NAME
+        if not state.is_file():
+            return None
+        rid = json.loads(state.read_text()).get("run_id")
+        if not rid:
+            return None
+        try:
+            run = retry_locked(self.client.get_run, rid)
+        except Exception:  # noqa: BLE001  (deleted, or another store)
+            return None
+        tags = run.data.tags
+        if (tags.get("mlflow.parentRunId") == parent_id and run.info.status == "FINISHED"
+                and tags.get(f"{bench}/contract_hash") == contract_hash):
+            return rid
+        return None
 
     # ------------------------------------------------------------------------------------------
     # reading

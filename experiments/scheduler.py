@@ -2,8 +2,11 @@
 checkpoints, resumable as a whole, logged to MLflow by one writer, shown live.
 
 - **Ray**: a local Ray (``num_cpus`` CPUs, no dashboard) by default, or an existing cluster
-  (``ray_address``). Each trial is one task (``experiments.trial.run_trial``: train, then
-  evaluate) with the study's ``num_cpus``/``num_gpus``; at most ``max_concurrent`` run at once.
+  (``ray_address``, e.g. ``auto`` or ``<head ip>:6379``). Each trial is one task
+  (``experiments.trial.run_trial``: train, then evaluate) with the study's resources
+  (``num_cpus``/``num_gpus``, custom resources, ``SPREAD`` or default placement); at most
+  ``max_concurrent`` run at once. Where each attempt ran (Ray node id, hostname, node IP) is
+  recorded in the study state, the trial's log and its MLflow run (``archer.node_*`` tags).
 - **Retries**: a trial whose task fails (an exception, or its worker process killed) is
   submitted again up to ``max_retries`` times; the trainer resumes from the trial's latest
   checkpoint, so finished steps are not redone.
@@ -66,6 +69,16 @@ class TrialState:
     compute_s: float = 0.0  # training seconds (sum of time/step over uploaded steps)
     started: float | None = None
     ended: float | None = None
+    node_id: str | None = None  # Ray node of the latest attempt
+    hostname: str | None = None
+    node_ip: str | None = None
+    nodes: list[str] = field(default_factory=list)  # Ray node id of each started attempt
+
+    def node(self) -> str:
+        """``host/<node id prefix>`` of the latest attempt ("-" before it started)."""
+        if not self.node_id:
+            return "-"
+        return f"{self.hostname or self.node_ip or '?'}/{self.node_id[:8]}"
 
     def latest(self) -> tuple[str, float] | None:
         for key in SHOWN_METRICS:
@@ -120,7 +133,7 @@ class StudyState:
 
 
 def format_table(state: StudyState) -> str:
-    rows = [("#", "trial", "status", "try", "step", "latest metric")]
+    rows = [("#", "trial", "status", "try", "step", "node", "latest metric")]
     for t in state.shown():
         latest = t.latest()
         metric = f"{latest[0]}={latest[1]:.4g}" if latest else "-"
@@ -129,7 +142,7 @@ def format_table(state: StudyState) -> str:
         if t.error and t.status == "failed":
             metric = t.error[:60]
         rows.append((str(t.number), t.name, t.status, str(t.attempts),
-                     f"{t.step}/{t.total_steps}", metric))
+                     f"{t.step}/{t.total_steps}", t.node(), metric))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     counts = ", ".join(f"{k} {v}" for k, v in sorted(state.counts().items()))
@@ -195,6 +208,9 @@ class TrialSource:
     def on_done(self, trial: TrialSpec, state: TrialState, tracker) -> None:
         pass
 
+    def on_poll(self) -> None:
+        """Called on every turn of the scheduler's loop (e.g. a heartbeat)."""
+
 
 class ListSource(TrialSource):
     def __init__(self, trials: list[TrialSpec]) -> None:
@@ -221,10 +237,29 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as err:
+            raise ConnectionError(
+                f"cannot connect to the Ray cluster at --ray-address {address!r} ({err}). Start "
+                "one with `ray start --head --port=6379` and pass <head ip>:6379 (or `auto` on "
+                "a node of the cluster); with Ray's token authentication the driver needs the "
+                "cluster's token (RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token)") from None
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  log_to_driver=False)
+
+
+def task_options(resources: dict[str, Any], name: str) -> dict[str, Any]:
+    """Ray ``.options()`` of a trial task from its resources (see ``study.check_resources``)."""
+    options: dict[str, Any] = {"num_cpus": resources.get("num_cpus", 1),
+                               "num_gpus": resources.get("num_gpus", 0), "name": name}
+    if resources.get("custom"):
+        options["resources"] = dict(resources["custom"])
+    if resources.get("strategy", "DEFAULT") != "DEFAULT":
+        options["scheduling_strategy"] = resources["strategy"]
+    return options
 
 
 def _trial_task(payload: dict[str, Any]) -> dict[str, Any]:
@@ -332,10 +367,8 @@ class Scheduler:
         payload = {"train": trial.train, "run_id": t.run_id, "attempt": t.attempts,
                    "eval": trial.eval, "system_metrics": self.system_metrics,
                    "env": {k: os.environ[k] for k in PASS_ENV if k in os.environ}}
-        options = {"num_cpus": trial.resources.get("num_cpus", 1),
-                   "num_gpus": trial.resources.get("num_gpus", 0),
-                   "name": f"{self.study}/{trial.name}"}
-        ref = _remote().options(**options).remote(payload)
+        ref = _remote().options(**task_options(trial.resources, f"{self.study}/{trial.name}")
+                                ).remote(payload)
         self.save()
         return _Running(trial, ref)
 
@@ -354,8 +387,15 @@ class Scheduler:
                 t.compute_s += float(event["values"].get("time/step", 0.0) or 0.0)
             elif event["op"] == "rewind":
                 t.step = int(event["step"])
+            elif event["op"] == "start" and event.get("node_id"):
+                t.node_id, t.hostname = event["node_id"], event.get("hostname")
+                t.node_ip = event.get("node_ip")
+                t.nodes.append(event["node_id"])
+                self.tracker.loggers[trial.hash].set_tags({"archer.nodes": ",".join(t.nodes)})
             elif event["op"] == "eval":
-                t.eval_run_ids = self.tracker.log_evaluations(trial, t.run_id, event["results"])
+                stamp = int(event["time"] * 1000) if "time" in event else None
+                t.eval_run_ids = self.tracker.log_evaluations(trial, t.run_id, event["results"],
+                                                              timestamp_ms=stamp)
                 t.eval_metrics = {f"{r['benchmark']}/{k}": v for r in event["results"]
                                   for k, v in r["metrics"].items()
                                   if isinstance(v, (int, float))}
@@ -409,6 +449,7 @@ class Scheduler:
                 for ref in ready:
                     job = running.pop(ref)
                     self._settle(job, source, running)
+                source.on_poll()
                 if self.observer is not None:
                     self.observer(self.state)
         finally:

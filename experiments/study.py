@@ -13,6 +13,7 @@ A study file states a grid of training runs in a few lines::
     objective: {metric: val/accuracy, direction: maximize}
     max_concurrent: 2
     max_retries: 2
+    resources: {num_cpus: 1, num_gpus: 0, custom: {}, strategy: DEFAULT}   # Ray, per trial
 
 Trials = variants x axes x seeds, numbered in that order. Every trial is composed with
 ``experiments.train_cli`` (the same composition as ``archer train``: recipe, then ``base``,
@@ -65,7 +66,8 @@ STUDY_DEFAULTS: dict[str, Any] = {
 RECIPE_KEYS = ("overrides", "eval", "resources")
 EVAL_KEYS = ("benchmarks", "limit", "k", "max_new_tokens", "temperature", "top_p", "seed",
              "batch_size")
-RESOURCE_KEYS = ("num_cpus", "num_gpus")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom", "strategy")
+STRATEGIES = ("DEFAULT", "SPREAD")
 DIRECTIONS = ("maximize", "minimize")
 # Keys that do not change what a trial computes: left out of its identity hash.
 NOT_IDENTITY = (("trainer", "out_dir"), ("trainer", "progress"), ("tracking",))
@@ -91,7 +93,7 @@ class TrialSpec:
     hash: str  # identity: hash of the resolved config + evaluation
     out_dir: str  # the trial's run directory (checkpoints, events, logs, evaluation)
     eval: dict[str, Any] | None  # evaluation spec (evals harness) or None
-    resources: dict[str, float]  # Ray resources of the task
+    resources: dict[str, Any]  # Ray resources of the task (see check_resources)
     tags: dict[str, str] = field(default_factory=dict)  # preset, seed, variant, ...
 
 
@@ -109,7 +111,7 @@ class StudySpec:
     max_concurrent: int
     max_retries: int
     eval: dict[str, Any] | None
-    resources: dict[str, float]
+    resources: dict[str, Any]
     experiment: str
     register_best: bool
     system_metrics: bool
@@ -246,6 +248,39 @@ def check_fields(where: str, data: dict, keys: dict, defaults: dict) -> dict:
     return data
 
 
+def check_resources(where: str, recipe: dict | None, given: dict | None) -> dict[str, Any]:
+    """The Ray resources of each trial task: the recipe's, updated by the study's.
+
+    ``num_cpus``/``num_gpus`` (>= 0), ``custom`` (Ray custom resources a node declares with
+    ``ray start --resources``, e.g. ``{a100: 1}``: the trial only runs on nodes that have
+    them) and ``strategy`` (``DEFAULT``: Ray packs tasks; ``SPREAD``: across nodes)."""
+    resources = dict(recipe or {}) | dict(given or {})
+    check_keys(f"{where}.resources", resources, RESOURCE_KEYS)
+    out: dict[str, Any] = {}
+    for key, default in (("num_cpus", 1), ("num_gpus", 0)):
+        value = resources.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}.resources.{key}={value!r} must be a number >= 0")
+        out[key] = float(value)
+    custom = resources.get("custom") or {}
+    if not isinstance(custom, dict):
+        raise ConfigError(f"{where}.resources.custom must map resource names to amounts, "
+                          f"got {custom!r}")
+    for name, amount in custom.items():
+        if name in ("CPU", "GPU", "num_cpus", "num_gpus", "memory"):
+            raise ConfigError(f"{where}.resources.custom.{name}: give CPUs/GPUs as "
+                              "resources.num_cpus/num_gpus")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+            raise ConfigError(f"{where}.resources.custom.{name}={amount!r} must be a number > 0")
+    out["custom"] = {str(k): float(v) for k, v in custom.items()}
+    strategy = str(resources.get("strategy", "DEFAULT")).upper()
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"{where}.resources.strategy={resources.get('strategy')!r}; choose "
+                          f"one of {list(STRATEGIES)}")
+    out["strategy"] = strategy
+    return out
+
+
 def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpec:
     """Compose and validate ``experiments/conf/study/<name>.yaml`` or a study file path
     (study-level overrides without the ``study.`` prefix)."""
@@ -286,12 +321,7 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     _check_presets(where, axes, variants, data["base"] + list(recipe.get("overrides") or []))
     evaluation = None if data["eval"] is False else check_eval(
         where, data["eval"] if data["eval"] is not None else recipe.get("eval"))
-    resources = dict(recipe.get("resources") or {}) | dict(data["resources"] or {})
-    check_keys(f"{where}.resources", resources, RESOURCE_KEYS)
-    resources = {"num_cpus": float(resources.get("num_cpus", 1)),
-                 "num_gpus": float(resources.get("num_gpus", 0))}
-    if resources["num_cpus"] < 0 or resources["num_gpus"] < 0:
-        raise ConfigError(f"{where}.resources must be >= 0, got {resources}")
+    resources = check_resources(where, recipe.get("resources"), data["resources"])
     spec = StudySpec(
         name=name, description=data["description"], recipe=data["recipe"],
         recipe_overrides=tuple(recipe.get("overrides") or ()), base=tuple(data["base"]),
@@ -365,7 +395,7 @@ def identity_hash(config: dict[str, Any], evaluation: dict[str, Any] | None) -> 
 
 
 def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Path,
-                  evaluation: dict[str, Any] | None, resources: dict[str, float],
+                  evaluation: dict[str, Any] | None, resources: dict[str, Any],
                   tags: dict[str, str]) -> TrialSpec:
     """Compose + validate one trial (``archer train``'s composition with ``overrides``)."""
     from experiments.train_cli import build_train_setup, compose_config

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from experiments.study import (
     check_eval,
     check_fields,
     check_keys,
+    check_resources,
     load_recipe,
     resolve_trial,
     split_overrides,
@@ -56,11 +61,14 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "max_concurrent": 2, "max_retries": 1, "storage": None, "eval": None, "resources": {},
     "experiment": None, "system_metrics": False,
 }
+OWNER, HEARTBEAT, INVOCATION = "archer.owner", "archer.heartbeat", "archer.invocation"
+HEARTBEAT_S = 30.0  # how often a driver refreshes the heartbeat of its running trials
+HEARTBEAT_TIMEOUT_S = 180.0  # a driver on another host is dead after this long without one
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "percentile", "none")
 PARAM_TYPES = ("float", "int", "categorical")
-STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://",
-                   "mysql+pymysql://")
+STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://",
+                   "postgresql+psycopg2://", "mysql://", "mysql+pymysql://")
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ class SweepSpec:
     max_retries: int
     storage: str
     eval: dict[str, Any] | None
-    resources: dict[str, float]
+    resources: dict[str, Any]
     experiment: str
     system_metrics: bool
 
@@ -137,7 +145,7 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
     if not store.startswith(STORAGE_SCHEMES):
         raise ConfigError(f"{where}: storage {store!r} is not an RDB URL ({STORAGE_SCHEMES})")
     recipe = load_recipe(data["recipe"])
-    resources = dict(recipe.get("resources") or {}) | dict(data["resources"] or {})
+    resources = check_resources(where, recipe.get("resources"), data["resources"])
     return SweepSpec(
         name=name, raw=data, recipe_overrides=tuple(recipe.get("overrides") or ()),
         base=tuple(data["base"]), params=params, enqueued=tuple(enqueued), objective=objective,
@@ -146,8 +154,7 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
         max_retries=data["max_retries"], storage=store,
         eval=None if data["eval"] is False else check_eval(
             where, data["eval"] if data["eval"] is not None else recipe.get("eval")),
-        resources={"num_cpus": float(resources.get("num_cpus", 1)),
-                   "num_gpus": float(resources.get("num_gpus", 0))},
+        resources=resources,
         experiment=data["experiment"] or f"sweep-{name}", system_metrics=data["system_metrics"])
 
 
@@ -206,15 +213,18 @@ def distributions(spec: SweepSpec) -> dict[str, Any]:
     return out
 
 
-def make_sampler(spec: SweepSpec):
+def make_sampler(spec: SweepSpec, offset: int = 0):
+    """The sweep's sampler, seeded ``seed + offset``: a rerun passes the number of trials the
+    study has, so a seeded sampler does not replay the points its first invocation drew."""
     import optuna
 
+    seed = spec.seed + offset
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler({k: p["choices"] for k, p in spec.params.items()},
-                                           seed=spec.seed)
+                                           seed=seed)
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 
 def make_pruner(spec: SweepSpec):
@@ -229,54 +239,274 @@ def make_pruner(spec: SweepSpec):
     return optuna.pruners.MedianPruner(**kw)
 
 
+class SweepInUse(ValueError):
+    """Another live driver is running this sweep (it is single-writer)."""
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), None when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def driver_identity() -> dict[str, Any]:
+    """Who this driver is: host (+ boot id), pid and the pid's start time (pids are reused)."""
+    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid())}
+
+
+def owner_alive(owner: dict[str, Any] | None, heartbeat: float | None,
+                now: float | None = None, timeout: float | None = None) -> bool:
+    """Whether the driver ``owner`` (:func:`driver_identity`) still runs. On this host (same
+    boot): its pid exists, is not a zombie and started when it did. This process itself is
+    not alive as an owner (its earlier invocation has returned). On another host: it wrote a
+    heartbeat less than ``timeout`` seconds ago."""
+    if not owner:
+        return False
+    me = driver_identity()
+    if owner.get("host") == me["host"] and owner.get("boot_id") == me["boot_id"]:
+        pid = int(owner.get("pid", -1))
+        if pid == me["pid"] or pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        except (OSError, IndexError):
+            pass
+        started = _process_start(pid)
+        return started is None or owner.get("pid_start") in (None, started)
+    timeout = HEARTBEAT_TIMEOUT_S if timeout is None else timeout
+    now = time.time() if now is None else now
+    return heartbeat is not None and now - float(heartbeat) < timeout
+
+
+def _describe(owner: dict[str, Any] | None) -> str:
+    return f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "an unknown driver"
+
+
 class SweepSource(TrialSource):
-    """Asks Optuna for trials (up to ``n_trials`` in this invocation), reports the pruner's
-    metric read from MLflow, tells the results."""
+    """Asks Optuna for trials, reports the pruner's metric read from MLflow, tells the results.
+
+    Budget: ``n_trials`` trials per invocation. A rerun after the driver was killed continues
+    that invocation: its trials left RUNNING (owned by no live driver) are resumed first, with
+    their params, name and identity hash, from their checkpoints (or, when a trial has no
+    checkpoint, told FAIL and its params enqueued again, which costs no budget), and only the
+    rest of its ``n_trials`` are asked. Trials carry their driver (``archer.owner``), a
+    heartbeat (``archer.heartbeat``), the invocation (``archer.invocation``) and their identity
+    (``archer.config_hash``, ``archer.trial_name``) as Optuna user attrs; the study carries the
+    latest invocation (``archer.invocation``: id, n_trials, owner, heartbeat, done)."""
 
     def __init__(self, spec: SweepSpec, study, trial_overrides: list[str], study_dir: Path,
                  n_trials: int) -> None:
+        import optuna
+
         self.spec, self.study = spec, study
         self.trial_overrides = list(trial_overrides)
         self.study_dir = study_dir
         self.n_trials = n_trials
+        self.scheduler: Scheduler | None = None
         self.asked = 0
         self.open: dict[str, Any] = {}  # trial hash -> optuna trial
         self.reported: dict[str, set[int]] = {}
         self.dists = distributions(spec)
+        self.owner = driver_identity()
+        self._beat = 0.0
+        self.resume: list[tuple[Any, Any]] = []  # (frozen Optuna trial, TrialSpec)
+        self.requeued = 0
+        self.hashes: list[str] = []  # trials of this invocation (resumed, earlier, new)
+
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for t in running:
+            if owner_alive(t.user_attrs.get(OWNER), t.user_attrs.get(HEARTBEAT)):
+                raise SweepInUse(
+                    f"sweep {spec.name}: trial {t.number} is being run by "
+                    f"{_describe(t.user_attrs.get(OWNER))} (heartbeat "
+                    f"{time.time() - float(t.user_attrs.get(HEARTBEAT, 0)):.0f} s ago); a sweep "
+                    f"has one driver at a time: stop that one first (a driver on another host "
+                    f"counts as dead {HEARTBEAT_TIMEOUT_S:.0f} s after its last heartbeat)")
+        last = study.user_attrs.get(INVOCATION) or {}
+        if last and not last.get("done") and owner_alive(last.get("owner"), last.get("heartbeat")):
+            raise SweepInUse(f"sweep {spec.name} is being run by {_describe(last.get('owner'))}; "
+                             "stop that driver first")
+        if last and not last.get("done"):  # its driver died: this invocation continues it
+            self.invocation = last["id"]
+            # (a trial RUNNING without an invocation: its driver died right after asking)
+            mine = [t for t in study.get_trials(deepcopy=False)
+                    if t.user_attrs.get(INVOCATION) == self.invocation
+                    or (t in running and INVOCATION not in t.user_attrs)]
+            self.hashes = [t.user_attrs["archer.config_hash"] for t in mine
+                           if t.user_attrs.get("archer.config_hash")]
+            self.budget = max(0, n_trials - len(mine))
+            print(f"sweep {spec.name}: continuing the invocation of {_describe(last.get('owner'))}"
+                  f", which was stopped: {len(mine)} of its {n_trials} trial(s) were asked, "
+                  f"{self.budget} more to ask")
+        else:
+            self.invocation = uuid.uuid4().hex[:12]
+            self.budget = n_trials
+        self.orphans = sorted(running, key=lambda t: t.number)
+
+    def start(self, scheduler: Scheduler | None = None) -> None:
+        """Take over the orphaned trials and record this invocation (after the checks of
+        ``__init__`` passed and the scheduler has loaded the study state)."""
+        self.scheduler = scheduler
+        for frozen in self.orphans:
+            self._take_over(frozen)
+        self.orphans = []
+        self._record_invocation(done=False)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _compose(self, number: int, params: dict[str, Any], tags: dict[str, str] | None = None):
+        params = {k: params[k] for k in self.dists if k in params}  # the space's order
+        ovs = [f"{k}={_format_value(v)}" for k, v in params.items()]
+        name = _slug(f"t{number:03d}-" + "-".join(
+            f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items()))
+        overrides = (list(self.spec.recipe_overrides) + list(self.spec.base) + ovs
+                     + self.trial_overrides)
+        tags = {"archer.study": self.spec.name, "archer.trial_number": str(number),
+                "optuna.study": self.spec.name, "optuna.trial_number": str(number),
+                "optuna.params": json.dumps(params, default=str)} | (tags or {})
+        return resolve_trial(number, name, overrides, study_dir=self.study_dir,
+                             evaluation=self.spec.eval, resources=self.spec.resources, tags=tags)
+
+    def _take_over(self, frozen) -> None:
+        """A RUNNING trial whose driver is dead: resume it, or fail and enqueue it again."""
+        import optuna
+
+        from archer.checkpoint import latest_checkpoint
+
+        owner = _describe(frozen.user_attrs.get(OWNER))
+        try:
+            trial = self._compose(frozen.number, frozen.params)
+        except ConfigError as err:
+            print(f"sweep {self.spec.name}: trial {frozen.number} of {owner} no longer "
+                  f"composes ({err}); told FAIL")
+            self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+            return
+        recorded = frozen.user_attrs.get("archer.config_hash")
+        if (recorded in (None, trial.hash)) and latest_checkpoint(trial.out_dir) is not None:
+            print(f"sweep {self.spec.name}: resuming trial {frozen.number} ({trial.name}) of "
+                  f"{owner} from its checkpoint")
+            self.resume.append((frozen, trial))
+            return
+        why = ("its configuration changed (trial overrides?)" if recorded not in (None, trial.hash)
+               else "it has no checkpoint")
+        print(f"sweep {self.spec.name}: trial {frozen.number} of {owner} cannot be resumed "
+              f"({why}); told FAIL, its params enqueued again")
+        optuna.trial.Trial(self.study, frozen._trial_id).set_user_attr(
+            "archer.requeued", True)
+        self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+        self.study.enqueue_trial(frozen.params, user_attrs={"archer.requeued_from":
+                                                            frozen.number})
+        self.requeued += 1
+        if self.scheduler is not None:  # its state gives way to the new trial's (same hash)
+            state = self.scheduler.state
+            old = state.trials.get(trial.hash)
+            if old is not None and old.number == frozen.number:
+                old.status, old.error = "failed", f"orphaned, {why}: enqueued again"
+                state.trials[f"{trial.hash}@{frozen.number}"] = state.trials.pop(trial.hash)
+                if old.run_id and not old.run_id.startswith("offline-"):
+                    from experiments.mlflow_hierarchy import retry_locked
+
+                    retry_locked(self.scheduler.tracker.client.set_terminated, old.run_id,
+                                 "FAILED")
+                self.scheduler.save()
+
+    def _own(self, otrial, trial) -> None:
+        for key, value in ((OWNER, self.owner), (HEARTBEAT, time.time()),
+                           (INVOCATION, otrial.user_attrs.get(INVOCATION, self.invocation)),
+                           ("archer.config_hash", trial.hash),
+                           ("archer.trial_name", trial.name)):
+            otrial.set_user_attr(key, value)
+
+    def _record_invocation(self, done: bool) -> None:
+        self.study.set_user_attr(INVOCATION, {
+            "id": self.invocation, "n_trials": self.n_trials, "owner": self.owner,
+            "heartbeat": time.time(), "done": done})
+
+    def finish(self) -> None:
+        """The invocation ran to its end (a rerun starts a new one)."""
+        self._record_invocation(done=True)
+
+    def _known(self, trial) -> bool:
+        """The scheduler finished this identity already: tell its result instead of rerunning."""
+        if self.scheduler is None:
+            return False
+        t = self.scheduler.state.trials.get(trial.hash)
+        return t is not None and t.status in ("finished", "pruned")
+
+    # ------------------------------------------------------------------------------------------
 
     def exhausted(self) -> bool:
-        return self.asked >= self.n_trials
+        return not self.resume and self.asked >= self.budget + self.requeued
 
     def next_trial(self):
         import optuna
 
-        while self.asked < self.n_trials:
+        while self.resume:
+            frozen, trial = self.resume.pop(0)
+            otrial = optuna.trial.Trial(self.study, frozen._trial_id)
+            if trial.hash not in self.hashes:
+                self.hashes.append(trial.hash)
+            if self._known(trial):
+                self.open[trial.hash] = otrial
+                self.on_done(trial, self.scheduler.state.trials[trial.hash], None)
+                continue
+            self._own(otrial, trial)
+            self.open[trial.hash] = otrial
+            self.reported[trial.hash] = set(frozen.intermediate_values)
+            return trial
+        while self.asked < self.budget + self.requeued:
             otrial = self.study.ask(self.dists)
             self.asked += 1
+            otrial.set_user_attr(INVOCATION, self.invocation)
             params = otrial.params
-            ovs = [f"{k}={_format_value(v)}" for k, v in params.items()]
-            name = _slug(f"t{otrial.number:03d}-" + "-".join(
-                f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items()))
-            overrides = (list(self.spec.recipe_overrides) + list(self.spec.base) + ovs
-                         + self.trial_overrides)
-            tags = {"archer.study": self.spec.name, "archer.trial_number": str(otrial.number),
-                    "optuna.study": self.spec.name, "optuna.trial_number": str(otrial.number),
-                    "optuna.params": json.dumps(params, default=str)}
             try:
-                trial = resolve_trial(otrial.number, name, overrides, study_dir=self.study_dir,
-                                      evaluation=self.spec.eval,
-                                      resources=self.spec.resources, tags=tags)
+                trial = self._compose(otrial.number, params)
             except ConfigError as err:  # this point of the space is not a valid config
                 print(f"sweep {self.spec.name}: trial {otrial.number} {params} is invalid "
                       f"({err}); told FAIL")
                 self.study.tell(otrial, state=optuna.trial.TrialState.FAIL)
                 continue
+            self._own(otrial, trial)
+            if trial.hash not in self.hashes:
+                self.hashes.append(trial.hash)
+            if self._known(trial):  # a point the sweep has run already (same identity)
+                self.open[trial.hash] = otrial
+                self.on_done(trial, self.scheduler.state.trials[trial.hash], None)
+                continue
             self.open[trial.hash] = otrial
             return trial
         return None
 
+    def on_poll(self) -> None:
+        now = time.time()
+        if now - self._beat < HEARTBEAT_S:
+            return
+        self._beat = now
+        for otrial in self.open.values():
+            if otrial is not None:
+                otrial.set_user_attr(HEARTBEAT, now)
+        self._record_invocation(done=False)
+
     def on_update(self, trial, state, tracker) -> bool:
-        if self.spec.pruner is None or trial.hash not in self.open:
+        if self.spec.pruner is None or self.open.get(trial.hash) is None:
             return False
         otrial = self.open[trial.hash]
         done = self.reported.setdefault(trial.hash, set())
@@ -303,7 +533,7 @@ class SweepSource(TrialSource):
             return
         values = [value] + ([state.compute_s] if self.spec.compute_objective else [])
         self.study.tell(otrial, values if len(values) > 1 else values[0])
-        logger = tracker.loggers.get(trial.hash)
+        logger = tracker.loggers.get(trial.hash) if tracker is not None else None
         if logger is not None:
             logger.log_metrics({"objective": value, "compute_s": state.compute_s},
                                step=state.step)
@@ -342,12 +572,16 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
     study = optuna.create_study(study_name=spec.name, storage=spec.storage,
                                 sampler=make_sampler(spec), pruner=make_pruner(spec),
                                 directions=directions, load_if_exists=True)
+    if study.trials:  # a rerun: a fresh random stream
+        study.sampler = make_sampler(spec, offset=len(study.trials))
     for fixed in spec.enqueued:
         study.enqueue_trial(fixed, skip_if_exists=True)
     params = {"sweep": spec.name, "sampler": spec.sampler, "storage": spec.storage,
               "params": spec.params, "objective": spec.objective,
               "compute_objective": spec.compute_objective, "pruner": spec.pruner,
               "trial_overrides": " ".join(trial_ovs)}
+    # refuses a sweep another live driver runs before touching its state
+    source = SweepSource(spec, study, trial_ovs, study_dir, n_trials)
     sched = Scheduler(spec.name, study_dir, experiment=spec.experiment,
                       tracking_uri=tracking_uri, max_concurrent=spec.max_concurrent,
                       max_retries=spec.max_retries, ray_address=ray_address,
@@ -355,8 +589,10 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
                       study_params=params, observer=observer,
                       study_config=yaml.safe_dump({"sweep": spec.raw,
                                                    "trial_overrides": trial_ovs}))
-    sched.state.current = []
-    state = sched.run(SweepSource(spec, study, trial_ovs, study_dir, n_trials))
+    source.start(sched)
+    sched.state.current = [h for h in source.hashes if h in sched.state.trials]
+    state = sched.run(source)
+    source.finish()
     return state, study
 
 
@@ -386,7 +622,9 @@ def add_sweep_arguments(p, func) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="sweep.<key>=... changes the sweep; anything else applies to every "
                         "trial (trainer.steps=2, model=<dir>)")
-    p.add_argument("--n-trials", type=int, default=10, help="trials to run in this invocation")
+    p.add_argument("--n-trials", type=int, default=10,
+                   help="trials to run in this invocation (rerun after the driver was killed: "
+                        "continues that invocation, its trials count)")
     p.add_argument("--storage", default=None,
                    help=f"Optuna RDB storage (default: the space's, else {DEFAULT_STORAGE})")
     _common(p)

@@ -291,14 +291,18 @@ class MlflowLogger:
         values = {sanitize_key(k): str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()}
         self._deliver({"op": "tags", "values": values})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int,
+                    timestamp_ms: int | None = None) -> None:
+        """Log ``metrics`` at ``step``, stamped ``timestamp_ms`` (default: now). The same
+        values, step and timestamp logged twice are one point in MLflow's SQL stores."""
         values = {}
         for k, v in metrics.items():
             number = metric_value(v)
             if number is not None:
                 values[sanitize_key(k)] = number
         if values:
-            self._deliver({"op": "metrics", "step": int(step), "timestamp": _now_ms(),
+            stamp = _now_ms() if timestamp_ms is None else int(timestamp_ms)
+            self._deliver({"op": "metrics", "step": int(step), "timestamp": stamp,
                            "values": values})
 
     def rewind(self, step: int, metrics: dict[str, float] | None = None) -> None:

@@ -5,13 +5,18 @@ The trial never talks to MLflow (nor to Optuna): the study's driver is the singl
 (``experiments.mlflow_hierarchy``), so parallel trials cannot lock a SQLite store or lose
 data. Events are appended one JSON object per line and flushed::
 
-    {"op": "start", "attempt": 2, "pid": 123, "resume_step": 3, "time": ...}
+    {"op": "start", "attempt": 2, "pid": 123, "resume_step": 3, "time": ...,
+     "node_id": "<Ray node id>", "hostname": "...", "node_ip": "..."}
     {"op": "params", "values": {...}}             (a new run only)
-    {"op": "rewind", "step": 3, "metrics": {...}} (a resumed run)
-    {"op": "metrics", "step": 4, "values": {...}}
-    {"op": "system", "step": 4, "values": {...}}  (system metrics, when asked for)
-    {"op": "eval", "results": [...]}              (evals.scoring results per benchmark)
+    {"op": "rewind", "step": 3, "metrics": {...}, "time": ...} (a resumed run)
+    {"op": "metrics", "step": 4, "values": {...}, "time": ...}
+    {"op": "system", "step": 4, "values": {...}, "time": ...}  (system metrics, when asked for)
+    {"op": "eval", "results": [...], "time": ...} (evals.scoring results per benchmark)
     {"op": "done", "status": "finished" | "pruned", "step": 6, "export_dir": "..."}
+
+``time`` is when the trial measured the values; the driver uploads metrics with that
+timestamp, so uploading the same event twice (a driver killed between an upload and saving
+how far it got) gives MLflow identical points, which its SQL store keeps once.
 
 A process killed mid-write leaves a torn last line; the next attempt cuts it off before it
 appends (:meth:`EventLog.repair`), and readers only consume complete lines.
@@ -117,13 +122,15 @@ class EventLogger:
                             "values": values})
         self.last_step = int(step)
         if self.system_metrics:
-            self.events.append({"op": "system", "step": int(step), "values": system_sample()})
+            self.events.append({"op": "system", "step": int(step), "time": time.time(),
+                                "values": system_sample()})
         if self.stop_file.is_file():  # after the step's checkpoint: a clean, resumable stop
             raise TrialStopped(f"stopped by the scheduler after step {step}")
 
     def rewind(self, step: int, metrics: dict[str, float] | None = None) -> None:
         values = {k: n for k, v in (metrics or {}).items() if (n := metric_value(v)) is not None}
-        self.events.append({"op": "rewind", "step": int(step), "metrics": values})
+        self.events.append({"op": "rewind", "step": int(step), "metrics": values,
+                            "time": time.time()})
         self.last_step = int(step)
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -215,6 +222,24 @@ def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
     return results
 
 
+def placement() -> dict[str, str]:
+    """Where this process runs: ``hostname``, and inside a Ray task the Ray ``node_id`` and
+    ``node_ip`` (several Ray nodes may share a host)."""
+    import socket
+
+    out = {"hostname": socket.gethostname()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            out["node_id"] = ctx.get_node_id()
+            out["node_ip"] = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001  (outside Ray: the hostname is all there is)
+        pass
+    return out
+
+
 def _has_cuda() -> bool:
     try:
         import torch
@@ -246,13 +271,16 @@ def _run_locked(payload: dict[str, Any], out: Path) -> dict[str, Any]:
 
     events = EventLog(out / EVENTS)
     events.repair()
+    where = placement()
     with redirect_output(out / LOG):
         print(f"=== trial {out.name} attempt {payload['attempt']} pid {os.getpid()} "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+              f"host {where['hostname']} node {where.get('node_id') or '-'} "
+              f"ip {where.get('node_ip') or '-'} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+              flush=True)
         ckpt = latest_checkpoint(out)
         resume_step = int(ckpt.name.rsplit("_", 1)[1]) if ckpt is not None else 0
         events.append({"op": "start", "attempt": payload["attempt"], "pid": os.getpid(),
-                       "resume_step": resume_step, "time": time.time()})
+                       "resume_step": resume_step, "time": time.time()} | where)
         cfg = TrainConfig.from_dict(payload["train"])
         logger = EventLogger(events, payload["run_id"], out / STOP,
                              system_metrics=bool(payload.get("system_metrics")))
@@ -273,7 +301,7 @@ def _run_locked(payload: dict[str, Any], out: Path) -> dict[str, Any]:
                 raise ValueError("evaluation needs the final policy: set trainer.export_final")
             results = evaluate(Path(export_dir), payload["eval"], out / "eval",
                                train=payload["train"])
-            events.append({"op": "eval", "results": results})
+            events.append({"op": "eval", "results": results, "time": time.time()})
         done = {"op": "done", "status": "finished", "step": step, "export_dir": export_dir}
         events.append(done)
         (out / RESULT).write_text(json.dumps(done) + "\n")

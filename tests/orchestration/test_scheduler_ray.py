@@ -187,6 +187,68 @@ def test_sigkilled_scheduler_rerun_finishes_only_what_was_missing(
     assert parents == {state.parent_run_id}  # the rerun continued the same study run
 
 
+def test_sigkilled_sweep_rerun_resumes_its_running_trial_and_keeps_the_budget(
+        ray_address, tmp_path, tiny_model, tiny_overrides):
+    import optuna
+
+    from experiments.sweep import OWNER, run_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    root = tmp_path / "s"
+    steps = 30  # long enough for the poll below to catch trial 1 mid-run
+    overrides = ["sweep.sampler=random", "sweep.eval=false", "sweep.pruner=null",
+                 "sweep.max_concurrent=1", *tiny_overrides(tiny_model, steps=steps)]
+    cmd = [sys.executable, "-m", "archer.cli", "sweep", "archer_clip_kl", *overrides,
+           "--n-trials", "3", "--root", str(root), "--storage", storage, "--tracking-uri", uri,
+           "--ray-address", ray_address, "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_path = root / "archer_clip_kl" / "study.json"
+    deadline = time.monotonic() + 240
+    victim = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = StudyState.load(state_path) if state_path.is_file() else None
+            if state is not None:
+                by_number = {t.number: t for t in state.trials.values()}
+                if (0 in by_number and by_number[0].status == "finished" and 1 in by_number
+                        and by_number[1].status == "running" and by_number[1].step >= 1):
+                    victim = by_number[1]
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert victim is not None, proc.stderr.read().decode()[-2000:]
+    killed = optuna.load_study(study_name="archer_clip_kl", storage=storage)
+    assert [t.state.name for t in killed.trials] == ["COMPLETE", "RUNNING"]  # left behind
+    old_pid = starts(victim.out_dir)[-1]["pid"]
+    for _ in range(300):
+        if not _alive(old_pid):
+            break
+        time.sleep(0.1)
+    state, study = run_sweep("archer_clip_kl", 3, overrides, root=root, storage=storage,
+                             tracking_uri=uri, ray_address=ray_address, progress=False)
+    loaded = optuna.load_study(study_name="archer_clip_kl", storage=storage)
+    assert [t.state.name for t in loaded.trials] == ["COMPLETE"] * 3  # 3, not 1 + 3
+    assert loaded.trials[1].user_attrs[OWNER]["pid"] == os.getpid()  # taken over
+    trials = state.shown()
+    assert [(t.number, t.status) for t in trials] == [(0, "finished"), (1, "finished"),
+                                                      (2, "finished")]
+    t0, t1, t2 = trials
+    assert len(starts(t0.out_dir)) == 1 and len(starts(t2.out_dir)) == 1
+    runs1 = starts(t1.out_dir)
+    assert len(runs1) == 2 and runs1[1]["resume_step"] >= victim.step  # from its checkpoint
+    assert t1.hash == victim.hash and t1.run_id == victim.run_id
+    assert loaded.trials[1].value == pytest.approx(t1.objective)
+    runs = [r for r in runs_of(uri, "sweep-archer_clip_kl")
+            if r.data.tags.get("archer.kind") == "trial"]
+    assert sorted(r.data.tags["optuna.trial_number"] for r in runs) == ["0", "1", "2"]
+    for t in trials:
+        assert steps_of(uri, t.run_id) == list(range(1, steps + 1))  # each step once
+        assert client_for(uri).get_run(t.run_id).data.tags["archer.config_hash"] == t.hash
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -115,3 +115,38 @@ def test_sweep_spaces_validate(tmp_path):
         load_sweep("archer_clip_kl", storage="redis://x")
     with pytest.raises(ConfigError, match="prunes single-objective studies only"):
         load_sweep("archer_clip_kl", ["compute_objective=true"])
+
+
+def test_resources_declare_cpus_gpus_custom_resources_and_placement(tmp_path, write_study):
+    from experiments.scheduler import task_options
+
+    path = write_study(tmp_path, "res", axes={"algo": ["grpo"]}, eval=False,
+                       resources={"num_gpus": 1, "custom": {"a100": 1}, "strategy": "spread"})
+    spec = load_study(path)
+    # the recipe's num_cpus (1) is kept, the study's keys are added
+    assert spec.resources == {"num_cpus": 1.0, "num_gpus": 1.0, "custom": {"a100": 1.0},
+                              "strategy": "SPREAD"}
+    assert task_options(spec.resources, "s/t") == {
+        "num_cpus": 1.0, "num_gpus": 1.0, "name": "s/t", "resources": {"a100": 1.0},
+        "scheduling_strategy": "SPREAD"}
+    plain = load_study(write_study(tmp_path, "plain", axes={"algo": ["grpo"]}, eval=False))
+    assert task_options(plain.resources, "s/t") == {"num_cpus": 1.0, "num_gpus": 0.0,
+                                                    "name": "s/t"}
+    sweep = load_sweep("archer_clip_kl", ["resources={custom:{big_node:0.5}}"])
+    assert sweep.resources["custom"] == {"big_node": 0.5}
+
+
+@pytest.mark.parametrize("resources, named", [
+    ({"num_gpu": 1}, "unknown key 'num_gpu' (did you mean 'num_gpus'?)"),
+    ({"num_cpus": -1}, "resources.num_cpus=-1 must be a number >= 0"),
+    ({"custom": {"a100": 0}}, "resources.custom.a100=0 must be a number > 0"),
+    ({"custom": {"GPU": 1}}, "give CPUs/GPUs as resources.num_cpus/num_gpus"),
+    ({"custom": ["a100"]}, "resources.custom must map resource names to amounts"),
+    ({"strategy": "PACK"}, "resources.strategy='PACK'; choose one of ['DEFAULT', 'SPREAD']"),
+])
+def test_bad_resources_are_refused(tmp_path, write_study, resources, named):
+    path = write_study(tmp_path, "badres", axes={"algo": ["grpo"]}, eval=False,
+                       resources=resources)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert named in str(err.value)
