@@ -1025,6 +1025,9 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress) -> FitResult:
         logger, progress = NullLogger(ctx.state.run_id), False
     logger = open_logger(cfg, logger, ctx.state.run_id)
     ctx.state.run_id = logger.run_id
+    # what the run trains on (the leaderboard's device-hours = training seconds x devices)
+    logger.set_tags({"archer.num_devices": dist.world_size,
+                     "archer.device_kind": "gpu" if dist.device.startswith("cuda") else "cpu"})
     if not resumed:
         logger.log_params(flatten(cfg.to_dict()))
     elif hasattr(logger, "rewind"):  # drop steps logged after the checkpoint; re-log its own

@@ -12,8 +12,8 @@ Where the numbers come from (all read-only, through :mod:`dashboards.mlflow_data
   Seeds (``archer.seed``; each standalone evaluation counts as one) are aggregated.
 - **Compute columns**, from the training run each evaluation is nested under (mean per seed):
   training seconds = sum of ``time/step``; device-hours = training seconds x devices / 3600,
-  devices = the run's tag ``archer.num_devices`` when present, else 1 (the study's Ray
-  resources are not logged to MLflow, see ``notes``); generated tokens = sum over steps of
+  devices = the run's tag ``archer.num_devices`` (the trainer's world size) when present,
+  else 1 (said in ``notes``); generated tokens = sum over steps of
   ``response/length_mean x groups/sampled x group_size``; generations discarded by group
   filtering = sum over steps of ``(groups/sampled - groups/kept) x group_size``.
 
@@ -503,9 +503,14 @@ def build_leaderboard(tracking_uri: str | None = None, *, studies: list[str] | N
         seen.add(pid)
         model = f"{e.study}/{e.label}" if multi_study and e.study else e.label
         stats.setdefault(model, []).append(trial_compute(client, by_id.loc[pid]))
-    if not any("archer.num_devices" in str(c) for c in runs.columns):
-        notes.append("device-hours assume one device per trial: the trials' Ray resources "
-                     "are not logged to MLflow (tag archer.num_devices)")
+    parents = runs[runs["run_id"].isin({e.parent_run_id for e in entries})]
+    col = "tags.archer.num_devices"
+    if col not in parents.columns or parents[col].isna().any():
+        notes.append("device-hours assume one device for training runs without the tag "
+                     "archer.num_devices (logged by the trainer since it tracks its world size)")
+    kinds = parents.get("tags.archer.device_kind", pd.Series(dtype=str)).dropna()
+    if len(kinds) and (kinds == "cpu").all():
+        notes.append("device-hours here are CPU-process hours: every training run ran on CPU")
     for c in COMPUTE_COLUMNS:
         table[c] = [float(np.nanmean([getattr(s, c) for s in stats[m]]))
                     if m in stats and any(_finite(getattr(s, c)) for s in stats[m])

@@ -293,3 +293,6 @@ def test_mlflow_resume_relogs_a_checkpointed_step_that_never_reached_mlflow(stor
     assert [s for s, _ in history(client, result.state.run_id, "time/step")] == [1, 2, 3]
     run = client.get_run(result.state.run_id)
     assert "archer.rewound_to_step" not in run.data.tags
+    # what the run trained on, for the leaderboard's device-hours: one CPU process
+    assert run.data.tags["archer.num_devices"] == "1"
+    assert run.data.tags["archer.device_kind"] == "cpu"

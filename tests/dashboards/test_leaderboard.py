@@ -113,6 +113,31 @@ def test_compute_columns(board):
     assert any("archer.num_devices" in n for n in board.notes)  # said, not hidden
 
 
+def test_device_hours_use_the_trainers_device_tag(tmp_path):
+    """A training run tagged with 2 devices (a 2-process FSDP run) counts twice the
+    device-hours of its training seconds; untagged runs count one device, and the notes say
+    so until every run carries the tag."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ids = fabricate_study(uri, tmp_path)
+    client = MlflowClient(uri)
+    for key, rid in ids.items():
+        client.set_tag(rid, "archer.device_kind", "cpu")
+        if key.startswith("archer/"):
+            client.set_tag(rid, "archer.num_devices", "2")
+    board = build_leaderboard(uri, studies=["baselines"])
+    assert approx(_row(board, "archer")["device_h"], 2 * 6.0 / 3600)
+    assert approx(_row(board, "grpo")["device_h"], 6.0 / 3600)
+    assert any("archer.num_devices" in n for n in board.notes)
+    assert any("CPU-process hours" in n for n in board.notes)
+    for key, rid in ids.items():
+        if not key.startswith("archer/"):
+            client.set_tag(rid, "archer.num_devices", "1")
+    board = build_leaderboard(uri, studies=["baselines"])
+    assert not any("archer.num_devices" in n for n in board.notes)
+
+
 def test_exports(board, tmp_path):
     md = board.to_markdown()
     lines = md.splitlines()
