@@ -9,6 +9,16 @@ One step reads top to bottom as DESIGN.md's story::
 
 Simplifications, on purpose: one process, the HF rollout backend shares the policy module
 (nothing to sync after an update), the learning-rate schedule is a pure function of the step.
+With ``rollout_backend=vllm`` the sampler is a separate engine: it sleeps during the update
+(GPU sleep mode) and gets the new weights pushed in place once per step, after the last
+optimizer step and before the next rollout.
+
+Rollout/train mismatch: every update step logs ``rollout/mismatch_kl``, a k3 estimate of
+KL(sampler || trainer) from the sampler's log-probs and the trainer's own old log-probs of the
+same tokens (see :mod:`archer.algos.mismatch`; the k1 mean is ``rollout/mismatch_kl_k1``). The
+old log-probs are always the trainer's: recomputed before the update, or on-policy the update's
+own first forward, detached. ``algo.tis_cap`` multiplies each token's PG loss by the truncated
+importance weight min(p_trainer_old / p_sampler, cap).
 
 Reward contract: ``fn(completions, **columns) -> list[float | None]``; the columns are the
 prompt record's fields (``answer``, ``entry``, ...) repeated for each of the G samples. A
@@ -63,10 +73,11 @@ from archer.algos import (
     token_entropy,
     token_logprobs,
 )
+from archer.algos.mismatch import apply_tis, mismatch_metrics, truncated_is_weights
 from archer.algos.split import TokenSplit, split_change_fraction
 from archer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from archer.config import AlgoConfig
-from archer.rollout import HFRollout, SamplingParams
+from archer.rollout import HFRollout, RolloutBackend, SamplingParams
 from archer.tracking import JsonlLogger, MetricLogger
 from archer.train_config import TrainConfig
 from archer.types import RolloutBatch
@@ -86,8 +97,9 @@ STEP_METRICS = (
     "actor/clipfrac_low_entropy_lower", "actor/pg_contrib_high_entropy",
     "actor/pg_contrib_low_entropy", "actor/pg_loss", "actor/kl_loss", "actor/loss",
     "actor/grad_norm", "actor/lr", "actor/optimizer_steps", "actor/updates_skipped",
-    "actor/split_change_frac", "time/rollout", "time/reward", "time/old_logprob",
-    "time/update", "time/step", "perf/tokens_per_s", "perf/peak_memory_mb",
+    "actor/split_change_frac", "rollout/mismatch_kl", "rollout/mismatch_kl_k1",
+    "rollout/mismatch_abs_max", "time/rollout", "time/reward", "time/old_logprob",
+    "time/update", "time/weight_sync", "time/step", "perf/tokens_per_s", "perf/peak_memory_mb",
 )
 _SUMMED = ("actor/pg_loss", "actor/kl_loss", "actor/loss", "actor/pg_contrib_",
            "actor/tokens_", "actor/optimizer_steps", "actor/updates_skipped")
@@ -145,7 +157,7 @@ class TrainContext:
     model: torch.nn.Module
     ref: torch.nn.Module | None
     tokenizer: Any
-    rollout: HFRollout
+    rollout: RolloutBackend  # HFRollout or VLLMRollout; has a pad_id
     optimizer: torch.optim.Optimizer
     reward_fn: Any
     train_records: list[dict]
@@ -215,10 +227,25 @@ def build_context(cfg: TrainConfig) -> TrainContext:
         weight_decay=cfg.weight_decay)
     return TrainContext(
         cfg=cfg, model=model, ref=ref, tokenizer=tokenizer,
-        rollout=HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size),
-        optimizer=optimizer, reward_fn=resolve_reward(cfg.reward), train_records=train,
+        rollout=build_rollout(cfg, model, tokenizer), optimizer=optimizer, reward_fn=resolve_reward(cfg.reward), train_records=train,
         val_records=val, sampler=PromptSampler(len(train), cfg.seed),
         plan=build_update_plan(cfg.algo))
+
+
+def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer) -> RolloutBackend:
+    """``hf``: generates with the policy module itself. ``vllm``: an engine loaded from the
+    policy's model directory, at the training dtype (weights pushed after every update)."""
+    if cfg.rollout_backend == "hf":
+        return HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size)
+    from archer.models import resolve_model_path
+    from archer.rollout.vllm import VLLMRollout
+
+    return VLLMRollout(
+        resolve_model_path(cfg.model), dtype=cfg.dtype, tokenizer=tokenizer, seed=cfg.seed,
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        enable_sleep_mode=cfg.vllm_enable_sleep_mode, max_model_len=cfg.vllm_max_model_len,
+        tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        enforce_eager=cfg.vllm_enforce_eager)
 
 
 # --------------------------------------------------------------------------------------
@@ -252,14 +279,18 @@ def train_step(ctx: TrainContext) -> dict[str, float]:
         metrics["train/step_skipped"] = 1.0
     else:
         metrics["train/step_skipped"] = 0.0
+        ctx.rollout.sleep()  # a colocated engine gives its memory to the update
         with timer("old_logprob"):
             update_batch = prepare_update_batch(ctx, batch, rewards)  # advantages, old, ref
         with timer("update"):
             metrics |= update_policy(ctx, update_batch)
+        with timer("weight_sync"):
+            ctx.rollout.wake_up()
+            ctx.rollout.update_weights(ctx.model)  # in place; a no-op for the shared HF module
         metrics["perf/tokens_per_s"] = _num_tokens(batch) / max(timer.seconds["update"], 1e-9)
     ctx.state.step += 1
     metrics |= {f"time/{k}": timer.seconds.get(k, 0.0)
-                for k in ("rollout", "reward", "old_logprob", "update")}
+                for k in ("rollout", "reward", "old_logprob", "update", "weight_sync")}
     metrics["time/step"] = time.perf_counter() - start
     metrics["perf/peak_memory_mb"] = peak_memory_mb()
     metrics["train/updates_skipped_total"] = float(ctx.state.updates_skipped)
@@ -481,6 +512,11 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
     then one optimizer step. Also measures how the token split moves between epochs."""
     records, changes, previous = [], [], None
     valid = ub.batch.response_mask.bool()
+    # The trainer's old log-probs of the sampled tokens; on-policy they are the first
+    # forward's, filled in by accumulate_gradients (each row is seen once: one epoch/phase).
+    trainer_old = ub.old_logprobs
+    if trainer_old is None:
+        trainer_old = torch.zeros_like(ub.batch.sampler_logprobs)
     for epoch in range(ctx.cfg.ppo_epochs):
         high_this_epoch = torch.zeros_like(valid)
         for rows in minibatch_rows(ctx, ub, epoch):
@@ -488,9 +524,13 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
             split = minibatch_split(ctx, mb)  # None: split per micro-batch from its forward
             for i, phase in enumerate(ctx.plan):
                 ctx.optimizer.zero_grad(set_to_none=True)
-                metrics, high = accumulate_gradients(ctx, mb, phase, split)
+                sink = torch.zeros_like(mb.batch.sampler_logprobs) if (
+                    mb.old_logprobs is None and epoch == 0 and i == 0) else None
+                metrics, high = accumulate_gradients(ctx, mb, phase, split, old_sink=sink)
                 metrics |= optimizer_step(ctx)
                 records.append(metrics)
+                if sink is not None:
+                    trainer_old[rows] = sink
                 if i == 0:
                     high_this_epoch[rows] = high
         if previous is not None:
@@ -503,6 +543,7 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
     high_n, low_n = out.get("actor/tokens_high_entropy", 0.0), out.get(
         "actor/tokens_low_entropy", 0.0)
     out["actor/frac_high_entropy"] = high_n / max(high_n + low_n, 1.0)
+    out |= mismatch_metrics(ub.batch.sampler_logprobs, trainer_old, valid, ctx.algo.tis_cap)
     return out
 
 
@@ -545,9 +586,11 @@ def minibatch_split(ctx: TrainContext, mb: UpdateBatch) -> TokenSplit | None:
 
 
 def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
-                         split: TokenSplit | None) -> tuple[dict[str, float], torch.Tensor]:
+                         split: TokenSplit | None, old_sink: torch.Tensor | None = None
+                         ) -> tuple[dict[str, float], torch.Tensor]:
     """Backward of the phase's mini-batch loss, micro-batch by micro-batch (exact scaling,
-    see the module docstring). Returns (metrics, high-entropy mask (n, R) used)."""
+    see the module docstring). Returns (metrics, high-entropy mask (n, R) used).
+    ``old_sink`` (n, R), if given, receives the old log-probs the loss used."""
     cfg, algo = ctx.cfg, ctx.algo
     chunks = torch.arange(mb.num_rows).split(cfg.micro_batch_size)
     denominators = None
@@ -566,9 +609,15 @@ def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
             entropy, mask, algo.entropy_quantile, algo.entropy_scope,
             micro.batch.group_index).high_entropy_mask)
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        if old_sink is not None:
+            old_sink[rows] = old
         token_mask = phase_token_mask(phase, mask, high, old, algo.async_prob_threshold)
+        advantages = micro.advantages
+        if algo.tis_cap is not None:  # truncated IS: sampler -> trainer's old policy
+            advantages = apply_tis(advantages, truncated_is_weights(
+                old, micro.batch.sampler_logprobs, algo.tis_cap))
         inputs = LossInputs(logprobs=logprobs, old_logprobs=old,
-                            advantages=micro.advantages, response_mask=mask,
+                            advantages=advantages, response_mask=mask,
                             high_entropy_mask=high, ref_logprobs=micro.ref_logprobs,
                             entropy=entropy, token_mask=token_mask)
         scales = None if denominators is None else _scales(
@@ -692,6 +741,7 @@ def resume(ctx: TrainContext) -> bool:
                            updates_skipped=state["updates_skipped"],
                            steps_skipped=state["steps_skipped"],
                            last_metrics=state.get("metrics", {}))
+    ctx.rollout.update_weights(ctx.model)  # a separate engine still holds the initial weights
     return True
 
 
@@ -778,9 +828,11 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
             bar.update(1)
     except BaseException:
         bar.close()
+        ctx.rollout.close()
         logger.finish("FAILED")
         raise
     bar.close()
+    ctx.rollout.close()
     export_dir = export_policy(ctx) if cfg.export_final else None
     logger.finish("FINISHED")
     return FitResult(state=ctx.state, model=ctx.model, metrics=history, export_dir=export_dir)
