@@ -273,5 +273,6 @@ def test_two_training_steps_with_the_vllm_backend(tiny_path, tmp_path, monkeypat
         assert not [k for k in STEP_METRICS if k not in m]
         assert all(math.isfinite(v) for v in m.values()), m
         # float32 engine and trainer: sampler and trainer log-probs agree closely
-        assert 0.0 <= m["rollout/mismatch_kl"] < 1e-6 and m["rollout/mismatch_abs_max"] < 1e-3
+        assert 0.0 <= m["rollout/mismatch_kl"] < 1e-9  # measured ~4e-14
+        assert m["rollout/mismatch_abs_max"] < 1e-4
     assert "val/reward_mean" in result.metrics[-1]

@@ -55,7 +55,9 @@ def mismatch_metrics(sampler_logprobs: torch.Tensor, trainer_logprobs: torch.Ten
     ``tis_cap`` the mean TIS weight and the fraction of tokens whose ratio was capped.
     All tensors (N, R); an empty mask gives zeros."""
     valid = mask.bool()
-    lp_s, lp_t = sampler_logprobs.float()[valid], trainer_logprobs.float()[valid]
+    # float64: for a float32 sampler d is ~1e-7, and exp(d) - d - 1 in float32 is rounding
+    # noise of either sign instead of the ~1e-14 it is.
+    lp_s, lp_t = sampler_logprobs.double()[valid], trainer_logprobs.double()[valid]
     if lp_s.numel() == 0:
         out = {"rollout/mismatch_kl": 0.0, "rollout/mismatch_kl_k1": 0.0,
                "rollout/mismatch_abs_max": 0.0}
