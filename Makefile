@@ -63,7 +63,8 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install -q -e ".[dev]"
 	$(VLLM_VENV)/bin/python -c "import torch, vllm; v = torch.__version__; \
-	  assert v.startswith('2.13.0'), f'torch {v} replaced 2.13.0'; print('vllm', vllm.__version__, 'torch', v)"
+	  assert v.startswith('2.13.0'), f'torch {v} replaced 2.13.0'; \
+	  print('vllm', vllm.__version__, 'torch', v)"
 	touch $@
 
 test-vllm: $(VLLM_STAMP)

@@ -227,7 +227,8 @@ def build_context(cfg: TrainConfig) -> TrainContext:
         weight_decay=cfg.weight_decay)
     return TrainContext(
         cfg=cfg, model=model, ref=ref, tokenizer=tokenizer,
-        rollout=build_rollout(cfg, model, tokenizer), optimizer=optimizer, reward_fn=resolve_reward(cfg.reward), train_records=train,
+        rollout=build_rollout(cfg, model, tokenizer), optimizer=optimizer,
+        reward_fn=resolve_reward(cfg.reward), train_records=train,
         val_records=val, sampler=PromptSampler(len(train), cfg.seed),
         plan=build_update_plan(cfg.algo))
 
