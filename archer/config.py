@@ -107,6 +107,9 @@ class AlgoConfig:
     async_split: str = "prob"  # async groups chosen by old-policy probability or entropy class
     async_prob_threshold: float = 0.5  # p_old below this is "low_prob" (async_split=prob); (0, 1)
     async_first: str = "low_prob"  # which group is updated first in async mode
+    # --- rollout/train mismatch ---------------------------------------------------------------
+    tis_cap: float | None = None  # truncated importance sampling: multiply each token's PG loss
+    #   by min(p_trainer_old / p_sampler, tis_cap) (> 0, typically 2); None disables it
 
     def __post_init__(self) -> None:
         _check_range("entropy_quantile", self.entropy_quantile, 0.0, 1.0, lo_open=True)
@@ -141,6 +144,8 @@ class AlgoConfig:
         _check_choice("async_split", self.async_split, ASYNC_SPLITS)
         _check_range("async_prob_threshold", self.async_prob_threshold, 0.0, 1.0, True, True)
         _check_choice("async_first", self.async_first, ASYNC_FIRST)
+        if self.tis_cap is not None:
+            _check_range("tis_cap", self.tis_cap, 0.0, math.inf, lo_open=True)
         wanted = ("low_prob", "high_prob") if self.async_split == "prob" else (
             "high_entropy", "low_entropy")
         if self.update_mode == "async" and self.async_first not in wanted:

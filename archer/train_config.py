@@ -18,6 +18,7 @@ REWARD_ON_NONE = ("error", "zero")
 DTYPES = ("float32", "bfloat16", "float16")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 MIXED_PRECISION = ("none", "bf16", "fp16")
+ROLLOUT_BACKENDS = ("hf", "vllm")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: float = math.inf) -> None:
@@ -95,6 +96,15 @@ class TrainConfig:
     top_p: float = 1.0  # nucleus sampling; 1.0 disables it
     rollout_batch_size: int = 8  # prompts per generate() call
     refill_max_rounds: int = 3  # DAPO refill: at most this many rollout rounds per step (>= 1)
+    rollout_backend: str = "hf"  # hf (shares the policy module) | vllm (the `vllm` extra; weights
+    #   pushed in place after every update, sampler log-probs compared with the trainer's)
+    vllm_gpu_memory_utilization: float = 0.5  # vllm: fraction of GPU memory for weights + KV
+    #   cache, shared with training (on CPU: fraction of host memory for the KV cache)
+    vllm_enable_sleep_mode: bool = False  # vllm: offload weights / free the KV cache while
+    #   training, wake up before the weight push (GPU only; ignored with a log line on CPU)
+    vllm_max_model_len: int | None = None  # vllm: context length; None = the model's own
+    vllm_tensor_parallel_size: int = 1  # vllm: GPUs the sampler is sharded over
+    vllm_enforce_eager: bool = False  # vllm: no CUDA graphs / compilation (faster start-up)
     # --- update ---------------------------------------------------------------------------------
     ppo_epochs: int = 1  # passes over the rollout batch per step
     mini_batch_prompts: int = 4  # prompts per optimizer step (x G responses)
@@ -147,6 +157,17 @@ class TrainConfig:
             )
         if self.reward_on_none not in REWARD_ON_NONE:
             raise ConfigError(f"reward_on_none={self.reward_on_none!r}; allowed {REWARD_ON_NONE}")
+        if self.rollout_backend not in ROLLOUT_BACKENDS:
+            raise ConfigError(f"rollout_backend={self.rollout_backend!r} is invalid; allowed "
+                              f"{list(ROLLOUT_BACKENDS)}")
+        _check_float("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 0.0, 1.0,
+                     lo_open=True)
+        _check_int("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size, 1)
+        if self.vllm_max_model_len is not None:
+            _check_int("vllm_max_model_len", self.vllm_max_model_len, 1)
+        for name in ("vllm_enable_sleep_mode", "vllm_enforce_eager"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; allowed: a bool")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
         for name in ("prompts_per_step", "group_size", "max_new_tokens", "rollout_batch_size",

@@ -8,13 +8,23 @@ One step reads top to bottom as DESIGN.md's story::
        entropy split, dual-token loss, one optimizer step per phase) -> metrics
 
 Simplifications, on purpose: the HF rollout backend shares the policy module (nothing to sync
-after an update), the learning-rate schedule is a pure function of the step.
+after an update), the learning-rate schedule is a pure function of the step. With
+``rollout_backend=vllm`` the sampler is a separate engine: it sleeps during the update (GPU
+sleep mode) and gets the new weights pushed in place once per step, after the last optimizer
+step and before the next rollout.
 
 Data parallel (``torchrun``, FSDP2, see :mod:`archer.distributed`): every rank draws the same
 prompts and rolls out its contiguous share; kept groups are numbered globally (a group never
 spans ranks, so advantages stay per group), mini-batches are cut from the global group ids,
 and every denominator (and a ``scope=batch`` quantile) is taken over all ranks, so the
 SUM-reduced gradient equals the single-process one. Only rank 0 logs, checkpoints, exports.
+
+Rollout/train mismatch: every update step logs ``rollout/mismatch_kl``, a k3 estimate of
+KL(sampler || trainer) from the sampler's log-probs and the trainer's own old log-probs of the
+same tokens (see :mod:`archer.algos.mismatch`; the k1 mean is ``rollout/mismatch_kl_k1``). The
+old log-probs are always the trainer's: recomputed before the update, or on-policy the update's
+own first forward, detached. ``algo.tis_cap`` multiplies each token's PG loss by the truncated
+importance weight min(p_trainer_old / p_sampler, cap).
 
 Reward contract: ``fn(completions, **columns) -> list[float | None]``; the columns are the
 prompt record's fields (``answer``, ``entry``, ...) repeated for each of the G samples. A
@@ -71,6 +81,7 @@ from archer.algos import (
     token_entropy,
     token_logprobs,
 )
+from archer.algos.mismatch import apply_tis, mismatch_metrics, truncated_is_weights
 from archer.algos.split import (
     NonFiniteEntropyError,
     TokenSplit,
@@ -91,7 +102,7 @@ from archer.distributed import (
     shard_slice,
     shutdown,
 )
-from archer.rollout import HFRollout, SamplingParams
+from archer.rollout import HFRollout, RolloutBackend, SamplingParams
 from archer.tracking import JsonlLogger, MetricLogger, NullLogger
 from archer.train_config import TrainConfig
 from archer.types import RolloutBatch
@@ -111,8 +122,9 @@ STEP_METRICS = (
     "actor/clipfrac_low_entropy_lower", "actor/pg_contrib_high_entropy",
     "actor/pg_contrib_low_entropy", "actor/pg_loss", "actor/kl_loss", "actor/loss",
     "actor/grad_norm", "actor/lr", "actor/optimizer_steps", "actor/updates_skipped",
-    "actor/split_change_frac", "time/rollout", "time/reward", "time/old_logprob",
-    "time/update", "time/step", "perf/tokens_per_s", "perf/peak_memory_mb",
+    "actor/split_change_frac", "rollout/mismatch_kl", "rollout/mismatch_kl_k1",
+    "rollout/mismatch_abs_max", "time/rollout", "time/reward", "time/old_logprob",
+    "time/update", "time/weight_sync", "time/step", "perf/tokens_per_s", "perf/peak_memory_mb",
 )
 _SUMMED = ("actor/pg_loss", "actor/kl_loss", "actor/loss", "actor/pg_contrib_",
            "actor/tokens_", "actor/optimizer_steps", "actor/updates_skipped")
@@ -170,7 +182,7 @@ class TrainContext:
     model: torch.nn.Module
     ref: torch.nn.Module | None
     tokenizer: Any
-    rollout: HFRollout
+    rollout: RolloutBackend  # HFRollout or VLLMRollout; has a pad_id
     optimizer: torch.optim.Optimizer
     reward_fn: Any
     train_records: list[dict]
@@ -253,8 +265,8 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
         weight_decay=cfg.weight_decay)
     return TrainContext(
         cfg=cfg, model=model, ref=ref, tokenizer=tokenizer,
-        rollout=HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size),
-        optimizer=optimizer, reward_fn=resolve_reward(cfg.reward), train_records=train,
+        rollout=build_rollout(cfg, model, tokenizer), optimizer=optimizer,
+        reward_fn=resolve_reward(cfg.reward), train_records=train,
         val_records=val, sampler=PromptSampler(len(train), cfg.seed),
         plan=build_update_plan(cfg.algo), dist=dist)
 
@@ -273,6 +285,22 @@ def check_world_size(cfg: TrainConfig, dist: DistInfo) -> None:
     if cfg.prompts_per_step % dist.world_size:
         raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be divisible by the "
                          f"world size {dist.world_size} (each rank samples an equal share)")
+
+
+def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer) -> RolloutBackend:
+    """``hf``: generates with the policy module itself. ``vllm``: an engine loaded from the
+    policy's model directory, at the training dtype (weights pushed after every update)."""
+    if cfg.rollout_backend == "hf":
+        return HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size)
+    from archer.models import resolve_model_path
+    from archer.rollout.vllm import VLLMRollout
+
+    return VLLMRollout(
+        resolve_model_path(cfg.model), dtype=cfg.dtype, tokenizer=tokenizer, seed=cfg.seed,
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        enable_sleep_mode=cfg.vllm_enable_sleep_mode, max_model_len=cfg.vllm_max_model_len,
+        tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        enforce_eager=cfg.vllm_enforce_eager)
 
 
 # --------------------------------------------------------------------------------------
@@ -306,19 +334,37 @@ def train_step(ctx: TrainContext) -> dict[str, float]:
         metrics["train/step_skipped"] = 1.0
     else:
         metrics["train/step_skipped"] = 0.0
+        ctx.rollout.sleep()  # a colocated engine gives its memory to the update
         with timer("old_logprob"):
             update_batch = prepare_update_batch(ctx, batch, rewards)  # advantages, old, ref
         with timer("update"):
             metrics |= update_policy(ctx, update_batch)
+        with timer("weight_sync"):
+            ctx.rollout.wake_up()
+            sync_rollout_weights(ctx)
         metrics["perf/tokens_per_s"] = ctx.dist.sum(_num_tokens(batch)) / max(
             timer.seconds["update"], 1e-9)
     ctx.state.step += 1
     metrics |= {f"time/{k}": timer.seconds.get(k, 0.0)
-                for k in ("rollout", "reward", "old_logprob", "update")}
+                for k in ("rollout", "reward", "old_logprob", "update", "weight_sync")}
     metrics["time/step"] = time.perf_counter() - start
     metrics["perf/peak_memory_mb"] = peak_memory_mb()
     metrics["train/updates_skipped_total"] = float(ctx.state.updates_skipped)
     return metrics
+
+
+def sync_rollout_weights(ctx: TrainContext) -> None:
+    """Push the updated policy into the rollout backend, in place: a no-op for the HF backend
+    (it generates with the policy module itself); a separate engine (vLLM) gets the full
+    weights, gathered from the FSDP shards on every rank when training is data-parallel
+    (each rank's engine samples its own share of the prompts)."""
+    if isinstance(ctx.rollout, HFRollout) and ctx.rollout.model is ctx.model:
+        return
+    if ctx.dist.enabled:
+        ctx.rollout.update_weights({k: full_tensor(v)
+                                    for k, v in ctx.model.state_dict().items()})
+    else:
+        ctx.rollout.update_weights(ctx.model)
 
 
 def lr_factor(step: int, warmup_steps: int) -> float:
@@ -617,6 +663,11 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
     records, changes, previous = [], [], None
     valid = ub.batch.response_mask.bool()
     dist = ctx.dist
+    # The trainer's old log-probs of the sampled tokens; on-policy they are the first
+    # forward's, filled in by accumulate_gradients (each row is seen once: one epoch/phase).
+    trainer_old = ub.old_logprobs
+    if trainer_old is None:
+        trainer_old = torch.zeros_like(ub.batch.sampler_logprobs)
     for epoch in range(ctx.cfg.ppo_epochs):
         high_this_epoch = torch.zeros_like(valid)
         for rows in minibatch_rows(ctx, ub, epoch):
@@ -624,9 +675,13 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
             split = minibatch_split(ctx, mb)  # None: split per micro-batch from its forward
             for i, phase in enumerate(ctx.plan):
                 ctx.optimizer.zero_grad(set_to_none=True)
-                metrics, high = accumulate_gradients(ctx, mb, phase, split)
+                sink = torch.zeros_like(mb.batch.sampler_logprobs) if (
+                    mb.old_logprobs is None and epoch == 0 and i == 0) else None
+                metrics, high = accumulate_gradients(ctx, mb, phase, split, old_sink=sink)
                 metrics = reduce_update_metrics(dist, metrics) | optimizer_step(ctx)
                 records.append(metrics)
+                if sink is not None:
+                    trainer_old[rows] = sink
                 if i == 0:
                     high_this_epoch[rows] = high
         if previous is not None and dist.enabled:
@@ -643,6 +698,21 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
     high_n, low_n = out.get("actor/tokens_high_entropy", 0.0), out.get(
         "actor/tokens_low_entropy", 0.0)
     out["actor/frac_high_entropy"] = high_n / max(high_n + low_n, 1.0)
+    out |= reduce_mismatch_metrics(dist, mismatch_metrics(
+        ub.batch.sampler_logprobs, trainer_old, valid, ctx.algo.tis_cap), float(valid.sum()))
+    return out
+
+
+def reduce_mismatch_metrics(dist: DistInfo, metrics: dict[str, float],
+                            n_tokens: float) -> dict[str, float]:
+    """The rollout/train mismatch over all ranks: token-weighted means, the global max."""
+    if not dist.enabled:
+        return metrics
+    keys = sorted(k for k in metrics if k != "rollout/mismatch_abs_max")
+    sums = dist.all_reduce([metrics[k] * n_tokens for k in keys] + [n_tokens])
+    total = sums[-1]
+    out = {k: (v / total if total else metrics[k]) for k, v in zip(keys, sums[:-1])}
+    out["rollout/mismatch_abs_max"] = dist.max(metrics["rollout/mismatch_abs_max"])
     return out
 
 
@@ -707,14 +777,16 @@ def global_batch_split(dist: DistInfo, entropy: torch.Tensor, response_mask: tor
 
 
 def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
-                         split: TokenSplit | None) -> tuple[dict[str, float], torch.Tensor]:
+                         split: TokenSplit | None, old_sink: torch.Tensor | None = None
+                         ) -> tuple[dict[str, float], torch.Tensor]:
     """Backward of the phase's mini-batch loss, micro-batch by micro-batch (exact scaling,
     see the module docstring). Returns (metrics, high-entropy mask (n, R) used).
 
     Data parallel: the denominators are summed over ranks, so each rank's gradient is its
     share of the global mini-batch loss and the SUM-reduced gradient is the single-process
     one. Every rank runs the same number of forward/backward passes (FSDP's collectives):
-    a rank with fewer micro-batches runs zero-weight dummy passes."""
+    a rank with fewer micro-batches runs zero-weight dummy passes.
+    ``old_sink`` (n, R), if given, receives the old log-probs the loss used."""
     cfg, algo, dist = ctx.cfg, ctx.algo, ctx.dist
     chunks = micro_batch_rows(mb, cfg.micro_batch_size, cfg.length_bucketing)
     n_micro = int(dist.max(len(chunks))) if dist.enabled else len(chunks)
@@ -746,9 +818,15 @@ def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
                 split_by_entropy(entropy, mask, algo.entropy_quantile, algo.entropy_scope,
                                  micro.batch.group_index).high_entropy_mask)
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        if old_sink is not None:
+            old_sink[rows.to(old_sink.device), :cols] = old
         token_mask = phase_token_mask(phase, mask, high, old, algo.async_prob_threshold)
+        advantages = micro.advantages
+        if algo.tis_cap is not None:  # truncated IS: sampler -> trainer's old policy
+            advantages = apply_tis(advantages, truncated_is_weights(
+                old, micro.batch.sampler_logprobs, algo.tis_cap))
         inputs = LossInputs(logprobs=logprobs, old_logprobs=old,
-                            advantages=micro.advantages, response_mask=mask,
+                            advantages=advantages, response_mask=mask,
                             high_entropy_mask=high, ref_logprobs=micro.ref_logprobs,
                             entropy=entropy, token_mask=token_mask)
         scales = None if denominators is None else _scales(
@@ -953,6 +1031,7 @@ def resume(ctx: TrainContext) -> bool:
                            updates_skipped=state["updates_skipped"],
                            steps_skipped=state["steps_skipped"],
                            last_metrics=state.get("metrics", {}))
+    sync_rollout_weights(ctx)  # a separate engine still holds the initial weights
     return True
 
 
@@ -1052,9 +1131,11 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress) -> FitResult:
             bar.update(1)
     except BaseException:
         bar.close()
+        ctx.rollout.close()
         logger.finish("FAILED")
         raise
     bar.close()
+    ctx.rollout.close()
     export_dir = export_policy(ctx) if cfg.export_final else None
     logger.finish("FINISHED")
     return FitResult(state=ctx.state, model=ctx.model, metrics=history, export_dir=export_dir)

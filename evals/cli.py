@@ -2,6 +2,7 @@
 
     archer eval --model DIR --benchmarks aime2024,lcb_v5 --k 8 --max-new-tokens 2048
     archer eval --model smollm2-135m --benchmarks gsm8k --limit 100 --k 4 --max-new-tokens 256
+    archer eval --engine vllm --model DIR --benchmarks aime2024 --k 64   # the vllm extra
     archer eval --score-only --out-dir runs/eval/x        # re-score existing samples
     archer eval --compare runs/eval/a/gsm8k runs/eval/b/gsm8k [--force]
 
@@ -44,10 +45,14 @@ def add_eval_arguments(p: argparse.ArgumentParser, func) -> None:
                         'evaluated, e.g. \'{"task": "chain_sum", "size": 1000, "seed": 0, '
                         '"val_size": 64, "task_config": {"min_terms": 2}}\' (as in training)')
     p.add_argument("--out-dir", default=None, help="default: runs/eval/<model name>")
-    p.add_argument("--engine", default="hf", choices=("hf", "vllm", "lm-eval"))
+    p.add_argument("--engine", default="hf", choices=("hf", "vllm", "lm-eval"),
+                   help="hf: transformers generate; vllm: archer's vLLM backend (the vllm "
+                        "extra); lm-eval: lm-evaluation-harness")
     p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="--engine vllm: share of accelerator memory vLLM may use")
     p.add_argument("--workers", type=int, default=None, help="grader worker processes")
     p.add_argument("--tracking", default="mlflow", choices=("mlflow", "none"))
     p.add_argument("--tracking-uri", default=None, help="default: sqlite:///runs/mlflow.db")
@@ -96,21 +101,26 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         results = []
         backend = tokenizer = None
-        for name in names:
-            bdir = out_dir / name
-            if not args.score_only:
-                if backend is None:
-                    from evals.runner import make_backend
+        try:
+            for name in names:
+                bdir = out_dir / name
+                if not args.score_only:
+                    if backend is None:
+                        from evals.runner import make_backend
 
-                    backend, tokenizer = make_backend(args.engine, args.model,
-                                                      batch_size=args.batch_size,
-                                                      device=args.device, dtype=args.dtype)
-                _generate(name, args, bdir, backend, tokenizer)
-            res = score_samples(bdir / "samples.jsonl", data_file=args.data_file,
-                                workers=args.workers)
-            res["_dir"] = str(bdir)
-            results.append(res)
-            print(summary_line(res), flush=True)
+                        backend, tokenizer = make_backend(
+                            args.engine, args.model, batch_size=args.batch_size,
+                            device=args.device, dtype=args.dtype,
+                            gpu_memory_utilization=args.gpu_memory_utilization)
+                    _generate(name, args, bdir, backend, tokenizer)
+                res = score_samples(bdir / "samples.jsonl", data_file=args.data_file,
+                                    workers=args.workers)
+                res["_dir"] = str(bdir)
+                results.append(res)
+                print(summary_line(res), flush=True)
+        finally:
+            if backend is not None:
+                backend.close()  # a vLLM engine's processes and memory
     if args.tracking == "mlflow" and results:
         from evals.tracking import find_parent_run, log_eval
 

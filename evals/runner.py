@@ -276,25 +276,24 @@ class Generations:
 
 
 def make_backend(engine: str, model_path: str | Path, *, batch_size: int = 8,
-                 device: str = "cpu", dtype: str = "float32"):
-    """``(backend, tokenizer)`` for ``engine``: ``hf`` (Hugging Face generate) or ``vllm``
-    (needs the vllm extra and a vLLM rollout backend)."""
+                 device: str = "cpu", dtype: str = "float32",
+                 gpu_memory_utilization: float = 0.9):
+    """``(backend, tokenizer)`` for ``engine``: ``hf`` (Hugging Face generate on ``device``)
+    or ``vllm`` (:class:`archer.rollout.vllm.VLLMRollout`, the ``vllm`` extra; vLLM picks the
+    device itself and batches internally, ``gpu_memory_utilization`` is its memory share)."""
     if engine == "hf":
         from archer.models import load_policy_and_ref
         policy, _, tokenizer = load_policy_and_ref(model_path, need_ref=False, dtype=dtype,
                                                    device=device)
         return HFEvalRollout(policy, tokenizer, batch_size=batch_size), tokenizer
     if engine == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise ValueError("engine 'vllm' needs vLLM: pip install -e '.[vllm]' (GPU only)")
-        try:
-            from archer.rollout.vllm import VLLMRollout  # type: ignore[import-not-found]
-        except ImportError as err:
-            raise ValueError(f"engine 'vllm': no vLLM rollout backend available ({err})") from None
         from archer.models import load_tokenizer, resolve_model_path
+        from archer.rollout.vllm import VLLMRollout, require_vllm
 
+        require_vllm()  # before resolving (and maybe preparing) the model
         path = resolve_model_path(model_path)
-        return VLLMRollout(str(path)), load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
+        backend = VLLMRollout(path, dtype=dtype, tokenizer=tokenizer,
+                              gpu_memory_utilization=gpu_memory_utilization)
+        return backend, tokenizer
     raise ValueError(f"unknown engine {engine!r}; allowed: hf, vllm, lm-eval")

@@ -1,4 +1,7 @@
-"""Generation backends behind one interface (``RolloutBackend``): ``hf`` now, ``vllm`` later."""
+"""Generation backends behind one interface (``RolloutBackend``): ``hf`` and ``vllm``.
+
+``VLLMRollout`` lives in :mod:`archer.rollout.vllm` (imports vLLM only when constructed).
+"""
 
 from archer.rollout.base import RolloutBackend, SamplingParams
 from archer.rollout.hf import HFRollout

@@ -1,8 +1,9 @@
-"""The interface every generation backend implements (HF ``generate`` now, vLLM later).
+"""The interface every generation backend implements (HF ``generate``, vLLM).
 
 A backend takes already-templated prompt strings and returns a ``RolloutBatch``; the trainer
 never sees backend details. ``update_weights`` pushes the freshly trained policy weights into
-the backend before the next rollout.
+the backend before the next rollout; ``sleep``/``wake_up`` bracket the update so a colocated
+engine can give its memory to training (no-ops unless the backend has a sleep mode).
 """
 
 from __future__ import annotations
@@ -68,3 +69,12 @@ class RolloutBackend(ABC):
     @abstractmethod
     def update_weights(self, weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> None:
         """Make the next ``generate`` use these policy weights (a module or a state dict)."""
+
+    def sleep(self) -> None:  # noqa: B027  (optional hook, no-op by default)
+        """Release accelerator memory while the trainer updates (vLLM sleep mode)."""
+
+    def wake_up(self) -> None:  # noqa: B027
+        """Undo :meth:`sleep` before the next ``update_weights``/``generate``."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release the backend's processes/memory at the end of a run (no-op by default)."""

