@@ -150,3 +150,29 @@ def test_bad_resources_are_refused(tmp_path, write_study, resources, named):
     with pytest.raises(ConfigError) as err:
         load_study(path)
     assert named in str(err.value)
+
+
+@pytest.mark.parametrize("recipe,steps,data_file,benchmarks", [
+    ("archer_math_1p5b", 520, "math_train", ["aime2024", "aime2025", "amc23", "math500"]),
+    ("archer_code_1p5b", 320, "leetcode_train", ["lcb_v5"]),
+])
+def test_gpu_recipes_resolve_to_the_papers_hyperparameters(tmp_path, tiny_model, recipe, steps,
+                                                           data_file, benchmarks):
+    """The paper's recipes compose and validate (without a GPU): ARCHER.md section 2's
+    rollout, update and optimiser settings, the vLLM sampler, FSDP knobs and 8 GPUs a trial."""
+    from experiments.study import expand_trials, load_study
+
+    spec = load_study("baselines", [f"recipe={recipe}", "seeds=[0]", "axes.algo=[archer]"])
+    (trial,) = expand_trials(spec, [f"model={tiny_model}"], tmp_path)
+    t = trial.train
+    assert (t["total_steps"], t["prompts_per_step"], t["group_size"]) == (steps, 64, 16)
+    assert (t["ppo_epochs"], t["mini_batch_prompts"], t["max_new_tokens"]) == (3, 32, 32768)
+    assert (t["lr"], t["warmup_steps"], t["weight_decay"], t["grad_clip"]) == (
+        1e-6, 10, 0.1, 1.0)
+    assert t["temperature"] in (None, 1.0) and t["top_p"] == 1.0
+    assert t["rollout_backend"] == "vllm" and t["dtype"] == "bfloat16"
+    assert t["distributed"]["mixed_precision"] == "bf16" and t["gradient_checkpointing"]
+    assert t["data"]["file"] == data_file
+    assert t["algo"]["entropy_quantile"] == 0.8 and t["algo"]["low"]["kl_weight"] == 0.001
+    assert trial.eval["benchmarks"] == benchmarks and trial.eval["max_new_tokens"] == 32768
+    assert trial.resources["num_gpus"] == 8
