@@ -240,7 +240,12 @@ def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer | 
                      ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(model, optimizer) full, unsharded state dicts on CPU. Collective for a sharded model,
     and then complete on rank 0 only (the other ranks get empty dicts: rank 0 writes);
-    plain ``state_dict()`` otherwise."""
+    plain ``state_dict()`` otherwise.
+
+    An optimizer that has not stepped yet keeps no state: torch's ``get_optimizer_state_dict``
+    would create it with a zero-gradient ``step()`` (Adam's step count 1, so the first real
+    update is bias-corrected as a second one, unlike a single process); that state is
+    dropped again and the saved dict has an empty ``state``."""
     if not is_sharded(model):
         return model.state_dict(), None if optimizer is None else optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import (
@@ -251,7 +256,13 @@ def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer | 
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd = get_model_state_dict(model, options=opts)
-    osd = None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=opts)
+    if optimizer is None:
+        return msd, None
+    fresh = not optimizer.state
+    osd = get_optimizer_state_dict(model, optimizer, options=opts)
+    if fresh:
+        optimizer.state.clear()
+        osd = {"state": {}, "param_groups": osd.get("param_groups", [])}
     return msd, osd
 
 
@@ -273,7 +284,10 @@ def load_full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimiz
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_sd, options=opts)
     if optimizer is not None and optim_sd is not None:
-        set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)
+        # an optimizer saved before its first step has no state: it stays fresh (see
+        # full_state_dicts); param_groups are the config's (the trainer sets the lr per step)
+        if optim_sd.get("state"):
+            set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

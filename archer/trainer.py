@@ -197,6 +197,14 @@ class TrainContext:
         return self.cfg.algo
 
 
+class TrainingStopped(Exception):
+    """Raised by :func:`fit` (on every rank) when its ``stop`` callback asked to stop."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"training stopped on request after step {step}")
+        self.step = step
+
+
 @dataclass
 class FitResult:
     state: TrainState  # final counters and run id
@@ -1080,7 +1088,8 @@ def progress_postfix(metrics: dict[str, float]) -> dict[str, str]:
 
 
 def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
-        progress: bool | None = None) -> FitResult:
+        progress: bool | None = None,
+        stop: Callable[[int], bool] | None = None) -> FitResult:
     """Train for ``cfg.total_steps`` steps (continuing from the latest checkpoint in
     ``out_dir``), validating and checkpointing on schedule; export the final policy.
 
@@ -1088,16 +1097,21 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
     gets the checkpoint's tracking run id so a resumed run logs into the same tracking run
     (default: ``JsonlLogger(out_dir)``). Params are logged once, when the run starts.
     ``progress``: a tqdm bar with the live reward and entropy (None: only on a TTY).
+    ``stop``: asked on every rank after each step is logged (so after its checkpoint, when
+    one is due) with the step number; when it is true on any rank, every rank raises
+    :class:`TrainingStopped` at that same step (one all-reduce per step in a distributed
+    run, so no rank is left waiting in a collective).
     """
     setup_torch(cfg)
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
     try:
-        return _fit(cfg, dist, logger, progress)
+        return _fit(cfg, dist, logger, progress, stop)
     finally:
         shutdown(dist)
 
 
-def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress) -> FitResult:
+def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
+         stop: Callable[[int], bool] | None = None) -> FitResult:
     ctx = build_context(cfg, dist)
     resumed = resume(ctx)
     if not dist.is_main:  # only rank 0 talks to the tracker, shows progress, writes files
@@ -1125,6 +1139,8 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress) -> FitResult:
                 ctx.state.run_id = logger.run_id  # an offline-started run may have its id now
                 save(ctx, metrics)  # before logging: a logged step is always resumable
             logger.log_metrics(metrics, step)
+            if stop is not None and dist.max(1.0 if stop(step) else 0.0) > 0:
+                raise TrainingStopped(step)
             history.append(metrics)
             shown |= progress_postfix(metrics)  # a skipped step keeps the last entropy
             bar.set_postfix(shown, refresh=False)

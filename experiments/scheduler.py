@@ -5,7 +5,8 @@ checkpoints, resumable as a whole, logged to MLflow by one writer, shown live.
   (``ray_address``, e.g. ``auto`` or ``<head ip>:6379``). Each trial is one task
   (``experiments.trial.run_trial``: train, then evaluate) with the study's resources
   (``num_cpus``/``num_gpus``, custom resources, ``SPREAD`` or default placement); at most
-  ``max_concurrent`` run at once. Where each attempt ran (Ray node id, hostname, node IP) is
+  ``max_concurrent`` run at once. A trial with ``procs_per_trial`` N > 1 trains with N
+  processes (``torchrun`` inside its task, on the task's node and GPUs). Where each attempt ran (Ray node id, hostname, node IP) is
   recorded in the study state, the trial's log and its MLflow run (``archer.node_*`` tags).
 - **Retries**: a trial whose task fails (an exception, or its worker process killed) is
   submitted again up to ``max_retries`` times; the trainer resumes from the trial's latest
@@ -366,6 +367,7 @@ class Scheduler:
         t.started = t.started or time.time()
         payload = {"train": trial.train, "run_id": t.run_id, "attempt": t.attempts,
                    "eval": trial.eval, "system_metrics": self.system_metrics,
+                   "procs": trial.procs,
                    "env": {k: os.environ[k] for k in PASS_ENV if k in os.environ}}
         ref = _remote().options(**task_options(trial.resources, f"{self.study}/{trial.name}")
                                 ).remote(payload)

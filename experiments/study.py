@@ -13,7 +13,8 @@ A study file states a grid of training runs in a few lines::
     objective: {metric: val/accuracy, direction: maximize}
     max_concurrent: 2
     max_retries: 2
-    resources: {num_cpus: 1, num_gpus: 0, custom: {}, strategy: DEFAULT}   # Ray, per trial
+    resources: {num_cpus: 1, num_gpus: 0, custom: {}, strategy: DEFAULT,   # Ray, per trial
+                procs_per_trial: 1}     # training processes (torchrun) inside the trial's task
 
 Trials = variants x axes x seeds, numbered in that order. Every trial is composed with
 ``experiments.train_cli`` (the same composition as ``archer train``: recipe, then ``base``,
@@ -66,7 +67,7 @@ STUDY_DEFAULTS: dict[str, Any] = {
 RECIPE_KEYS = ("overrides", "eval", "resources")
 EVAL_KEYS = ("benchmarks", "limit", "k", "max_new_tokens", "temperature", "top_p", "seed",
              "batch_size")
-RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom", "strategy")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom", "strategy", "procs_per_trial")
 STRATEGIES = ("DEFAULT", "SPREAD")
 DIRECTIONS = ("maximize", "minimize")
 # Keys that do not change what a trial computes: left out of its identity hash.
@@ -95,6 +96,11 @@ class TrialSpec:
     eval: dict[str, Any] | None  # evaluation spec (evals harness) or None
     resources: dict[str, Any]  # Ray resources of the task (see check_resources)
     tags: dict[str, str] = field(default_factory=dict)  # preset, seed, variant, ...
+
+    @property
+    def procs(self) -> int:
+        """Training processes of the trial (``resources.procs_per_trial``)."""
+        return int(self.resources.get("procs_per_trial", 1))
 
 
 @dataclass(frozen=True)
@@ -253,7 +259,13 @@ def check_resources(where: str, recipe: dict | None, given: dict | None) -> dict
 
     ``num_cpus``/``num_gpus`` (>= 0), ``custom`` (Ray custom resources a node declares with
     ``ray start --resources``, e.g. ``{a100: 1}``: the trial only runs on nodes that have
-    them) and ``strategy`` (``DEFAULT``: Ray packs tasks; ``SPREAD``: across nodes)."""
+    them) and ``strategy`` (``DEFAULT``: Ray packs tasks; ``SPREAD``: across nodes).
+
+    ``procs_per_trial``: training processes of each trial (an integer >= 1). 1 trains in the
+    Ray task's own process; N > 1 launches ``torchrun --standalone --nproc_per_node N``
+    inside the task (FSDP2 data parallelism, one node: the task's). Unset, it is
+    ``num_gpus`` when the trial has several GPUs, else 1. With GPUs every process needs its
+    own: ``procs_per_trial`` may not exceed ``num_gpus``."""
     resources = dict(recipe or {}) | dict(given or {})
     check_keys(f"{where}.resources", resources, RESOURCE_KEYS)
     out: dict[str, Any] = {}
@@ -278,7 +290,29 @@ def check_resources(where: str, recipe: dict | None, given: dict | None) -> dict
         raise ConfigError(f"{where}.resources.strategy={resources.get('strategy')!r}; choose "
                           f"one of {list(STRATEGIES)}")
     out["strategy"] = strategy
+    out["procs_per_trial"] = check_procs(where, resources.get("procs_per_trial"),
+                                         out["num_gpus"])
     return out
+
+
+def check_procs(where: str, procs: Any, num_gpus: float) -> int:
+    """``resources.procs_per_trial`` resolved (see :func:`check_resources`)."""
+    key = f"{where}.resources.procs_per_trial"
+    if procs is None:
+        if num_gpus <= 1:
+            return 1
+        if num_gpus != int(num_gpus):
+            raise ConfigError(f"{where}.resources.num_gpus={num_gpus:g}: a trial with more than "
+                              "one GPU must ask for a whole number of them (one training "
+                              "process per GPU), or set resources.procs_per_trial")
+        return int(num_gpus)
+    if isinstance(procs, bool) or not isinstance(procs, int) or procs < 1:
+        raise ConfigError(f"{key}={procs!r} must be an integer >= 1 (training processes per "
+                          "trial)")
+    if num_gpus > 0 and procs > num_gpus:
+        raise ConfigError(f"{key}={procs} exceeds resources.num_gpus={num_gpus:g}: each "
+                          "training process of a GPU trial needs a GPU of its own")
+    return procs
 
 
 def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpec:
@@ -381,16 +415,21 @@ def dedupe(overrides: list[str]) -> list[str]:
     return [ov for i, ov in enumerate(overrides) if last[ov.split("=", 1)[0]] == i]
 
 
-def identity_hash(config: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
+def identity_hash(config: dict[str, Any], evaluation: dict[str, Any] | None,
+                  procs: int = 1) -> str:
     """sha256 (first 12 hex digits) of the resolved config without the keys that do not
-    change what is computed (:data:`NOT_IDENTITY`), plus the evaluation spec."""
+    change what is computed (:data:`NOT_IDENTITY`), plus the evaluation spec, plus the number
+    of training processes when it is not 1 (data parallelism changes the rollouts' random
+    streams unless ``rollout_batch_size`` divides each rank's prompts; a 1-process trial keeps
+    the hash it always had)."""
     data = json.loads(json.dumps(config, default=str))
     for path in NOT_IDENTITY:
         node = data
         for part in path[:-1]:
             node = node.get(part, {})
         node.pop(path[-1], None)
-    text = json.dumps({"config": data, "eval": evaluation}, sort_keys=True, default=str)
+    ident = {"config": data, "eval": evaluation} | ({"procs": procs} if procs != 1 else {})
+    text = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -406,7 +445,9 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     except ConfigError as err:
         raise ConfigError(f"trial {name}: {err}") from None
     config = setup.composed.config
-    digest = identity_hash(config, evaluation)
+    procs = int(resources.get("procs_per_trial", 1))
+    check_trial_procs(name, setup.train, resources)
+    digest = identity_hash(config, evaluation, procs)
     out_dir = (study_dir / "trials" / f"{name}-{digest[:8]}").resolve()
     config["trainer"]["out_dir"] = str(out_dir)
     train = setup.train.to_dict() | {"out_dir": str(out_dir)}
@@ -421,6 +462,21 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     return TrialSpec(number=number, name=name, overrides=tuple(overrides), config=config,
                      train=train, hash=digest, out_dir=str(out_dir), eval=evaluation,
                      resources=dict(resources), tags=tags)
+
+
+def check_trial_procs(name: str, train, resources: dict[str, Any]) -> None:
+    """A trial's TrainConfig must suit its ``procs_per_trial`` processes (checked before any
+    trial starts, not by the ranks once launched)."""
+    procs = int(resources.get("procs_per_trial", 1))
+    if procs == 1:
+        return
+    if train.prompts_per_step % procs:
+        raise ConfigError(f"trial {name}: trainer.prompts_per_step={train.prompts_per_step} "
+                          f"must be divisible by resources.procs_per_trial={procs} (each "
+                          "training process rolls out an equal share of the prompts)")
+    if train.distributed.backend == "nccl" and not resources.get("num_gpus"):
+        raise ConfigError(f"trial {name}: trainer.distributed.backend=nccl needs GPUs, but "
+                          f"resources.num_gpus=0 (use gloo, or auto, for CPU processes)")
 
 
 def expand_trials(spec: StudySpec, trial_overrides: list[str] | None = None,

@@ -24,6 +24,11 @@ appends (:meth:`EventLog.repair`), and readers only consume complete lines.
 Stopping (Optuna pruning): the driver creates ``<trial dir>/STOP``; the trial's logger sees it
 when the step's metrics are logged, which is after that step's checkpoint, and raises
 :class:`TrialStopped`; the trial ends cleanly as ``pruned``.
+
+Several training processes (``resources.procs_per_trial`` > 1, the payload's ``procs``): the
+task runs ``torchrun`` and waits for it (:mod:`experiments.trial_worker`); rank 0 writes the
+training events, every rank checks STOP at the same point of the step; the lock, the
+``start`` event, the log and the evaluation stay this process's.
 """
 
 from __future__ import annotations
@@ -93,9 +98,11 @@ def _jsonable(value: Any) -> Any:
 
 
 class EventLogger:
-    """``archer.tracking.MetricLogger`` writing trial events (see the module docstring)."""
+    """``archer.tracking.MetricLogger`` writing trial events (see the module docstring).
+    ``stop_file``: raise :class:`TrialStopped` after logging a step when it exists (None: the
+    caller checks it, as the ranks of a multi-process trial do, together)."""
 
-    def __init__(self, events: EventLog, run_id: str, stop_file: Path,
+    def __init__(self, events: EventLog, run_id: str, stop_file: Path | None,
                  system_metrics: bool = False) -> None:
         self.events = events
         self._run_id = run_id
@@ -124,7 +131,8 @@ class EventLogger:
         if self.system_metrics:
             self.events.append({"op": "system", "step": int(step), "time": time.time(),
                                 "values": system_sample()})
-        if self.stop_file.is_file():  # after the step's checkpoint: a clean, resumable stop
+        if self.stop_file is not None and self.stop_file.is_file():
+            # after the step's checkpoint: a clean, resumable stop
             raise TrialStopped(f"stopped by the scheduler after step {step}")
 
     def rewind(self, step: int, metrics: dict[str, float] | None = None) -> None:
@@ -252,7 +260,8 @@ def _has_cuda() -> bool:
 def run_trial(payload: dict[str, Any]) -> dict[str, Any]:
     """Train + evaluate one trial (the body of the Ray task). ``payload``: ``train``
     (TrainConfig dict), ``run_id`` (the tracking run the driver made), ``attempt``, ``eval``
-    (spec or None), ``env`` (variables to set), ``system_metrics``."""
+    (spec or None), ``env`` (variables to set), ``system_metrics``, ``procs`` (training
+    processes; > 1: torchrun, see :mod:`experiments.trial_worker`)."""
     for key, value in (payload.get("env") or {}).items():
         os.environ.setdefault(key, value)
     out = Path(payload["train"]["out_dir"])
@@ -261,10 +270,10 @@ def run_trial(payload: dict[str, Any]) -> dict[str, Any]:
         # one attempt at a time: an attempt left running by a killed scheduler holds the lock
         # until it dies, so a new attempt never writes beside it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _run_locked(payload, out)
+        return _run_locked(payload, out, lock.fileno())
 
 
-def _run_locked(payload: dict[str, Any], out: Path) -> dict[str, Any]:
+def _run_locked(payload: dict[str, Any], out: Path, lock_fd: int) -> dict[str, Any]:
     from archer.checkpoint import latest_checkpoint
     from archer.train_config import TrainConfig
     from archer.trainer import fit
@@ -279,23 +288,40 @@ def _run_locked(payload: dict[str, Any], out: Path) -> dict[str, Any]:
               flush=True)
         ckpt = latest_checkpoint(out)
         resume_step = int(ckpt.name.rsplit("_", 1)[1]) if ckpt is not None else 0
+        procs = int(payload.get("procs") or 1)
         events.append({"op": "start", "attempt": payload["attempt"], "pid": os.getpid(),
-                       "resume_step": resume_step, "time": time.time()} | where)
-        cfg = TrainConfig.from_dict(payload["train"])
-        logger = EventLogger(events, payload["run_id"], out / STOP,
-                             system_metrics=bool(payload.get("system_metrics")))
-        try:
-            result = fit(cfg, logger=lambda _run_id: logger, progress=False)
-        except TrialStopped as stop:
-            print(str(stop), flush=True)
-            done = {"op": "done", "status": "pruned", "step": logger.last_step}
-            events.append(done)
-            return done
-        except BaseException:
-            traceback.print_exc()
-            raise
-        step = result.state.step
-        export_dir = str(result.export_dir) if result.export_dir else None
+                       "resume_step": resume_step, "time": time.time()} | where
+                      | ({"procs": procs} if procs > 1 else {}))
+        if procs > 1:
+            from experiments.trial_worker import train_with_torchrun
+
+            try:
+                outcome = train_with_torchrun(payload, out, procs, out / LOG,
+                                              keep_fds=(lock_fd,))
+            except BaseException:
+                traceback.print_exc()
+                raise
+            if outcome["status"] == "pruned":
+                done = {"op": "done", "status": "pruned", "step": int(outcome["step"])}
+                events.append(done)
+                return done
+            step, export_dir = int(outcome["step"]), outcome.get("export_dir")
+        else:
+            cfg = TrainConfig.from_dict(payload["train"])
+            logger = EventLogger(events, payload["run_id"], out / STOP,
+                                 system_metrics=bool(payload.get("system_metrics")))
+            try:
+                result = fit(cfg, logger=lambda _run_id: logger, progress=False)
+            except TrialStopped as stop:
+                print(str(stop), flush=True)
+                done = {"op": "done", "status": "pruned", "step": logger.last_step}
+                events.append(done)
+                return done
+            except BaseException:
+                traceback.print_exc()
+                raise
+            step = result.state.step
+            export_dir = str(result.export_dir) if result.export_dir else None
         if payload.get("eval"):
             if export_dir is None:
                 raise ValueError("evaluation needs the final policy: set trainer.export_final")

@@ -125,7 +125,7 @@ def test_resources_declare_cpus_gpus_custom_resources_and_placement(tmp_path, wr
     spec = load_study(path)
     # the recipe's num_cpus (1) is kept, the study's keys are added
     assert spec.resources == {"num_cpus": 1.0, "num_gpus": 1.0, "custom": {"a100": 1.0},
-                              "strategy": "SPREAD"}
+                              "strategy": "SPREAD", "procs_per_trial": 1}
     assert task_options(spec.resources, "s/t") == {
         "num_cpus": 1.0, "num_gpus": 1.0, "name": "s/t", "resources": {"a100": 1.0},
         "scheduling_strategy": "SPREAD"}
