@@ -10,12 +10,21 @@ of 4) -> one phase's gradients (gathered full) and loss, then a 2-epoch update -
 Each rank takes the rows of its half of the groups, as the trainer shards them.
 ``step``: one full ``train_step`` (rollout included) from the same seed -> parameters, metrics.
 ``ckpt``: a step, ``save``, then a fresh context ``resume``s: model and optimizer state compared.
+
+Rank 0 writes OUT.pt after each stage (``out["stage"]``: ``phase`` once one phase's loss and
+gradients are in, ``done`` at the end), so when a later stage dies (a collective that the
+ranks disagree on aborts gloo: ``Is there a distributed collective mismatch``) the test still
+gets the numbers computed so far and compares them before reporting the failure. An exception
+on a rank is written to ``OUT.pt.rank<R>.error`` before the process exits non-zero. Collectives
+time out after ``FSDP_WORKER_TIMEOUT_S`` (120) seconds, so mismatched ones fail, not hang.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 
 import torch
 
@@ -81,7 +90,17 @@ def fixed_update_batch(vocab: int, pad: int) -> UpdateBatch:
     return UpdateBatch(batch, adv, old, None, ref)
 
 
-def run_update(ctx, out: dict) -> None:
+def save_stage(dist, out: dict, path: str, stage: str) -> None:
+    """Rank 0 (re)writes what is computed so far, atomically (a rank killed mid-write leaves
+    the previous stage's file)."""
+    out["stage"] = stage
+    if dist.is_main:
+        tmp = f"{path}.tmp"
+        torch.save(out, tmp)
+        os.replace(tmp, path)
+
+
+def run_update(ctx, out: dict, path: str) -> None:
     dist = ctx.dist
     full = fixed_update_batch(ctx.model.config.vocab_size, ctx.rollout.pad_id)
     groups = torch.arange(4).chunk(dist.world_size)[dist.rank]  # this rank's groups
@@ -92,6 +111,7 @@ def run_update(ctx, out: dict) -> None:
     out["metrics"] = reduce_update_metrics(dist, metrics)
     out["grads"] = {k: full_tensor(p.grad).detach().clone()
                     for k, p in ctx.model.named_parameters()}
+    save_stage(dist, out, path, "phase")  # the numbers to compare, before the update
     ctx.model.zero_grad(set_to_none=True)
     out["update_metrics"] = update_policy(ctx, ub)
 
@@ -107,19 +127,32 @@ def _tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
-    mode, model, path = sys.argv[1:4]
+    path = sys.argv[3]
+    try:
+        run(*sys.argv[1:4], sys.argv[4:])
+    except BaseException:
+        rank = os.environ.get("RANK", "0")
+        with open(f"{path}.rank{rank}.error", "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def run(mode: str, model: str, path: str, pairs: list[str]) -> None:
     overrides = {}
-    for kv in sys.argv[4:]:
+    for kv in pairs:
         key, value = kv.split("=", 1)
         overrides[key] = json.loads(value)
     cfg = make_cfg(model, path + ".run", **overrides)
     setup_torch(cfg)
-    dist = init_distributed(cfg.distributed.backend)
+    # a short collective timeout: ranks that disagree on their collectives fail in minutes
+    # (each raising, and reported) instead of hanging for the default 30
+    dist = init_distributed(cfg.distributed.backend,
+                            timeout_s=int(os.environ.get("FSDP_WORKER_TIMEOUT_S", "120")))
     ctx = build_context(cfg, dist)
     ctx.plan = build_update_plan(cfg.algo)
     out: dict = {"world_size": dist.world_size}
     if mode == "update":
-        run_update(ctx, out)
+        run_update(ctx, out, path)
     elif mode == "step":
         out["metrics"] = train_step(ctx)
     elif mode == "ckpt":
@@ -139,8 +172,7 @@ def main() -> None:
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     out["params"] = {k: full_tensor(p.detach()).clone() for k, p in ctx.model.named_parameters()}
-    if dist.is_main:
-        torch.save(out, path)
+    save_stage(dist, out, path, "done")
     shutdown(dist)
 
 
