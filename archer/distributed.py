@@ -148,11 +148,21 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
                     backend=dist.get_backend())
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, barrier: bool = False) -> None:
+    """Leave the process group. ``barrier``: every rank is leaving at the same point (the
+    run finished, or all ranks stopped on request), so each first waits for the others and
+    none tears its gloo connections down while another still uses them (a peer closing
+    early made gloo abort the other rank with SIGABRT). Not after an error: the other ranks
+    may be inside a collective, and torchrun stops them when this one exits."""
     if info.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if barrier:
+                try:
+                    dist.barrier()
+                except Exception:  # noqa: BLE001  (a peer died meanwhile: nothing to wait for)
+                    pass
             dist.destroy_process_group()
 
 

@@ -1104,10 +1104,16 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
     """
     setup_torch(cfg)
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
+    together = False  # every rank leaves at the same point: finished, or stopped on request
     try:
-        return _fit(cfg, dist, logger, progress, stop)
+        result = _fit(cfg, dist, logger, progress, stop)
+        together = True
+        return result
+    except TrainingStopped:
+        together = True
+        raise
     finally:
-        shutdown(dist)
+        shutdown(dist, barrier=together)
 
 
 def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,

@@ -11,6 +11,7 @@ the checkpoint), and a stop request (every rank stops at the same step, the tria
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -263,7 +264,10 @@ def test_sigkilled_rank_fails_the_attempt_and_the_retry_resumes(
     log = (Path(t.out_dir) / "trial.log").read_text()
     assert killed and killed[0][0] < steps, "the trial finished before a rank could be killed"
     assert t.status == "finished" and t.attempts == 2, log[-3000:]
-    assert "training process rank 1 of 2 failed (signal SIGKILL)" in log  # the attempt's error
+    # the attempt's error names the rank torchrun saw fail first: usually the killed rank 1,
+    # sometimes rank 0, whose collective broke when its peer vanished
+    assert re.search(r"training process rank (1 of 2 failed \(signal SIGKILL\)|0 of 2 "
+                     r"failed)", log), log[-3000:]
     first, second = events_of(t.out_dir, "start")
     assert second["resume_step"] >= killed[0][0]  # from the checkpoint, not from scratch
     assert (first["attempt"], second["attempt"]) == (1, 2)
