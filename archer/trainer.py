@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
 import math
 import random
 import resource
@@ -106,6 +107,8 @@ from archer.rollout import HFRollout, RolloutBackend, SamplingParams
 from archer.tracking import JsonlLogger, MetricLogger, NullLogger
 from archer.train_config import TrainConfig
 from archer.types import RolloutBatch
+
+log = logging.getLogger(__name__)
 
 LOSS_NAME = "dual_token_clip"
 REPETITION_N = 4  # n of the n-gram repetition ratio
@@ -233,7 +236,30 @@ def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
         records = list(load_reasoning_gym(d.task, d.size, d.seed, **d.task_config))
     if cfg.val_size == 0:
         return records, []
-    return split_train_val(records, cfg.val_size, seed=d.seed)
+    train, val = split_train_val(records, cfg.val_size, seed=d.seed)
+    return drop_heldout_duplicates(train, val), val
+
+
+def drop_heldout_duplicates(train: list[dict], val: list[dict]) -> list[dict]:
+    """``train`` without the records whose prompt is also a validation prompt. Generated
+    tasks repeat themselves (reasoning-gym chain_sum with three 1-digit terms: 2,514 distinct
+    problems in 4,000, and 138 of a 200-problem held-out split also in the rest), so
+    without this the "held-out" accuracy is mostly measured on trained problems."""
+    import json
+
+    def key(r: dict) -> str:
+        p = r["prompt"]
+        return p if isinstance(p, str) else json.dumps(p, sort_keys=True)
+
+    seen = {key(r) for r in val}
+    kept = [r for r in train if key(r) not in seen]
+    if not kept:
+        raise ValueError(f"every one of the {len(train)} training records repeats a validation "
+                         "prompt: the data has too few distinct problems for this val_size")
+    if len(kept) < len(train):
+        log.info("dropped %d training records whose prompt is also held out (%d left)",
+                 len(train) - len(kept), len(kept))
+    return kept
 
 
 def resolve_reward(name: str):

@@ -233,3 +233,25 @@ def test_reasoning_gym_dataset_and_reward():
     assert get_reward("reasoning_gym")([right], entry=[stored]) == [1.0]
     with pytest.raises(ValueError, match="2 completions but 1 entries"):
         gym_reward([right, right], [entry])
+
+
+def test_training_split_never_repeats_a_held_out_prompt():
+    """Generated tasks repeat problems; the trainer (and the SFT warm-up, which shares its
+    split) drops training records whose prompt is held out, so validation measures unseen
+    problems."""
+    from archer.train_config import DataConfig, TrainConfig
+    from archer.trainer import drop_heldout_duplicates, load_records
+
+    cfg = TrainConfig(data=DataConfig(task="chain_sum", size=400, seed=0, task_config={
+        "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}), val_size=40)
+    train, val = load_records(cfg)
+    held = {r["prompt"] for r in val}
+    assert len(val) == 40 and not held & {r["prompt"] for r in train}
+    # 2 one-digit terms: at most 200 distinct problems in 400, so some were dropped
+    assert len(train) < 360
+    a, b, c = ({"prompt": "x"}, {"prompt": [{"role": "user", "content": "y"}]}, {"prompt": "z"})
+    assert drop_heldout_duplicates([a, b, c], [{"prompt": "x"}]) == [b, c]
+    assert drop_heldout_duplicates([a, b, c], [{"prompt": [{"content": "y", "role": "user"}]}]
+                                   ) == [a, c]
+    with pytest.raises(ValueError, match="too few distinct problems"):
+        drop_heldout_duplicates([a], [{"prompt": "x"}])
