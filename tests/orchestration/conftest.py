@@ -38,3 +38,12 @@ def _write_study(directory: Path, name: str, **fields) -> Path:
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name} | fields, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray for the test module (2 CPUs, no dashboard)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

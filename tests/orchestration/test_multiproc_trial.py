@@ -27,6 +27,12 @@ from experiments.trial import EventLog
 SAME_ROLLOUTS = ["trainer.rollout_batch_size=1", "trainer.deterministic=true"]
 
 
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
 def study(write_study, tmp_path: Path, name: str, **fields):
     return write_study(tmp_path, name, **({"axes": {"algo": ["grpo"]}, "eval": False,
                                            "register_best": False} | fields))
@@ -136,20 +142,6 @@ def test_failure_message_names_the_rank_that_failed_first():
 # --------------------------------------------------------------------------------------------
 # Through Ray (slow)
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-def client_for(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def events_of(out_dir: str, op: str) -> list[dict]:

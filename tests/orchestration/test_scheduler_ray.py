@@ -23,18 +23,33 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def kill_driver_while_trial_1_runs(cmd: list[str], state_path: Path):
+    """Start the driver ``cmd``, SIGKILL it once trial 0 finished and trial 1 is past its
+    first step; returns trial 1's state as last saved."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    victim = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = StudyState.load(state_path) if state_path.is_file() else None
+            if state is not None:
+                by_number = {t.number: t for t in state.trials.values()}
+                if (0 in by_number and by_number[0].status == "finished" and 1 in by_number
+                        and by_number[1].status == "running" and by_number[1].step >= 1):
+                    victim = by_number[1]
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert victim is not None, proc.stderr.read().decode()[-2000:]
+    return victim
 
 
 def runs_of(uri: str, experiment: str) -> list:
@@ -146,24 +161,7 @@ def test_sigkilled_scheduler_rerun_finishes_only_what_was_missing(
     overrides = tiny_overrides(tiny_model, steps=steps)
     cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), *overrides, "--root",
            str(root), "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_path = root / "killsched" / "study.json"
-    deadline = time.monotonic() + 240
-    victim = None
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = StudyState.load(state_path) if state_path.is_file() else None
-            if state is not None:
-                by_number = {t.number: t for t in state.trials.values()}
-                if (0 in by_number and by_number[0].status == "finished" and 1 in by_number
-                        and by_number[1].status == "running" and by_number[1].step >= 1):
-                    victim = by_number[1]
-                    break
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert victim is not None, proc.stderr.read().decode()[-2000:]
+    victim = kill_driver_while_trial_1_runs(cmd, root / "killsched" / "study.json")
     # the dead driver's task dies with its job; wait for its worker before resuming
     old_pid = starts(victim.out_dir)[-1]["pid"]
     for _ in range(300):
@@ -202,24 +200,7 @@ def test_sigkilled_sweep_rerun_resumes_its_running_trial_and_keeps_the_budget(
     cmd = [sys.executable, "-m", "archer.cli", "sweep", "archer_clip_kl", *overrides,
            "--n-trials", "3", "--root", str(root), "--storage", storage, "--tracking-uri", uri,
            "--ray-address", ray_address, "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_path = root / "archer_clip_kl" / "study.json"
-    deadline = time.monotonic() + 240
-    victim = None
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = StudyState.load(state_path) if state_path.is_file() else None
-            if state is not None:
-                by_number = {t.number: t for t in state.trials.values()}
-                if (0 in by_number and by_number[0].status == "finished" and 1 in by_number
-                        and by_number[1].status == "running" and by_number[1].step >= 1):
-                    victim = by_number[1]
-                    break
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert victim is not None, proc.stderr.read().decode()[-2000:]
+    victim = kill_driver_while_trial_1_runs(cmd, root / "archer_clip_kl" / "study.json")
     killed = optuna.load_study(study_name="archer_clip_kl", storage=storage)
     assert [t.state.name for t in killed.trials] == ["COMPLETE", "RUNNING"]  # left behind
     old_pid = starts(victim.out_dir)[-1]["pid"]
