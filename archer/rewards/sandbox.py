@@ -126,11 +126,16 @@ class SandboxConfig:
     warm_pool: bool = True
     pool_recycle: int = 500  # programs per warm sandbox before it is replaced anyway
     python: str | None = None  # interpreter; default: the base (non-venv) interpreter
+    # trusted tools that run model code in the sandbox (the evalplus adapter): directories
+    # bound read-only at the same path (e.g. a virtualenv's site-packages), and a private
+    # writable /dev/shm for multiprocessing's semaphores
+    extra_ro_paths: tuple[str, ...] = ()
+    shm: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or value is None or isinstance(value, str):
+            if isinstance(value, (bool, str, tuple)) or value is None:
                 continue
             if not isinstance(value, (int, float)):
                 raise ValueError(f"SandboxConfig.{f.name} must be a number, got {value!r}")
@@ -360,8 +365,13 @@ class Sandbox:
                 sp = os.path.realpath(sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})[key])
                 if sp.startswith(prefix + os.sep) and os.path.isdir(sp):
                     args += ["--tmpfs", sp, "--remount-ro", sp]
-        args += ["--proc", "/proc", "--dev", "/dev",
-                 "--size", size, "--tmpfs", "/tmp",
+        for path in cfg.extra_ro_paths:
+            real = os.path.realpath(path)
+            args += ["--ro-bind", real, real]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        if cfg.shm:
+            args += ["--size", size, "--tmpfs", "/dev/shm"]
+        args += ["--size", size, "--tmpfs", "/tmp",
                  "--size", size, "--tmpfs", SCRATCH, "--chdir", SCRATCH,
                  "--remount-ro", "/dev",  # no files in /dev or /dev/shm (device nodes work)
                  "--remount-ro", "/"]  # the sandbox's own root tmpfs: not writable either
@@ -370,7 +380,8 @@ class Sandbox:
         return args
 
     def _probe(self) -> tuple[bool, str]:
-        key = (self.bwrap, self.python, self.config.allow_site_packages, self._seccomp is not None)
+        key = (self.bwrap, self.python, self.config.allow_site_packages, self._seccomp is not None,
+               self.config.extra_ro_paths, self.config.shm)
         with _PROBE_LOCK:
             if key not in _PROBE_CACHE:
                 res = self._run(["-c", "import sys, os; print('ok', os.getpid())"], b"",

