@@ -14,6 +14,8 @@ again on the same file skips every (problem, sample) already there and regenerat
 unfinished chunks, so an interrupted evaluation ends with the same samples as an
 uninterrupted one. A half-written last line (the process was killed mid-write) is dropped.
 A file written under another contract is refused (the message lists what differs).
+The lm-eval engine (:mod:`evals.lm_eval_adapter`) writes the same format through the same
+helpers (:func:`open_samples_file`, :func:`plan_chunks`, :func:`append_samples`).
 """
 
 from __future__ import annotations
@@ -116,35 +118,10 @@ def generate_samples(
             f"the tokenizer's chat template ({chat_template_id(tokenizer)}) is not the "
             f"contract's ({contract.chat_template})")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing: dict[tuple[str, int], dict] = {}
-    if path.is_file() and path.stat().st_size > 0:
-        sf = read_samples(path)
-        old = sf.contract
-        if old.hash != contract.hash:
-            diffs = "; ".join(f"{k}: {a!r} != {b!r}" for k, (a, b) in old.diff(contract).items())
-            raise ContractMismatch(
-                f"{path} holds samples of contract {old.hash}, this run is {contract.hash} "
-                f"({diffs}); use another output directory or delete the file")
-        if sf.header.get("model") != model:
-            raise ContractMismatch(f"{path} holds samples of model {sf.header.get('model')!r}, "
-                                   f"not {model!r}")
-        batch_size = int(sf.header.get("batch_size", batch_size))  # keep the chunk layout
-        existing = sf.samples
-        if sf.dropped_partial_line:
-            _rewrite(path, sf.header, existing.values())
-            log.warning("%s: dropped a half-written last line; its chunk is regenerated", path)
-    else:
-        header = {"type": "header", "contract": contract.to_dict(),
-                  "contract_hash": contract.hash, "model": model, "batch_size": batch_size,
-                  "engine": engine}
-        _rewrite(path, header, [])
+    existing, batch_size = open_samples_file(path, contract, model=model,
+                                             batch_size=batch_size, engine=engine)
     k = contract.k
-    chunks = [list(range(s, min(s + batch_size, len(problems))))
-              for s in range(0, len(problems), batch_size)]
-    todo = [c for c, idx in enumerate(chunks)
-            if any((problems[i].problem_id, j) not in existing for i in idx for j in range(k))]
-    reused = sum(1 for p in problems for j in range(k) if (p.problem_id, j) in existing)
+    chunks, todo, reused = plan_chunks(problems, k, batch_size, existing)
     bar = _bar(len(problems) * k, reused, contract.benchmark, progress)
     generated = 0
     try:
@@ -169,7 +146,7 @@ def generate_samples(
                                  "problem_index": i, "sample_index": j,
                                  "text": batch.texts[r], "truncated": bool(truncated[r]),
                                  "n_tokens": int(lengths[r])})
-            _append(path, rows)
+            append_samples(path, rows)
             for row in rows:
                 existing[(row["problem_id"], row["sample_index"])] = row
             generated += len(rows)
@@ -181,6 +158,57 @@ def generate_samples(
         if bar is not None:
             bar.close()
     return {"generated": generated, "reused": reused, "chunks_run": len(todo)}
+
+
+def open_samples_file(path: Path, contract: EvalContract, *, model: str, batch_size: int,
+                      engine: str) -> tuple[dict[tuple[str, int], dict], int]:
+    """Make ``path`` ready to receive the samples of ``contract``.
+
+    A new (or empty) file gets its header. An existing file must hold the same contract
+    (else :class:`ContractMismatch` listing every differing field), model and engine family
+    (lm-eval builds its own prompts, so its samples do not mix with the hf/vllm engines');
+    a half-written last line is dropped. Returns the samples already there and the chunk
+    size to use: the file's ``batch_size``, so a resumed run keeps the chunk layout (and
+    with it the per-chunk seeds) of the run that started the file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not (path.is_file() and path.stat().st_size > 0):
+        header = {"type": "header", "contract": contract.to_dict(),
+                  "contract_hash": contract.hash, "model": model, "batch_size": batch_size,
+                  "engine": engine}
+        write_samples_file(path, header, [])
+        return {}, batch_size
+    sf = read_samples(path)
+    old = sf.contract
+    if old.hash != contract.hash:
+        diffs = "; ".join(f"{k}: {a!r} != {b!r}" for k, (a, b) in old.diff(contract).items())
+        raise ContractMismatch(
+            f"{path} holds samples of contract {old.hash}, this run is {contract.hash} "
+            f"({diffs}); use another output directory or delete the file")
+    if sf.header.get("model") != model:
+        raise ContractMismatch(f"{path} holds samples of model {sf.header.get('model')!r}, "
+                               f"not {model!r}")
+    old_engine = sf.header.get("engine", "hf")
+    if (old_engine == "lm-eval") != (engine == "lm-eval"):
+        raise ContractMismatch(f"{path} holds samples of engine {old_engine!r}, this run is "
+                               f"{engine!r}; use another output directory or delete the file")
+    if sf.dropped_partial_line:
+        write_samples_file(path, sf.header, sf.samples.values())
+        log.warning("%s: dropped a half-written last line; its chunk is regenerated", path)
+    return sf.samples, int(sf.header.get("batch_size", batch_size))
+
+
+def plan_chunks(problems: Sequence[EvalProblem], k: int, batch_size: int,
+                existing: dict[tuple[str, int], dict]) -> tuple[list[list[int]], list[int], int]:
+    """``(chunks, todo, reused)``: the problem indices of each chunk of ``batch_size``
+    problems, the chunks that lack some of their ``k`` samples per problem in ``existing``,
+    and how many samples ``existing`` already holds."""
+    chunks = [list(range(s, min(s + batch_size, len(problems))))
+              for s in range(0, len(problems), batch_size)]
+    todo = [c for c, idx in enumerate(chunks)
+            if any((problems[i].problem_id, j) not in existing for i in idx for j in range(k))]
+    reused = sum(1 for p in problems for j in range(k) if (p.problem_id, j) in existing)
+    return chunks, todo, reused
 
 
 def _bar(total: int, initial: int, desc: str, progress: bool | None):
@@ -195,14 +223,17 @@ def _bar(total: int, initial: int, desc: str, progress: bool | None):
                 dynamic_ncols=True)
 
 
-def _append(path: Path, rows: list[dict]) -> None:
+def append_samples(path: Path, rows: list[dict]) -> None:
+    """Append sample lines to ``path`` as one write, then fsync."""
     with path.open("a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         f.flush()
         os.fsync(f.fileno())
 
 
-def _rewrite(path: Path, header: dict, rows) -> None:
+def write_samples_file(path: Path, header: dict, rows) -> None:
+    """Write ``header`` and ``rows`` to ``path`` atomically (a fsynced temporary file, then
+    renamed over it)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.write(json.dumps(header, ensure_ascii=False) + "\n")

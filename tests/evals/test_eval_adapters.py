@@ -74,6 +74,116 @@ def test_archer_eval_engine_lm_eval_writes_our_result_format(tmp_path, monkeypat
     assert len(samples) == 5 and json.loads(samples[0])["contract_hash"] == res["contract_hash"]
 
 
+
+class _Interrupt(Exception):
+    pass
+
+
+def _count_simple_evaluate(monkeypatch, fail_on_call: int | None = None) -> list[dict]:
+    """Wrap lm_eval.simple_evaluate: record each call's documents and lm-eval's aggregate;
+    raise _Interrupt on call number ``fail_on_call`` (1-based)."""
+    import lm_eval
+    from lm_eval.evaluator import simple_evaluate
+
+    calls: list[dict] = []
+
+    def wrapper(*args, **kwargs):
+        calls.append({"docs": kwargs["samples"]["archer_gsm8k"]})
+        if len(calls) == fail_on_call:
+            raise _Interrupt
+        out = simple_evaluate(*args, **kwargs)
+        calls[-1]["avg"] = out["results"]["archer_gsm8k"]["avg_at_k,all_2"]
+        return out
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", wrapper, raising=False)
+    return calls
+
+
+def _lm_eval_args(out: Path, *extra: str) -> list[str]:
+    return ["eval", "--engine", "lm-eval", "--model", "tiny", "--benchmarks", "gsm8k",
+            "--limit", "4", "--k", "2", "--batch-size", "2", "--max-new-tokens", "3",
+            "--out-dir", str(out), "--tracking", "none", "--workers", "1", *extra]
+
+
+@pytest.mark.slow
+def test_interrupted_lm_eval_evaluation_resumes_chunk_by_chunk(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from archer.cli import main
+    from evals.runner import read_samples
+
+    out = tmp_path / "lm"
+    path = out / "gsm8k" / "samples.jsonl"
+    calls = _count_simple_evaluate(monkeypatch, fail_on_call=2)
+    with pytest.raises(_Interrupt):
+        main(_lm_eval_args(out))
+    # chunk 0 (problems 0, 1) is on disk; chunk 1 failed before writing anything
+    assert [c["docs"] for c in calls] == [[0, 1], [2, 3]]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 4 and not (out / "gsm8k" / "results.json").exists()
+    assert {json.loads(x)["problem_index"] for x in lines[1:]} == {0, 1}
+    with path.open("a") as f:  # and a kill mid-write left half a line
+        f.write('{"type": "sample", "problem_id": "gsm8k-2", "sample_ind')
+
+    calls = _count_simple_evaluate(monkeypatch)
+    assert main(_lm_eval_args(out)) == 0
+    assert [c["docs"] for c in calls] == [[2, 3]]  # only the missing chunk
+    sf = read_samples(path)
+    assert len(sf.samples) == 8 and not sf.dropped_partial_line
+    assert path.read_text().splitlines()[:5] == lines  # chunk 0 untouched
+    res = json.loads((out / "gsm8k" / "results.json").read_text())
+    assert res["engine"] == "lm-eval" and res["metrics"]["n_samples"] == 8
+    # lm-eval's metric over all documents: the document-weighted mean of its per-chunk
+    # aggregates, and (our verifier inside process_results) equal to our scoring
+    lm = res["lm_eval_metrics"]
+    assert lm["sample_len"] == 4 and lm["avg_at_k,all_2"] == pytest.approx(
+        res["metrics"]["avg_at_2"])
+
+    # a complete file: nothing to generate, simple_evaluate is not called
+    calls = _count_simple_evaluate(monkeypatch)
+    assert main(_lm_eval_args(out)) == 0 and calls == []
+    assert json.loads((out / "gsm8k" / "results.json").read_text())["metrics"] == res["metrics"]
+
+    # chunks are seeded by index: an uninterrupted run writes the same samples
+    full = tmp_path / "full"
+    calls = _count_simple_evaluate(monkeypatch)
+    assert main(_lm_eval_args(full)) == 0
+    assert [c["docs"] for c in calls] == [[0, 1], [2, 3]]
+    texts = {k: v["text"] for k, v in sf.samples.items()}
+    assert texts == {k: v["text"] for k, v in
+                     read_samples(full / "gsm8k" / "samples.jsonl").samples.items()}
+    per_chunk = sum(2 * c["avg"] for c in calls) / 4
+    assert lm["avg_at_k,all_2"] == pytest.approx(per_chunk)
+
+
+def test_lm_eval_refuses_a_samples_file_of_another_contract_or_engine(tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from archer.cli import main
+    from archer.models import load_tokenizer, resolve_model_path
+    from evals.runner import open_samples_file
+
+    tok = load_tokenizer(resolve_model_path("tiny"))
+    contract = make_contract("gsm8k", tokenizer=tok, k=2, limit=4, max_new_tokens=3)
+    out = tmp_path / "lm"
+    path = out / "gsm8k" / "samples.jsonl"
+    open_samples_file(path, contract, model="tiny", batch_size=2, engine="lm-eval")
+    before = path.read_text()
+    calls = _count_simple_evaluate(monkeypatch)
+    assert main(_lm_eval_args(out, "--k", "3")) == 2
+    err = capsys.readouterr().err
+    assert "holds samples of contract" in err and "k: 2 != 3" in err
+    assert calls == [] and path.read_text() == before
+    # samples of the hf engine (our prompts, not lm-eval's) are not continued either
+    hf = tmp_path / "hf"
+    open_samples_file(hf / "gsm8k" / "samples.jsonl", contract, model="tiny", batch_size=2,
+                      engine="hf")
+    assert main(_lm_eval_args(hf)) == 2
+    assert "holds samples of engine 'hf', this run is 'lm-eval'" in capsys.readouterr().err
+    assert calls == []
+
+
 # ----------------------------------------------------------------------------- evalplus
 
 
