@@ -52,6 +52,11 @@ def _cmd_model_prepare(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from experiments.demo import run_demo, run_full_demo
 
+    if args.pool:
+        from experiments.demo import pooled_report
+
+        print("\n".join(pooled_report(args.out_dir)))
+        return 0
     if args.quick:
         if args.overrides:
             raise ValueError(f"archer demo --quick takes no overrides, got {args.overrides}")
@@ -142,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "held-out accuracy before and after).")
     demo.add_argument("--quick", action="store_true",
                       help="the quickstart: one RL run of --preset (default archer)")
+    demo.add_argument("--pool", action="store_true",
+                      help="--quick: no run; pool the seeds already under --out-dir into one "
+                           "paired after-RL minus warm-start comparison")
     demo.add_argument("--out-dir", default="runs/demo", help="where run outputs go")
     demo.add_argument("--steps", type=int, default=None, help="training steps per preset")
     demo.add_argument("--seed", type=int, default=0)

@@ -996,12 +996,16 @@ def peak_memory_mb() -> float:
 
 
 @torch.no_grad()
-def validate(ctx: TrainContext) -> dict[str, float]:
+def validate(ctx: TrainContext, per_prompt: list[float] | None = None) -> dict[str, float]:
     """Held-out prompts, greedy or ``val_samples`` (k) samples each at ``val_temperature``:
     mean reward, accuracy (the fraction of samples scoring >= 1, i.e. avg@k without partial
-    credit) and, for k > 1, pass@k (the fraction of prompts with a sample scoring >= 1)."""
+    credit) and, for k > 1, pass@k (the fraction of prompts with a sample scoring >= 1).
+    ``per_prompt`` (a list, single process only) receives each held-out prompt's accuracy
+    over its k samples, in the split's order, for paired comparisons."""
     cfg, dist = ctx.cfg, ctx.dist
     k = cfg.val_samples
+    if per_prompt is not None and dist.enabled:
+        raise ValueError("per-prompt validation results are for single-process runs")
     records = ctx.val_records[dist.rank::dist.world_size]  # data parallel: a share per rank
     params = SamplingParams(temperature=cfg.val_temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens, n=k,
@@ -1011,9 +1015,13 @@ def validate(ctx: TrainContext) -> dict[str, float]:
         with full_params(ctx.model):
             batch = ctx.rollout.generate(prompt_texts(ctx, records), params)
         rewards = score(ctx, batch, records, k)
+        correct = (rewards >= 1).float()  # no partial credit
         solved = torch.zeros(len(records)).scatter_reduce_(
-            0, batch.group_index.cpu(), (rewards >= 1).float(), "amax")
-        sums = [rewards.sum().item(), (rewards >= 1).float().sum().item(),  # no partial credit
+            0, batch.group_index.cpu(), correct, "amax")
+        if per_prompt is not None:
+            hits = torch.zeros(len(records)).index_add_(0, batch.group_index.cpu(), correct)
+            per_prompt.extend((hits / k).tolist())
+        sums = [rewards.sum().item(), correct.sum().item(),
                 batch.response_lengths.float().sum().item(), solved.sum().item(),
                 float(len(rewards))]
     elif dist.enabled:

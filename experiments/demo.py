@@ -20,6 +20,7 @@ the README reports the demo over three seeds.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -73,18 +74,57 @@ def supervised_warmup(cfg, out_dir: Path, max_seconds: float | None = None,
     return supervised_finetune(sft, log=print)
 
 
-def heldout_accuracy(cfg) -> dict[str, float]:
-    """Greedy accuracy, avg@k and pass@k of ``cfg.model`` on the held-out split."""
+def heldout_accuracy(cfg, per_problem: dict[str, list[float]] | None = None
+                     ) -> dict[str, float]:
+    """Greedy accuracy, avg@k and pass@k of ``cfg.model`` on the held-out split;
+    ``per_problem`` receives each problem's greedy and avg@k scores (for paired tests)."""
     from archer.trainer import build_context, setup_torch, validate
 
     setup_torch(cfg)
     ctx = build_context(cfg)
     ctx.model.eval()
-    sampled = validate(ctx)
+    sampled_pp: list[float] = []
+    greedy_pp: list[float] = []
+    sampled = validate(ctx, sampled_pp)
     ctx.cfg = replace(cfg, val_temperature=0.0, val_samples=1)
-    greedy = validate(ctx)
+    greedy = validate(ctx, greedy_pp)
+    if per_problem is not None:
+        per_problem.update({"greedy": greedy_pp, f"avg@{VAL_K}": sampled_pp})
     return {"greedy": greedy["val/accuracy"], f"avg@{VAL_K}": sampled["val/accuracy"],
             f"pass@{VAL_K}": sampled[f"val/pass@{VAL_K}"]}
+
+
+def paired_lines(before: dict[str, list[float]], after: dict[str, list[float]]) -> list[str]:
+    """After - before per metric: difference, paired bootstrap 95% CI and sign-flip p-value
+    over the held-out problems (``evals.metrics.paired_comparison``)."""
+    from evals.metrics import paired_comparison
+
+    lines = []
+    for key in before:
+        c = paired_comparison(after[key], before[key])
+        lines.append(f"{key:9s} {c['diff']:+.3f}  95% CI [{c['ci_low']:+.3f}, "
+                     f"{c['ci_high']:+.3f}]  p={c['p_value']:.3g}  ({c['n_problems']} "
+                     "problem pairs)")
+    return lines
+
+
+def pooled_report(out_dir: str | Path) -> list[str]:
+    """The quickstart's after-minus-before comparison pooled over every seed run under
+    ``out_dir`` (``seed*/heldout.json``): each seed's held-out problems are pairs."""
+    files = sorted(Path(out_dir).glob("seed*/heldout.json"))
+    if not files:
+        raise FileNotFoundError(f"no seed*/heldout.json under {out_dir}: run "
+                                "`archer demo --quick --seed S` first")
+    before: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    for f in files:
+        rec = json.loads(f.read_text())
+        for key, values in rec["before"].items():
+            before.setdefault(key, []).extend(values)
+            after.setdefault(key, []).extend(rec["after"][key])
+    seeds = ", ".join(f.parent.name for f in files)
+    return [f"pooled over {len(files)} seeds ({seeds}): after RL - warm start"] + \
+        paired_lines(before, after)
 
 
 def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0,
@@ -107,7 +147,8 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
                              out)
     cfg = demo_train_config(str(warm.model_dir), algo, out / preset, steps, seed)
     print(f"[3/5] held-out accuracy of the warm start ({VAL_SIZE} problems)")
-    before = heldout_accuracy(cfg)
+    before_pp: dict[str, list[float]] = {}
+    before = heldout_accuracy(cfg, before_pp)
     print("      " + "  ".join(f"{k} {v:.3f}" for k, v in before.items()))
     uri = resolve_tracking_uri(tracking_uri)
     print(f"[4/5] RL with preset {preset!r}: {steps} steps, logging to MLflow at {uri}")
@@ -116,12 +157,21 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
     logger.log_metrics({f"val/{k}": v for k, v in before.items()}, 0)
     result = fit(cfg, logger=logger)
     print("[5/5] held-out accuracy after RL")
-    after = heldout_accuracy(replace(cfg, model=str(result.export_dir)))
+    after_pp: dict[str, list[float]] = {}
+    after = heldout_accuracy(replace(cfg, model=str(result.export_dir)), after_pp)
     last = result.metrics[-1] if result.metrics else {}
     print(f"\n{'held-out (' + str(VAL_SIZE) + ' problems)':26s} {'warm start':>10s} "
           f"{'after RL':>9s} {'change':>8s}")
     for key in before:
         print(f"{key:26s} {before[key]:10.3f} {after[key]:9.3f} {after[key] - before[key]:+8.3f}")
+    print("\npaired over the held-out problems, after RL - warm start:")
+    for line in paired_lines(before_pp, after_pp):
+        print("  " + line)
+    (out / "heldout.json").write_text(json.dumps(
+        {"seed": seed, "preset": preset, "steps": steps, "before": before_pp,
+         "after": after_pp}) + "\n")
+    print(f"per-problem results: {out / 'heldout.json'} (pool seeds: archer demo --quick "
+          f"--pool --out-dir {out_dir})")
     print(f"\nlast step: reward {last.get('reward/mean', float('nan')):.3f}, entropy "
           f"{last.get('actor/entropy', float('nan')):.3f} (high-entropy tokens "
           f"{last.get('actor/entropy_high_entropy', float('nan')):.3f}), clip fraction "

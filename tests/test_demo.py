@@ -3,6 +3,8 @@ RL logged to a local MLflow store, held-out accuracy before and after."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 
@@ -30,6 +32,31 @@ def test_demo_runs_end_to_end_and_leaves_an_mlflow_run(tmp_path, monkeypatch, ca
     final = client.get_metric_history(run.info.run_id, "val/accuracy")
     assert [m.step for m in final] == [2] and 0.0 <= final[0].value <= 1.0
     assert (tmp_path / "demo" / "seed3" / "archer" / "final" / "config.json").is_file()
+    # per-problem held-out results: their means are the printed accuracies
+    held = json.loads((tmp_path / "demo" / "seed3" / "heldout.json").read_text())
+    for when in ("before", "after"):
+        assert len(held[when]["greedy"]) == len(held[when]["avg@4"]) == 8
+        assert all(v in (0.0, 0.25, 0.5, 0.75, 1.0) for v in held[when]["avg@4"])
+    greedy_row = next(line for line in out.splitlines() if line.startswith("greedy "))
+    before, after = (float(x) for x in greedy_row.split()[1:3])
+    assert before == pytest.approx(sum(held["before"]["greedy"]) / 8, abs=5e-4)
+    assert after == pytest.approx(sum(held["after"]["greedy"]) / 8, abs=5e-4)
+    assert "paired over the held-out problems" in out and "(8 problem pairs)" in out
+
+
+def test_pooled_report_pairs_every_seed_problem(tmp_path, capsys):
+    for seed, (before, after) in enumerate((([0, 0, 1, 1], [1, 0, 1, 1]),
+                                            ([0, 1, 0, 0], [1, 1, 1, 0]))):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "heldout.json").write_text(json.dumps(
+            {"before": {"greedy": before}, "after": {"greedy": after}}))
+    assert main(["demo", "--quick", "--pool", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "pooled over 2 seeds (seed0, seed1)" in out
+    # 3 of 8 pairs improved, none got worse: +0.375, exact sign-flip p = 2/8
+    assert "greedy    +0.375" in out and "p=0.25" in out and "(8 problem pairs)" in out
+    assert main(["demo", "--quick", "--pool", "--out-dir", str(tmp_path / "none")]) == 2
 
 
 @pytest.fixture
