@@ -200,13 +200,24 @@ def _finite(v: Any) -> bool:
 
 
 def study_trials(runs: pd.DataFrame, study: str) -> pd.DataFrame:
+    """The study's trial runs, one per (axes, seed): when a study was run more than once into
+    one store, the latest run of each trial (as the leaderboard keeps the latest
+    evaluation), so a seed is never plotted twice."""
     sel = runs[(runs.get("tags.archer.kind") == "trial") & (runs.get("tags.archer.study") == study)]
     sel = sel.copy()
     from dashboards.leaderboard import row_label
 
     sel["axes"] = [trial_axes(D.prefixed(r, "tags")) for _, r in sel.iterrows()]
     sel["label"] = [row_label(D.prefixed(r, "tags"), r["run_name"]) for _, r in sel.iterrows()]
-    return sel
+    if sel.empty:
+        return sel
+    seeds = sel["tags.archer.seed"] if "tags.archer.seed" in sel else pd.Series(None, sel.index)
+    sel["_trial_key"] = [
+        (tuple(sorted(ax.items())), str(seed) if isinstance(seed, str) else f"run:{rid}")
+        for ax, seed, rid in zip(sel["axes"], seeds, sel["run_id"])]
+    sel = sel.sort_values("start_time", kind="stable")
+    sel = sel.drop_duplicates("_trial_key", keep="last").drop(columns="_trial_key")
+    return sel.sort_index()
 
 
 def study_metrics(trials: pd.DataFrame) -> list[str]:

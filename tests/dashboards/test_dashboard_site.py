@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from dashboard_fixtures import approx, fabricate_optuna
+from dashboard_fixtures import approx, fabricate_optuna, fabricate_study
 
 from dashboards import mlflow_data as D
 from dashboards.site import (
@@ -65,6 +65,24 @@ def test_axis_plot_has_seed_means_and_error_bars(site):
     sd = (5 / 6 - 4.5 / 6) / math.sqrt(2)
     assert all(approx(a, b) for a, b in zip(mean_trace.error_y.array, [sd, sd, 0.0]))
     assert len(seeds_trace.x) == 6  # every seed shown as a dot
+
+
+def test_a_study_run_twice_plots_each_seed_once(tmp_path):
+    """Two runs of one study into one store: the axis plot keeps the latest trial of each
+    (axes, seed), not both."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fabricate_study(uri, tmp_path / "first", curves=False)
+    second = fabricate_study(uri, tmp_path / "second", curves=False,
+                             presets={"grpo": [[[1, 1]] * 6, [[0, 0]] * 6]})
+    client = D.open_client(uri)
+    runs = D.search_runs_frame(client, D.experiment_ids(client))
+    trials = study_trials(runs, "baselines")
+    grpo = trials[[ax["algo"] == "grpo" for ax in trials["axes"]]]
+    assert sorted(grpo["run_id"]) == sorted([second["grpo/0"], second["grpo/1"]])
+    assert len(trials) == 6  # archer and dapo from the first run, grpo from the second
+    fig = axis_figure(trials.rename(columns={"metrics.objective": "objective"}), "algo",
+                      ["objective"])
+    assert len(fig.data[1].x) == 6 and list(fig.data[0].y)[2] == 0.5
 
 
 def test_curves_are_seed_means(site):
