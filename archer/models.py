@@ -43,12 +43,14 @@ def load_policy_and_ref(
     need_ref: bool = True,
     dtype: torch.dtype | str = torch.float32,
     device: torch.device | str = "cpu",
+    ref_dtype: torch.dtype | str | None = None,
 ) -> tuple[torch.nn.Module, torch.nn.Module | None, object]:
     """Load ``(policy, ref or None, tokenizer)`` from a local HF causal-LM directory.
 
     ``model_path`` may also be a name from ``prepare_model`` (e.g. ``"tiny"``), prepared on
     first use. The reference is a deep copy of the policy, frozen (no grads, eval mode);
-    it is not built when ``need_ref`` is False (e.g. KL weight 0). The tokenizer pads on
+    it is not built when ``need_ref`` is False (e.g. KL weight 0), and is cast to
+    ``ref_dtype`` when given (default: ``dtype``). The tokenizer pads on
     the left (for generation) and always has a pad token (EOS when it had none).
     """
     path = resolve_model_path(model_path)
@@ -62,6 +64,8 @@ def load_policy_and_ref(
     ref = None
     if need_ref:
         ref = copy.deepcopy(policy)
+        if ref_dtype is not None:
+            ref.to(_resolve_dtype(ref_dtype))
         ref.requires_grad_(False)
         ref.eval()
     return policy, ref, tokenizer

@@ -131,6 +131,9 @@ class TrainConfig:
     out_dir: str = "runs/default"  # run directory: metrics, checkpoints, final export
     export_final: bool = True  # save the final policy + tokenizer as an HF dir in out_dir/final
     dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16
+    # the frozen reference model's dtype (None: ``dtype``). bfloat16 halves its memory and,
+    # where the hardware has bf16 matmuls, its forward time, as verl keeps its reference
+    ref_dtype: str | None = None
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
     deterministic: bool = False  # torch.use_deterministic_algorithms (warn-only) for exact resume
 
@@ -170,6 +173,9 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; allowed: a bool")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
+        if self.ref_dtype is not None and self.ref_dtype not in DTYPES:
+            raise ConfigError(f"ref_dtype={self.ref_dtype!r} is invalid; allowed "
+                              f"{list(DTYPES)} or null (the policy's dtype)")
         for name in ("prompts_per_step", "group_size", "max_new_tokens", "rollout_batch_size",
                      "refill_max_rounds", "ppo_epochs", "mini_batch_prompts",
                      "micro_batch_size", "total_steps", "keep_checkpoints",

@@ -286,7 +286,8 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
     check_world_size(cfg, dist)
     device = dist.device if dist.enabled else ("cuda" if torch.cuda.is_available() else "cpu")
     model, ref, tokenizer = load_policy_and_ref(
-        cfg.model, need_ref=cfg.algo.needs_reference, dtype=cfg.dtype, device=device)
+        cfg.model, need_ref=cfg.algo.needs_reference, dtype=cfg.dtype, device=device,
+        ref_dtype=cfg.ref_dtype)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     for m in (model, ref):

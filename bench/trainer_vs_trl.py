@@ -31,11 +31,14 @@ Fairness (the same for ours and TRL unless stated):
 - group filter: our presets drop all-equal groups; a random tiny model scores 0 on every
   sample, so every group would be dropped and our step would skip the update. The bench runs
   both presets with ``group_filter="none"`` (TRL has no filter), so every step updates.
-- on-policy shortcut: with one PPO epoch and one mini-batch, TRL does not run a separate
-  no-grad pass for the old log-probs (it uses the detached current ones); our trainer always
-  runs it. That is part of what is measured (``old_logprob`` column).
+- on-policy shortcut: with one PPO epoch and one mini-batch, neither TRL nor our trainer
+  runs a separate no-grad pass for the old log-probs (both use the update forward's detached
+  ones; ``archer.trainer.is_on_policy``). ``old_logprob`` is then the advantages for grpo,
+  plus the reference model's forward for archer (its low-entropy KL needs it).
+- a fourth run, ``archer_ref_bf16``, is our archer preset with ``trainer.ref_dtype=bfloat16``:
+  the frozen reference in bfloat16 (as verl keeps it), the policy still float32.
 
-Timing: the three runs are interleaved in one process. TRL's ``trainer.train()`` drives the
+Timing: the runs are interleaved in one process. TRL's ``trainer.train()`` drives the
 loop; a callback runs one step of our ``grpo`` and one of our ``archer`` (alternating which
 goes first) after each TRL step, outside TRL's timed window. A TRL step is the time from its
 ``on_step_begin`` to ``on_step_end`` plus the loop's own overhead before the next step
@@ -73,6 +76,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 PHASES = ("rollout", "reward", "old_logprob", "update")
+# our runs: name -> (preset, trainer.ref_dtype); archer_ref_bf16 keeps its frozen reference
+# model in bfloat16 (trainer.ref_dtype, as verl does), the policy stays float32
+OUR_RUNS = {"grpo": ("grpo", None), "archer": ("archer", None),
+            "archer_ref_bf16": ("archer", "bfloat16")}
+RUN_LABELS = {"trl": "TRL GRPO", "grpo": "ours grpo", "archer": "ours archer",
+              "archer_ref_bf16": "archer ref bf16"}
 GYM_TASK = "chain_sum"
 GYM_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2}
 
@@ -105,7 +114,8 @@ class Timings:
 # --------------------------------------------------------------------------------------
 
 
-def our_config(s: Setup, model_dir: Path, preset: str, out_dir: Path):
+def our_config(s: Setup, model_dir: Path, preset: str, out_dir: Path,
+               ref_dtype: str | None = None):
     from archer.train_config import DataConfig, TrainConfig
     from experiments.presets import load_preset
 
@@ -119,7 +129,7 @@ def our_config(s: Setup, model_dir: Path, preset: str, out_dir: Path):
         mini_batch_prompts=s.prompts, micro_batch_size=s.prompts * s.group_size, lr=s.lr,
         weight_decay=s.weight_decay, warmup_steps=0, grad_clip=1.0,
         total_steps=s.steps + 1, seed=s.seed, val_every=0, val_size=0, out_dir=str(out_dir),
-        export_final=False, num_threads=s.threads)
+        export_final=False, num_threads=s.threads, ref_dtype=ref_dtype)
 
 
 def our_step(ctx, timings: Timings | None) -> float:
@@ -321,9 +331,9 @@ def run(s: Setup, profile: bool = False) -> dict:
         tmp = Path(tmp)
         model_dir = build_tiny_model(tmp / "model", hidden=s.hidden, layers=s.layers,
                                      heads=4, seed=s.seed)
-        ours = {name: build_context(our_config(s, model_dir, name, tmp / name))
-                for name in ("grpo", "archer")}
-        results = {k: Timings() for k in ("trl", "grpo", "archer")}
+        ours = {name: build_context(our_config(s, model_dir, preset, tmp / name, ref_dtype))
+                for name, (preset, ref_dtype) in OUR_RUNS.items()}
+        results = {k: Timings() for k in ("trl", *OUR_RUNS)}
         profilers = {k: cProfile.Profile() for k in ("trl", "grpo")} if profile else {}
         callback = make_interleaver(ours, results, profilers)
         trainer = make_trl_trainer(s, model_dir, ours["grpo"], tmp / "trl", callback)
@@ -359,14 +369,17 @@ def summarise(results: dict[str, Timings]) -> dict:
                      **{f"{p}_s": med(v) for p, v in t.phases.items()}}
         out[name]["other_s"] = med([st - sum(t.phases[p][i] for p in PHASES)
                                     for i, st in enumerate(t.step)])
-    g, a, r = results["grpo"].step, results["archer"].step, results["trl"].step
+    g, r = results["grpo"].step, results["trl"].step
     out["ratio_grpo_vs_trl"] = med(g) / med(r)
-    out["ratio_archer_vs_grpo"] = med(a) / med(g)
     out["ratio_grpo_vs_trl_paired"] = med([x / y for x, y in zip(g, r)])
-    out["ratio_archer_vs_grpo_paired"] = med([x / y for x, y in zip(a, g)])
-    gc, ac, rc = results["grpo"].cpu, results["archer"].cpu, results["trl"].cpu
-    out["cpu_ratio_grpo_vs_trl"] = med(gc) / med(rc)
-    out["cpu_ratio_archer_vs_grpo"] = med(ac) / med(gc)
+    out["cpu_ratio_grpo_vs_trl"] = med(results["grpo"].cpu) / med(results["trl"].cpu)
+    for name in results:
+        if name in ("trl", "grpo"):
+            continue
+        a = results[name].step
+        out[f"ratio_{name}_vs_grpo"] = med(a) / med(g)
+        out[f"ratio_{name}_vs_grpo_paired"] = med([x / y for x, y in zip(a, g)])
+        out[f"cpu_ratio_{name}_vs_grpo"] = med(results[name].cpu) / med(results["grpo"].cpu)
     return out
 
 
@@ -383,7 +396,9 @@ def report(s: Setup, out: dict) -> None:
           f"TRL no-grad log-prob passes while preparing batches: {out['trl']['logp_passes']}")
     head = f"{'run':14s} {'s/step':>8s} " + " ".join(f"{p:>11s}" for p in PHASES)
     print(head + f" {'other':>8s} {'cpu_s':>8s} {'resp_len':>8s}")
-    for name, label in (("trl", "TRL GRPO"), ("grpo", "ours grpo"), ("archer", "ours archer")):
+    for name, label in RUN_LABELS.items():
+        if name not in out:
+            continue
         r = out[name]
         print(f"{label:14s} {r['step_s']:8.3f} "
               + " ".join(f"{r[p + '_s']:11.3f}" for p in PHASES)
@@ -391,9 +406,12 @@ def report(s: Setup, out: dict) -> None:
     print(f"ratio ours grpo / TRL   = {out['ratio_grpo_vs_trl']:.3f} (median of per-step "
           f"ratios {out['ratio_grpo_vs_trl_paired']:.3f}; CPU seconds "
           f"{out['cpu_ratio_grpo_vs_trl']:.3f}; target <= 1.0)")
-    print(f"ratio archer / grpo     = {out['ratio_archer_vs_grpo']:.3f} (median of per-step "
-          f"ratios {out['ratio_archer_vs_grpo_paired']:.3f}; CPU seconds "
-          f"{out['cpu_ratio_archer_vs_grpo']:.3f}; target <= 1.05)")
+    for name in RUN_LABELS:
+        if name in ("trl", "grpo") or f"ratio_{name}_vs_grpo" not in out:
+            continue
+        print(f"ratio {name + ' / grpo':17s} = {out[f'ratio_{name}_vs_grpo']:.3f} (median of "
+              f"per-step ratios {out[f'ratio_{name}_vs_grpo_paired']:.3f}; CPU seconds "
+              f"{out[f'cpu_ratio_{name}_vs_grpo']:.3f}; target <= 1.05)")
     for name in ("trl", "grpo"):
         if f"profile_{name}" in out:
             print(f"cProfile of the timed {name} steps (cumulative):")

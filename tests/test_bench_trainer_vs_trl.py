@@ -34,6 +34,7 @@ def test_summary_medians_and_ratios():
         "trl": _timings(mod, [2.0, 4.0, 3.0], [4.0, 8.0, 6.0], 0.5),
         "grpo": _timings(mod, [1.0, 6.0, 2.0], [2.0, 12.0, 3.0], 0.25),
         "archer": _timings(mod, [3.0, 6.0, 2.0], [3.0, 12.0, 3.0], 0.25),
+        "archer_ref_bf16": _timings(mod, [2.0, 6.0, 2.0], [2.0, 12.0, 3.0], 0.25),
     }
     out = mod.summarise(res)
     assert out["trl"]["step_s"] == 3.0 and out["grpo"]["step_s"] == 2.0
@@ -44,6 +45,10 @@ def test_summary_medians_and_ratios():
     assert out["ratio_archer_vs_grpo"] == pytest.approx(1.5)
     assert out["ratio_archer_vs_grpo_paired"] == pytest.approx(1.0)
     assert out["cpu_ratio_grpo_vs_trl"] == pytest.approx(3.0 / 6.0)
+    # the bf16-reference run: medians 2 / 2; per step 2, 1, 1 -> 1; CPU medians 3 / 3
+    assert out["ratio_archer_ref_bf16_vs_grpo"] == pytest.approx(1.0)
+    assert out["ratio_archer_ref_bf16_vs_grpo_paired"] == pytest.approx(1.0)
+    assert out["cpu_ratio_archer_ref_bf16_vs_grpo"] == pytest.approx(1.0)
     # other = step - sum of the four phases (4 x 0.5 for TRL): median of 0, 2, 1
     assert out["trl"]["other_s"] == pytest.approx(1.0)
 
@@ -59,12 +64,12 @@ def test_quick_run_times_all_three(capsys):
     pytest.importorskip("trl")
     mod = _load()
     out = mod.main(["--quick"])
-    for name in ("trl", "grpo", "archer"):
+    for name in ("trl", "grpo", "archer", "archer_ref_bf16"):
         assert out[name]["step_s"] > 0 and out[name]["length"] > 0
         assert out[name]["update_s"] > 0 and out[name]["rollout_s"] > 0
     # one PPO epoch on one mini-batch: TRL reuses the update's log-probs as the old ones
     assert out["trl"]["logp_passes"] == 0
     assert out["grpo"]["old_logprob_s"] > 0  # our trainer runs a separate no-grad pass
-    for key in ("ratio_grpo_vs_trl", "ratio_archer_vs_grpo"):
+    for key in ("ratio_grpo_vs_trl", "ratio_archer_vs_grpo", "ratio_archer_ref_bf16_vs_grpo"):
         assert math.isfinite(out[key]) and out[key] > 0
     assert "ratio ours grpo / TRL" in capsys.readouterr().out

@@ -272,3 +272,28 @@ def test_off_policy_settings_keep_the_old_pass(tiny_path, tmp_path):
     lopti = make_cfg(tiny_path, tmp_path, algo=load_preset("ar_lopti").algo, ppo_epochs=1,
                      mini_batch_prompts=4)
     assert not trainer.is_on_policy(build_context(lopti), 4)
+
+
+def test_reference_in_bfloat16(tiny_path, tmp_path):
+    """``ref_dtype=bfloat16``: the frozen reference is cast (the policy is not), its
+    log-probs stay float32 and near the float32 reference's, and a step trains."""
+    cfg = make_cfg(tiny_path, tmp_path, ref_dtype="bfloat16", ppo_epochs=1,
+                   mini_batch_prompts=4)
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    assert {p.dtype for p in ctx.ref.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in ctx.model.parameters()} == {torch.float32}
+    batch, rewards, _ = collect_rollouts(ctx, PhaseTimer())
+    ub = prepare_update_batch(ctx, batch, rewards)
+    full = build_context(replace(cfg, ref_dtype=None))
+    ub32 = prepare_update_batch(full, batch, rewards)
+    assert ub.ref_logprobs.dtype == torch.float32
+    mask = batch.response_mask.bool()
+    gap = (ub.ref_logprobs - ub32.ref_logprobs)[mask].abs()
+    assert 0 < gap.max() < 0.05  # bf16 rounding, not another model
+    before = params_of(ctx.model)
+    metrics = train_step(ctx)
+    assert math.isfinite(metrics["actor/kl_low_entropy"])
+    assert any(not torch.equal(before[k], v) for k, v in params_of(ctx.model).items())
+    with pytest.raises(ConfigError, match="ref_dtype='fp8' is invalid"):
+        make_cfg(tiny_path, tmp_path, ref_dtype="fp8")
