@@ -365,15 +365,15 @@ class Sandbox:
                 sp = os.path.realpath(sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})[key])
                 if sp.startswith(prefix + os.sep) and os.path.isdir(sp):
                     args += ["--tmpfs", sp, "--remount-ro", sp]
-        for path in cfg.extra_ro_paths:
-            real = os.path.realpath(path)
-            args += ["--ro-bind", real, real]
         args += ["--proc", "/proc", "--dev", "/dev"]
         if cfg.shm:
             args += ["--size", size, "--tmpfs", "/dev/shm"]
         args += ["--size", size, "--tmpfs", "/tmp",
-                 "--size", size, "--tmpfs", SCRATCH, "--chdir", SCRATCH,
-                 "--remount-ro", "/dev",  # no files in /dev or /dev/shm (device nodes work)
+                 "--size", size, "--tmpfs", SCRATCH, "--chdir", SCRATCH]
+        for path in cfg.extra_ro_paths:  # after the tmpfs mounts, which would hide them
+            real = os.path.realpath(path)
+            args += ["--ro-bind", real, real]
+        args += ["--remount-ro", "/dev",  # no files in /dev or /dev/shm (device nodes work)
                  "--remount-ro", "/"]  # the sandbox's own root tmpfs: not writable either
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
