@@ -44,6 +44,12 @@ goes first) after each TRL step, outside TRL's timed window. A TRL step is the t
 ``on_step_begin`` to ``on_step_end`` plus the loop's own overhead before the next step
 (logging, data loader), i.e. everything but our steps. Round 0 is a warm-up and is discarded;
 the median over ``--steps`` rounds is reported, with the ratios and the per-phase medians.
+The runs' policies drift apart, and with them their response lengths, which every phase's
+cost follows; so the ratio of the medians of seconds per step per mean response token is
+reported too (same steps, length-normalised). ``--sync-weights`` removes the drift instead:
+before each round our runs load TRL's current weights, so all four sample from one policy
+(and our three, seeded alike, sample the very same responses); the copy is outside every
+timed window.
 Besides wall seconds, each step's process CPU seconds (all threads, ``time.process_time``) are
 reported: on a shared machine other processes inflate wall time, much less CPU time.
 TRL's phases come from wrapping its ``_generate`` (rollout) and ``_calculate_rewards``
@@ -99,6 +105,7 @@ class Setup:
     weight_decay: float = 0.1
     seed: int = 0
     template: str = "none"
+    sync_weights: bool = False  # every round, our runs start from TRL's current weights
 
 
 @dataclass
@@ -264,7 +271,7 @@ def timed_trl_class(base):
 
 
 def make_interleaver(ours: dict, results: dict[str, Timings],
-                     profilers: dict[str, cProfile.Profile]):
+                     profilers: dict[str, cProfile.Profile], sync_weights: bool = False):
     from transformers import TrainerCallback
 
     class Interleave(TrainerCallback):
@@ -301,6 +308,10 @@ def make_interleaver(ours: dict, results: dict[str, Timings],
                     trl.phases[p].append(ph.get(p, 0.0))
                 trl.phases["update"].append(core - sum(ph.values()))
                 trl.lengths.append(_trl_last_length(self.trainer))
+            if sync_weights:  # outside every timed window
+                src = self.trainer.accelerator.unwrap_model(self.trainer.model).state_dict()
+                for ctx in ours.values():
+                    ctx.model.load_state_dict(src)
             names = list(ours) if self.round % 2 == 0 else list(reversed(ours))
             for name in names:
                 prof = profilers.get(name) if timed else None
@@ -335,7 +346,7 @@ def run(s: Setup, profile: bool = False) -> dict:
                 for name, (preset, ref_dtype) in OUR_RUNS.items()}
         results = {k: Timings() for k in ("trl", *OUR_RUNS)}
         profilers = {k: cProfile.Profile() for k in ("trl", "grpo")} if profile else {}
-        callback = make_interleaver(ours, results, profilers)
+        callback = make_interleaver(ours, results, profilers, s.sync_weights)
         trainer = make_trl_trainer(s, model_dir, ours["grpo"], tmp / "trl", callback)
         callback.trainer = trainer
         with warnings.catch_warnings():
@@ -369,10 +380,14 @@ def summarise(results: dict[str, Timings]) -> dict:
                      **{f"{p}_s": med(v) for p, v in t.phases.items()}}
         out[name]["other_s"] = med([st - sum(t.phases[p][i] for p in PHASES)
                                     for i, st in enumerate(t.step)])
+    def per_token(t: Timings) -> float:  # seconds per step per mean response token
+        return med([st / max(n, 1.0) for st, n in zip(t.step, t.lengths)])
+
     g, r = results["grpo"].step, results["trl"].step
     out["ratio_grpo_vs_trl"] = med(g) / med(r)
     out["ratio_grpo_vs_trl_paired"] = med([x / y for x, y in zip(g, r)])
     out["cpu_ratio_grpo_vs_trl"] = med(results["grpo"].cpu) / med(results["trl"].cpu)
+    out["token_ratio_grpo_vs_trl"] = per_token(results["grpo"]) / per_token(results["trl"])
     for name in results:
         if name in ("trl", "grpo"):
             continue
@@ -380,6 +395,8 @@ def summarise(results: dict[str, Timings]) -> dict:
         out[f"ratio_{name}_vs_grpo"] = med(a) / med(g)
         out[f"ratio_{name}_vs_grpo_paired"] = med([x / y for x, y in zip(a, g)])
         out[f"cpu_ratio_{name}_vs_grpo"] = med(results[name].cpu) / med(results["grpo"].cpu)
+        out[f"token_ratio_{name}_vs_grpo"] = per_token(results[name]) / per_token(
+            results["grpo"])
     return out
 
 
@@ -391,7 +408,8 @@ def report(s: Setup, out: dict) -> None:
           f"{trl.__version__}, threads={s.threads}, cpu_count={os.cpu_count()}")
     print(f"tiny Llama hidden={s.hidden} layers={s.layers}; P={s.prompts} prompts x "
           f"G={s.group_size}, max_new_tokens={s.max_new_tokens}, one PPO epoch, one optimizer "
-          f"step per step; median of {s.steps} interleaved steps after 1 warm-up")
+          f"step per step; median of {s.steps} interleaved steps after 1 warm-up"
+          + ("; weights synced to TRL's before each round" if s.sync_weights else ""))
     print(f"1-min load average before/after: {out['loadavg'][0]:.2f}/{out['loadavg'][1]:.2f}; "
           f"TRL no-grad log-prob passes while preparing batches: {out['trl']['logp_passes']}")
     head = f"{'run':14s} {'s/step':>8s} " + " ".join(f"{p:>11s}" for p in PHASES)
@@ -405,13 +423,15 @@ def report(s: Setup, out: dict) -> None:
               + f" {r['other_s']:8.3f} {r['cpu_s']:8.3f} {r['length']:8.1f}")
     print(f"ratio ours grpo / TRL   = {out['ratio_grpo_vs_trl']:.3f} (median of per-step "
           f"ratios {out['ratio_grpo_vs_trl_paired']:.3f}; CPU seconds "
-          f"{out['cpu_ratio_grpo_vs_trl']:.3f}; target <= 1.0)")
+          f"{out['cpu_ratio_grpo_vs_trl']:.3f}; per response token "
+          f"{out['token_ratio_grpo_vs_trl']:.3f}; target <= 1.0)")
     for name in RUN_LABELS:
         if name in ("trl", "grpo") or f"ratio_{name}_vs_grpo" not in out:
             continue
         print(f"ratio {name + ' / grpo':17s} = {out[f'ratio_{name}_vs_grpo']:.3f} (median of "
               f"per-step ratios {out[f'ratio_{name}_vs_grpo_paired']:.3f}; CPU seconds "
-              f"{out[f'cpu_ratio_{name}_vs_grpo']:.3f}; target <= 1.05)")
+              f"{out[f'cpu_ratio_{name}_vs_grpo']:.3f}; per response token "
+              f"{out[f'token_ratio_{name}_vs_grpo']:.3f}; target <= 1.05)")
     for name in ("trl", "grpo"):
         if f"profile_{name}" in out:
             print(f"cProfile of the timed {name} steps (cumulative):")
@@ -431,6 +451,10 @@ def main(argv=None) -> dict:
                     help="smoke size: 2 steps, P=2, G=4, T=8 (overrides those options)")
     ap.add_argument("--profile", action="store_true", help="cProfile TRL's and our grpo steps")
     ap.add_argument("--json", action="store_true", help="also print a JSON line")
+    ap.add_argument("--sync-weights", action="store_true",
+                    help="before each round our runs load TRL's current weights, so every run "
+                         "samples from the same policy (no drift in response lengths; our "
+                         "runs then sample the very same responses)")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.prompts, args.group_size, args.max_new_tokens = 2, 2, 4, 8
@@ -446,7 +470,7 @@ def main(argv=None) -> dict:
         sys.exit("trl is not installed: pip install -e '.[bench]' (the bench extra)")
     s = Setup(prompts=args.prompts, group_size=args.group_size,
               max_new_tokens=args.max_new_tokens, steps=args.steps, threads=args.threads,
-              hidden=args.hidden, layers=args.layers)
+              hidden=args.hidden, layers=args.layers, sync_weights=args.sync_weights)
     out = run(s, profile=args.profile)
     report(s, out)
     if args.json:

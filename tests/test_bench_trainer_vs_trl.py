@@ -45,12 +45,26 @@ def test_summary_medians_and_ratios():
     assert out["ratio_archer_vs_grpo"] == pytest.approx(1.5)
     assert out["ratio_archer_vs_grpo_paired"] == pytest.approx(1.0)
     assert out["cpu_ratio_grpo_vs_trl"] == pytest.approx(3.0 / 6.0)
+    # every length is 8: per token the ratios are those of the step medians
+    assert out["token_ratio_grpo_vs_trl"] == pytest.approx(2.0 / 3.0)
+    assert out["token_ratio_archer_vs_grpo"] == pytest.approx(1.5)
     # the bf16-reference run: medians 2 / 2; per step 2, 1, 1 -> 1; CPU medians 3 / 3
     assert out["ratio_archer_ref_bf16_vs_grpo"] == pytest.approx(1.0)
     assert out["ratio_archer_ref_bf16_vs_grpo_paired"] == pytest.approx(1.0)
     assert out["cpu_ratio_archer_ref_bf16_vs_grpo"] == pytest.approx(1.0)
     # other = step - sum of the four phases (4 x 0.5 for TRL): median of 0, 2, 1
     assert out["trl"]["other_s"] == pytest.approx(1.0)
+
+
+def test_per_token_ratio_discounts_longer_responses():
+    mod = _load()
+    res = {"trl": _timings(mod, [2.0, 2.0, 2.0], [2.0, 2.0, 2.0], 0.5),
+           "grpo": _timings(mod, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], 0.25),
+           "archer": _timings(mod, [1.5, 1.5, 1.5], [1.5, 1.5, 1.5], 0.25)}
+    res["archer"].lengths = [12.0] * 3  # 1.5x the tokens of grpo's 8 for 1.5x the time
+    out = mod.summarise(res)
+    assert out["ratio_archer_vs_grpo"] == pytest.approx(1.5)
+    assert out["token_ratio_archer_vs_grpo"] == pytest.approx(1.0)
 
 
 def test_bad_option_is_refused():
