@@ -532,11 +532,24 @@ class SweepSource(TrialSource):
             self.study.tell(otrial, state=optuna.trial.TrialState.FAIL)
             return
         values = [value] + ([state.compute_s] if self.spec.compute_objective else [])
-        self.study.tell(otrial, values if len(values) > 1 else values[0])
+        # log before telling Optuna: a driver killed in between leaves the trial RUNNING,
+        # and the rerun that takes it over finds the objective logged (and does not log it
+        # twice); told first, a kill there would lose the logged objective for good
         logger = tracker.loggers.get(trial.hash) if tracker is not None else None
-        if logger is not None:
+        if logger is not None and not self._objective_logged(tracker, state):
             logger.log_metrics({"objective": value, "compute_s": state.compute_s},
                                step=state.step)
+        self.study.tell(otrial, values if len(values) > 1 else values[0])
+
+    @staticmethod
+    def _objective_logged(tracker, state) -> bool:
+        """Whether the trial's run already has its objective at this step (a rerun after a
+        kill between logging and telling); False when MLflow cannot say (unreachable)."""
+        try:
+            return any(step == state.step
+                       for step, _ in tracker.metric_history(state.run_id, "objective"))
+        except Exception:  # noqa: BLE001 - offline: log (buffered), a duplicate is harmless
+            return False
 
 
 def _short(value: Any) -> str:

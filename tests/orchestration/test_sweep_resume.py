@@ -104,3 +104,42 @@ def test_rerun_of_a_killed_invocation_counts_its_trials_and_requeues_one_without
     owners = [study.get_trials()[n].user_attrs[OWNER] for n in (2, 3)]
     assert all(o["pid"] == driver_identity()["pid"] for o in owners)
     assert study.user_attrs[INVOCATION]["id"] == "inv1"
+
+
+def test_objective_is_logged_before_optuna_is_told_and_once_after_a_kill(
+        tmp_path, tiny_model, tiny_overrides, monkeypatch):
+    """A driver killed between logging the objective and telling Optuna leaves the trial
+    RUNNING; the rerun that finishes it tells Optuna without logging the objective again."""
+    from experiments.mlflow_hierarchy import StudyTracker
+    from experiments.scheduler import TrialState
+
+    spec = load_sweep("archer_clip_kl", ["sampler=random"])
+    study = _study(tmp_path)
+    source = SweepSource(spec, study, tiny_overrides(tiny_model), tmp_path / "s", 1)
+    source.start(None)
+    trial = source.next_trial()
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("name: archer_clip_kl\n")
+    tracker = StudyTracker(spec.name, tmp_path / "s", "study-archer_clip_kl",
+                           f"sqlite:///{tmp_path}/mlflow.db")
+    parent = tracker.open_study_run(None, {"study": spec.name}, cfg)
+    run_id = tracker.open_trial_run(trial, None, parent, cfg)
+    state = TrialState(number=trial.number, name=trial.name, hash=trial.hash,
+                       out_dir=trial.out_dir, total_steps=2, status="finished", run_id=run_id,
+                       step=2, metrics={spec.objective["metric"]: 0.75})
+    otrial = source.open[trial.hash]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("driver killed")
+
+    monkeypatch.setattr(study, "tell", killed)
+    with pytest.raises(KeyboardInterrupt):
+        source.on_done(trial, state, tracker)
+    assert tracker.metric_history(run_id, "objective") == [(2, 0.75)]  # logged first
+    assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING
+    monkeypatch.undo()
+    source.open[trial.hash] = otrial  # the rerun takes the RUNNING trial over
+    source.on_done(trial, state, tracker)
+    assert tracker.metric_history(run_id, "objective") == [(2, 0.75)]  # not twice
+    done = study.get_trials()[0]
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.value == 0.75
