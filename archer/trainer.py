@@ -1017,13 +1017,11 @@ def validate(ctx: TrainContext, per_prompt: list[float] | None = None) -> dict[s
             batch = ctx.rollout.generate(prompt_texts(ctx, records), params)
         rewards = score(ctx, batch, records, k)
         correct = (rewards >= 1).float()  # no partial credit
-        solved = torch.zeros(len(records)).scatter_reduce_(
-            0, batch.group_index.cpu(), correct, "amax")
+        hits = torch.zeros(len(records)).index_add_(0, batch.group_index.cpu(), correct)
         if per_prompt is not None:
-            hits = torch.zeros(len(records)).index_add_(0, batch.group_index.cpu(), correct)
             per_prompt.extend((hits / k).tolist())
         sums = [rewards.sum().item(), correct.sum().item(),
-                batch.response_lengths.float().sum().item(), solved.sum().item(),
+                batch.response_lengths.float().sum().item(), (hits > 0).sum().item(),
                 float(len(rewards))]
     elif dist.enabled:
         with full_params(ctx.model):  # the gather is collective: take part in it

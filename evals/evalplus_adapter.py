@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
 import importlib.metadata
 import json
 import os
@@ -81,28 +80,23 @@ def build_humaneval_base_file(path: str | Path, task_ids: list[str] | None = Non
     return path, skipped
 
 
-# Runs inside the sandbox: writes the data set and samples into the sandbox's /tmp, points
-# evalplus at them with its override variable, evaluates, and reports one record per task
-# (statuses only) on the results fd (the last argument).
+# Runs in the sandbox: writes the data set and samples into its private temporary directory,
+# points evalplus at them with its override variable, evaluates, and reports one record per
+# task (statuses only) on the results fd (the last argument).
 _SANDBOXED_EVALPLUS = r"""
-import json, os, site, sys
+import json, os, site, sys, tempfile
 res_fd = int(sys.argv[-1])
 payload = json.loads(sys.stdin.buffer.read())
 for d in payload["site_dirs"]:
     site.addsitedir(d)
-work = "/tmp/evalplus"
-os.makedirs(work, exist_ok=True)
+work = tempfile.mkdtemp(prefix="evalplus-")
 data_path = os.path.join(work, "data.jsonl")
 samples_path = os.path.join(work, "samples.jsonl")
 with open(data_path, "w") as f:
     f.write(payload["data"])
 with open(samples_path, "w") as f:
     f.write(payload["samples"])
-os.environ[payload["var"]] = data_path
-import evalplus.data.humaneval as he
-import evalplus.data.mbpp as mb
-he.HUMANEVAL_OVERRIDE_PATH = os.environ.get("HUMANEVAL_OVERRIDE_PATH")
-mb.MBPP_OVERRIDE_PATH = os.environ.get("MBPP_OVERRIDE_PATH")
+os.environ[payload["var"]] = data_path  # evalplus reads it when first imported, below
 from evalplus.evaluate import evaluate
 evaluate(payload["dataset"], samples=samples_path, base_only=payload["base_only"],
          parallel=payload["parallel"], i_just_wanna_run=True)
@@ -125,12 +119,9 @@ def _evalplus_eval(dataset: str, dataset_path: Path, samples_path: Path, base_on
     The samples are model-generated code, so evalplus runs inside Archer's sandbox
     (bubblewrap: no network, read-only file system, private /tmp) with this environment's
     site-packages bound read-only; evalplus forks its own workers in there. ``sandboxed``
-    False runs it in this process (only for trusted samples, e.g. canonical solutions).
+    False runs the same program as a plain subprocess with rlimits only (only for trusted
+    samples, e.g. canonical solutions).
     """
-    var = OVERRIDE_VARS[dataset]
-    if not sandboxed:
-        return _evalplus_in_process(dataset, var, dataset_path, samples_path, base_only,
-                                    parallel)
     import site
     import sysconfig
 
@@ -145,47 +136,23 @@ def _evalplus_eval(dataset: str, dataset_path: Path, samples_path: Path, base_on
                            wall_time_s=wall, tmpfs_mb=1024, max_output_bytes=1 << 22,
                            forbid_fork=False, allow_site_packages=True,
                            extra_ro_paths=tuple(site_dirs), shm=True, warm_pool=False,
-                           use_bwrap=None)
+                           use_bwrap=None if sandboxed else False)
     box = Sandbox(config)
-    if not box.sandboxed:
+    if sandboxed and not box.sandboxed:
         raise RuntimeError("evalplus runs model-generated code only inside the bubblewrap "
                            "sandbox, which is not usable here (install bubblewrap); pass "
                            "sandboxed=False only for trusted samples")
     payload = {"site_dirs": site_dirs, "data": dataset_path.read_text(encoding="utf-8"),
-               "samples": samples_path.read_text(encoding="utf-8"), "var": var,
-               "dataset": dataset, "base_only": base_only, "parallel": parallel}
+               "samples": samples_path.read_text(encoding="utf-8"),
+               "var": OVERRIDE_VARS[dataset], "dataset": dataset, "base_only": base_only,
+               "parallel": parallel}
     res = box.run(["-c", _SANDBOXED_EVALPLUS], stdin=json.dumps(payload).encode())
     if res.returncode != 0 or res.error or res.timed_out:
         tail = res.stderr[-2000:].decode(errors="replace")
-        raise RuntimeError(f"evalplus failed in the sandbox (rc={res.returncode}, "
+        where = "in the sandbox" if sandboxed else "(unsandboxed)"
+        raise RuntimeError(f"evalplus failed {where} (rc={res.returncode}, "
                            f"timed out: {res.timed_out}, error: {res.error}):\n{tail}")
     return {r["task_id"]: [tuple(s) for s in r["status"]] for r in res.records}
-
-
-def _evalplus_in_process(dataset: str, var: str, dataset_path: Path, samples_path: Path,
-                         base_only: bool, parallel: int) -> dict:
-    result_path = Path(str(samples_path).replace(".jsonl", "_eval_results.json"))
-    result_path.unlink(missing_ok=True)  # evalplus would ask on stdin whether to overwrite
-    old = os.environ.get(var)
-    os.environ[var] = str(dataset_path)
-    try:
-        import evalplus.data.humaneval as he
-        import evalplus.data.mbpp as mb
-
-        # the variables are read at import time: point the loaded modules at the file too
-        he.HUMANEVAL_OVERRIDE_PATH = os.environ.get("HUMANEVAL_OVERRIDE_PATH")
-        mb.MBPP_OVERRIDE_PATH = os.environ.get("MBPP_OVERRIDE_PATH")
-        evaluate = importlib.import_module("evalplus.evaluate").evaluate
-        evaluate(dataset, samples=str(samples_path), base_only=base_only, parallel=parallel,
-                 i_just_wanna_run=True)
-    finally:
-        if old is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = old
-    raw = json.loads(result_path.read_text())
-    return {tid: [(r["base_status"], r.get("plus_status")) for r in runs]
-            for tid, runs in raw["eval"].items()}
 
 
 EVALPLUS_DATASETS = {"humaneval": "humaneval", "mbpp_plus": "mbpp"}

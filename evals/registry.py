@@ -268,10 +268,13 @@ def load_problems(
             for r in read_humaneval(data_file)
         ]
     else:
+        # read only the first ``limit`` records unless a date window filters them first
+        windowed = any((lcb_start, lcb_end, b.lcb_start, b.lcb_end))
+        head = None if windowed else limit
         if data_file is not None:
-            ds = load_file(data_file, FILES.get(b.source), name=b.source)
+            ds = load_file(data_file, FILES.get(b.source), name=b.source, limit=head)
         else:
-            ds = load_dataset(b.source, data_dir=data_dir)
+            ds = load_dataset(b.source, data_dir=data_dir, limit=head)
         problems = []
         for rec in ds:
             if b.source == "mbpp_plus":

@@ -178,7 +178,7 @@ def _mbpp_plus(raw: dict) -> dict:
         raise ValueError("field 'base_input' is empty")
     keys = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input",
             "plus_input", "atol")
-    return {k: raw[k] for k in keys} | {"id": raw["task_id"], "evalplus": dict(raw)}
+    return {k: raw[k] for k in keys} | {"id": raw["task_id"]}
 
 
 _AIME = {"id": str, "problem": str, "answer": str}
