@@ -115,6 +115,8 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up over this many training steps, then constant
     grad_clip: float = 1.0  # max global grad norm; a non-finite norm skips the optimizer step
     entropy_chunk_size: int = 256  # positions per chunk in the entropy computation
+    prompt_cache: bool = True  # no-grad passes (reference / old log-probs, entropy pre-pass)
+    #   run each distinct prompt once and reuse its KV cache for the group's G responses
     gradient_checkpointing: bool = False  # recompute layer activations in backward (memory)
     length_bucketing: bool = False  # micro-batches of similar response length, padding trimmed
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # FSDP2 (torchrun)
@@ -186,7 +188,7 @@ class TrainConfig:
                               "(greedy samples are all the same)")
         for name in ("warmup_steps", "seed", "val_every", "ckpt_every", "val_size"):
             _check_int(name, getattr(self, name), 0)
-        for name in ("gradient_checkpointing", "length_bucketing"):
+        for name in ("gradient_checkpointing", "length_bucketing", "prompt_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         if self.num_threads is not None:

@@ -26,6 +26,12 @@ old log-probs are always the trainer's: recomputed before the update, or on-poli
 own first forward, detached. ``algo.tis_cap`` multiplies each token's PG loss by the truncated
 importance weight min(p_trainer_old / p_sampler, cap).
 
+No-grad passes (the reference's and the old policy's log-probs, the entropy pre-pass) run
+each distinct prompt once and reuse its KV cache for the group's G responses, which run in
+chunks of similar length cut to their longest response (``trainer.prompt_cache``, on by
+default; :func:`forward_tokens_prompt_cached`). The update's own forward (with gradients)
+runs the full padded sequences.
+
 Reward contract: ``fn(completions, **columns) -> list[float | None]``; the columns are the
 prompt record's fields (``answer``, ``entry``, ...) repeated for each of the G samples. A
 ``None`` reward stops the run (``reward_on_none="error"``) or counts as 0 (``"zero"``).
@@ -106,7 +112,7 @@ from archer.distributed import (
 from archer.rollout import HFRollout, RolloutBackend, SamplingParams
 from archer.tracking import JsonlLogger, MetricLogger, NullLogger
 from archer.train_config import TrainConfig
-from archer.types import RolloutBatch
+from archer.types import RolloutBatch, position_ids_from_mask
 
 log = logging.getLogger(__name__)
 
@@ -631,17 +637,113 @@ def _keeps_logits(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
+@functools.cache
+def _cache_kwarg(model_class: type) -> str | None:
+    """The forward's KV-cache argument: ``cache`` (transformers >= 5.2x), ``past_key_values``
+    (older), or None when the model takes neither (no prompt caching then)."""
+    params = inspect.signature(model_class.forward).parameters
+    if not _keeps_logits(model_class):
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
+                                 temperature: float, chunk_size: int = 256, *,
+                                 entropy: bool = True
+                                 ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """:func:`forward_tokens` for a no-grad pass, running each distinct prompt once and
+    skipping the response padding.
+
+    The G responses of a group share their (left-padded) prompt. The prompt pass runs over
+    the distinct prompts only, keeping their KV cache and the last prompt position's logits
+    (they score response token 0). The responses then run in chunks of similar length
+    (:func:`length_chunks`), each cut to its longest response: a chunk gathers the cache rows
+    of its prompts and its response pass (tokens 0..w-2, positions continuing from the
+    prompt's) scores tokens 1..w-1. Where a response is padding the result is 0 (callers
+    mask it). The log-probs are the full pass's up to float rounding; the prompt costs 1/G
+    of its usual compute and the padding nothing. Returns None where the cache cannot help
+    or the model has no usable cache (no repeated prompt, R < 2, gradients on, a model
+    without a cache argument): the caller runs the full pass."""
+    import copy
+
+    from transformers.cache_utils import DynamicCache
+
+    kwarg = _cache_kwarg(type(model))
+    r, p, n = batch.response_ids.shape[1], batch.prompt_length, batch.num_samples
+    if kwarg is None or r < 2 or torch.is_grad_enabled():
+        return None
+    key = torch.cat([batch.prompt_ids, batch.prompt_mask], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    cache = DynamicCache()
+    if unique.shape[0] == n or not hasattr(cache, "batch_select_indices"):
+        return None
+    u_ids, u_mask = unique[:, :p], unique[:, p:]
+    first = model(input_ids=u_ids, attention_mask=u_mask,
+                  position_ids=position_ids_from_mask(u_mask), use_cache=True,
+                  logits_to_keep=1, **{kwarg: cache}).logits[:, -1]  # (U, V) -> token 0
+    device = first.device
+    inverse = inverse.to(device)
+    mask, lengths = batch.attention_mask(), batch.response_mask.sum(-1)
+    positions = position_ids_from_mask(mask)
+    logprobs = torch.zeros(n, r, dtype=torch.float32, device=device)
+    ent = torch.zeros_like(logprobs) if entropy else None
+    chunks = length_chunks(lengths.cpu(), n, overhead=n * r / 16)
+    for rows in chunks:
+        rows = rows.to(device)
+        w = max(int(lengths[rows].max()), 2)  # scores tokens 0..w-1
+        part = cache if len(chunks) == 1 else copy.deepcopy(cache)
+        part.batch_select_indices(inverse[rows])  # (U, ...) -> this chunk's rows
+        rest = model(input_ids=batch.response_ids[rows, :w - 1],
+                     attention_mask=mask[rows, :p + w - 1],
+                     position_ids=positions[rows, p:p + w - 1], use_cache=False,
+                     logits_to_keep=w - 1, **{kwarg: part}).logits  # (n_c, w-1, V)
+        resp = torch.cat([first.index_select(0, inverse[rows])[:, None], rest], dim=1)
+        logprobs[rows, :w] = token_logprobs(resp, batch.response_ids[rows, :w],
+                                            temperature).float()
+        if ent is not None:
+            ent[rows, :w] = token_entropy(resp, temperature, chunk_size)
+    return logprobs, ent
+
+
+def length_chunks(lengths: torch.Tensor, max_rows: int, overhead: float
+                  ) -> list[torch.Tensor]:
+    """Rows sorted by length (longest first, stable) and cut into contiguous chunks of at most
+    ``max_rows`` rows that minimise the padded tokens plus ``overhead`` per chunk:
+    sum over chunks of (rows x longest length) + overhead (exact, by dynamic programming)."""
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    sizes = [max(int(x), 1) for x in lengths[order]]
+    best, cut = [0.0] + [math.inf] * len(sizes), [0] * (len(sizes) + 1)
+    for j in range(1, len(sizes) + 1):
+        for i in range(max(0, j - max_rows), j):  # chunk = sorted rows i..j-1, width sizes[i]
+            cost = best[i] + (j - i) * sizes[i] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], len(sizes)
+    while j > 0:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    return [order[i:j] for i, j in reversed(bounds)]
+
+
 @torch.no_grad()
 def forward_tokens_batched(model, batch: RolloutBatch, temperature: float, micro: int,
-                           chunk_size: int = 256, *, entropy: bool = True
+                           chunk_size: int = 256, *, entropy: bool = True,
+                           prompt_cache: bool = True
                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad :func:`forward_tokens` over micro-batches of ``micro`` rows; with
+    ``prompt_cache`` each micro-batch's distinct prompts run once
+    (:func:`forward_tokens_prompt_cached`)."""
     if batch.num_samples == 0:  # a data-parallel rank that kept no group this step
         empty = torch.zeros(batch.response_ids.shape, dtype=torch.float32,
                             device=batch.response_ids.device)
         return empty, (empty.clone() if entropy else None)
-    parts = [forward_tokens(model, batch.select(rows), temperature, chunk_size,
-                            entropy=entropy)
-             for rows in torch.arange(batch.num_samples).split(micro)]
+    parts = []
+    for rows in torch.arange(batch.num_samples).split(micro):
+        sub = batch.select(rows)
+        part = (forward_tokens_prompt_cached(model, sub, temperature, chunk_size,
+                                             entropy=entropy) if prompt_cache else None)
+        parts.append(part or forward_tokens(model, sub, temperature, chunk_size,
+                                            entropy=entropy))
     ent = torch.cat([e for _, e in parts]) if entropy else None
     return torch.cat([lp for lp, _ in parts]), ent
 
@@ -658,13 +760,14 @@ def prepare_update_batch(ctx: TrainContext, batch: RolloutBatch,
     if not is_on_policy(ctx, global_num_groups(ctx, batch)):
         with full_params(ctx.model):
             old_lp, old_ent = forward_tokens_batched(
-                ctx.model, batch, algo.temperature, cfg.micro_batch_size, cfg.entropy_chunk_size)
+                ctx.model, batch, algo.temperature, cfg.micro_batch_size, cfg.entropy_chunk_size,
+                prompt_cache=cfg.prompt_cache)
     ref_lp = None
     if algo.needs_reference:
         with full_params(ctx.ref):
             ref_lp, _ = forward_tokens_batched(ctx.ref, batch, algo.temperature,
                                                cfg.micro_batch_size, cfg.entropy_chunk_size,
-                                               entropy=False)
+                                               entropy=False, prompt_cache=cfg.prompt_cache)
     adv = compute_advantages(algo.advantage, rewards, batch.group_index, algo.adv_eps)
     if algo.lopti_alpha > 0:
         adv = lopti_reweight(adv, old_lp, algo.lopti_alpha)  # (N, R)
@@ -787,7 +890,8 @@ def minibatch_split(ctx: TrainContext, mb: UpdateBatch) -> TokenSplit | None:
         with full_params(ctx.model):
             _, entropy = forward_tokens_batched(ctx.model, mb.batch, algo.temperature,
                                                 ctx.cfg.micro_batch_size,
-                                                ctx.cfg.entropy_chunk_size)
+                                                ctx.cfg.entropy_chunk_size,
+                                                prompt_cache=ctx.cfg.prompt_cache)
     else:
         return None
     if ctx.dist.enabled and algo.entropy_scope == "batch":

@@ -219,3 +219,81 @@ def test_cuda_rollout_matches_teacher_forcing_and_is_seeded(tiny_path):
     expected, _ = teacher_forced_logprobs(policy, a, temperature=0.7)
     mask = a.response_mask.bool()
     torch.testing.assert_close(a.sampler_logprobs[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_prompt_cached_pass_matches_the_full_pass_and_runs_each_prompt_once(batch, tiny):
+    """The no-grad scoring pass runs the 3 distinct prompts once (not 24 times), reuses their
+    KV cache for the 8 responses each, runs the responses in chunks cut to their longest one,
+    and gives the full pass's log-probs and entropies, also with the rows shuffled and with
+    micro-batches that cut through groups."""
+    import archer.trainer as T
+
+    policy, _ = tiny
+    seen = []
+    hook = policy.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        with torch.no_grad():
+            full_lp, full_ent = T.forward_tokens(policy, batch, 0.7)
+            seen.clear()
+            lp, ent = T.forward_tokens_prompt_cached(policy, batch, 0.7)
+    finally:
+        hook.remove()
+    n, r, p = batch.num_samples, batch.response_ids.shape[1], batch.prompt_length
+    assert seen[0] == (3, p)  # the distinct prompts once, then the responses only
+    lengths = batch.response_mask.sum(-1)
+    chunks = T.length_chunks(lengths, n, overhead=n * r / 16)
+    assert len(chunks) > 1 and seen[1:] == [(len(c), int(lengths[c].max()) - 1) for c in chunks]
+    assert sum(rows * width for rows, width in seen[1:]) < n * (r - 1)  # padding skipped
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(lp[mask], full_lp[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent[mask], full_ent[mask], atol=1e-5, rtol=0)
+
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    shuffled = batch.select(perm)
+    lp_s, ent_s = T.forward_tokens_batched(policy, shuffled, 0.7, micro=5)
+    torch.testing.assert_close(lp_s[mask[perm]], full_lp[perm][mask[perm]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent_s[mask[perm]], full_ent[perm][mask[perm]], atol=1e-5,
+                               rtol=0)
+    # The prompt matters: the same responses after another group's prompt score otherwise.
+    rolled = RolloutBatch(**{**vars(batch), "prompt_ids": batch.prompt_ids.roll(8, 0),
+                             "prompt_mask": batch.prompt_mask.roll(8, 0)})
+    with torch.no_grad():
+        other = T.forward_tokens_prompt_cached(policy, rolled, 0.7)[0]
+    assert (other[mask] - full_lp[mask]).abs().max() > 1e-2
+
+
+def test_prompt_cache_falls_back_where_it_cannot_help(batch, tiny):
+    """No repeated prompt, a one-token response, or a pass with gradients: None (the caller
+    runs the full pass); ``forward_tokens_batched`` then still returns the full pass."""
+    import archer.trainer as T
+
+    policy, _ = tiny
+    one_per_prompt = batch.select([0, 8, 16])
+    with torch.no_grad():
+        assert T.forward_tokens_prompt_cached(policy, one_per_prompt, 0.7) is None
+        short = RolloutBatch(**{**vars(batch), "response_ids": batch.response_ids[:, :1],
+                                "response_mask": batch.response_mask[:, :1],
+                                "response_lengths": batch.response_mask[:, :1].sum(-1),
+                                "sampler_logprobs": batch.sampler_logprobs[:, :1]})
+        assert T.forward_tokens_prompt_cached(policy, short, 0.7) is None
+        expected = T.forward_tokens(policy, one_per_prompt, 0.7)[0]
+    assert T.forward_tokens_prompt_cached(policy, batch, 0.7) is None  # grad enabled
+    got = T.forward_tokens_batched(policy, one_per_prompt, 0.7, micro=8)[0]
+    assert torch.equal(got, expected)
+
+
+def test_length_chunks_minimise_padding_plus_overhead():
+    """Hand-computed: lengths 10, 9, 2, 1 (given as 2, 10, 1, 9), overhead 5 per chunk:
+    one chunk costs 4*10+5 = 45, {10,9}{2,1} 20+5+4+5 = 34, {10}{9}{2,1} 38, {10,9,2}{1} 41;
+    the best is {10,9}{2,1}. Overhead 20: one chunk (60 < 64). One row per chunk at most:
+    four chunks, longest first."""
+    from archer.trainer import length_chunks
+
+    lengths = torch.tensor([2, 10, 1, 9])
+    as_lists = lambda chunks: [c.tolist() for c in chunks]  # noqa: E731
+    assert as_lists(length_chunks(lengths, 4, overhead=5)) == [[1, 3], [0, 2]]
+    assert as_lists(length_chunks(lengths, 4, overhead=20)) == [[1, 3, 0, 2]]
+    assert as_lists(length_chunks(lengths, 1, overhead=0)) == [[1], [3], [0], [2]]
+    assert as_lists(length_chunks(lengths, 2, overhead=20)) == [[1, 3], [0, 2]]
+    assert length_chunks(torch.tensor([], dtype=torch.long), 4, overhead=1) == []

@@ -243,7 +243,7 @@ def test_on_policy_update_skips_the_old_pass_with_the_same_result(tiny_path, tmp
             monkeypatch.setattr(trainer, "is_on_policy", lambda ctx, n: False)
         cfg = make_cfg(tiny_path, tmp_path / str(force_old_pass),
                        algo=load_preset(preset).algo, ppo_epochs=1, mini_batch_prompts=4,
-                       micro_batch_size=8)
+                       micro_batch_size=8, prompt_cache=False)  # the old pass as the update's
         setup_torch(cfg)
         ctx = build_context(cfg)
         calls = []
@@ -297,3 +297,39 @@ def test_reference_in_bfloat16(tiny_path, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in params_of(ctx.model).items())
     with pytest.raises(ConfigError, match="ref_dtype='fp8' is invalid"):
         make_cfg(tiny_path, tmp_path, ref_dtype="fp8")
+
+
+def test_prompt_cache_gives_the_same_step(tiny_path, tmp_path):
+    """``prompt_cache`` (each distinct prompt run once in the no-grad passes) changes only the
+    cost: with old, reference and entropy pre-passes all used (2 PPO epochs, 2 mini-batches,
+    a group-scope split), two steps end at the same parameters and metrics as without it."""
+    def run(prompt_cache: bool):
+        algo = replace(load_preset("archer").algo, entropy_scope="group")
+        cfg = make_cfg(tiny_path, tmp_path / str(prompt_cache), algo=algo, micro_batch_size=3,
+                       prompt_cache=prompt_cache)
+        setup_torch(cfg)
+        ctx = build_context(cfg)
+        ref_rows = []  # (prompt pass?, rows) of each reference forward
+        ctx.ref.register_forward_hook(
+            lambda mod, args, kwargs, out: ref_rows.append(
+                (kwargs["use_cache"], kwargs["input_ids"].shape[0])), with_kwargs=True)
+        metrics = [train_step(ctx) for _ in range(2)]
+        return params_of(ctx.model), metrics, ref_rows
+
+    cached, m_cached, rows_cached = run(True)
+    plain, m_plain, rows_plain = run(False)
+    assert all(m["train/step_skipped"] == 0.0 for m in m_cached)
+    # 16 responses (4 groups of 4) in micro-batches of 3 rows: without the cache one forward
+    # per micro-batch; with it, each micro-batch's distinct prompts (rows 3-5 span groups 0
+    # and 1: 2 prompts), then its rows (in length chunks). The last micro-batch (one row, no
+    # repeated prompt) runs in full.
+    assert rows_plain == [(False, rows) for rows in [3, 3, 3, 3, 3, 1] * 2]
+    assert [rows for prompt, rows in rows_cached if prompt] == [1, 2, 2, 1, 1] * 2
+    assert sum(rows for prompt, rows in rows_cached if not prompt) == 2 * 16
+    for k in cached:
+        torch.testing.assert_close(cached[k], plain[k], atol=1e-5, rtol=0, msg=k)
+    for a, b in zip(m_cached, m_plain):
+        for key in ("actor/pg_loss", "actor/kl_low_entropy", "actor/entropy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    with pytest.raises(ConfigError, match="prompt_cache='yes' must be true or false"):
+        make_cfg(tiny_path, tmp_path, prompt_cache="yes")
