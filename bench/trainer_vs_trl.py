@@ -34,13 +34,19 @@ Fairness (the same for ours and TRL unless stated):
 - on-policy shortcut: with one PPO epoch and one mini-batch, neither TRL nor our trainer
   runs a separate no-grad pass for the old log-probs (both use the update forward's detached
   ones; ``archer.trainer.is_on_policy``). ``old_logprob`` is then the advantages for grpo,
-  plus the reference model's forward for archer (its low-entropy KL needs it).
+  plus the reference model's forward for archer (its low-entropy KL needs it), which runs
+  each of the P prompts once and the responses without their padding
+  (``trainer.prompt_cache``, the default; ``--no-prompt-cache`` times the full padded pass).
 - a fourth run, ``archer_ref_bf16``, is our archer preset with ``trainer.ref_dtype=bfloat16``:
   the frozen reference in bfloat16 (as verl keeps it), the policy still float32.
+- a fifth run, ``grpo_kl``, is our grpo preset plus a k3 KL of weight 0.001 to the reference
+  on every token (verl's GRPO default, ``use_kl_loss`` with ``kl_loss_coef=0.001``): it pays
+  for the same reference pass as archer, so archer / grpo_kl is the cost of archer's own
+  machinery (entropy split, per-class clip and KL terms).
 
 Timing: the runs are interleaved in one process. TRL's ``trainer.train()`` drives the
-loop; a callback runs one step of our ``grpo`` and one of our ``archer`` (alternating which
-goes first) after each TRL step, outside TRL's timed window. A TRL step is the time from its
+loop; a callback runs one step of each of our runs (in reversed order every other
+round) after each TRL step, outside TRL's timed window. A TRL step is the time from its
 ``on_step_begin`` to ``on_step_end`` plus the loop's own overhead before the next step
 (logging, data loader), i.e. everything but our steps. Round 0 is a warm-up and is discarded;
 the median over ``--steps`` rounds is reported, with the ratios and the per-phase medians.
@@ -82,12 +88,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 PHASES = ("rollout", "reward", "old_logprob", "update")
-# our runs: name -> (preset, trainer.ref_dtype); archer_ref_bf16 keeps its frozen reference
-# model in bfloat16 (trainer.ref_dtype, as verl does), the policy stays float32
-OUR_RUNS = {"grpo": ("grpo", None), "archer": ("archer", None),
-            "archer_ref_bf16": ("archer", "bfloat16")}
+# our runs: name -> (preset, trainer.ref_dtype, algo overrides); archer_ref_bf16 keeps its
+# frozen reference model in bfloat16 (trainer.ref_dtype, as verl does), the policy stays
+# float32; grpo_kl is grpo plus a k3 KL to the reference on every token (verl's GRPO default,
+# use_kl_loss with kl_loss_coef 0.001), so it pays for the same reference pass as archer
+KL_ALL_TOKENS = {"high.kl_weight": 0.001, "low.kl_weight": 0.001, "kl_estimator": "k3",
+                 "kl_normalization": "all_tokens"}
+OUR_RUNS = {"grpo": ("grpo", None, {}), "archer": ("archer", None, {}),
+            "archer_ref_bf16": ("archer", "bfloat16", {}),
+            "grpo_kl": ("grpo", None, KL_ALL_TOKENS)}
 RUN_LABELS = {"trl": "TRL GRPO", "grpo": "ours grpo", "archer": "ours archer",
-              "archer_ref_bf16": "archer ref bf16"}
+              "archer_ref_bf16": "archer ref bf16", "grpo_kl": "grpo + KL"}
 GYM_TASK = "chain_sum"
 GYM_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2}
 
@@ -106,6 +117,7 @@ class Setup:
     seed: int = 0
     template: str = "none"
     sync_weights: bool = False  # every round, our runs start from TRL's current weights
+    prompt_cache: bool = True  # our no-grad passes: each prompt once, responses unpadded
 
 
 @dataclass
@@ -122,11 +134,11 @@ class Timings:
 
 
 def our_config(s: Setup, model_dir: Path, preset: str, out_dir: Path,
-               ref_dtype: str | None = None):
+               ref_dtype: str | None = None, overrides: dict | None = None):
     from archer.train_config import DataConfig, TrainConfig
     from experiments.presets import load_preset
 
-    algo = load_preset(preset, {"group_filter": "none"}).algo
+    algo = load_preset(preset, {"group_filter": "none", **(overrides or {})}).algo
     return TrainConfig(
         model=str(model_dir), algo=algo, reward="reasoning_gym",
         data=DataConfig(task=GYM_TASK, size=max(64, 4 * s.prompts * (s.steps + 1)),
@@ -136,7 +148,8 @@ def our_config(s: Setup, model_dir: Path, preset: str, out_dir: Path,
         mini_batch_prompts=s.prompts, micro_batch_size=s.prompts * s.group_size, lr=s.lr,
         weight_decay=s.weight_decay, warmup_steps=0, grad_clip=1.0,
         total_steps=s.steps + 1, seed=s.seed, val_every=0, val_size=0, out_dir=str(out_dir),
-        export_final=False, num_threads=s.threads, ref_dtype=ref_dtype)
+        export_final=False, num_threads=s.threads, ref_dtype=ref_dtype,
+        prompt_cache=s.prompt_cache)
 
 
 def our_step(ctx, timings: Timings | None) -> float:
@@ -342,8 +355,9 @@ def run(s: Setup, profile: bool = False) -> dict:
         tmp = Path(tmp)
         model_dir = build_tiny_model(tmp / "model", hidden=s.hidden, layers=s.layers,
                                      heads=4, seed=s.seed)
-        ours = {name: build_context(our_config(s, model_dir, preset, tmp / name, ref_dtype))
-                for name, (preset, ref_dtype) in OUR_RUNS.items()}
+        ours = {name: build_context(our_config(s, model_dir, preset, tmp / name, ref_dtype,
+                                               overrides))
+                for name, (preset, ref_dtype, overrides) in OUR_RUNS.items()}
         results = {k: Timings() for k in ("trl", *OUR_RUNS)}
         profilers = {k: cProfile.Profile() for k in ("trl", "grpo")} if profile else {}
         callback = make_interleaver(ours, results, profilers, s.sync_weights)
@@ -397,6 +411,12 @@ def summarise(results: dict[str, Timings]) -> dict:
         out[f"cpu_ratio_{name}_vs_grpo"] = med(results[name].cpu) / med(results["grpo"].cpu)
         out[f"token_ratio_{name}_vs_grpo"] = per_token(results[name]) / per_token(
             results["grpo"])
+    if "archer" in results and "grpo_kl" in results:  # both pay for a reference pass
+        a, k = results["archer"].step, results["grpo_kl"].step
+        out["ratio_archer_vs_grpo_kl"] = med(a) / med(k)
+        out["ratio_archer_vs_grpo_kl_paired"] = med([x / y for x, y in zip(a, k)])
+        out["cpu_ratio_archer_vs_grpo_kl"] = med(results["archer"].cpu) / med(
+            results["grpo_kl"].cpu)
     return out
 
 
@@ -409,7 +429,8 @@ def report(s: Setup, out: dict) -> None:
     print(f"tiny Llama hidden={s.hidden} layers={s.layers}; P={s.prompts} prompts x "
           f"G={s.group_size}, max_new_tokens={s.max_new_tokens}, one PPO epoch, one optimizer "
           f"step per step; median of {s.steps} interleaved steps after 1 warm-up"
-          + ("; weights synced to TRL's before each round" if s.sync_weights else ""))
+          + ("; weights synced to TRL's before each round" if s.sync_weights else "")
+          + ("" if s.prompt_cache else "; our prompt cache off"))
     print(f"1-min load average before/after: {out['loadavg'][0]:.2f}/{out['loadavg'][1]:.2f}; "
           f"TRL no-grad log-prob passes while preparing batches: {out['trl']['logp_passes']}")
     head = f"{'run':14s} {'s/step':>8s} " + " ".join(f"{p:>11s}" for p in PHASES)
@@ -431,7 +452,13 @@ def report(s: Setup, out: dict) -> None:
         print(f"ratio {name + ' / grpo':17s} = {out[f'ratio_{name}_vs_grpo']:.3f} (median of "
               f"per-step ratios {out[f'ratio_{name}_vs_grpo_paired']:.3f}; CPU seconds "
               f"{out[f'cpu_ratio_{name}_vs_grpo']:.3f}; per response token "
-              f"{out[f'token_ratio_{name}_vs_grpo']:.3f}; target <= 1.05)")
+              f"{out[f'token_ratio_{name}_vs_grpo']:.3f}"
+              + ("; target <= 1.05)" if name.startswith("archer") else ")"))
+    if "ratio_archer_vs_grpo_kl" in out:
+        print(f"ratio archer / grpo+KL  = {out['ratio_archer_vs_grpo_kl']:.3f} (median of "
+              f"per-step ratios {out['ratio_archer_vs_grpo_kl_paired']:.3f}; CPU seconds "
+              f"{out['cpu_ratio_archer_vs_grpo_kl']:.3f}; both with a reference pass: the "
+              f"cost of archer's split, per-class clip and KL)")
     for name in ("trl", "grpo"):
         if f"profile_{name}" in out:
             print(f"cProfile of the timed {name} steps (cumulative):")
@@ -455,6 +482,9 @@ def main(argv=None) -> dict:
                     help="before each round our runs load TRL's current weights, so every run "
                          "samples from the same policy (no drift in response lengths; our "
                          "runs then sample the very same responses)")
+    ap.add_argument("--no-prompt-cache", action="store_true",
+                    help="our no-grad passes (archer's reference log-probs) run the full padded "
+                         "sequences, as before trainer.prompt_cache")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.prompts, args.group_size, args.max_new_tokens = 2, 2, 4, 8
@@ -470,7 +500,8 @@ def main(argv=None) -> dict:
         sys.exit("trl is not installed: pip install -e '.[bench]' (the bench extra)")
     s = Setup(prompts=args.prompts, group_size=args.group_size,
               max_new_tokens=args.max_new_tokens, steps=args.steps, threads=args.threads,
-              hidden=args.hidden, layers=args.layers, sync_weights=args.sync_weights)
+              hidden=args.hidden, layers=args.layers, sync_weights=args.sync_weights,
+              prompt_cache=not args.no_prompt_cache)
     out = run(s, profile=args.profile)
     report(s, out)
     if args.json:

@@ -67,6 +67,24 @@ def test_per_token_ratio_discounts_longer_responses():
     assert out["token_ratio_archer_vs_grpo"] == pytest.approx(1.0)
 
 
+def test_archer_against_grpo_with_kl():
+    """Both pay for a reference pass: archer / grpo+KL is the method's own cost."""
+    mod = _load()
+    res = {"trl": _timings(mod, [2.0, 2.0, 2.0], [2.0, 2.0, 2.0], 0.5),
+           "grpo": _timings(mod, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], 0.25),
+           "archer": _timings(mod, [1.2, 1.4, 1.1], [1.2, 1.4, 1.1], 0.25),
+           "grpo_kl": _timings(mod, [1.0, 1.4, 1.2], [1.0, 1.4, 1.0], 0.25)}
+    out = mod.summarise(res)
+    assert out["ratio_archer_vs_grpo"] == pytest.approx(1.2)
+    assert out["ratio_grpo_kl_vs_grpo"] == pytest.approx(1.2)
+    assert out["ratio_archer_vs_grpo_kl"] == pytest.approx(1.0)  # medians 1.2 / 1.2
+    # per step 1.2, 1.0, 0.9167 -> median 1.0; CPU medians 1.2 / 1.0
+    assert out["ratio_archer_vs_grpo_kl_paired"] == pytest.approx(1.0)
+    assert out["cpu_ratio_archer_vs_grpo_kl"] == pytest.approx(1.2)
+    without = mod.summarise({k: v for k, v in res.items() if k != "grpo_kl"})
+    assert "ratio_archer_vs_grpo_kl" not in without
+
+
 def test_bad_option_is_refused():
     mod = _load()
     with pytest.raises(SystemExit):
@@ -78,12 +96,13 @@ def test_quick_run_times_all_three(capsys):
     pytest.importorskip("trl")
     mod = _load()
     out = mod.main(["--quick"])
-    for name in ("trl", "grpo", "archer", "archer_ref_bf16"):
+    for name in ("trl", "grpo", "archer", "archer_ref_bf16", "grpo_kl"):
         assert out[name]["step_s"] > 0 and out[name]["length"] > 0
         assert out[name]["update_s"] > 0 and out[name]["rollout_s"] > 0
     # one PPO epoch on one mini-batch: TRL reuses the update's log-probs as the old ones
     assert out["trl"]["logp_passes"] == 0
     assert out["grpo"]["old_logprob_s"] > 0  # our trainer runs a separate no-grad pass
-    for key in ("ratio_grpo_vs_trl", "ratio_archer_vs_grpo", "ratio_archer_ref_bf16_vs_grpo"):
+    for key in ("ratio_grpo_vs_trl", "ratio_archer_vs_grpo", "ratio_archer_ref_bf16_vs_grpo",
+                "ratio_archer_vs_grpo_kl"):
         assert math.isfinite(out[key]) and out[key] > 0
     assert "ratio ours grpo / TRL" in capsys.readouterr().out
