@@ -195,7 +195,10 @@ class TrialSource:
     """What the scheduler runs. ``next_trial()``: a trial to start now or None;
     ``exhausted()``: no more trials will come; ``on_update(trial, state, tracker)``: called
     after new events were uploaded, returns True to stop (prune) the trial;
-    ``on_done(trial, state, tracker)``: the trial ended (finished, failed or pruned)."""
+    ``on_done(trial, state, tracker)``: the trial ended (finished, failed or pruned), before
+    its MLflow run is terminated; ``on_saved(trial, state)``: after that end is on disk (the
+    run terminated, the study state saved): where to record it elsewhere (Optuna), so that a
+    driver killed in between leaves the end recorded here and a rerun repeats only that."""
 
     def next_trial(self) -> TrialSpec | None:
         raise NotImplementedError
@@ -207,6 +210,9 @@ class TrialSource:
         return False
 
     def on_done(self, trial: TrialSpec, state: TrialState, tracker) -> None:
+        pass
+
+    def on_saved(self, trial: TrialSpec, state: TrialState) -> None:
         pass
 
     def on_poll(self) -> None:
@@ -419,6 +425,7 @@ class Scheduler:
         source.on_done(run.trial, t, self.tracker)  # may log the objective into the run
         self.tracker.finish_trial(run.trial.hash, mlflow_status)
         self.save()
+        source.on_saved(run.trial, t)  # e.g. tell Optuna, once the end is on disk
 
     def run(self, source: TrialSource) -> StudyState:
         import ray

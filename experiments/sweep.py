@@ -323,6 +323,7 @@ class SweepSource(TrialSource):
         self.scheduler: Scheduler | None = None
         self.asked = 0
         self.open: dict[str, Any] = {}  # trial hash -> optuna trial
+        self._tells: dict[str, tuple] = {}  # trial hash -> what to tell Optuna once saved
         self.reported: dict[str, set[int]] = {}
         self.dists = distributions(spec)
         self.owner = driver_identity()
@@ -400,6 +401,11 @@ class SweepSource(TrialSource):
             self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
             return
         recorded = frozen.user_attrs.get("archer.config_hash")
+        if self._known(trial):  # it ended and was saved; its driver died before telling
+            print(f"sweep {self.spec.name}: trial {frozen.number} ({trial.name}) of {owner} "
+                  f"ended before its driver died; telling Optuna its result")
+            self.resume.append((frozen, trial))
+            return
         if (recorded in (None, trial.hash)) and latest_checkpoint(trial.out_dir) is not None:
             print(f"sweep {self.spec.name}: resuming trial {frozen.number} ({trial.name}) of "
                   f"{owner} from its checkpoint")
@@ -466,7 +472,7 @@ class SweepSource(TrialSource):
                 self.hashes.append(trial.hash)
             if self._known(trial):
                 self.open[trial.hash] = otrial
-                self.on_done(trial, self.scheduler.state.trials[trial.hash], None)
+                self._settle_known(trial)
                 continue
             self._own(otrial, trial)
             self.open[trial.hash] = otrial
@@ -489,7 +495,7 @@ class SweepSource(TrialSource):
                 self.hashes.append(trial.hash)
             if self._known(trial):  # a point the sweep has run already (same identity)
                 self.open[trial.hash] = otrial
-                self.on_done(trial, self.scheduler.state.trials[trial.hash], None)
+                self._settle_known(trial)
                 continue
             self.open[trial.hash] = otrial
             return trial
@@ -517,29 +523,47 @@ class SweepSource(TrialSource):
                 done.add(step)
         return bool(done) and otrial.should_prune()
 
+    def _settle_known(self, trial) -> None:
+        state = self.scheduler.state.trials[trial.hash]
+        self.on_done(trial, state, None)
+        self.on_saved(trial, state)
+
     def on_done(self, trial, state, tracker) -> None:
+        """Log the objective into the trial's run (still open) and keep what Optuna is to be
+        told; :meth:`on_saved` tells it once the scheduler has terminated the run and saved
+        its state. So a driver killed anywhere in between leaves the Optuna trial RUNNING and
+        the study state saying how it ended: the rerun takes it over, finds it known and tells
+        Optuna, without logging the objective again (told first, a kill there would lose the
+        logged objective, or leave the MLflow run RUNNING, for good)."""
         import optuna
 
         otrial = self.open.pop(trial.hash, None)
         if otrial is None:
             return
         if state.status == "pruned":
-            self.study.tell(otrial, state=optuna.trial.TrialState.PRUNED)
+            self._tells[trial.hash] = (otrial, None, optuna.trial.TrialState.PRUNED)
             return
         value = objective_value(state, self.spec.objective["metric"])
         state.objective = value
         if state.status != "finished" or value is None:
-            self.study.tell(otrial, state=optuna.trial.TrialState.FAIL)
+            self._tells[trial.hash] = (otrial, None, optuna.trial.TrialState.FAIL)
             return
         values = [value] + ([state.compute_s] if self.spec.compute_objective else [])
-        # log before telling Optuna: a driver killed in between leaves the trial RUNNING,
-        # and the rerun that takes it over finds the objective logged (and does not log it
-        # twice); told first, a kill there would lose the logged objective for good
         logger = tracker.loggers.get(trial.hash) if tracker is not None else None
         if logger is not None and not self._objective_logged(tracker, state):
             logger.log_metrics({"objective": value, "compute_s": state.compute_s},
                                step=state.step)
-        self.study.tell(otrial, values if len(values) > 1 else values[0])
+        self._tells[trial.hash] = (otrial, values if len(values) > 1 else values[0], None)
+
+    def on_saved(self, trial, state) -> None:
+        told = self._tells.pop(trial.hash, None)
+        if told is None:
+            return
+        otrial, values, end = told
+        if end is not None:
+            self.study.tell(otrial, state=end)
+        else:
+            self.study.tell(otrial, values)
 
     @staticmethod
     def _objective_logged(tracker, state) -> bool:

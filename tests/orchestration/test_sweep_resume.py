@@ -108,8 +108,9 @@ def test_rerun_of_a_killed_invocation_counts_its_trials_and_requeues_one_without
 
 def test_objective_is_logged_before_optuna_is_told_and_once_after_a_kill(
         tmp_path, tiny_model, tiny_overrides, monkeypatch):
-    """A driver killed between logging the objective and telling Optuna leaves the trial
-    RUNNING; the rerun that finishes it tells Optuna without logging the objective again."""
+    """The objective is logged when the trial ends (``on_done``), Optuna is told only after
+    the end is saved (``on_saved``). A driver killed before telling leaves the trial RUNNING;
+    the rerun that finishes it tells Optuna without logging the objective again."""
     from experiments.mlflow_hierarchy import StudyTracker
     from experiments.scheduler import TrialState
 
@@ -133,13 +134,64 @@ def test_objective_is_logged_before_optuna_is_told_and_once_after_a_kill(
         raise KeyboardInterrupt("driver killed")
 
     monkeypatch.setattr(study, "tell", killed)
+    source.on_done(trial, state, tracker)
+    assert tracker.metric_history(run_id, "objective") == [(2, 0.75)]  # logged, not told
     with pytest.raises(KeyboardInterrupt):
-        source.on_done(trial, state, tracker)
-    assert tracker.metric_history(run_id, "objective") == [(2, 0.75)]  # logged first
+        source.on_saved(trial, state)
     assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING
     monkeypatch.undo()
     source.open[trial.hash] = otrial  # the rerun takes the RUNNING trial over
     source.on_done(trial, state, tracker)
+    source.on_saved(trial, state)
     assert tracker.metric_history(run_id, "objective") == [(2, 0.75)]  # not twice
     done = study.get_trials()[0]
     assert done.state == optuna.trial.TrialState.COMPLETE and done.value == 0.75
+
+
+def test_driver_killed_after_saving_a_trial_end_before_telling_optuna(
+        tmp_path, tiny_model, tiny_overrides, monkeypatch):
+    """The scheduler terminates the trial's MLflow run and saves the study state before the
+    sweep tells Optuna. Killed right there, the rerun finds the Optuna trial RUNNING with a
+    dead owner, knows from the saved state that it finished, and tells Optuna its objective:
+    no run is left RUNNING, nothing is rerun or logged twice."""
+    from experiments.scheduler import Scheduler, _Running
+
+    spec = load_sweep("archer_clip_kl", ["sampler=random"])
+    study = _study(tmp_path)
+    root, uri = tmp_path / "s", f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = tiny_overrides(tiny_model)
+
+    def scheduler() -> Scheduler:
+        return Scheduler(spec.name, root, experiment="study-archer_clip_kl",
+                         tracking_uri=uri, progress=False)
+
+    sched = scheduler()
+    source = SweepSource(spec, study, overrides, root, 1)
+    source.start(sched)
+    trial = source.next_trial()
+    t = sched._prepare(trial)
+    t.step, t.metrics = 2, {spec.objective["metric"]: 0.75}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("driver killed")
+
+    monkeypatch.setattr(study, "tell", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sched._finish(_Running(trial, None), t, "finished", source)
+    monkeypatch.undo()
+    run = sched.tracker.client.get_run(t.run_id)
+    assert run.info.status == "FINISHED"  # terminated before Optuna was told
+    assert sched.tracker.metric_history(t.run_id, "objective") == [(2, 0.75)]
+    assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING
+    dead = driver_identity() | {"pid": 2 ** 22 + 7, "pid_start": "1"}  # the killed driver
+    optuna.trial.Trial(study, study.get_trials()[0]._trial_id).set_user_attr(OWNER, dead)
+
+    rerun = scheduler()  # loads the saved state: the trial finished
+    assert rerun.state.trials[trial.hash].status == "finished"
+    source2 = SweepSource(spec, study, overrides, root, 1)
+    source2.start(rerun)
+    assert source2.next_trial() is None and source2.exhausted()  # nothing to rerun
+    done = study.get_trials()[0]
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.value == 0.75
+    assert len(study.get_trials()) == 1
+    assert rerun.tracker.metric_history(t.run_id, "objective") == [(2, 0.75)]  # once
