@@ -678,6 +678,8 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
     if unique.shape[0] == n or not hasattr(cache, "batch_select_indices"):
         return None
     u_ids, u_mask = unique[:, :p], unique[:, p:]
+    lead = p - max(int(u_mask.sum(-1).max()), 1)  # left-pad columns every distinct prompt has
+    u_ids, u_mask = u_ids[:, lead:], u_mask[:, lead:]
     first = model(input_ids=u_ids, attention_mask=u_mask,
                   position_ids=position_ids_from_mask(u_mask), use_cache=True,
                   logits_to_keep=1, **{kwarg: cache}).logits[:, -1]  # (U, V) -> token 0
@@ -694,7 +696,7 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
         part = cache if len(chunks) == 1 else copy.deepcopy(cache)
         part.batch_select_indices(inverse[rows])  # (U, ...) -> this chunk's rows
         rest = model(input_ids=batch.response_ids[rows, :w - 1],
-                     attention_mask=mask[rows, :p + w - 1],
+                     attention_mask=mask[rows, lead:p + w - 1],
                      position_ids=positions[rows, p:p + w - 1], use_cache=False,
                      logits_to_keep=w - 1, **{kwarg: part}).logits  # (n_c, w-1, V)
         resp = torch.cat([first.index_select(0, inverse[rows])[:, None], rest], dim=1)

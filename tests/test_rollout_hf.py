@@ -255,6 +255,18 @@ def test_prompt_cached_pass_matches_the_full_pass_and_runs_each_prompt_once(batc
     torch.testing.assert_close(lp_s[mask[perm]], full_lp[perm][mask[perm]], atol=1e-5, rtol=0)
     torch.testing.assert_close(ent_s[mask[perm]], full_ent[perm][mask[perm]], atol=1e-5,
                                rtol=0)
+    # One group per micro-batch: each prompt pass drops the left-pad columns (shorter prompts).
+    widths = []  # prompt passes (use_cache=True): their widths
+    hook = policy.register_forward_hook(
+        lambda mod, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1])
+        if kwargs["use_cache"] else None, with_kwargs=True)
+    try:
+        lp_g, _ = T.forward_tokens_batched(policy, batch, 0.7, micro=8)
+    finally:
+        hook.remove()
+    assert widths == [int(batch.prompt_mask[g * 8].sum()) for g in range(3)]
+    assert min(widths) < p
+    torch.testing.assert_close(lp_g[mask], full_lp[mask], atol=1e-5, rtol=0)
     # The prompt matters: the same responses after another group's prompt score otherwise.
     rolled = RolloutBatch(**{**vars(batch), "prompt_ids": batch.prompt_ids.roll(8, 0),
                              "prompt_mask": batch.prompt_mask.roll(8, 0)})
