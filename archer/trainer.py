@@ -674,9 +674,9 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
         return None
     key = torch.cat([batch.prompt_ids, batch.prompt_mask], dim=1)
     unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-    cache = DynamicCache()
-    if unique.shape[0] == n or not hasattr(cache, "batch_select_indices"):
+    if unique.shape[0] == n:
         return None
+    cache = DynamicCache()
     u_ids, u_mask = unique[:, :p], unique[:, p:]
     lead = p - max(int(u_mask.sum(-1).max()), 1)  # left-pad columns every distinct prompt has
     u_ids, u_mask = u_ids[:, lead:], u_mask[:, lead:]
@@ -685,14 +685,14 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
                   logits_to_keep=1, **{kwarg: cache}).logits[:, -1]  # (U, V) -> token 0
     device = first.device
     inverse = inverse.to(device)
-    mask, lengths = batch.attention_mask(), batch.response_mask.sum(-1)
+    mask, lengths = batch.attention_mask(), batch.response_mask.sum(-1).cpu()
     positions = position_ids_from_mask(mask)
     logprobs = torch.zeros(n, r, dtype=torch.float32, device=device)
     ent = torch.zeros_like(logprobs) if entropy else None
-    chunks = length_chunks(lengths.cpu(), n, overhead=n * r / 16)
+    chunks = length_chunks(lengths, n, overhead=n * r / 16)
     for rows in chunks:
+        w = max(int(lengths[rows].max()), 2)  # scores tokens 0..w-1 (no device sync)
         rows = rows.to(device)
-        w = max(int(lengths[rows].max()), 2)  # scores tokens 0..w-1
         part = cache if len(chunks) == 1 else copy.deepcopy(cache)
         part.batch_select_indices(inverse[rows])  # (U, ...) -> this chunk's rows
         rest = model(input_ids=batch.response_ids[rows, :w - 1],

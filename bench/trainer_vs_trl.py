@@ -53,9 +53,9 @@ the median over ``--steps`` rounds is reported, with the ratios and the per-phas
 The runs' policies drift apart, and with them their response lengths, which every phase's
 cost follows; so the ratio of the medians of seconds per step per mean response token is
 reported too (same steps, length-normalised). ``--sync-weights`` removes the drift instead:
-before each round our runs load TRL's current weights, so all four sample from one policy
-(and our three, seeded alike, sample the very same responses); the copy is outside every
-timed window.
+before each round our runs load TRL's current weights, so all runs sample from one policy
+(and ours, seeded alike, sample the very same responses); the copy is outside every timed
+window.
 Besides wall seconds, each step's process CPU seconds (all threads, ``time.process_time``) are
 reported: on a shared machine other processes inflate wall time, much less CPU time.
 TRL's phases come from wrapping its ``_generate`` (rollout) and ``_calculate_rewards``
@@ -397,26 +397,19 @@ def summarise(results: dict[str, Timings]) -> dict:
     def per_token(t: Timings) -> float:  # seconds per step per mean response token
         return med([st / max(n, 1.0) for st, n in zip(t.step, t.lengths)])
 
-    g, r = results["grpo"].step, results["trl"].step
-    out["ratio_grpo_vs_trl"] = med(g) / med(r)
-    out["ratio_grpo_vs_trl_paired"] = med([x / y for x, y in zip(g, r)])
-    out["cpu_ratio_grpo_vs_trl"] = med(results["grpo"].cpu) / med(results["trl"].cpu)
-    out["token_ratio_grpo_vs_trl"] = per_token(results["grpo"]) / per_token(results["trl"])
+    def ratios(a: str, b: str) -> None:  # run a against run b, the same steps
+        x, y = results[a], results[b]
+        out[f"ratio_{a}_vs_{b}"] = med(x.step) / med(y.step)
+        out[f"ratio_{a}_vs_{b}_paired"] = med([u / v for u, v in zip(x.step, y.step)])
+        out[f"cpu_ratio_{a}_vs_{b}"] = med(x.cpu) / med(y.cpu)
+        out[f"token_ratio_{a}_vs_{b}"] = per_token(x) / per_token(y)
+
+    ratios("grpo", "trl")
     for name in results:
-        if name in ("trl", "grpo"):
-            continue
-        a = results[name].step
-        out[f"ratio_{name}_vs_grpo"] = med(a) / med(g)
-        out[f"ratio_{name}_vs_grpo_paired"] = med([x / y for x, y in zip(a, g)])
-        out[f"cpu_ratio_{name}_vs_grpo"] = med(results[name].cpu) / med(results["grpo"].cpu)
-        out[f"token_ratio_{name}_vs_grpo"] = per_token(results[name]) / per_token(
-            results["grpo"])
+        if name not in ("trl", "grpo"):
+            ratios(name, "grpo")
     if "archer" in results and "grpo_kl" in results:  # both pay for a reference pass
-        a, k = results["archer"].step, results["grpo_kl"].step
-        out["ratio_archer_vs_grpo_kl"] = med(a) / med(k)
-        out["ratio_archer_vs_grpo_kl_paired"] = med([x / y for x, y in zip(a, k)])
-        out["cpu_ratio_archer_vs_grpo_kl"] = med(results["archer"].cpu) / med(
-            results["grpo_kl"].cpu)
+        ratios("archer", "grpo_kl")
     return out
 
 

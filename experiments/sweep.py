@@ -560,10 +560,7 @@ class SweepSource(TrialSource):
         if told is None:
             return
         otrial, values, end = told
-        if end is not None:
-            self.study.tell(otrial, state=end)
-        else:
-            self.study.tell(otrial, values)
+        self.study.tell(otrial, values, state=end)  # state None: COMPLETE with the values
 
     @staticmethod
     def _objective_logged(tracker, state) -> bool:
