@@ -309,3 +309,62 @@ def test_length_chunks_minimise_padding_plus_overhead():
     assert as_lists(length_chunks(lengths, 1, overhead=0)) == [[1], [3], [0], [2]]
     assert as_lists(length_chunks(lengths, 2, overhead=20)) == [[1, 3], [0, 2]]
     assert length_chunks(torch.tensor([], dtype=torch.long), 4, overhead=1) == []
+
+
+# Tiny configs of the architectures RLVR runs start from: Qwen2 (DeepSeek-R1-Distill-Qwen,
+# the paper's base model), Qwen3, Mistral and Gemma 2 with a sliding window shorter than the
+# sequences (Gemma 2 also soft-caps its logits), GPT-2 (learned absolute positions), GPT-NeoX
+# and DeepSeek-V3 (latent attention, mixture of experts). Each is built from its config with
+# random weights: nothing is downloaded.
+_LAYERS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+ARCHITECTURES = {
+    "qwen2": ("Qwen2Config", _LAYERS),
+    "qwen3": ("Qwen3Config", {**_LAYERS, "head_dim": 16}),
+    "mistral_sliding_window": ("MistralConfig", {**_LAYERS, "sliding_window": 8}),
+    "gemma2": ("Gemma2Config", {**_LAYERS, "head_dim": 16, "sliding_window": 8}),
+    "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=512)),
+    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       max_position_embeddings=512)),
+    "deepseek_v3": ("DeepseekV3Config", {
+        **_LAYERS, "num_key_value_heads": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32, "first_k_dense_replace": 1, "q_lora_rank": None,
+        "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+        "n_group": 1, "topk_group": 1}),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_other_architectures_score_what_they_sampled_with_and_without_the_prompt_cache(
+        arch, tiny):
+    """Beyond Llama: with left-padded prompts, the trainer's teacher-forced pass gives the
+    sampler's log-probs, and the prompt-cached pass (KV cache per distinct prompt, responses
+    in length chunks) gives the full pass's log-probs and entropies."""
+    import transformers
+
+    import archer.trainer as T
+
+    _, tok = tiny
+    name, kwargs = ARCHITECTURES[arch]
+    config_class = getattr(transformers, name, None)
+    if config_class is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {name}")
+    torch.manual_seed(0)
+    config = config_class(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          **kwargs)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    assert T._cache_kwarg(type(model)) is not None  # the cached pass really runs
+    batch = HFRollout(model, tok, batch_size=3).generate(
+        PROMPTS, SamplingParams(temperature=0.7, n=4, max_new_tokens=24, seed=3))
+    assert batch.prompt_length > 8  # longer than the sliding windows above
+    mask = batch.response_mask.bool()
+    with torch.no_grad():
+        full_lp, full_ent = T.forward_tokens(model, batch, 0.7)
+        cached = T.forward_tokens_prompt_cached(model, batch, 0.7)
+    assert cached is not None
+    torch.testing.assert_close(batch.sampler_logprobs[mask], full_lp[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached[0][mask], full_lp[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached[1][mask], full_ent[mask], atol=1e-5, rtol=0)
