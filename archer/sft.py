@@ -123,12 +123,12 @@ def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], 
     """Fraction of greedy answers to ``prompts`` that score >= 1 (partial credit, e.g.
     reasoning-gym's for a near miss, and None rewards count as wrong)."""
     from archer.rollout import HFRollout, SamplingParams
+    from archer.trainer import call_reward
 
     rollout = HFRollout(model, tokenizer, batch_size=batch_size)
     batch = rollout.generate(prompts, SamplingParams(temperature=0.0, top_p=1.0, n=1,
                                                      max_new_tokens=max_new_tokens, seed=0))
-    keys = [k for k in records[0] if k != "prompt"]
-    values = reward_fn(batch.texts, **{k: [r.get(k) for r in records] for k in keys})
+    values = call_reward(reward_fn, "held-out reward", batch.texts, records, 1)
     return sum(v is not None and float(v) >= 1.0 for v in values) / len(values)
 
 

@@ -37,13 +37,16 @@ def _check_float(name: str, value: Any, lo: float, hi: float = math.inf, lo_open
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the training prompts come from: a reasoning-gym task or a registered data file."""
+    """Where the training prompts come from: a reasoning-gym task, a registered data file or
+    a file of the user's."""
 
     task: str = "chain_sum"  # reasoning-gym task name (used when `file` is None)
     size: int = 1000  # number of generated gym problems (train + validation)
     seed: int = 0  # seed of the gym generator and of the train/val split
     task_config: dict = field(default_factory=dict)  # extra kwargs of the gym task's config
-    file: str | None = None  # registered data file name (archer.data.datasets.FILES) instead
+    file: str | None = None  # instead of `task`: a registered data file's name
+    #   (archer.data.datasets.FILES) or the path of your own .json/.jsonl (records with a
+    #   `prompt` plus the fields your reward reads; archer.data.datasets.load_data_file)
     skip_bad_records: bool = False  # data file: skip (count, log) malformed records
 
     def __post_init__(self) -> None:
@@ -84,7 +87,8 @@ class TrainConfig:
     # --- what is trained on what --------------------------------------------------------------
     model: str = "tiny"  # local HF directory or a prepared model name (archer.models.MODELS)
     algo: AlgoConfig = field(default_factory=AlgoConfig)  # the algorithm (loss, split, ...)
-    reward: str = "reasoning_gym"  # reward function name (archer.rewards.REWARDS)
+    reward: str = "reasoning_gym"  # a registered reward (archer.rewards.REWARDS) or your own
+    #   function: "package.module:function" or "path/to/file.py:function"
     reward_on_none: str = "error"  # a reward of None: "error" stops the run, "zero" scores 0
     data: DataConfig = field(default_factory=DataConfig)  # the prompt source
     template: str = "plain_answer"  # prompt template name (archer.data.templates.TEMPLATES)

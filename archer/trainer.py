@@ -62,6 +62,7 @@ import importlib
 import inspect
 import logging
 import math
+import numbers
 import random
 import resource
 import time
@@ -233,11 +234,11 @@ def setup_torch(cfg: TrainConfig) -> None:
 
 def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     """(train, validation) prompt records; validation is ``val_size`` held-out records."""
-    from archer.data.datasets import load_dataset, load_reasoning_gym, split_train_val
+    from archer.data.datasets import load_data_file, load_reasoning_gym, split_train_val
 
     d = cfg.data
     if d.file:
-        records = list(load_dataset(d.file, skip_bad_records=d.skip_bad_records))
+        records = list(load_data_file(d.file, skip_bad_records=d.skip_bad_records))
     else:
         records = list(load_reasoning_gym(d.task, d.size, d.seed, **d.task_config))
     if cfg.val_size == 0:
@@ -269,11 +270,12 @@ def drop_heldout_duplicates(train: list[dict], val: list[dict]) -> list[dict]:
 
 
 def resolve_reward(name: str):
-    """The registered reward; ``math``/``code``/... modules are imported on first use."""
+    """The registered reward (``math``/``code``/... modules are imported on first use), or
+    the user's ``module:function`` / ``file.py:function`` (``archer.rewards.load_user_reward``)."""
     import archer.data.datasets  # noqa: F401  (registers "reasoning_gym")
     from archer.rewards import REWARDS, get_reward
 
-    if name not in REWARDS:
+    if name not in REWARDS and ":" not in name:
         try:
             importlib.import_module(f"archer.rewards.{name}")
         except ModuleNotFoundError:
@@ -511,14 +513,31 @@ def generate(ctx: TrainContext, records: list[dict], seed: int) -> RolloutBatch:
     return ctx.rollout.generate(prompt_texts(ctx, records), params)
 
 
+def call_reward(fn, name: str, completions: list[str], records: list[dict], n: int
+                ) -> list[float | None]:
+    """``fn(completions, **columns)`` for ``n`` completions per record, in record order: every
+    field any record has (but ``prompt``) is a column, ``None`` where a record lacks it.
+    The result must be one real, finite number (a bool counts as 0/1) or ``None`` per
+    completion; anything else is an error naming the reward and the sample."""
+    keys = list(dict.fromkeys(k for rec in records for k in rec if k != "prompt"))
+    columns = {k: [rec.get(k) for rec in records for _ in range(n)] for k in keys}
+    values = fn(completions, **columns)
+    if not isinstance(values, (list, tuple)) or len(values) != len(completions):
+        got = f"{len(values)} values" if isinstance(values, (list, tuple)) else \
+            f"a {type(values).__name__}"
+        raise ValueError(f"reward {name!r} returned {got} for {len(completions)} completions; "
+                         "expected a list with one float or None per completion")
+    for i, v in enumerate(values):
+        if v is not None and (not isinstance(v, numbers.Real) or not math.isfinite(v)):
+            raise ValueError(f"reward {name!r} returned {v!r} for sample {i} "
+                             f"(completion {completions[i][:60]!r}); expected a finite number "
+                             "or None")
+    return list(values)
+
+
 def score(ctx: TrainContext, batch: RolloutBatch, records: list[dict], n: int) -> torch.Tensor:
     """(N,) float rewards; the record's fields are passed as columns, repeated n times."""
-    keys = [k for k in records[0] if k != "prompt"]
-    columns = {k: [rec.get(k) for rec in records for _ in range(n)] for k in keys}
-    values = ctx.reward_fn(batch.texts, **columns)
-    if len(values) != batch.num_samples:
-        raise ValueError(f"reward {ctx.cfg.reward!r} returned {len(values)} values for "
-                         f"{batch.num_samples} completions")
+    values = call_reward(ctx.reward_fn, ctx.cfg.reward, batch.texts, records, n)
     missing = [i for i, v in enumerate(values) if v is None]
     if missing and ctx.cfg.reward_on_none == "error":
         raise ValueError(f"reward {ctx.cfg.reward!r} returned None for samples {missing[:10]}; "

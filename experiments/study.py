@@ -451,6 +451,11 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     out_dir = (study_dir / "trials" / f"{name}-{digest[:8]}").resolve()
     config["trainer"]["out_dir"] = str(out_dir)
     train = setup.train.to_dict() | {"out_dir": str(out_dir)}
+    # the user's own data file / reward file, as absolute paths: a trial process on Ray
+    # need not share the driver's working directory
+    data_file, reward = user_file_paths(train["data"]["file"], train["reward"])
+    train["data"]["file"] = config["data"]["file"] = data_file
+    train["reward"] = config["data"]["reward"] = reward
     if evaluation and "gym" in evaluation["benchmarks"] and setup.train.data.file:
         raise ConfigError(f"trial {name}: eval benchmark gym is the held-out split of a "
                           f"reasoning-gym task, but the trial trains on the data file "
@@ -462,6 +467,19 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     return TrialSpec(number=number, name=name, overrides=tuple(overrides), config=config,
                      train=train, hash=digest, out_dir=str(out_dir), eval=evaluation,
                      resources=dict(resources), tags=tags)
+
+
+def user_file_paths(data_file: str | None, reward: str) -> tuple[str | None, str]:
+    """``data.file`` and ``data.reward`` with the paths of the user's own files made
+    absolute (a registered name or an importable ``module:function`` is kept as is)."""
+    from archer.data.datasets import is_data_path
+
+    if data_file and is_data_path(data_file):
+        data_file = str(Path(data_file).expanduser().resolve())
+    target, sep, attr = reward.rpartition(":")
+    if sep and (target.endswith(".py") or Path(target).name != target):
+        reward = f"{Path(target).expanduser().resolve()}:{attr}"
+    return data_file, reward
 
 
 def check_trial_procs(name: str, train, resources: dict[str, Any]) -> None:

@@ -246,11 +246,15 @@ def build_data(config: dict[str, Any]) -> tuple[DataConfig, dict[str, Any]]:
     except ConfigError as err:
         raise ConfigError(str(err).replace("data.data.", "data.")) from None
     if cfg.file:
-        from archer.data.datasets import FILES
+        from archer.data.datasets import FILES, is_data_path
 
-        if cfg.file not in FILES:
+        if is_data_path(cfg.file):
+            if not Path(cfg.file).expanduser().is_file():
+                raise ConfigError(f"data.file={cfg.file!r}: no such file (a path is relative "
+                                  "to the working directory)")
+        elif cfg.file not in FILES:
             raise ConfigError(f"data.file={cfg.file!r} is not a data file; choose one of "
-                              f"{FILES.names()}")
+                              f"{FILES.names()} or give the path of a .json/.jsonl file")
     elif cfg.task:
         _check_gym_task(cfg.task, cfg.task_config)
     if not isinstance(extra["answer_format"], str) or "{answer}" not in extra["answer_format"]:
@@ -338,14 +342,20 @@ def build_train_setup(composed: Composed) -> TrainSetup:
 
 
 def _check_reward(name: str) -> None:
-    from archer.rewards import REWARDS
+    from archer.rewards import BUILTIN_REWARD_MODULES, REWARDS, RewardSpecError
     from archer.trainer import resolve_reward
 
     try:
         resolve_reward(name)
+    except RewardSpecError as err:
+        raise ConfigError(f"data.reward: {err}") from None
     except (KeyError, ValueError):
-        raise ConfigError(f"data.reward={name!r} is unknown; choose one of "
-                          f"{REWARDS.names()}") from None
+        known = sorted(set(REWARDS.names()) | set(BUILTIN_REWARD_MODULES))
+        close = difflib.get_close_matches(name, known, n=1)
+        raise ConfigError(f"data.reward={name!r} is unknown"
+                          + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; choose one of {known}, or name your own function as "
+                          "'package.module:function' or 'path/to/file.py:function'") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -431,6 +441,7 @@ def run_sft(overrides: list[str], print_config: bool = False) -> int:
         cfg = build_config(SFTConfig, knobs | {"model": model, "data": data} | extra, "sft")
     except ConfigError as err:
         raise ConfigError(f"sft: {err}") from None
+    _check_reward(cfg.reward)
     if print_config:
         print(config_yaml(config), end="")
         return 0

@@ -255,3 +255,69 @@ def test_training_split_never_repeats_a_held_out_prompt():
                                    ) == [a, c]
     with pytest.raises(ValueError, match="too few distinct problems"):
         drop_heldout_duplicates([a], [{"prompt": "x"}])
+
+
+# ---------------------------------------------------------------- the user's own file
+
+
+def test_user_file_keeps_its_fields_and_accepts_chat_messages(tmp_path):
+    from archer.data.datasets import load_data_file
+
+    path = _write_jsonl(tmp_path / "mine.jsonl", [
+        json.dumps({"prompt": "1+2=", "answer": 3, "tier": "easy"}),
+        "",
+        json.dumps({"prompt": [{"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "2*5="}], "answer": "10",
+                    "tests": {"any": ["shape"]}}),
+        json.dumps({"prompt": "no answer here", "answer": 2.5}),
+    ])
+    ds = load_data_file(str(path))
+    assert ds.name == "mine" and len(ds) == 3
+    assert ds[0] == {"prompt": "1+2=", "answer": "3", "tier": "easy", "data_source": "mine",
+                     "index": 0}
+    assert ds[1]["tests"] == {"any": ["shape"]} and ds[1]["index"] == 1
+    assert ds[2]["answer"] == "2.5"
+    assert format_prompt(ds[1], "none") == "System: Be brief.\nUser: 2*5=\nAssistant:"
+    arr = tmp_path / "arr.json"
+    arr.write_text(json.dumps([{"prompt": "a"}, {"prompt": "b", "answer": True}]))
+    assert [r["prompt"] for r in load_data_file(str(arr))] == ["a", "b"]
+    assert load_data_file(str(arr))[1]["answer"] is True  # only numbers become text
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"question": "1+2="}, "missing required field 'prompt'"),
+    ({"prompt": 7}, "field 'prompt' is int"),
+    ({"prompt": "   "}, "field 'prompt' is empty"),
+    ({"prompt": [{"role": "user"}]}, "message 0 is not"),
+    ({"prompt": [{"role": "system", "content": "x"}]}, "no message with role 'user'"),
+    ({"prompt": "p", "index": 4}, "field 'index' is reserved"),
+    ({"prompt": "p", "data_source": "x"}, "field 'data_source' is reserved"),
+])
+def test_user_file_bad_record_names_file_and_line_or_is_skipped(tmp_path, caplog, bad, message):
+    from archer.data.datasets import load_data_file
+
+    path = _write_jsonl(tmp_path / "mine.jsonl",
+                        [json.dumps({"prompt": "ok"}), json.dumps(bad), json.dumps({"prompt": "b"})])
+    with pytest.raises(DataFormatError) as err:
+        load_data_file(str(path))
+    assert "mine.jsonl: line 2: " in str(err.value) and message in str(err.value)
+    with caplog.at_level(logging.WARNING):
+        ds = load_data_file(str(path), skip_bad_records=True)
+    assert [r["prompt"] for r in ds] == ["ok", "b"] and ds.num_skipped == 1
+    assert [r["index"] for r in ds] == [0, 2]
+    assert "skipped 1 malformed" in caplog.text
+
+
+def test_data_file_is_a_registered_name_or_a_path(tmp_path):
+    from archer.data.datasets import is_data_path, load_data_file
+
+    assert not is_data_path("gsm8k_train") and not is_data_path("gsm8k_trian")
+    assert is_data_path("mine.jsonl") and is_data_path("data/mine") and is_data_path("a.json")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+        load_data_file(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(KeyError, match="gsm8k_trian"):
+        load_data_file("gsm8k_trian")
+    odd = tmp_path / "data.csv"
+    odd.write_text("prompt\nx\n")
+    with pytest.raises(DataFormatError, match="unsupported data file type"):
+        load_data_file(str(odd))

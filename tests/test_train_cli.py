@@ -95,6 +95,9 @@ def test_trainer_section_covers_train_config_exactly():
     ("algo.entropy_quantile=1.5", "entropy_quantile=1.5"),
     ("data.task=chain_summ", "'chain_summ'"),
     ("data=math_train data.file=math_trian", "'math_trian'"),
+    ("data.task=null data.file=no/such/file.jsonl", "no such file"),
+    ("data.reward=./no_such_reward.py:fn", "no_such_reward.py does not exist"),
+    ("data.reward=mathh", "did you mean 'math'"),
     ("model=/no/such/model/dir", "/no/such/model/dir"),
     ("model=local", "model.path"),
 ])
@@ -156,3 +159,34 @@ def test_train_mlflow_resume_continues_one_run(tiny_path, tmp_path, monkeypatch)
     assert run.data.params["algo.advantage"] == "grpo"
     config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "dl"))
     assert yaml.safe_load(open(config))["trainer"]["steps"] == 2  # the latest invocation
+
+
+USER_REWARD = """
+def quarter(completions, answer, tier, **columns):
+    # the columns line up with the completions: 'tier' is "easy" exactly for the records
+    # with an even answer, None for the others (which have no 'tier')
+    assert len(answer) == len(tier) == len(completions)
+    assert all(isinstance(a, str) for a in answer)
+    assert all(t == ("easy" if int(a) % 2 == 0 else None) for a, t in zip(answer, tier))
+    return [0.25] * len(completions)
+"""
+
+
+def test_train_on_the_users_own_file_and_reward(tiny_path, tmp_path, monkeypatch, capsys):
+    """``data.file=<path>.jsonl`` and ``data.reward=<file>.py:fn``: a relative path from the
+    working directory, records with extra fields (some without), the function gets them as
+    columns and its rewards are what the step logs."""
+    monkeypatch.chdir(tmp_path)
+    lines = [json.dumps({"prompt": f"{i}+1=", "answer": i + 1, **({"tier": "easy"} if i % 2
+                                                                   else {})})
+             for i in range(24)]
+    (tmp_path / "problems.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "my_reward.py").write_text(USER_REWARD)
+    out = tmp_path / "run"
+    assert main(small_run(tiny_path, out, "trainer.steps=2", "tracking=jsonl",
+                          "data.task=null", "data.file=problems.jsonl", "algo.group_filter=none",
+                          "data.reward=my_reward.py:quarter", "trainer.prompts_per_step=4")) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["reward/mean"] == 0.25 and r["val/reward_mean"] == 0.25 for r in rows)
+    assert "archer train: 2 steps" in capsys.readouterr().out

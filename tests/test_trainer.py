@@ -333,3 +333,38 @@ def test_prompt_cache_gives_the_same_step(tiny_path, tmp_path):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
     with pytest.raises(ConfigError, match="prompt_cache='yes' must be true or false"):
         make_cfg(tiny_path, tmp_path, prompt_cache="yes")
+
+
+def test_call_reward_passes_every_field_as_an_aligned_column():
+    """Columns are the union of the records' fields (not the first record's), repeated n
+    times in record order, None where a record lacks the field; ``prompt`` is not one."""
+    from archer.trainer import call_reward
+
+    seen = {}
+
+    def fn(completions, **columns):
+        seen.update(columns)
+        return [float(i) for i in range(len(completions))]
+
+    records = [{"prompt": "p0", "answer": "1"}, {"prompt": "p1", "answer": "2", "tier": "x"}]
+    out = call_reward(fn, "fn", ["a", "b", "c", "d"], records, 2)
+    assert out == [0.0, 1.0, 2.0, 3.0]
+    assert seen == {"answer": ["1", "1", "2", "2"], "tier": [None, None, "x", "x"]}
+
+
+@pytest.mark.parametrize("values, message", [
+    ([1.0], "returned 1 values for 2 completions"),
+    ("10", "returned a str for 2 completions"),
+    ([1.0, float("nan")], r"returned nan for sample 1 \(completion 'b'\)"),
+    ([1.0, "1"], "returned '1' for sample 1"),
+    ([None, 2 + 0j], r"returned \(2\+0j\) for sample 1"),
+    ([1.0, float("inf")], "returned inf for sample 1"),
+])
+def test_call_reward_refuses_what_is_not_one_number_or_none_per_completion(values, message):
+    from archer.trainer import call_reward
+
+    with pytest.raises(ValueError, match=message):
+        call_reward(lambda completions, **_: values, "mine", ["a", "b"], [{"prompt": "p"}], 2)
+    ok = call_reward(lambda completions, **_: [None, True], "mine", ["a", "b"],
+                     [{"prompt": "p"}], 2)
+    assert ok == [None, True]

@@ -14,6 +14,8 @@ Ground-truth columns by kind (they are passed to reward functions as columns):
   with ``tests`` an LCB-shaped dict ``{question_id, public_test_cases (decoded list, private
   cases appended), metadata: {func_name}}``; plus ``starter_code``/``func_name`` there.
 - reasoning_gym: ``answer`` and ``entry`` (the gym's full entry, used by its own checker).
+- the user's own ``.json``/``.jsonl`` file (:func:`load_data_file`): ``prompt`` plus any
+  fields the user's reward reads (``answer``, ``tests``, ...), kept as they are.
 
 ``index`` is the record's position in its source (0-based), kept when others are skipped.
 A malformed record stops loading with an error naming the file and the line (JSONL) or
@@ -253,6 +255,63 @@ for _name, _spec in {
     ),
 }.items():
     FILES.register(_name)(_spec)
+
+
+# --------------------------------------------------------------------------------------
+# The user's own files
+# --------------------------------------------------------------------------------------
+
+RESERVED_FIELDS = ("data_source", "index")  # set by the loader on every record
+
+
+def _user_record(raw: dict) -> dict:
+    """A record of the user's own file: ``prompt`` (text, or chat messages with a user turn)
+    and any other fields, kept as they are (they reach the reward as columns); a numeric
+    ``answer`` becomes text, as in the math files (27.0 -> "27")."""
+    prompt = raw["prompt"]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("field 'prompt' is empty")
+    else:
+        for i, m in enumerate(prompt):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)):
+                raise ValueError(f"field 'prompt' message {i} is not "
+                                 "{'role': str, 'content': str}")
+        if not any(m["role"] == "user" for m in prompt):
+            raise ValueError("field 'prompt' has no message with role 'user'")
+    reserved = [k for k in RESERVED_FIELDS if k in raw]
+    if reserved:
+        raise ValueError(f"field {reserved[0]!r} is reserved (the loader sets it); rename it")
+    out = dict(raw)
+    if isinstance(out.get("answer"), (int, float)) and not isinstance(out["answer"], bool):
+        out["answer"] = _answer_str(out["answer"])
+    return out
+
+
+USER_FILE = FileSpec("", {"prompt": (str, list)}, _user_record, kind="user")
+
+
+def is_data_path(file: str) -> bool:
+    """Whether ``data.file`` names a file of the user's (a path: it has a directory part or
+    a .json/.jsonl suffix) rather than a registered data file."""
+    return file not in FILES and (Path(file).suffix in (".json", ".jsonl")
+                                  or Path(file).name != file)
+
+
+def load_data_file(file: str, *, data_dir: str | Path | None = None,
+                   skip_bad_records: bool = False, limit: int | None = None
+                   ) -> PromptDataset:
+    """``data.file``: a registered data file by name (:func:`load_dataset`), or the path of
+    the user's own ``.json``/``.jsonl`` file, relative to the working directory, whose
+    records each have a ``prompt`` (see :func:`_user_record`); ``data_source`` is the
+    file's stem."""
+    if not is_data_path(file):
+        return load_dataset(file, data_dir=data_dir, skip_bad_records=skip_bad_records,
+                            limit=limit)
+    path = Path(file).expanduser()
+    return load_file(path, USER_FILE, name=path.stem, skip_bad_records=skip_bad_records,
+                     limit=limit)
 
 
 def load_dataset(

@@ -7,9 +7,20 @@ means "this reward does not apply to that sample".
 Built-in rewards live in modules that are imported on first use, so ``import archer`` stays
 cheap: ``math`` (archer.rewards.math), ``code`` (archer.rewards.code, sandboxed) and
 ``reasoning_gym`` (archer.data.datasets).
+
+A reward of the user's own is named ``module.path:function`` (an importable module) or
+``path/to/file.py:function`` (a file, relative to the working directory); it is loaded by
+:func:`load_user_reward` and follows the same contract. It runs in the trainer's process:
+it is the user's code, trusted like the config. Code that a *model* wrote must be run through
+the sandbox (``archer.rewards.code``), never by a reward directly.
 """
 
+import difflib
+import hashlib
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 
 from archer.registry import Registry
 
@@ -28,7 +39,10 @@ def register_reward(name: str):
 
 
 def get_reward(name: str):
-    """The reward function registered under ``name`` (importing built-ins on demand)."""
+    """The reward function registered under ``name`` (importing built-ins on demand), or the
+    user's ``module:function`` / ``file.py:function`` (:func:`load_user_reward`)."""
+    if name not in REWARDS and ":" in name:
+        return load_user_reward(name)
     if name not in REWARDS and name in BUILTIN_REWARD_MODULES:
         importlib.import_module(BUILTIN_REWARD_MODULES[name])
     if name not in REWARDS:
@@ -37,3 +51,61 @@ def get_reward(name: str):
             f"{sorted(set(REWARDS.names()) | set(BUILTIN_REWARD_MODULES))}"
         )
     return REWARDS.get(name)
+
+
+class RewardSpecError(ValueError):
+    """A ``module:function`` / ``file.py:function`` reward that cannot be loaded; the message
+    says which part failed."""
+
+
+def load_user_reward(spec: str):
+    """The function named by ``spec``: ``package.module:function`` (imported) or
+    ``path/to/file.py:function`` (the file is run once per process, as a module of its own).
+    Raises :class:`RewardSpecError` naming the spec and what is wrong with it."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise RewardSpecError(f"reward {spec!r}: expected a registered name, "
+                              "'package.module:function' or 'path/to/file.py:function'")
+    if target.endswith(".py") or Path(target).name != target:
+        module = _file_module(spec, Path(target).expanduser())
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as err:
+            raise RewardSpecError(f"reward {spec!r}: cannot import module {target!r} ({err}); "
+                                  "a file needs its path, e.g. ./my_reward.py:fn") from None
+        except Exception as err:
+            raise RewardSpecError(f"reward {spec!r}: importing {target!r} failed: "
+                                  f"{type(err).__name__}: {err}") from err
+    fn = getattr(module, attr, None)
+    if fn is None:
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        close = difflib.get_close_matches(attr, names, n=3)
+        raise RewardSpecError(f"reward {spec!r}: {target} has no {attr!r}"
+                              + (f" (did you mean {close}?)" if close else ""))
+    if not callable(fn):
+        raise RewardSpecError(f"reward {spec!r}: {target}.{attr} is a "
+                              f"{type(fn).__name__}, not a function")
+    return fn
+
+
+def _file_module(spec: str, path: Path):
+    """The module made from the Python file ``path``, loaded once per process."""
+    if not path.is_file():
+        raise RewardSpecError(f"reward {spec!r}: file {path} does not exist")
+    path = path.resolve()
+    key = "archer_user_reward_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    if key in sys.modules:
+        return sys.modules[key]
+    loader_spec = importlib.util.spec_from_file_location(key, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise RewardSpecError(f"reward {spec!r}: {path} is not a Python file")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[key] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[key]
+        raise RewardSpecError(f"reward {spec!r}: running {path} failed: "
+                              f"{type(err).__name__}: {err}") from err
+    return module

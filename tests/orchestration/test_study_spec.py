@@ -176,3 +176,24 @@ def test_gpu_recipes_resolve_to_the_papers_hyperparameters(tmp_path, tiny_model,
     assert t["algo"]["entropy_quantile"] == 0.8 and t["algo"]["low"]["kl_weight"] == 0.001
     assert trial.eval["benchmarks"] == benchmarks and trial.eval["max_new_tokens"] == 32768
     assert trial.resources["num_gpus"] == 8
+
+
+def test_trials_take_the_users_files_as_absolute_paths(tiny_model, tiny_overrides, tmp_path,
+                                                       monkeypatch):
+    """A trial may run in another working directory (a Ray worker): the user's own data file
+    and reward file given relative to the driver's directory reach it as absolute paths;
+    registered names and importable modules stay as they are."""
+    from experiments.study import user_file_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"prompt": "1+1=", "answer": 2}) + "\n")
+    (tmp_path / "score.py").write_text("def fn(completions, **_):\n    return [0.0] * "
+                                       "len(completions)\n")
+    spec = load_study("ablate_kl", ["seeds=[0]"])
+    trials = expand_trials(spec, tiny_overrides(tiny_model) + [
+        "data.task=null", "data.file=mine.jsonl", "data.reward=./score.py:fn"], tmp_path / "s")
+    for t in trials:
+        assert t.train["data"]["file"] == t.config["data"]["file"] == str(tmp_path / "mine.jsonl")
+        assert t.train["reward"] == t.config["data"]["reward"] == f"{tmp_path / 'score.py'}:fn"
+    assert user_file_paths("gsm8k_train", "math") == ("gsm8k_train", "math")
+    assert user_file_paths(None, "pkg.mod:fn") == (None, "pkg.mod:fn")

@@ -1,0 +1,56 @@
+"""The user's own reward functions: ``package.module:function`` and ``file.py:function``."""
+
+import sys
+import textwrap
+
+import pytest
+
+from archer.rewards import RewardSpecError, get_reward, load_user_reward
+
+REWARD_FILE = textwrap.dedent('''
+    LOADS = []
+    LOADS.append(1)  # runs once per process
+
+    def length_parity(completions, **columns):
+        return [float(len(c) % 2 == 0) for c in completions]
+
+    THRESHOLD = 0.5
+''')
+
+
+def test_file_reward_is_loaded_once_and_called(tmp_path, monkeypatch):
+    path = tmp_path / "my_reward.py"
+    path.write_text(REWARD_FILE)
+    fn = get_reward(f"{path}:length_parity")
+    assert fn(["ab", "abc"]) == [1.0, 0.0]
+    monkeypatch.chdir(tmp_path)  # a relative path names the same file: one module
+    again = load_user_reward("./my_reward.py:length_parity")
+    assert again is fn and sys.modules[fn.__module__].LOADS == [1]
+
+
+def test_module_reward_is_imported(tmp_path, monkeypatch):
+    pkg = tmp_path / "labrewards"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "scoring.py").write_text(REWARD_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = get_reward("labrewards.scoring:length_parity")
+    assert fn.__module__ == "labrewards.scoring" and fn(["", "x"]) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{dir}/nope.py:fn", "nope.py does not exist"),
+    ("{dir}/my_reward.py:lenght_parity", r"has no 'lenght_parity' \(did you mean \['length_parity'\]"),
+    ("{dir}/my_reward.py:THRESHOLD", "is a float, not a function"),
+    ("{dir}/my_reward.py:", "expected a registered name"),
+    (":fn", "expected a registered name"),
+    ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
+    ("{dir}/broken.py:fn", "running .*broken.py failed: ZeroDivisionError"),
+])
+def test_bad_reward_spec_says_what_is_wrong(tmp_path, spec, message):
+    (tmp_path / "my_reward.py").write_text(REWARD_FILE)
+    (tmp_path / "broken.py").write_text("x = 1 / 0\n")
+    with pytest.raises(RewardSpecError, match=message):
+        get_reward(spec.format(dir=tmp_path))
+    broken = str((tmp_path / "broken.py").resolve())  # a failed load leaves no module behind
+    assert not any(getattr(m, "__file__", None) == broken for m in list(sys.modules.values()))
