@@ -15,6 +15,7 @@ from typing import Any
 from archer.config import AlgoConfig, ConfigError, build_config
 
 REWARD_ON_NONE = ("error", "zero")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 MIXED_PRECISION = ("none", "bf16", "fp16")
@@ -116,7 +117,10 @@ class TrainConfig:
     shuffle_minibatches: bool = True  # shuffle the groups before cutting mini-batches each epoch
     lr: float = 1e-4  # AdamW peak learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay
-    warmup_steps: int = 0  # linear warm-up over this many training steps, then constant
+    warmup_steps: int = 0  # linear warm-up over this many training steps, then lr_schedule
+    lr_schedule: str = "constant"  # after warm-up: constant | cosine | linear decay over the
+    #   remaining training steps (to min_lr_ratio x lr), as verl's and HF's schedulers
+    min_lr_ratio: float = 0.0  # cosine / linear: the decayed lr's floor, as a fraction of lr
     grad_clip: float = 1.0  # max global grad norm; a non-finite norm skips the optimizer step
     entropy_chunk_size: int = 256  # positions per chunk in the entropy computation
     prompt_cache: bool = True  # no-grad passes (reference / old log-probs, entropy pre-pass)
@@ -164,6 +168,10 @@ class TrainConfig:
                 f"temperature={self.temperature} differs from algo.temperature="
                 f"{self.algo.temperature}; the loss scores tokens at the sampling temperature"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is invalid; allowed "
+                              f"{list(LR_SCHEDULES)}")
+        _check_float("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         if self.reward_on_none not in REWARD_ON_NONE:
             raise ConfigError(f"reward_on_none={self.reward_on_none!r}; allowed {REWARD_ON_NONE}")
         if self.rollout_backend not in ROLLOUT_BACKENDS:

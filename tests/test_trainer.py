@@ -368,3 +368,34 @@ def test_call_reward_refuses_what_is_not_one_number_or_none_per_completion(value
     ok = call_reward(lambda completions, **_: [None, True], "mine", ["a", "b"],
                      [{"prompt": "p"}], 2)
     assert ok == [None, True]
+
+
+def test_lr_schedule_hand_computed():
+    """10 steps, 2 of warm-up, floor 0.1: warm-up 0.5, 1; then cosine at progress 4/8 is
+    0.1 + 0.9 * 0.5 = 0.55 and at 7/8 0.1 + 0.9 * (1 + cos(7pi/8)) / 2 = 0.134254; linear
+    0.55 and 0.1 + 0.9 / 8 = 0.2125; constant stays 1."""
+    from archer.trainer import lr_factor
+
+    cos = [lr_factor(s, 2, "cosine", 10, 0.1) for s in range(10)]
+    assert cos[:3] == [0.5, 1.0, 1.0]
+    assert cos[6] == pytest.approx(0.55) and cos[9] == pytest.approx(0.1342542, abs=1e-7)
+    assert all(a > b for a, b in zip(cos[2:], cos[3:]))  # strictly decreasing after warm-up
+    lin = [lr_factor(s, 2, "linear", 10, 0.1) for s in range(10)]
+    assert lin[6] == pytest.approx(0.55) and lin[9] == pytest.approx(0.2125)
+    assert [lr_factor(s, 2, "constant", 10) for s in range(10)] == [0.5] + [1.0] * 9
+    assert lr_factor(0, 0, "cosine", 1) == 1.0  # one step: no decay to divide by zero with
+    assert lr_factor(12, 0, "linear", 10, 0.2) == pytest.approx(0.2)  # past the end: the floor
+
+
+def test_trainer_follows_the_lr_schedule(tiny_path, tmp_path):
+    from archer.trainer import lr_factor
+
+    cfg = make_cfg(tiny_path, tmp_path, total_steps=3, ppo_epochs=1, lr_schedule="cosine",
+                   min_lr_ratio=0.2, warmup_steps=1)
+    lrs = [m["actor/lr"] for m in fit(cfg).metrics]
+    assert lrs == pytest.approx([1e-3 * lr_factor(s, 1, "cosine", 3, 0.2) for s in range(3)])
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * (0.2 + 0.8 * 0.5)])
+    for bad, named in ((dict(lr_schedule="cosin"), "lr_schedule='cosin'"),
+                       (dict(min_lr_ratio=1.5), "min_lr_ratio=1.5")):
+        with pytest.raises(ConfigError, match=named):
+            make_cfg(tiny_path, tmp_path, **bad)
