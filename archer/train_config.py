@@ -16,6 +16,7 @@ from archer.config import AlgoConfig, ConfigError, build_config
 
 REWARD_ON_NONE = ("error", "zero")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+OVERLONG_PROMPTS = ("error", "drop")
 DTYPES = ("float32", "bfloat16", "float16")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 MIXED_PRECISION = ("none", "bf16", "fp16")
@@ -97,6 +98,10 @@ class TrainConfig:
     prompts_per_step: int = 4  # prompts (groups) per training step, after refill
     group_size: int = 4  # G: sampled responses per prompt
     max_new_tokens: int = 8  # response budget in tokens
+    max_prompt_tokens: int | None = None  # prompts longer than this (tokens, after the template)
+    #   are an error or dropped at start-up (overlong_prompts); None = no limit
+    overlong_prompts: str = "error"  # a prompt over max_prompt_tokens: error (naming it) | drop
+    #   (train and held-out records; counted and logged)
     temperature: float | None = None  # rollout temperature; None = algo.temperature (must match)
     top_p: float = 1.0  # nucleus sampling; 1.0 disables it
     rollout_batch_size: int = 8  # prompts per generate() call
@@ -168,6 +173,11 @@ class TrainConfig:
                 f"temperature={self.temperature} differs from algo.temperature="
                 f"{self.algo.temperature}; the loss scores tokens at the sampling temperature"
             )
+        if self.overlong_prompts not in OVERLONG_PROMPTS:
+            raise ConfigError(f"overlong_prompts={self.overlong_prompts!r} is invalid; allowed "
+                              f"{list(OVERLONG_PROMPTS)}")
+        if self.max_prompt_tokens is not None:
+            _check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule={self.lr_schedule!r} is invalid; allowed "
                               f"{list(LR_SCHEDULES)}")

@@ -303,6 +303,9 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
             shard_model(m, dist, cfg.distributed.mixed_precision,
                         cfg.distributed.reshard_after_forward)
     train, val = load_records(cfg)
+    if cfg.max_prompt_tokens is not None:
+        train = limit_prompt_length(cfg, tokenizer, train, "training")
+        val = limit_prompt_length(cfg, tokenizer, val, "held-out")
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
         weight_decay=cfg.weight_decay)
@@ -312,6 +315,34 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
         reward_fn=resolve_reward(cfg.reward), train_records=train,
         val_records=val, sampler=PromptSampler(len(train), cfg.seed),
         plan=build_update_plan(cfg.algo), dist=dist)
+
+
+def limit_prompt_length(cfg: TrainConfig, tokenizer, records: list[dict], split: str
+                        ) -> list[dict]:
+    """``records`` whose prompt, as the rollout sees it (template, chat template, tokens),
+    has at most ``cfg.max_prompt_tokens`` tokens. A longer one is an error naming it and the
+    count (``overlong_prompts="error"``) or is dropped, with the count logged (``"drop"``)."""
+    from archer.data.templates import format_prompt
+
+    if not records:
+        return records
+    limit = cfg.max_prompt_tokens
+    texts = [format_prompt(r, cfg.template, tokenizer) for r in records]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    over = [i for i, n in enumerate(lengths) if n > limit]
+    if not over:
+        return records
+    first = records[over[0]]
+    what = (f"{len(over)} of {len(records)} {split} prompts are longer than max_prompt_tokens="
+            f"{limit} (the first: {first.get('data_source')} record {first.get('index')}, "
+            f"{lengths[over[0]]} tokens)")
+    if cfg.overlong_prompts == "error":
+        raise ValueError(f"{what}; raise max_prompt_tokens or set overlong_prompts=drop")
+    if len(over) == len(records):
+        raise ValueError(f"{what}: none is left")
+    log.warning("%s: dropped", what)
+    dropped = set(over)
+    return [r for i, r in enumerate(records) if i not in dropped]
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -399,3 +399,36 @@ def test_trainer_follows_the_lr_schedule(tiny_path, tmp_path):
                        (dict(min_lr_ratio=1.5), "min_lr_ratio=1.5")):
         with pytest.raises(ConfigError, match=named):
             make_cfg(tiny_path, tmp_path, **bad)
+
+
+def test_prompts_over_max_prompt_tokens_are_an_error_or_dropped(tiny_path, tmp_path, caplog):
+    """The limit counts the prompt as the rollout sees it (template + chat template, tokens:
+    one per character here). Over it: an error naming the count and the first record, or,
+    with overlong_prompts=drop, the record is gone from training and held-out data."""
+    import json
+    import logging
+
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"prompt": f"{i}+1=", "answer": i + 1} for i in range(10)]
+    rows[3:3] = [{"prompt": f"{i}+1= " + "x" * 200, "answer": i + 1} for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg(tiny_path, tmp_path, data={"file": str(path)}, val_size=4,
+                   max_prompt_tokens=80)
+    short = len("<s>User: 9+1=\nReply with only the final number.\nAssistant:")
+    assert short <= 80 < short + 200  # short prompts fit, long ones do not
+    with pytest.raises(ValueError, match=r"of 12 training prompts are longer than "
+                                         r"max_prompt_tokens=80 \(the first: mixed record 3, "
+                                         r"2\d\d tokens\); raise max_prompt_tokens"):
+        build_context(cfg)
+    with caplog.at_level(logging.WARNING):
+        ctx = build_context(replace(cfg, overlong_prompts="drop"))
+    kept = ctx.train_records + ctx.val_records
+    assert len(kept) == 10 and all("x" not in r["prompt"] for r in kept)
+    assert ctx.sampler.size == len(ctx.train_records)  # the sampler draws from what is kept
+    assert "prompts are longer than max_prompt_tokens=80" in caplog.text
+    with pytest.raises(ValueError, match="none is left"):
+        build_context(replace(cfg, overlong_prompts="drop", max_prompt_tokens=5))
+    with pytest.raises(ConfigError, match="overlong_prompts='truncate'"):
+        make_cfg(tiny_path, tmp_path, overlong_prompts="truncate")
+    with pytest.raises(ConfigError, match="max_prompt_tokens=0"):
+        make_cfg(tiny_path, tmp_path, max_prompt_tokens=0)
