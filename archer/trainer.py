@@ -727,7 +727,8 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
     mask it). The log-probs are the full pass's up to float rounding; the prompt costs 1/G
     of its usual compute and the padding nothing. Returns None where the cache cannot help
     or the model has no usable cache (no repeated prompt, R < 2, gradients on, a model
-    without a cache argument): the caller runs the full pass."""
+    without a cache argument, a model that drops its cache): the caller runs the full
+    pass."""
     import copy
 
     from transformers.cache_utils import DynamicCache
@@ -747,6 +748,10 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
     first = model(input_ids=u_ids, attention_mask=u_mask,
                   position_ids=position_ids_from_mask(u_mask), use_cache=True,
                   logits_to_keep=1, **{kwarg: cache}).logits[:, -1]  # (U, V) -> token 0
+    if cache.get_seq_length() != u_ids.shape[1]:
+        # the model dropped its cache (e.g. transformers < 5.24 under activation
+        # checkpointing in training mode, even without gradients): the full pass instead
+        return None
     device = first.device
     inverse = inverse.to(device)
     mask, lengths = batch.attention_mask(), batch.response_mask.sum(-1).cpu()

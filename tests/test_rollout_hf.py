@@ -276,8 +276,11 @@ def test_prompt_cached_pass_matches_the_full_pass_and_runs_each_prompt_once(batc
 
 
 def test_prompt_cache_falls_back_where_it_cannot_help(batch, tiny):
-    """No repeated prompt, a one-token response, or a pass with gradients: None (the caller
-    runs the full pass); ``forward_tokens_batched`` then still returns the full pass."""
+    """No repeated prompt, a one-token response, or gradients through a model that
+    checkpoints its activations (HF turns its cache off): None (the caller runs the full
+    pass); ``forward_tokens_batched`` then still returns the full pass."""
+    import copy
+
     import archer.trainer as T
 
     policy, _ = tiny
@@ -290,7 +293,15 @@ def test_prompt_cache_falls_back_where_it_cannot_help(batch, tiny):
                                 "sampler_logprobs": batch.sampler_logprobs[:, :1]})
         assert T.forward_tokens_prompt_cached(policy, short, 0.7) is None
         expected = T.forward_tokens(policy, one_per_prompt, 0.7)[0]
-    assert T.forward_tokens_prompt_cached(policy, batch, 0.7) is None  # grad enabled
+    checkpointed = copy.deepcopy(policy).train()
+    T.enable_gradient_checkpointing(checkpointed)
+    assert T.forward_tokens_prompt_cached(checkpointed, batch, 0.7) is None
+    # without gradients, transformers >= 5.24 keeps the cache and older versions drop it:
+    # either way the no-grad pass is the full pass
+    full = T.forward_tokens(policy, batch, 0.7)[0].detach()
+    got = T.forward_tokens_batched(checkpointed, batch, 0.7, micro=batch.num_samples)[0]
+    torch.testing.assert_close(got[batch.response_mask.bool()],
+                               full[batch.response_mask.bool()], atol=1e-5, rtol=0)
     got = T.forward_tokens_batched(policy, one_per_prompt, 0.7, micro=8)[0]
     assert torch.equal(got, expected)
 
