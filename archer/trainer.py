@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from archer.algos import (
     LossInputs,
@@ -715,19 +716,22 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
                                  temperature: float, chunk_size: int = 256, *,
                                  entropy: bool = True
                                  ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """:func:`forward_tokens` for a no-grad pass, running each distinct prompt once and
-    skipping the response padding.
+    """:func:`forward_tokens` running each distinct prompt once (with or without gradients).
 
     The G responses of a group share their (left-padded) prompt. The prompt pass runs over
     the distinct prompts only, keeping their KV cache and the last prompt position's logits
-    (they score response token 0). The responses then run in chunks of similar length
-    (:func:`length_chunks`), each cut to its longest response: a chunk gathers the cache rows
-    of its prompts and its response pass (tokens 0..w-2, positions continuing from the
-    prompt's) scores tokens 1..w-1. Where a response is padding the result is 0 (callers
-    mask it). The log-probs are the full pass's up to float rounding; the prompt costs 1/G
-    of its usual compute and the padding nothing. Returns None where the cache cannot help
-    or the model has no usable cache (no repeated prompt, R < 2, gradients on, a model
-    without a cache argument, a model that drops its cache): the caller runs the full
+    (they score response token 0); the responses then attend to their prompt's cache rows,
+    their positions continuing from the prompt's, and score tokens 1..w-1. The log-probs
+    are the full pass's up to float rounding; the prompt costs 1/G of its usual compute.
+
+    Without gradients (reference / old log-probs, the entropy pre-pass) the responses run in
+    chunks of similar length (:func:`length_chunks`), each cut to its longest response, so
+    padding costs nothing. With gradients (the update) they run as one pass cut to the
+    longest response, and the backward flows through the gathered cache into the prompt
+    pass: each prompt's gradient is the sum over its responses, as in the full pass. Where a
+    response is padding the result is 0 (callers mask it). Returns None where the cache
+    cannot help or cannot be used (no repeated prompt, R < 2, a model without a cache
+    argument, gradient checkpointing, which turns the cache off): the caller runs the full
     pass."""
     import copy
 
@@ -735,7 +739,8 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
 
     kwarg = _cache_kwarg(type(model))
     r, p, n = batch.response_ids.shape[1], batch.prompt_length, batch.num_samples
-    if kwarg is None or r < 2 or torch.is_grad_enabled():
+    grad = torch.is_grad_enabled()
+    if kwarg is None or r < 2 or (grad and _checkpoints_activations(model)):
         return None
     key = torch.cat([batch.prompt_ids, batch.prompt_mask], dim=1)
     unique, inverse = torch.unique(key, dim=0, return_inverse=True)
@@ -758,7 +763,9 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
     positions = position_ids_from_mask(mask)
     logprobs = torch.zeros(n, r, dtype=torch.float32, device=device)
     ent = torch.zeros_like(logprobs) if entropy else None
-    chunks = length_chunks(lengths, n, overhead=n * r / 16)
+    # with gradients: one pass over every row in order (the graph of the prompt pass is
+    # shared; a copied cache could not be, deepcopy refuses non-leaf tensors)
+    chunks = [torch.arange(n)] if grad else length_chunks(lengths, n, overhead=n * r / 16)
     for rows in chunks:
         w = max(int(lengths[rows].max()), 2)  # scores tokens 0..w-1 (no device sync)
         rows = rows.to(device)
@@ -769,11 +776,34 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
                      position_ids=positions[rows, p:p + w - 1], use_cache=False,
                      logits_to_keep=w - 1, **{kwarg: part}).logits  # (n_c, w-1, V)
         resp = torch.cat([first.index_select(0, inverse[rows])[:, None], rest], dim=1)
-        logprobs[rows, :w] = token_logprobs(resp, batch.response_ids[rows, :w],
-                                            temperature).float()
-        if ent is not None:
-            ent[rows, :w] = token_entropy(resp, temperature, chunk_size)
+        lp = token_logprobs(resp, batch.response_ids[rows, :w], temperature).float()
+        e = token_entropy(resp.detach(), temperature, chunk_size) if entropy else None
+        if grad:  # rows are 0..n-1: pad to R instead of writing into a buffer
+            logprobs = F.pad(lp, (0, r - w))
+            ent = F.pad(e, (0, r - w)) if e is not None else None
+        else:
+            logprobs[rows, :w] = lp
+            if ent is not None:
+                ent[rows, :w] = e
     return logprobs, ent
+
+
+def _checkpoints_activations(model: torch.nn.Module) -> bool:
+    """Whether the model recomputes activations in backward (then HF turns the cache off)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # new, old name
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+def score_tokens(model: torch.nn.Module, batch: RolloutBatch, temperature: float,
+                 chunk_size: int = 256, *, entropy: bool = True, prompt_cache: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs, entropy or None) of ``batch``'s responses: the prompt-cached pass where it
+    applies (``prompt_cache``), else the full pass (:func:`forward_tokens`)."""
+    part = (forward_tokens_prompt_cached(model, batch, temperature, chunk_size, entropy=entropy)
+            if prompt_cache else None)
+    return part or forward_tokens(model, batch, temperature, chunk_size, entropy=entropy)
 
 
 def length_chunks(lengths: torch.Tensor, max_rows: int, overhead: float
@@ -810,11 +840,8 @@ def forward_tokens_batched(model, batch: RolloutBatch, temperature: float, micro
         return empty, (empty.clone() if entropy else None)
     parts = []
     for rows in torch.arange(batch.num_samples).split(micro):
-        sub = batch.select(rows)
-        part = (forward_tokens_prompt_cached(model, sub, temperature, chunk_size,
-                                             entropy=entropy) if prompt_cache else None)
-        parts.append(part or forward_tokens(model, sub, temperature, chunk_size,
-                                            entropy=entropy))
+        parts.append(score_tokens(model, batch.select(rows), temperature, chunk_size,
+                                  entropy=entropy, prompt_cache=prompt_cache))
     ent = torch.cat([e for _, e in parts]) if entropy else None
     return torch.cat([lp for lp, _ in parts]), ent
 
@@ -1021,8 +1048,11 @@ def accumulate_gradients(ctx: TrainContext, mb: UpdateBatch, phase: Phase,
         cols = width
         if cfg.length_bucketing:
             micro, cols = trim_padding(micro)
-        logprobs, entropy = forward_tokens(ctx.model, micro.batch, algo.temperature,
-                                           cfg.entropy_chunk_size)
+        # data parallel: the full pass (FSDP gathers per forward call, and the prompt cache
+        # makes a micro-batch's number of calls depend on its rows)
+        logprobs, entropy = score_tokens(ctx.model, micro.batch, algo.temperature,
+                                         cfg.entropy_chunk_size,
+                                         prompt_cache=cfg.prompt_cache and not dist.enabled)
         mask = micro.batch.response_mask.bool()
         high = (split.high_entropy_mask[rows][:, :cols] if split is not None else
                 split_by_entropy(entropy, mask, algo.entropy_quantile, algo.entropy_scope,

@@ -351,7 +351,8 @@ def test_other_architectures_score_what_they_sampled_with_and_without_the_prompt
         arch, tiny):
     """Beyond Llama: with left-padded prompts, the trainer's teacher-forced pass gives the
     sampler's log-probs, and the prompt-cached pass (KV cache per distinct prompt, responses
-    in length chunks) gives the full pass's log-probs and entropies."""
+    in length chunks) gives the full pass's log-probs and entropies, and with gradients its
+    parameter gradients."""
     import transformers
 
     import archer.trainer as T
@@ -379,3 +380,17 @@ def test_other_architectures_score_what_they_sampled_with_and_without_the_prompt
     torch.testing.assert_close(batch.sampler_logprobs[mask], full_lp[mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(cached[0][mask], full_lp[mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(cached[1][mask], full_ent[mask], atol=1e-5, rtol=0)
+    # with gradients (the update): the same loss, the same parameter gradients
+    weights = torch.randn(batch.response_ids.shape, generator=torch.Generator().manual_seed(1))
+
+    def gradients(forward):
+        model.zero_grad()
+        (forward(model, batch, 0.7)[0] * weights * mask).sum().backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    full_g, cached_g = gradients(T.forward_tokens), gradients(T.forward_tokens_prompt_cached)
+    assert full_g.keys() == cached_g.keys() and len(full_g) > 5
+    for k in full_g:
+        scale = full_g[k].abs().max().item()
+        torch.testing.assert_close(cached_g[k], full_g[k], atol=1e-5 * scale + 1e-9, rtol=0,
+                                   msg=k)

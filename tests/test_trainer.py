@@ -300,9 +300,10 @@ def test_reference_in_bfloat16(tiny_path, tmp_path):
 
 
 def test_prompt_cache_gives_the_same_step(tiny_path, tmp_path):
-    """``prompt_cache`` (each distinct prompt run once in the no-grad passes) changes only the
-    cost: with old, reference and entropy pre-passes all used (2 PPO epochs, 2 mini-batches,
-    a group-scope split), two steps end at the same parameters and metrics as without it."""
+    """``prompt_cache`` (each distinct prompt run once, in the no-grad passes and in the
+    update's forward and backward) changes only the cost: with old, reference and entropy
+    pre-passes all used (2 PPO epochs, 2 mini-batches, a group-scope split), two steps end at
+    the same parameters and metrics as without it."""
     def run(prompt_cache: bool):
         algo = replace(load_preset("archer").algo, entropy_scope="group")
         cfg = make_cfg(tiny_path, tmp_path / str(prompt_cache), algo=algo, micro_batch_size=3,
@@ -313,11 +314,21 @@ def test_prompt_cache_gives_the_same_step(tiny_path, tmp_path):
         ctx.ref.register_forward_hook(
             lambda mod, args, kwargs, out: ref_rows.append(
                 (kwargs["use_cache"], kwargs["input_ids"].shape[0])), with_kwargs=True)
+        update_rows = []  # (prompt pass?, rows) of each policy forward with gradients
+        ctx.model.register_forward_hook(
+            lambda mod, args, kwargs, out: update_rows.append(
+                (kwargs["use_cache"], kwargs["input_ids"].shape[0]))
+            if torch.is_grad_enabled() else None, with_kwargs=True)
         metrics = [train_step(ctx) for _ in range(2)]
-        return params_of(ctx.model), metrics, ref_rows
+        return params_of(ctx.model), metrics, ref_rows, update_rows
 
-    cached, m_cached, rows_cached = run(True)
-    plain, m_plain, rows_plain = run(False)
+    cached, m_cached, rows_cached, update_cached = run(True)
+    plain, m_plain, rows_plain, update_plain = run(False)
+    # the update: 2 steps x 2 epochs x 2 mini-batches of 8 rows, micro-batches of 3, 3, 2
+    assert update_plain == [(False, rows) for rows in [3, 3, 2] * 8]
+    prompts = [rows for prompt, rows in update_cached if prompt]
+    assert len(prompts) == 24 and all(rows <= 2 for rows in prompts)  # a micro-batch's prompts
+    assert [rows for prompt, rows in update_cached if not prompt] == [3, 3, 2] * 8
     assert all(m["train/step_skipped"] == 0.0 for m in m_cached)
     # 16 responses (4 groups of 4) in micro-batches of 3 rows: without the cache one forward
     # per micro-batch; with it, each micro-batch's distinct prompts (rows 3-5 span groups 0
