@@ -13,7 +13,9 @@ made locally by name (``prepare_model``):
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -36,6 +38,22 @@ MARKER = ".archer_prepared"  # written last: a directory without it is incomplet
 # --------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def keeps_logits(model_class: type) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+@functools.cache
+def cache_kwarg(model_class: type) -> str | None:
+    """The forward's KV-cache argument: ``cache`` (transformers >= 5.2x), ``past_key_values``
+    (older), or None when the model takes neither (no prompt caching then)."""
+    params = inspect.signature(model_class.forward).parameters
+    if not keeps_logits(model_class):
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 def load_policy_and_ref(

@@ -129,8 +129,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; a non-finite norm skips the optimizer step
     entropy_chunk_size: int = 256  # positions per chunk in the entropy computation
     prompt_cache: bool = True  # run each distinct prompt once and reuse its KV cache for the
-    #   group's G responses: in the no-grad passes (reference / old log-probs, entropy
-    #   pre-pass) and, single-process, in the update's forward and backward
+    #   group's G responses: in the HF rollout's prefill, the no-grad passes (reference / old
+    #   log-probs, entropy pre-pass) and, single-process, the update's forward and backward
     gradient_checkpointing: bool = False  # recompute layer activations in backward (memory)
     length_bucketing: bool = False  # micro-batches of similar response length, padding trimmed
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # FSDP2 (torchrun)

@@ -57,9 +57,7 @@ sees). With ``entropy_source=old`` the split uses the old policy's entropy, over
 
 from __future__ import annotations
 
-import functools
 import importlib
-import inspect
 import logging
 import math
 import numbers
@@ -111,6 +109,7 @@ from archer.distributed import (
     shard_slice,
     shutdown,
 )
+from archer.models import cache_kwarg, keeps_logits
 from archer.rollout import HFRollout, RolloutBackend, SamplingParams
 from archer.tracking import JsonlLogger, MetricLogger, NullLogger
 from archer.train_config import TrainConfig
@@ -366,7 +365,8 @@ def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer) -> Rollou
     """``hf``: generates with the policy module itself. ``vllm``: an engine loaded from the
     policy's model directory, at the training dtype (weights pushed after every update)."""
     if cfg.rollout_backend == "hf":
-        return HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size)
+        return HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size,
+                         share_prompts=cfg.prompt_cache)
     from archer.models import resolve_model_path
     from archer.rollout.vllm import VLLMRollout
 
@@ -684,7 +684,7 @@ def forward_tokens(model: torch.nn.Module, batch: RolloutBatch, temperature: flo
     left padding). Logits are computed only where a response token is predicted (the
     model's ``logits_to_keep``): the (n, P, V) logits over the prompt are never made."""
     r = batch.response_ids.shape[1]
-    if _keeps_logits(type(model)):
+    if keeps_logits(type(model)):
         # the last R + 1 positions are P-1 .. T-1; column P-1+j predicts response token j
         logits = model(**batch.model_inputs(), use_cache=False, logits_to_keep=r + 1).logits
     else:  # an architecture without logits_to_keep: all T positions, then cut
@@ -694,22 +694,6 @@ def forward_tokens(model: torch.nn.Module, batch: RolloutBatch, temperature: flo
     if not entropy:
         return logprobs, None
     return logprobs, token_entropy(resp.detach(), temperature, chunk_size)
-
-
-@functools.cache
-def _keeps_logits(model_class: type) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
-
-
-@functools.cache
-def _cache_kwarg(model_class: type) -> str | None:
-    """The forward's KV-cache argument: ``cache`` (transformers >= 5.2x), ``past_key_values``
-    (older), or None when the model takes neither (no prompt caching then)."""
-    params = inspect.signature(model_class.forward).parameters
-    if not _keeps_logits(model_class):
-        return None
-    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
@@ -737,7 +721,7 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
 
     from transformers.cache_utils import DynamicCache
 
-    kwarg = _cache_kwarg(type(model))
+    kwarg = cache_kwarg(type(model))
     r, p, n = batch.response_ids.shape[1], batch.prompt_length, batch.num_samples
     grad = torch.is_grad_enabled()
     if kwarg is None or r < 2 or (grad and _checkpoints_activations(model)):

@@ -1,6 +1,8 @@
 """HF rollout backend on a tiny local model: masks, truncation, grouping, seeding, and the
 key check that sampler log-probs equal a teacher-forced forward pass (left padding)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,8 +115,8 @@ def test_trainer_forward_matches_the_sampler_with_and_without_logits_to_keep(bat
     torch.testing.assert_close(lp[mask], batch.sampler_logprobs[mask], atol=1e-4, rtol=0)
     torch.testing.assert_close(ent, entropy_naive(resp_logits), atol=1e-4, rtol=0)
     assert none is None and torch.equal(lp_only, lp)
-    assert T._keeps_logits(type(policy))
-    monkeypatch.setattr(T, "_keeps_logits", lambda cls: False)
+    assert T.keeps_logits(type(policy))
+    monkeypatch.setattr(T, "keeps_logits", lambda cls: False)
     with torch.no_grad():
         lp2, ent2 = T.forward_tokens(policy, batch, 0.7)
     torch.testing.assert_close(lp2, lp, atol=1e-5, rtol=0)
@@ -368,7 +370,7 @@ def test_other_architectures_score_what_they_sampled_with_and_without_the_prompt
                           **kwargs)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
-    assert T._cache_kwarg(type(model)) is not None  # the cached pass really runs
+    assert T.cache_kwarg(type(model)) is not None  # the cached pass really runs
     batch = HFRollout(model, tok, batch_size=3).generate(
         PROMPTS, SamplingParams(temperature=0.7, n=4, max_new_tokens=24, seed=3))
     assert batch.prompt_length > 8  # longer than the sliding windows above
@@ -394,3 +396,35 @@ def test_other_architectures_score_what_they_sampled_with_and_without_the_prompt
         scale = full_g[k].abs().max().item()
         torch.testing.assert_close(cached_g[k], full_g[k], atol=1e-5 * scale + 1e-9, rtol=0,
                                    msg=k)
+
+
+def test_prompts_are_prefilled_once_for_their_n_samples(tiny):
+    """With n samples per prompt, the first P-1 prompt tokens run once per prompt (not n
+    times) and ``generate`` starts at the last prompt token; the samples and their log-probs
+    are those of the full prefill (same seed). n = 1 and ``share_prompts=False`` prefill as
+    before."""
+    policy, tok = tiny
+    params = SamplingParams(temperature=0.7, n=8, max_new_tokens=24, seed=3)
+    calls = []
+    hook = policy.register_forward_hook(
+        lambda mod, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True)
+    try:
+        plain = HFRollout(policy, tok, batch_size=2, share_prompts=False).generate(PROMPTS,
+                                                                                   params)
+        plain_calls, calls[:] = list(calls), []
+        shared = HFRollout(policy, tok, batch_size=2).generate(PROMPTS, params)
+        shared_calls, calls[:] = list(calls), []
+        HFRollout(policy, tok, batch_size=2).generate(PROMPTS, replace(params, n=1))
+        single_calls = list(calls)
+    finally:
+        hook.remove()
+    widths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS]
+    p01, p2 = max(widths[:2]), widths[2]  # the two micro-batches' prompt widths
+    assert plain_calls[0] == (16, p01) and (8, p2) in plain_calls
+    assert shared_calls[:2] == [(2, p01 - 1), (16, 1)]  # prefill 2 prompts, then decode
+    assert (1, p2 - 1) in shared_calls and (8, p2) not in shared_calls
+    assert single_calls[0] == (2, p01)  # one sample each: nothing to share
+    assert torch.equal(shared.response_ids, plain.response_ids)
+    torch.testing.assert_close(shared.sampler_logprobs, plain.sampler_logprobs, atol=1e-5,
+                               rtol=0)

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
+from archer.models import cache_kwarg
 from archer.rollout.base import RolloutBackend, SamplingParams
-from archer.types import RolloutBatch
+from archer.types import RolloutBatch, position_ids_from_mask
 
 
 class HFRollout(RolloutBackend):
@@ -35,12 +36,14 @@ class HFRollout(RolloutBackend):
         batch.texts  # 4 responses, rows 0..3 answer prompt 0
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 8) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 8,
+                 share_prompts: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} is invalid; allowed: an int >= 1")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.share_prompts = share_prompts  # n > 1: prefill each prompt once (_prefill)
         self.stop_ids = _stop_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
@@ -82,6 +85,7 @@ class HFRollout(RolloutBackend):
             self.pad_id,
         )
         n = params.n  # expand rows ourselves (also valid for greedy, unlike HF's option)
+        prefilled = self._prefill(prompt_ids.to(device), prompt_mask.to(device), n)
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)  # (b*n, P)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)  # (b*n, P)
         with _seeded(seed, device):
@@ -89,6 +93,7 @@ class HFRollout(RolloutBackend):
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
                 generation_config=self._generation_config(params),
+                **prefilled,
             )
         response_ids = out.sequences[:, prompt_ids.shape[1] :]  # (b*n, R)
         response_mask, truncated = _response_mask(
@@ -116,6 +121,30 @@ class HFRollout(RolloutBackend):
             group_index=groups,
             texts=texts,
         )
+
+    def _prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int
+                 ) -> dict[str, object]:
+        """With n samples per prompt, run each prompt's first P-1 tokens once and repeat
+        their KV cache n times: ``generate`` then starts at the last prompt token, and the
+        prompt costs 1/n of its compute (the samples are those of the full prefill, up to
+        float rounding). Returns the cache as ``generate``'s keyword, or {} where it does not
+        apply: n = 1, a one-token prompt (nothing before its last token), a model without a
+        cache argument or one that drops its cache."""
+        from transformers.cache_utils import DynamicCache
+
+        kwarg = cache_kwarg(type(self.model))
+        head_ids, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
+        if (not self.share_prompts or n < 2 or kwarg is None or head_ids.shape[1] == 0
+                or bool((head_mask.sum(-1) == 0).any())):
+            return {}
+        cache = DynamicCache()
+        self.model(input_ids=head_ids, attention_mask=head_mask,
+                   position_ids=position_ids_from_mask(head_mask), use_cache=True,
+                   logits_to_keep=1, **{kwarg: cache})
+        if cache.get_seq_length() != head_ids.shape[1]:
+            return {}
+        cache.batch_repeat_interleave(n)
+        return {kwarg: cache}
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
         return GenerationConfig(
