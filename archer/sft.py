@@ -50,6 +50,7 @@ class SFTConfig:
     seed: int = 0  # seeds the batch sampling
     dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    share_prefix: bool = True  # run the tokens every row of a batch starts with once
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -68,6 +69,8 @@ class SFTConfig:
                 raise ConfigError("target_accuracy needs val_size >= 1 (held-out prompts)")
         _check_float("lr", self.lr, 0.0, lo_open=True)
         _check_float("weight_decay", self.weight_decay, 0.0)
+        if not isinstance(self.share_prefix, bool):
+            raise ConfigError(f"share_prefix={self.share_prefix!r} must be true or false")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
         if not isinstance(self.answer_format, str) or "{answer}" not in self.answer_format:
@@ -110,11 +113,58 @@ def sft_batch(tokenizer, prompts: list[str], targets: list[str]):
     return ids, att, lab
 
 
-def sft_loss(model, tokenizer, prompts: list[str], targets: list[str]) -> torch.Tensor:
-    """Mean token cross-entropy of ``targets`` (+ EOS) given ``prompts``."""
+def sft_loss(model, tokenizer, prompts: list[str], targets: list[str],
+             share_prefix: bool = True) -> torch.Tensor:
+    """Mean token cross-entropy of ``targets`` (+ EOS) given ``prompts``. With
+    ``share_prefix``, the tokens every row starts with (a template's instruction, a system
+    prompt) run once (:func:`shared_prefix_loss`)."""
     device = next(model.parameters()).device
     ids, att, lab = (t.to(device) for t in sft_batch(tokenizer, prompts, targets))
+    if share_prefix:
+        loss = shared_prefix_loss(model, ids, att, lab)
+        if loss is not None:
+            return loss
     return model(input_ids=ids, attention_mask=att, labels=lab).loss
+
+
+def shared_prefix_length(ids: torch.Tensor, att: torch.Tensor, lab: torch.Tensor) -> int:
+    """Leading columns that hold the same real token in every row and whose logits score no
+    label (a label in column t is scored by the logits of column t - 1)."""
+    same = ((ids == ids[:1]) & (att == 1)).all(0).long()  # (W,)
+    common = int(same.cumprod(0).sum())
+    scored = (lab != -100).any(0).nonzero()
+    first_label = int(scored[0]) if len(scored) else ids.shape[1]
+    return min(common, first_label - 1)
+
+
+def shared_prefix_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tensor
+                       ) -> torch.Tensor | None:
+    """The causal-LM loss of the right-padded batch (what ``model(..., labels=lab).loss``
+    gives: mean cross-entropy over the labelled tokens) with the shared prefix run once:
+    its KV cache (one row) is repeated for every row and the rest of each row attends to
+    it, gradients flowing back through the cache. None where it does not apply (one row,
+    a prefix under 2 tokens, a model without a cache argument or one that drops its cache,
+    e.g. under gradient checkpointing): the caller runs the plain loss."""
+    from transformers.cache_utils import DynamicCache
+
+    from archer.models import cache_kwarg
+
+    kwarg = cache_kwarg(type(model))
+    n, width = ids.shape
+    prefix = shared_prefix_length(ids, att, lab)
+    if kwarg is None or n < 2 or prefix < 2:
+        return None
+    cache = DynamicCache()
+    model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1, **{kwarg: cache})
+    if cache.get_seq_length() != prefix:
+        return None
+    cache.batch_repeat_interleave(n)
+    positions = torch.arange(prefix, width, device=ids.device).expand(n, -1)
+    logits = model(input_ids=ids[:, prefix:], attention_mask=att, position_ids=positions,
+                   use_cache=False, **{kwarg: cache}).logits  # column j predicts prefix+j+1
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, prefix + 1:].reshape(-1),
+        ignore_index=-100)
 
 
 @torch.no_grad()
@@ -175,7 +225,8 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
             stopped = "time"
             break
         idx = torch.randint(len(prompts), (cfg.batch_size,), generator=gen).tolist()
-        loss = sft_loss(model, tok, [prompts[i] for i in idx], [targets[i] for i in idx])
+        loss = sft_loss(model, tok, [prompts[i] for i in idx], [targets[i] for i in idx],
+                        share_prefix=cfg.share_prefix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

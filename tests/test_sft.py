@@ -105,3 +105,58 @@ def test_cli_sft_then_train_on_the_saved_model(tiny_path, tmp_path, monkeypatch,
 def test_cli_sft_rejects_unknown_knob(capsys):
     assert main(["sft", "--print-config", "+sft.stepz=3"]) == 2
     assert "'sft.stepz' (did you mean 'sft.steps'?)" in capsys.readouterr().err
+
+
+def test_shared_prefix_length_hand_computed():
+    """Leading columns equal in every row, real tokens, and before the column that scores the
+    first label (label in column t <- logits of column t - 1)."""
+    from archer.sft import shared_prefix_length
+
+    ids = torch.tensor([[5, 6, 7, 8, 1, 0], [5, 6, 7, 9, 2, 3]])
+    att = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    late = torch.tensor([[-100] * 4 + [1, -100], [-100] * 5 + [3]])
+    assert shared_prefix_length(ids, att, late) == 3  # columns 0-2 agree
+    early = torch.tensor([[-100, -100, 7, 8, 1, -100], [-100] * 5 + [3]])
+    assert shared_prefix_length(ids, att, early) == 1  # column 1 scores the label in 2
+    padded = att.clone()
+    padded[0, 1:] = 0  # row 0 is one real token: padding is no shared prefix
+    assert shared_prefix_length(ids, padded, late) == 1
+
+
+def test_shared_prefix_loss_equals_the_plain_loss_and_its_gradients(tiny_path):
+    """Rows that share an instruction: the prefix runs once (a one-row forward, then the
+    rest of every row) and the loss and every parameter's gradient are the plain pass's;
+    without a shared prefix (or with one row) the plain pass runs."""
+    model, _, tok = load_policy_and_ref(tiny_path, need_ref=False)
+    head = "User: State the final answer to the following arithmetic problem: "
+    prompts = [head + f"{i} + {i % 4} =\nAssistant:" for i in range(12)]
+    targets = [f" {i + i % 4}" for i in range(12)]
+
+    def run(share: bool):
+        shapes = []
+        hook = model.register_forward_hook(
+            lambda mod, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)),
+            with_kwargs=True)
+        model.zero_grad()
+        try:
+            loss = sft_loss(model, tok, prompts, targets, share_prefix=share)
+        finally:
+            hook.remove()
+        loss.backward()
+        return loss, {k: p.grad.clone() for k, p in model.named_parameters()}, shapes
+
+    plain, plain_g, plain_shapes = run(False)
+    shared, shared_g, shared_shapes = run(True)
+    width = plain_shapes[0][1]
+    assert plain_shapes == [(12, width)]
+    assert shared_shapes == [(1, len(head)), (12, width - len(head))]
+    assert shared.item() == pytest.approx(plain.item(), abs=1e-6)
+    for k in plain_g:
+        scale = plain_g[k].abs().max().item()
+        torch.testing.assert_close(shared_g[k], plain_g[k], atol=1e-5 * scale + 1e-9, rtol=0,
+                                   msg=k)
+    ids, att, lab = sft_batch(tok, ["a1", "b1"], [" 1", " 2"])
+    from archer.sft import shared_prefix_loss
+    assert shared_prefix_loss(model, ids, att, lab) is None  # nothing shared
+    ids, att, lab = sft_batch(tok, prompts[:1], targets[:1])
+    assert shared_prefix_loss(model, ids, att, lab) is None  # one row
