@@ -35,8 +35,11 @@ Fairness (the same for ours and TRL unless stated):
   runs a separate no-grad pass for the old log-probs (both use the update forward's detached
   ones; ``archer.trainer.is_on_policy``). ``old_logprob`` is then the advantages for grpo,
   plus the reference model's forward for archer (its low-entropy KL needs it), which runs
-  each of the P prompts once and the responses without their padding
-  (``trainer.prompt_cache``, the default; ``--no-prompt-cache`` times the full padded pass).
+  each of the P prompts once and the responses without their padding.
+- prompt sharing (``trainer.prompt_cache``, our default): our rollout prefills each prompt
+  once for its G samples, and our update's forward/backward runs each prompt once for its
+  G responses (gradients through the shared KV cache); TRL runs every prompt G times.
+  ``--no-prompt-cache`` turns all of it off (every pass over the full padded sequences).
 - a fourth run, ``archer_ref_bf16``, is our archer preset with ``trainer.ref_dtype=bfloat16``:
   the frozen reference in bfloat16 (as verl keeps it), the policy still float32.
 - a fifth run, ``grpo_kl``, is our grpo preset plus a k3 KL of weight 0.001 to the reference
@@ -476,8 +479,8 @@ def main(argv=None) -> dict:
                          "samples from the same policy (no drift in response lengths; our "
                          "runs then sample the very same responses)")
     ap.add_argument("--no-prompt-cache", action="store_true",
-                    help="our no-grad passes (archer's reference log-probs) run the full padded "
-                         "sequences, as before trainer.prompt_cache")
+                    help="trainer.prompt_cache=false for our runs: the rollout, the no-grad "
+                         "passes and the update run every prompt G times, padded")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.prompts, args.group_size, args.max_new_tokens = 2, 2, 4, 8
