@@ -56,6 +56,28 @@ def cache_kwarg(model_class: type) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
+def prefill(model: torch.nn.Module, input_ids: torch.Tensor,
+            attention_mask: torch.Tensor | None = None,
+            position_ids: torch.Tensor | None = None):
+    """Run ``input_ids`` into a fresh KV cache: ``(logits of the last position (B, V),
+    cache)``, with or without gradients. None when the model takes no cache argument
+    (:func:`cache_kwarg`) or dropped its cache (transformers < 5.24 does under activation
+    checkpointing in training mode, even without gradients; >= 5.24 with gradients): the
+    caller then runs its full pass. Later calls pass the cache as ``cache_kwarg(...)``."""
+    from transformers.cache_utils import DynamicCache
+
+    kwarg = cache_kwarg(type(model))
+    if kwarg is None:
+        return None
+    cache = DynamicCache()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                   **{kwarg: cache}).logits[:, -1]
+    if cache.get_seq_length() != input_ids.shape[1]:
+        return None
+    return logits, cache
+
+
 def load_policy_and_ref(
     model_path: str | os.PathLike,
     need_ref: bool = True,

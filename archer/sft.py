@@ -145,20 +145,18 @@ def shared_prefix_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.T
     it, gradients flowing back through the cache. None where it does not apply (one row,
     a prefix under 2 tokens, a model without a cache argument or one that drops its cache,
     e.g. under gradient checkpointing): the caller runs the plain loss."""
-    from transformers.cache_utils import DynamicCache
+    from archer.models import cache_kwarg, prefill
 
-    from archer.models import cache_kwarg
-
-    kwarg = cache_kwarg(type(model))
     n, width = ids.shape
     prefix = shared_prefix_length(ids, att, lab)
-    if kwarg is None or n < 2 or prefix < 2:
+    if n < 2 or prefix < 2:
         return None
-    cache = DynamicCache()
-    model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1, **{kwarg: cache})
-    if cache.get_seq_length() != prefix:
+    prefilled = prefill(model, ids[:1, :prefix])
+    if prefilled is None:
         return None
+    cache = prefilled[1]
     cache.batch_repeat_interleave(n)
+    kwarg = cache_kwarg(type(model))
     positions = torch.arange(prefix, width, device=ids.device).expand(n, -1)
     logits = model(input_ids=ids[:, prefix:], attention_mask=att, position_ids=positions,
                    use_cache=False, **{kwarg: cache}).logits  # column j predicts prefix+j+1

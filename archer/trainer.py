@@ -109,7 +109,7 @@ from archer.distributed import (
     shard_slice,
     shutdown,
 )
-from archer.models import cache_kwarg, keeps_logits
+from archer.models import cache_kwarg, keeps_logits, prefill
 from archer.rollout import HFRollout, RolloutBackend, SamplingParams
 from archer.tracking import JsonlLogger, MetricLogger, NullLogger
 from archer.train_config import TrainConfig
@@ -719,28 +719,22 @@ def forward_tokens_prompt_cached(model: torch.nn.Module, batch: RolloutBatch,
     pass."""
     import copy
 
-    from transformers.cache_utils import DynamicCache
-
     kwarg = cache_kwarg(type(model))
     r, p, n = batch.response_ids.shape[1], batch.prompt_length, batch.num_samples
     grad = torch.is_grad_enabled()
     if kwarg is None or r < 2 or (grad and _checkpoints_activations(model)):
-        return None
+        return None  # (checkpointing: prefill would drop the cache; skip the wasted pass)
     key = torch.cat([batch.prompt_ids, batch.prompt_mask], dim=1)
     unique, inverse = torch.unique(key, dim=0, return_inverse=True)
     if unique.shape[0] == n:
         return None
-    cache = DynamicCache()
     u_ids, u_mask = unique[:, :p], unique[:, p:]
     lead = p - max(int(u_mask.sum(-1).max()), 1)  # left-pad columns every distinct prompt has
     u_ids, u_mask = u_ids[:, lead:], u_mask[:, lead:]
-    first = model(input_ids=u_ids, attention_mask=u_mask,
-                  position_ids=position_ids_from_mask(u_mask), use_cache=True,
-                  logits_to_keep=1, **{kwarg: cache}).logits[:, -1]  # (U, V) -> token 0
-    if cache.get_seq_length() != u_ids.shape[1]:
-        # the model dropped its cache (e.g. transformers < 5.24 under activation
-        # checkpointing in training mode, even without gradients): the full pass instead
+    prefilled = prefill(model, u_ids, u_mask, position_ids_from_mask(u_mask))
+    if prefilled is None:
         return None
+    first, cache = prefilled  # first: (U, V), the logits that score response token 0
     device = first.device
     inverse = inverse.to(device)
     mask, lengths = batch.attention_mask(), batch.response_mask.sum(-1).cpu()

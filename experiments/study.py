@@ -473,11 +473,12 @@ def user_file_paths(data_file: str | None, reward: str) -> tuple[str | None, str
     """``data.file`` and ``data.reward`` with the paths of the user's own files made
     absolute (a registered name or an importable ``module:function`` is kept as is)."""
     from archer.data.datasets import is_data_path
+    from archer.rewards import is_file_target
 
     if data_file and is_data_path(data_file):
         data_file = str(Path(data_file).expanduser().resolve())
     target, sep, attr = reward.rpartition(":")
-    if sep and (target.endswith(".py") or Path(target).name != target):
+    if sep and is_file_target(target):
         reward = f"{Path(target).expanduser().resolve()}:{attr}"
     return data_file, reward
 

@@ -66,7 +66,7 @@ def load_user_reward(spec: str):
     if not target or not attr.isidentifier():
         raise RewardSpecError(f"reward {spec!r}: expected a registered name, "
                               "'package.module:function' or 'path/to/file.py:function'")
-    if target.endswith(".py") or Path(target).name != target:
+    if is_file_target(target):
         module = _file_module(spec, Path(target).expanduser())
     else:
         try:
@@ -87,6 +87,12 @@ def load_user_reward(spec: str):
         raise RewardSpecError(f"reward {spec!r}: {target}.{attr} is a "
                               f"{type(fn).__name__}, not a function")
     return fn
+
+
+def is_file_target(target: str) -> bool:
+    """Whether the part before ``:function`` of a reward spec is a file path (``.py`` or with
+    a directory part) rather than an importable module name."""
+    return target.endswith(".py") or Path(target).name != target
 
 
 def _file_module(spec: str, path: Path):

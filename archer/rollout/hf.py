@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from archer.models import cache_kwarg
+from archer.models import cache_kwarg, prefill
 from archer.rollout.base import RolloutBackend, SamplingParams
 from archer.types import RolloutBatch, position_ids_from_mask
 
@@ -85,9 +85,10 @@ class HFRollout(RolloutBackend):
             self.pad_id,
         )
         n = params.n  # expand rows ourselves (also valid for greedy, unlike HF's option)
-        prefilled = self._prefill(prompt_ids.to(device), prompt_mask.to(device), n)
-        prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)  # (b*n, P)
-        prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)  # (b*n, P)
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)  # (b, P)
+        prefilled = self._prefill(prompt_ids, prompt_mask, n)
+        prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # (b*n, P)
+        prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # (b*n, P)
         with _seeded(seed, device):
             out = self.model.generate(
                 input_ids=prompt_ids,
@@ -130,21 +131,16 @@ class HFRollout(RolloutBackend):
         float rounding). Returns the cache as ``generate``'s keyword, or {} where it does not
         apply: n = 1, a one-token prompt (nothing before its last token), a model without a
         cache argument or one that drops its cache."""
-        from transformers.cache_utils import DynamicCache
-
-        kwarg = cache_kwarg(type(self.model))
         head_ids, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
-        if (not self.share_prompts or n < 2 or kwarg is None or head_ids.shape[1] == 0
+        if (not self.share_prompts or n < 2 or head_ids.shape[1] == 0
                 or bool((head_mask.sum(-1) == 0).any())):
             return {}
-        cache = DynamicCache()
-        self.model(input_ids=head_ids, attention_mask=head_mask,
-                   position_ids=position_ids_from_mask(head_mask), use_cache=True,
-                   logits_to_keep=1, **{kwarg: cache})
-        if cache.get_seq_length() != head_ids.shape[1]:
+        prefilled = prefill(self.model, head_ids, head_mask, position_ids_from_mask(head_mask))
+        if prefilled is None:
             return {}
+        cache = prefilled[1]
         cache.batch_repeat_interleave(n)
-        return {kwarg: cache}
+        return {cache_kwarg(type(self.model)): cache}
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
         return GenerationConfig(
