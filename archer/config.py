@@ -50,6 +50,16 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]):
         raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(choices)}")
 
 
+def check_device(name: str, value: Any) -> None:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    ok = isinstance(value, str) and (
+        value in ("auto", "cpu", "cuda")
+        or (value.startswith("cuda:") and value[5:].isdigit()))
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid; allowed 'auto', 'cpu', 'cuda' or "
+                          "'cuda:N'")
+
+
 @dataclass(frozen=True)
 class TokenClassConfig:
     """Loss settings for one token class (high-entropy "reasoning" or low-entropy "knowledge")."""

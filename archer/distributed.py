@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from archer.config import ConfigError
+
 MP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -112,15 +114,22 @@ class DistInfo:
 SINGLE = DistInfo()
 
 
-def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
+def init_distributed(backend: str = "auto", timeout_s: int = 1800,
+                     device: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's environment; :data:`SINGLE` without one.
 
-    ``backend``: ``auto`` (nccl when CUDA is available, else gloo), ``gloo`` or ``nccl``.
-    On CUDA each process uses ``cuda:LOCAL_RANK``. Idempotent: an existing default process
-    group is reused."""
+    ``backend``: ``auto`` (nccl when CUDA is used, else gloo), ``gloo`` or ``nccl``.
+    ``device``: ``auto``/``cuda`` (each process on ``cuda:LOCAL_RANK``; ``cuda`` fails without
+    a GPU) or ``cpu`` (every rank on the CPU, even where GPUs are present). Idempotent: an
+    existing default process group is reused."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={device!r} under torchrun: each rank takes "
+                           "cuda:LOCAL_RANK; use device=auto, cuda or cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but torch sees no CUDA GPU; use device=cpu or auto")
     import torch.distributed as dist
 
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -128,7 +137,7 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     if missing:
         raise RuntimeError(f"WORLD_SIZE={world} but {missing} are not set; launch with torchrun")
     rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and device != "cpu"
     if backend == "auto":
         backend = "nccl" if cuda else "gloo"
     if backend == "nccl" and not cuda:

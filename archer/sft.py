@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from archer.config import ConfigError, build_config
+from archer.config import ConfigError, build_config, check_device
 from archer.train_config import DTYPES, DataConfig, TrainConfig, _check_float, _check_int
 
 
@@ -50,6 +50,7 @@ class SFTConfig:
     seed: int = 0  # seeds the batch sampling
     dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N
     share_prefix: bool = True  # run the tokens every row of a batch starts with once
 
     def __post_init__(self) -> None:
@@ -61,6 +62,7 @@ class SFTConfig:
         _check_int("seed", self.seed, 0)
         if self.num_threads is not None:
             _check_int("num_threads", self.num_threads, 1)
+        check_device("device", self.device)
         if self.max_seconds is not None:
             _check_float("max_seconds", self.max_seconds, 0.0, lo_open=True)
         if self.target_accuracy is not None:
@@ -183,12 +185,12 @@ def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], 
 def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
     """Run the warm-up described in the module docstring; returns where the model went."""
     from archer.data.templates import format_prompt
-    from archer.models import load_policy_and_ref
+    from archer.models import load_policy_and_ref, resolve_device
     from archer.trainer import load_records, resolve_reward
 
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device)
     model, _, tok = load_policy_and_ref(cfg.model, need_ref=False, dtype=cfg.dtype,
                                         device=device)
     train, val = load_records(cfg.records_config())

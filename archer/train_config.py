@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from archer.config import AlgoConfig, ConfigError, build_config
+from archer.config import AlgoConfig, ConfigError, build_config, check_device
 
 REWARD_ON_NONE = ("error", "zero")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -151,6 +151,8 @@ class TrainConfig:
     # where the hardware has bf16 matmuls, its forward time, as verl keeps its reference
     ref_dtype: str | None = None
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N;
+    #   under torchrun each rank uses cuda:LOCAL_RANK (auto/cuda) or the CPU (cpu)
     deterministic: bool = False  # torch.use_deterministic_algorithms (warn-only) for exact resume
 
     def __post_init__(self) -> None:
@@ -216,6 +218,7 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         if self.num_threads is not None:
             _check_int("num_threads", self.num_threads, 1)
+        check_device("device", self.device)
         _check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
         _check_float("lr", self.lr, 0.0, lo_open=True)
         _check_float("weight_decay", self.weight_decay, 0.0)

@@ -121,6 +121,7 @@ class Setup:
     template: str = "none"
     sync_weights: bool = False  # every round, our runs start from TRL's current weights
     prompt_cache: bool = True  # our no-grad passes: each prompt once, responses unpadded
+    device: str = "cpu"  # cpu | cuda: where every run's models live (TRL's use_cpu, ours device)
 
 
 @dataclass
@@ -152,14 +153,22 @@ def our_config(s: Setup, model_dir: Path, preset: str, out_dir: Path,
         weight_decay=s.weight_decay, warmup_steps=0, grad_clip=1.0,
         total_steps=s.steps + 1, seed=s.seed, val_every=0, val_size=0, out_dir=str(out_dir),
         export_final=False, num_threads=s.threads, ref_dtype=ref_dtype,
-        prompt_cache=s.prompt_cache)
+        prompt_cache=s.prompt_cache, device=s.device)
+
+
+def _sync() -> None:
+    """Wait for queued GPU work before reading a clock (no-op on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def our_step(ctx, timings: Timings | None) -> float:
     from archer.trainer import train_step
 
+    _sync()
     t0, c0 = time.perf_counter(), time.process_time()
     m = train_step(ctx)
+    _sync()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if m.get("train/step_skipped"):
         raise RuntimeError("our step skipped its update; the comparison would be unfair")
@@ -216,7 +225,8 @@ def make_trl_trainer(s: Setup, model_dir: Path, ctx, out_dir: Path, callback):
         scale_rewards="group", temperature=algo.temperature, top_p=1.0, top_k=0,
         repetition_penalty=1.0, learning_rate=s.lr, weight_decay=s.weight_decay,
         lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch",
-        max_steps=s.steps + 1, num_train_epochs=1, use_cpu=True, bf16=False, fp16=False,
+        max_steps=s.steps + 1, num_train_epochs=1, use_cpu=s.device == "cpu", bf16=False,
+        fp16=False,
         activation_checkpointing=False, report_to="none", logging_steps=10**6,
         save_strategy="no", shuffle_dataset=False, seed=s.seed, data_seed=s.seed,
         dataloader_num_workers=0, log_completions=False, disable_tqdm=True,
@@ -229,6 +239,9 @@ def make_trl_trainer(s: Setup, model_dir: Path, ctx, out_dir: Path, callback):
     dtypes = {p.dtype for p in trainer.model.parameters()}
     if trainer.model.is_gradient_checkpointing or args.bf16 or dtypes != {torch.float32}:
         raise RuntimeError(f"TRL is not in plain fp32 without checkpointing: {dtypes}")
+    if next(trainer.model.parameters()).device.type != s.device:
+        raise RuntimeError(f"TRL's model is on {next(trainer.model.parameters()).device}, "
+                           f"not {s.device}")
     return trainer
 
 
@@ -248,25 +261,31 @@ def timed_trl_class(base):
             self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + seconds
 
         def _generate(self, *a, **k):
+            _sync()
             t0 = time.perf_counter()
             try:
                 return super()._generate(*a, **k)
             finally:
+                _sync()
                 self._add("rollout", time.perf_counter() - t0)
 
         def _calculate_rewards(self, *a, **k):
+            _sync()
             t0 = time.perf_counter()
             try:
                 return super()._calculate_rewards(*a, **k)
             finally:
+                _sync()
                 self._add("reward", time.perf_counter() - t0)
 
         def _generate_and_score_completions(self, *a, **k):
+            _sync()
             self._preparing, t0 = True, time.perf_counter()
             before = self.phase_seconds.get("rollout", 0.0) + self.phase_seconds.get("reward", 0.0)
             try:
                 return super()._generate_and_score_completions(*a, **k)
             finally:
+                _sync()
                 self._preparing = False
                 inner = (self.phase_seconds.get("rollout", 0.0)
                          + self.phase_seconds.get("reward", 0.0) - before)
@@ -300,6 +319,7 @@ def make_interleaver(ours: dict, results: dict[str, Timings],
             self.gap = self.cpu_gap = 0.0
 
         def on_step_begin(self, args, state, control, **kw):
+            _sync()
             now = time.perf_counter()
             cpu = time.process_time()
             self.gap = 0.0 if self.t_resume is None else now - self.t_resume
@@ -310,6 +330,7 @@ def make_interleaver(ours: dict, results: dict[str, Timings],
                 profilers["trl"].enable()
 
         def on_step_end(self, args, state, control, **kw):
+            _sync()
             core = time.perf_counter() - self.t_begin
             core_cpu = time.process_time() - self.c_begin
             if "trl" in profilers and self.round > 0:
@@ -337,6 +358,7 @@ def make_interleaver(ours: dict, results: dict[str, Timings],
                 if prof is not None:
                     prof.disable()
             self.round += 1
+            _sync()
             self.t_resume, self.c_resume = time.perf_counter(), time.process_time()
 
     return Interleave()
@@ -420,8 +442,10 @@ def report(s: Setup, out: dict) -> None:
     import transformers
     import trl
 
+    where = (torch.cuda.get_device_name() if s.device.startswith("cuda") else "CPU")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl "
-          f"{trl.__version__}, threads={s.threads}, cpu_count={os.cpu_count()}")
+          f"{trl.__version__}, device {s.device} ({where}), threads={s.threads}, "
+          f"cpu_count={os.cpu_count()}")
     print(f"tiny Llama hidden={s.hidden} layers={s.layers}; P={s.prompts} prompts x "
           f"G={s.group_size}, max_new_tokens={s.max_new_tokens}, one PPO epoch, one optimizer "
           f"step per step; median of {s.steps} interleaved steps after 1 warm-up"
@@ -481,7 +505,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-prompt-cache", action="store_true",
                     help="trainer.prompt_cache=false for our runs: the rollout, the no-grad "
                          "passes and the update run every prompt G times, padded")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where every run's models live: TRL's use_cpu and our trainer.device "
+                         "(cuda: the clocks wait for the GPU at every phase boundary)")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no CUDA GPU")
     if args.quick:
         args.steps, args.prompts, args.group_size, args.max_new_tokens = 2, 2, 4, 8
     for name in ("steps", "group_size", "prompts", "max_new_tokens", "hidden", "layers",
@@ -497,7 +526,7 @@ def main(argv=None) -> dict:
     s = Setup(prompts=args.prompts, group_size=args.group_size,
               max_new_tokens=args.max_new_tokens, steps=args.steps, threads=args.threads,
               hidden=args.hidden, layers=args.layers, sync_weights=args.sync_weights,
-              prompt_cache=not args.no_prompt_cache)
+              prompt_cache=not args.no_prompt_cache, device=args.device)
     out = run(s, profile=args.profile)
     report(s, out)
     if args.json:
