@@ -568,7 +568,15 @@ def generate(ctx: TrainContext, records: list[dict], seed: int) -> RolloutBatch:
     cfg = ctx.cfg
     params = SamplingParams(temperature=cfg.sampling_temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens, n=cfg.group_size, seed=seed)
-    return ctx.rollout.generate(prompt_texts(ctx, records), params)
+    return sample(ctx, records, params)
+
+
+def sample(ctx: TrainContext, records: list[dict], params: SamplingParams) -> RolloutBatch:
+    """The backend's samples for ``records``, on the policy's device (a vLLM engine hands
+    back CPU tensors; the HF backend's are already there)."""
+    batch = ctx.rollout.generate(prompt_texts(ctx, records), params)
+    device = next(ctx.model.parameters()).device
+    return batch if batch.response_ids.device == device else batch.to(device)
 
 
 def call_reward(fn, name: str, completions: list[str], records: list[dict], n: int
@@ -600,7 +608,8 @@ def score(ctx: TrainContext, batch: RolloutBatch, records: list[dict], n: int) -
     if missing and ctx.cfg.reward_on_none == "error":
         raise ValueError(f"reward {ctx.cfg.reward!r} returned None for samples {missing[:10]}; "
                          "set reward_on_none='zero' to score them 0")
-    return torch.tensor([0.0 if v is None else float(v) for v in values], dtype=torch.float32)
+    return torch.tensor([0.0 if v is None else float(v) for v in values], dtype=torch.float32,
+                        device=batch.response_lengths.device)  # beside the lengths it is shaped by
 
 
 def rollout_metrics(seen: list[tuple[RolloutBatch, torch.Tensor, torch.Tensor]],
@@ -1209,10 +1218,10 @@ def validate(ctx: TrainContext, per_prompt: list[float] | None = None) -> dict[s
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # reward, accuracy, length, solved prompts, samples
     if records:
         with full_params(ctx.model):
-            batch = ctx.rollout.generate(prompt_texts(ctx, records), params)
+            batch = sample(ctx, records, params)
         rewards = score(ctx, batch, records, k)
         correct = (rewards >= 1).float()  # no partial credit
-        hits = torch.zeros(len(records)).index_add_(0, batch.group_index.cpu(), correct)
+        hits = torch.zeros(len(records)).index_add_(0, batch.group_index.cpu(), correct.cpu())
         if per_prompt is not None:
             per_prompt.extend((hits / k).tolist())
         sums = [rewards.sum().item(), correct.sum().item(),
@@ -1353,8 +1362,9 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
     logger = open_logger(cfg, logger, ctx.state.run_id)
     ctx.state.run_id = logger.run_id
     # what the run trains on (the leaderboard's device-hours = training seconds x devices)
+    on_gpu = next(ctx.model.parameters()).device.type == "cuda"
     logger.set_tags({"archer.num_devices": dist.world_size,
-                     "archer.device_kind": "gpu" if dist.device.startswith("cuda") else "cpu"})
+                     "archer.device_kind": "gpu" if on_gpu else "cpu"})
     if not resumed:
         logger.log_params(flatten(cfg.to_dict()))
     elif hasattr(logger, "rewind"):  # drop steps logged after the checkpoint; re-log its own

@@ -443,3 +443,64 @@ def test_prompts_over_max_prompt_tokens_are_an_error_or_dropped(tiny_path, tmp_p
         make_cfg(tiny_path, tmp_path, overlong_prompts="truncate")
     with pytest.raises(ConfigError, match="max_prompt_tokens=0"):
         make_cfg(tiny_path, tmp_path, max_prompt_tokens=0)
+
+
+# --- where the run lives: trainer.device ----------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "", 0, "cuda:-1"])
+def test_device_setting_is_validated(tiny_path, tmp_path, bad):
+    with pytest.raises(ConfigError, match="device="):
+        make_cfg(tiny_path, tmp_path, device=bad)
+
+
+def test_device_cpu_keeps_the_run_on_the_cpu(tiny_path, tmp_path):
+    from archer.models import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = build_context(make_cfg(tiny_path, tmp_path, device="cpu"))
+    assert {p.device.type for p in ctx.model.parameters()} == {"cpu"}
+    assert ctx.ref is not None and next(ctx.ref.parameters()).device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_asking_for_a_gpu_that_is_not_there_is_a_config_error(tiny_path, tmp_path):
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        build_context(make_cfg(tiny_path, tmp_path, device="cuda"))
+
+
+class _CPUSamples:
+    """A rollout backend that hands back CPU tensors whatever the policy's device, as the
+    vLLM engine does (the boundary this test cannot reach without vLLM on a GPU)."""
+
+    def __init__(self, inner):
+        self.inner, self.pad_id = inner, inner.pad_id
+
+    def generate(self, prompts, params):
+        return self.inner.generate(prompts, params).to("cpu")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["grpo", "archer", "ar_lopti"])
+def test_cuda_step_with_a_backend_that_returns_cpu_tensors(tiny_path, tmp_path, preset):
+    """On a GPU, a step whose samples come back on the CPU (vLLM) trains the GPU policy:
+    rewards, advantages, the group filter and validation all run beside the policy."""
+    cfg = make_cfg(tiny_path, tmp_path, algo=load_preset(preset).algo, device="cuda",
+                   val_every=1, deterministic=False)
+    setup_torch(cfg)
+    ctx = build_context(cfg)
+    ctx.rollout = _CPUSamples(ctx.rollout)
+    before = params_of(ctx.model)
+    metrics = train_step(ctx)
+    assert next(ctx.model.parameters()).is_cuda
+    assert metrics["train/step_skipped"] == 0.0
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert any(not torch.equal(before[k], v) for k, v in params_of(ctx.model).items())
+    from archer.trainer import validate
+
+    assert 0.0 <= validate(ctx)["val/reward_mean"] <= 1.0

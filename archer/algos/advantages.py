@@ -18,9 +18,9 @@ def _group_stats(rewards: torch.Tensor, group_index: torch.Tensor):
     """Per-response group mean, unbiased std and group size, each (B,)."""
     _, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
     r = rewards.double()
-    sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inverse, r)
+    sums = torch.zeros(len(counts), dtype=torch.float64, device=r.device).index_add_(0, inverse, r)
     mean = sums / counts
-    sq = torch.zeros(len(counts), dtype=torch.float64).index_add_(
+    sq = torch.zeros(len(counts), dtype=torch.float64, device=r.device).index_add_(
         0, inverse, (r - mean[inverse]) ** 2)
     var = sq / (counts - 1).clamp(min=1)
     std = var.sqrt()
@@ -80,9 +80,9 @@ def nonuniform_group_mask(rewards: torch.Tensor, group_index: torch.Tensor) -> t
     _, inverse = torch.unique(group_index, return_inverse=True)
     n = int(inverse.max()) + 1 if len(inverse) else 0
     r = rewards.double()
-    gmax = torch.full((n,), -torch.inf, dtype=r.dtype).scatter_reduce(
+    gmax = torch.full((n,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
         0, inverse, r, reduce="amax")
-    gmin = torch.full((n,), torch.inf, dtype=r.dtype).scatter_reduce(
+    gmin = torch.full((n,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
         0, inverse, r, reduce="amin")
     return (gmax > gmin)[inverse]
 

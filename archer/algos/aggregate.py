@@ -70,4 +70,4 @@ def aggregate(
 def weighted_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum(x * w) over positions with non-zero weight: where() rather than a plain product so
     a NaN in a padded (zero-weight) position cannot leak in."""
-    return torch.where(w != 0, x * w, torch.zeros((), dtype=x.dtype)).sum()
+    return torch.where(w != 0, x * w, torch.zeros((), dtype=x.dtype, device=x.device)).sum()

@@ -97,7 +97,8 @@ def _kl_grad(logprobs, ref_logprobs, estimator):
     dc = d.clamp(-20.0, 20.0)
     k = torch.exp(dc) - dc - 1.0
     active = inside & (k >= -10.0) & (k <= 10.0)
-    return torch.where(active, 1.0 - torch.exp(dc), torch.zeros((), dtype=diff.dtype))
+    return torch.where(active, 1.0 - torch.exp(dc),
+                       torch.zeros((), dtype=diff.dtype, device=diff.device))
 
 
 class _AttachGrad(torch.autograd.Function):
@@ -178,7 +179,7 @@ def dual_token_clip_loss(
             live = ~t.clipped & (t.log_ratio.abs() < 20.0)  # gradient flows through r
             if t.dual is not None:
                 live &= ~t.dual
-            zero = torch.zeros((), dtype=dtype)
+            zero = torch.zeros((), dtype=dtype, device=lp.device)
             # where() on the weights, so NaN in padded positions never reaches the gradient
             grad = torch.where(live & (w_pg != 0), -adv * t.ratio * w_pg, zero)
             kl_loss = zero
@@ -225,7 +226,8 @@ def _raise_nonfinite(inp: LossInputs, valid: torch.Tensor) -> None:
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n = mask.sum()
-    return (x * mask).sum() / n if n > 0 else torch.zeros((), dtype=torch.float32)
+    return (x * mask).sum() / n if n > 0 else torch.zeros((), dtype=torch.float32,
+                                                            device=x.device)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ the phase's tokens (all micro-batches, gradient accumulation) and takes one opti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,5 +67,5 @@ def phase_token_mask(
         return high if sel == "high_entropy" else valid & ~high
     if old_logprobs is None:
         raise ValueError(f"phase {sel!r} needs old_logprobs")
-    low_prob = valid & (old_logprobs < torch.log(torch.tensor(prob_threshold)))
+    low_prob = valid & (old_logprobs < math.log(prob_threshold))
     return low_prob if sel == "low_prob" else valid & ~low_prob
