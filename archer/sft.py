@@ -25,7 +25,14 @@ from pathlib import Path
 import torch
 
 from archer.config import ConfigError, build_config, check_device
-from archer.train_config import DTYPES, DataConfig, TrainConfig, _check_float, _check_int
+from archer.train_config import (
+    DTYPES,
+    LR_SCHEDULES,
+    DataConfig,
+    TrainConfig,
+    _check_float,
+    _check_int,
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,11 @@ class SFTConfig:
     target_accuracy: float | None = None  # stop once held-out accuracy reaches it; None = never
     eval_every: int = 25  # held-out evaluation every N steps (and at the end)
     batch_size: int = 64  # (prompt, answer) pairs per step, sampled with replacement
-    lr: float = 3e-3  # AdamW learning rate (constant)
+    lr: float = 3e-3  # AdamW peak learning rate
+    warmup_steps: int = 0  # linear warm-up over this many steps, then lr_schedule
+    lr_schedule: str = "constant"  # after warm-up: constant | cosine | linear decay over the
+    #   remaining `steps` (to min_lr_ratio x lr), as `archer train`'s trainer.lr_schedule
+    min_lr_ratio: float = 0.0  # cosine / linear: the decayed lr's floor, as a fraction of lr
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     val_size: int = 200  # held-out prompts (the same split as `archer train`)
     max_new_tokens: int = 8  # generation budget of the held-out evaluation
@@ -70,6 +81,11 @@ class SFTConfig:
             if self.val_size < 1:
                 raise ConfigError("target_accuracy needs val_size >= 1 (held-out prompts)")
         _check_float("lr", self.lr, 0.0, lo_open=True)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is invalid; allowed "
+                              f"{list(LR_SCHEDULES)}")
+        _check_float("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         _check_float("weight_decay", self.weight_decay, 0.0)
         if not isinstance(self.share_prefix, bool):
             raise ConfigError(f"share_prefix={self.share_prefix!r} must be true or false")
@@ -186,7 +202,7 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     """Run the warm-up described in the module docstring; returns where the model went."""
     from archer.data.templates import format_prompt
     from archer.models import load_policy_and_ref, resolve_device
-    from archer.trainer import load_records, resolve_reward
+    from archer.trainer import load_records, lr_factor, resolve_reward
 
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
@@ -229,17 +245,22 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
                         share_prefix=cfg.share_prefix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.lr_schedule, cfg.steps,
+                                             cfg.min_lr_ratio)
         opt.step()
         step += 1
         last_loss = loss.item()
         first_loss = last_loss if step == 1 else first_loss
         if step % cfg.eval_every == 0:
-            acc = _record(history, log_path, step, last_loss, evaluate(), start, log)
+            acc = _record(history, log_path, step, last_loss, evaluate(), start, log,
+                          opt.param_groups[0]["lr"])
             if cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
                 stopped = "target"
                 break
     if not history or history[-1]["step"] != step:
-        acc = _record(history, log_path, step, last_loss, evaluate(), start, log)
+        acc = _record(history, log_path, step, last_loss, evaluate(), start, log,
+                      opt.param_groups[0]["lr"])
     model_dir = out / "model"
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
@@ -252,8 +273,8 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
 
 
 def _record(history, log_path: Path, step: int, loss: float, acc: float, start: float,
-            log: Callable[[str], None]) -> float:
-    row = {"step": step, "loss": loss, "accuracy": acc,
+            log: Callable[[str], None], lr: float) -> float:
+    row = {"step": step, "loss": loss, "accuracy": acc, "lr": lr,
            "seconds": round(time.perf_counter() - start, 2)}
     history.append(row)
     with log_path.open("a") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -75,7 +76,28 @@ def test_target_accuracy_stops_at_the_first_evaluation(tiny_path, tmp_path):
     assert (result.steps, result.stopped, result.accuracy) == (2, "target", 1.0)
 
 
+def test_lr_schedule_warms_up_then_decays(tiny_path, tmp_path):
+    """warm-up 2 of 6 steps, then linear decay to 0.1 x lr over the other 4: the lr of steps
+    1..6 (logged at each evaluation) is lr x [1/2, 1, 1, 0.775, 0.55, 0.325]."""
+    cfg = SFTConfig(model=str(tiny_path), data=DATA, out_dir=str(tmp_path), steps=6,
+                    max_seconds=None, eval_every=1, batch_size=4, lr=2e-3, val_size=4,
+                    max_new_tokens=2, num_threads=1, warmup_steps=2, lr_schedule="linear",
+                    min_lr_ratio=0.1)
+    result = supervised_finetune(cfg, log=lambda line: None)
+    assert [h["lr"] for h in result.history] == pytest.approx(
+        [2e-3 * f for f in (0.5, 1.0, 1.0, 0.775, 0.55, 0.325)], rel=1e-9)
+    const = supervised_finetune(replace(cfg, out_dir=str(tmp_path / "c"), warmup_steps=0,
+                                        lr_schedule="constant"), log=lambda line: None)
+    assert [h["lr"] for h in const.history] == [2e-3] * 6
+
+
 def test_config_is_validated():
+    with pytest.raises(ConfigError, match="lr_schedule='step'"):
+        SFTConfig(lr_schedule="step")
+    with pytest.raises(ConfigError, match="min_lr_ratio"):
+        SFTConfig(min_lr_ratio=1.5)
+    with pytest.raises(ConfigError, match="device="):
+        SFTConfig(device="tpu")
     with pytest.raises(ConfigError, match="target_accuracy"):
         SFTConfig(target_accuracy=1.5)
     with pytest.raises(ConfigError, match="answer_format"):
