@@ -50,7 +50,9 @@ def add_eval_arguments(p: argparse.ArgumentParser, func) -> None:
                    help="hf: transformers generate; vllm: archer's vLLM backend (the vllm "
                         "extra); lm-eval: lm-evaluation-harness")
     p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="engines hf and lm-eval: auto (CUDA when torch sees a GPU, else the "
+                        "CPU), cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="--engine vllm: share of accelerator memory vLLM may use")
@@ -97,6 +99,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.score_only and not args.model:
         raise ValueError("--model is required (unless --score-only or --compare)")
     out_dir = Path(args.out_dir or Path("runs/eval") / Path(str(args.model)).name)
+    if not args.score_only:
+        from archer.config import check_device
+        from archer.models import resolve_device
+
+        check_device("--device", args.device)
+        args.device = resolve_device(args.device)
     if args.scorer == "evalplus":
         from evals.evalplus_adapter import EVALPLUS_DATASETS
 

@@ -301,3 +301,28 @@ def test_archer_eval_command_logs_an_mlflow_run_nested_under_training(tmp_path, 
                "--limit", "2", "--k", "2", "--max-new-tokens", "4", "--out-dir", str(out),
                "--tracking", "none", "--workers", "1", "--no-progress"])
     assert rc == 0 and "0 samples generated, 4 reused" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "--device='gpu' is invalid"),
+    ("cuda:x", "--device='cuda:x' is invalid"),
+])
+def test_eval_device_is_validated_before_any_model_loads(tmp_path, capsys, device, message):
+    from archer.cli import main
+
+    rc = main(["eval", "--model", "tiny", "--benchmarks", "gsm8k", "--device", device,
+               "--out-dir", str(tmp_path), "--tracking", "none"])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing generated or written
+
+
+def test_eval_on_a_gpu_that_is_not_there_is_an_error(tmp_path, capsys):
+    import torch
+
+    from archer.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the error without a GPU")
+    rc = main(["eval", "--model", "tiny", "--benchmarks", "gsm8k", "--device", "cuda",
+               "--out-dir", str(tmp_path), "--tracking", "none"])
+    assert rc == 2 and "sees no CUDA GPU" in capsys.readouterr().err
