@@ -286,3 +286,24 @@ def test_bad_launch_environment_is_an_error(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(RuntimeError, match="launch with torchrun"):
         init_distributed()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda:1", "each rank takes cuda:LOCAL_RANK"),
+    ("tpu", "each rank takes cuda:LOCAL_RANK"),
+])
+def test_torchrun_device_must_be_auto_cuda_or_cpu(monkeypatch, device, message):
+    from archer.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=message):
+        init_distributed(device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_torchrun_cuda_without_a_gpu_is_an_error(monkeypatch):
+    from archer.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        init_distributed(device="cuda")
