@@ -435,7 +435,7 @@ def train_step(ctx: TrainContext) -> dict[str, float]:
     if on_gpu:
         torch.cuda.synchronize()
     metrics["time/step"] = time.perf_counter() - start
-    metrics["perf/peak_memory_mb"] = peak_memory_mb()
+    metrics["perf/peak_memory_mb"] = peak_memory_mb(on_gpu)
     metrics["train/updates_skipped_total"] = float(ctx.state.updates_skipped)
     return metrics
 
@@ -1189,8 +1189,10 @@ def _mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
             for k in keys}
 
 
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
+def peak_memory_mb(gpu: bool) -> float:
+    """The process's peak so far: GPU memory allocated by torch when the run is on a GPU
+    (``gpu``), else the resident set size (also for a CPU run on a machine with GPUs)."""
+    if gpu:
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 

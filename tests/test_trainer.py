@@ -463,6 +463,8 @@ def test_device_cpu_keeps_the_run_on_the_cpu(tiny_path, tmp_path):
     ctx = build_context(make_cfg(tiny_path, tmp_path, device="cpu"))
     assert {p.device.type for p in ctx.model.parameters()} == {"cpu"}
     assert ctx.ref is not None and next(ctx.ref.parameters()).device.type == "cpu"
+    # the memory metric is the process's resident set (MB), also where a GPU is present
+    assert train_step(ctx)["perf/peak_memory_mb"] > 50
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
