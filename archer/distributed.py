@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from archer.config import ConfigError
+from archer.config import ConfigError, check_device
 
 MP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -114,6 +114,24 @@ class DistInfo:
 SINGLE = DistInfo()
 
 
+def resolve_device(spec: str = "auto", name: str = "device") -> str:
+    """The torch device a config's ``device`` names (checked first: ``auto``, ``cpu``,
+    ``cuda`` or ``cuda:N``): ``auto`` is CUDA when torch sees a GPU, else CPU; asking for a
+    GPU that torch does not see is an error, never a silent CPU run."""
+    check_device(name, spec)
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{name}={spec!r} but torch sees no CUDA GPU (torch "
+                              f"{torch.__version__}); use {name}=cpu or {name}=auto")
+        index = int(spec.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{name}={spec!r} but torch sees only "
+                              f"{torch.cuda.device_count()} GPU(s)")
+    return spec
+
+
 def init_distributed(backend: str = "auto", timeout_s: int = 1800,
                      device: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's environment; :data:`SINGLE` without one.
@@ -128,8 +146,7 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800,
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={device!r} under torchrun: each rank takes "
                            "cuda:LOCAL_RANK; use device=auto, cuda or cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but torch sees no CUDA GPU; use device=cpu or auto")
+    resolve_device(device)  # cuda without a GPU is an error here too
     import torch.distributed as dist
 
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

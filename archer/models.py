@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from archer.config import ConfigError
 from archer.paths import cache_dir as default_cache_dir
 from archer.registry import Registry
 
@@ -77,22 +76,6 @@ def prefill(model: torch.nn.Module, input_ids: torch.Tensor,
     if cache.get_seq_length() != input_ids.shape[1]:
         return None
     return logits, cache
-
-
-def resolve_device(spec: str = "auto") -> str:
-    """The torch device a config's ``device`` names: ``auto`` is CUDA when torch sees a GPU,
-    else CPU; asking for a GPU that torch does not see is an error, never a silent CPU run."""
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={spec!r} but torch sees no CUDA GPU (torch "
-                               f"{torch.__version__}); use device=cpu or device=auto")
-        index = int(spec.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"device={spec!r} but torch sees only "
-                               f"{torch.cuda.device_count()} GPU(s)")
-    return spec
 
 
 def load_policy_and_ref(

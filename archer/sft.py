@@ -201,7 +201,8 @@ def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], 
 def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
     """Run the warm-up described in the module docstring; returns where the model went."""
     from archer.data.templates import format_prompt
-    from archer.models import load_policy_and_ref, resolve_device
+    from archer.distributed import resolve_device
+    from archer.models import load_policy_and_ref
     from archer.trainer import load_records, lr_factor, resolve_reward
 
     if cfg.num_threads is not None:

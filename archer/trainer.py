@@ -105,6 +105,7 @@ from archer.distributed import (
     full_tensor,
     init_distributed,
     load_full_state_dicts,
+    resolve_device,
     shard_model,
     shard_slice,
     shutdown,
@@ -206,6 +207,11 @@ class TrainContext:
     def algo(self) -> AlgoConfig:
         return self.cfg.algo
 
+    @property
+    def device(self) -> torch.device:
+        """Where the policy lives (and with it every tensor of the step)."""
+        return next(self.model.parameters()).device
+
 
 class TrainingStopped(Exception):
     """Raised by :func:`fit` (on every rank) when its ``stop`` callback asked to stop."""
@@ -287,7 +293,7 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
     """Model, reference, optimizer, data. ``dist``: the process group (default: from the
     torchrun environment, :data:`archer.distributed.SINGLE` without one); with several ranks
     the policy and the reference are sharded with FSDP2 before the optimizer is built."""
-    from archer.models import load_policy_and_ref, resolve_device
+    from archer.models import load_policy_and_ref
 
     if dist is None:
         dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s, cfg.device)
@@ -409,7 +415,7 @@ class PhaseTimer:
 
 def train_step(ctx: TrainContext) -> dict[str, float]:
     """One RL step: rollout -> rewards -> filter -> advantages -> old/ref -> update."""
-    on_gpu = next(ctx.model.parameters()).device.type == "cuda"
+    on_gpu = ctx.device.type == "cuda"
     timer, start = PhaseTimer(cuda=on_gpu), time.perf_counter()
     lr = set_learning_rate(ctx)
     batch, rewards, metrics = collect_rollouts(ctx, timer)  # rewards, shaping, filter, refill
@@ -575,8 +581,7 @@ def sample(ctx: TrainContext, records: list[dict], params: SamplingParams) -> Ro
     """The backend's samples for ``records``, on the policy's device (a vLLM engine hands
     back CPU tensors; the HF backend's are already there)."""
     batch = ctx.rollout.generate(prompt_texts(ctx, records), params)
-    device = next(ctx.model.parameters()).device
-    return batch if batch.response_ids.device == device else batch.to(device)
+    return batch if batch.response_ids.device == ctx.device else batch.to(ctx.device)
 
 
 def call_reward(fn, name: str, completions: list[str], records: list[dict], n: int
@@ -1113,8 +1118,7 @@ def trim_padding(ub: UpdateBatch) -> tuple[UpdateBatch, int]:
 def _dummy_backward(ctx: TrainContext) -> None:
     """A zero-gradient forward/backward on one token: keeps this rank in step with the
     ranks that have another micro-batch (FSDP gathers and reduces per pass)."""
-    ids = torch.full((1, 1), ctx.rollout.pad_id, dtype=torch.long,
-                     device=next(ctx.model.parameters()).device)
+    ids = torch.full((1, 1), ctx.rollout.pad_id, dtype=torch.long, device=ctx.device)
     logits = ctx.model(input_ids=ids, use_cache=False).logits
     (logits.float().sum() * 0.0).backward()
 
@@ -1364,9 +1368,8 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
     logger = open_logger(cfg, logger, ctx.state.run_id)
     ctx.state.run_id = logger.run_id
     # what the run trains on (the leaderboard's device-hours = training seconds x devices)
-    on_gpu = next(ctx.model.parameters()).device.type == "cuda"
     logger.set_tags({"archer.num_devices": dist.world_size,
-                     "archer.device_kind": "gpu" if on_gpu else "cpu"})
+                     "archer.device_kind": "gpu" if ctx.device.type == "cuda" else "cpu"})
     if not resumed:
         logger.log_params(flatten(cfg.to_dict()))
     elif hasattr(logger, "rewind"):  # drop steps logged after the checkpoint; re-log its own

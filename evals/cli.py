@@ -100,11 +100,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--model is required (unless --score-only or --compare)")
     out_dir = Path(args.out_dir or Path("runs/eval") / Path(str(args.model)).name)
     if not args.score_only:
-        from archer.config import check_device
-        from archer.models import resolve_device
+        from archer.distributed import resolve_device
 
-        check_device("--device", args.device)
-        args.device = resolve_device(args.device)
+        args.device = resolve_device(args.device, "--device")
     if args.scorer == "evalplus":
         from evals.evalplus_adapter import EVALPLUS_DATASETS
 

@@ -456,7 +456,7 @@ def test_device_setting_is_validated(tiny_path, tmp_path, bad):
 
 
 def test_device_cpu_keeps_the_run_on_the_cpu(tiny_path, tmp_path):
-    from archer.models import resolve_device
+    from archer.distributed import resolve_device
 
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
