@@ -324,6 +324,28 @@ def test_length_chunks_minimise_padding_plus_overhead():
     assert length_chunks(torch.tensor([], dtype=torch.long), 4, overhead=1) == []
 
 
+def test_gpu_chunks_only_cut_a_long_tail():
+    """The per-chunk overhead follows the device (:func:`chunk_overhead`): 1/16 of the
+    micro-batch's padded tokens on the CPU, 1/2 on a GPU. Hand-computed, 8 rows, R=32.
+    Lengths 32, 30, ..., 18: on a GPU (overhead 128) one chunk costs 8*32+128 = 384, the best
+    two 4*32+4*24+256 = 480, so one chunk; on the CPU (overhead 16) two chunks (256) beat one
+    (272). Lengths 32 and seven 2s: on a GPU one chunk costs 384, {32}{2 x7} 32+14+256 = 302,
+    so the long response gets its own chunk."""
+    from archer.trainer import chunk_overhead, length_chunks
+
+    assert chunk_overhead(torch.device("cpu")) == 1 / 16
+    assert chunk_overhead(torch.device("cuda")) == chunk_overhead(torch.device("cuda", 1)) == 0.5
+    n, r = 8, 32
+    cuda = n * r * chunk_overhead(torch.device("cuda"))
+    cpu = n * r * chunk_overhead(torch.device("cpu"))
+    assert (cuda, cpu) == (128, 16)
+    even = torch.arange(32, 16, -2)
+    assert [len(c) for c in length_chunks(even, n, overhead=cuda)] == [8]
+    assert len(length_chunks(even, n, overhead=cpu)) > 1
+    tail = torch.tensor([2, 2, 2, 32, 2, 2, 2, 2])
+    assert [c.tolist() for c in length_chunks(tail, n, overhead=cuda)] == [[3], [0, 1, 2, 4, 5, 6, 7]]
+
+
 # Tiny configs of the architectures RLVR runs start from: Qwen2 (DeepSeek-R1-Distill-Qwen,
 # the paper's base model), Qwen3, Mistral and Gemma 2 with a sliding window shorter than the
 # sequences (Gemma 2 also soft-caps its logits), GPT-2 (learned absolute positions), GPT-NeoX
