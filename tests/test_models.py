@@ -72,6 +72,47 @@ def test_load_policy_and_ref_freezes_a_separate_copy(tiny_path):
         load_policy_and_ref(tiny_path, need_ref=False, dtype="fp8")
 
 
+@pytest.fixture
+def cudnn_sdp():
+    """Restores torch's process-wide cuDNN-attention switch after the test."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    yield
+    torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_cudnn_attention_is_turned_off_for_gpu_runs_only(tiny_path, monkeypatch, cudnn_sdp):
+    """cuDNN attention builds a graph per new shape (seconds per RL step on an H100 in bf16):
+    loading onto a GPU turns it off, loading onto the CPU leaves it alone, and
+    ARCHER_CUDNN_SDPA=1 keeps it."""
+    from archer.models import CUDNN_SDPA_ENV, avoid_cudnn_attention
+
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    load_policy_and_ref(tiny_path, need_ref=False, device="cpu")
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    monkeypatch.setenv(CUDNN_SDPA_ENV, "1")
+    assert avoid_cudnn_attention() is False and torch.backends.cuda.cudnn_sdp_enabled()
+    monkeypatch.setenv(CUDNN_SDPA_ENV, "0")
+    assert avoid_cudnn_attention() is True and not torch.backends.cuda.cudnn_sdp_enabled()
+    assert avoid_cudnn_attention() is True  # idempotent
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_load_turns_cudnn_attention_off_and_bf16_runs(tiny_path, monkeypatch, cudnn_sdp):
+    monkeypatch.delenv("ARCHER_CUDNN_SDPA", raising=False)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    policy, ref, _ = load_policy_and_ref(tiny_path, device="cuda", ref_dtype="bfloat16")
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    ids = torch.randint(5, 40, (4, 9), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding: SDPA with a mask
+    with torch.no_grad():
+        a = policy(input_ids=ids, attention_mask=mask).logits
+        b = ref(input_ids=ids, attention_mask=mask).logits.float()
+    assert a.dtype == torch.float32 and torch.isfinite(b[1:]).all()
+    assert (a[1:] - b[1:]).abs().max() < 0.1  # bf16 rounding of the same weights
+
+
 def test_prepare_model_registry(tmp_path, monkeypatch):
     with pytest.raises(KeyError, match=r"'smollm2-135m', 'tiny'"):
         prepare_model("gpt-5", cache_dir=tmp_path)
