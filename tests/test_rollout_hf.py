@@ -173,6 +173,15 @@ def test_greedy_is_deterministic_argmax_with_zero_logprob(tiny):
     assert torch.equal(logits.argmax(-1)[mask], b.response_ids[mask])
 
 
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.0), SamplingParams(),
+                                    SamplingParams(top_k=3, top_p=0.9, temperature=0.7)])
+def test_generation_config_has_no_ignored_flags(tiny, params):
+    """transformers flags (and warns once per process about) knobs that the decoding mode
+    ignores, e.g. a top-k under greedy decoding; strict validation turns that into an error."""
+    policy, tok = tiny
+    HFRollout(policy, tok)._generation_config(params).validate(strict=True)
+
+
 def test_update_weights_loads_other_weights(tiny, tmp_path):
     policy, tok = tiny
     other_path = build_tiny_model(tmp_path / "other", seed=1)

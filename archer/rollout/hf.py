@@ -147,7 +147,8 @@ class HFRollout(RolloutBackend):
             do_sample=not params.greedy,
             temperature=1.0 if params.greedy else float(params.temperature),
             top_p=1.0 if params.greedy else float(params.top_p),
-            top_k=0 if params.greedy or params.top_k is None else int(params.top_k),
+            # greedy: no top-k at all (a value there is a "flag ignored" warning per call)
+            top_k=None if params.greedy else 0 if params.top_k is None else int(params.top_k),
             max_new_tokens=params.max_new_tokens,
             min_length=0,
             num_return_sequences=1,
