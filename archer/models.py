@@ -129,13 +129,11 @@ def avoid_cudnn_attention() -> bool:
     layers, 65 against 26 ms and 482 against 363 ms. Over shapes seen before the two are
     within a few ms. Without cuDNN, SDPA uses its flash / memory-efficient kernels, which need
     no per-shape build. fp32 never uses cuDNN attention, so nothing changes there."""
-    if os.environ.get(CUDNN_SDPA_ENV, "0") == "1":
-        return False
-    if torch.backends.cuda.cudnn_sdp_enabled():
+    if os.environ.get(CUDNN_SDPA_ENV, "0") != "1" and torch.backends.cuda.cudnn_sdp_enabled():
         log.info("cuDNN attention off (it builds a graph per new shape; %s=1 keeps it)",
                  CUDNN_SDPA_ENV)
         torch.backends.cuda.enable_cudnn_sdp(False)
-    return True
+    return not torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def load_tokenizer(model_path: str | os.PathLike):
