@@ -99,7 +99,8 @@ class TrainConfig:
     group_size: int = 4  # G: sampled responses per prompt
     max_new_tokens: int = 8  # response budget in tokens
     max_prompt_tokens: int | None = None  # prompts longer than this (tokens, after the template)
-    #   are an error or dropped at start-up (overlong_prompts); None = no limit
+    #   are an error or dropped at start-up (overlong_prompts); None = no limit. Either way a
+    #   kept prompt + max_new_tokens over the model's context length is an error at start-up
     overlong_prompts: str = "error"  # a prompt over max_prompt_tokens: error (naming it) | drop
     #   (train and held-out records; counted and logged)
     temperature: float | None = None  # rollout temperature; None = algo.temperature (must match)

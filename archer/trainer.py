@@ -309,9 +309,10 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
             shard_model(m, dist, cfg.distributed.mixed_precision,
                         cfg.distributed.reshard_after_forward)
     train, val = load_records(cfg)
-    if cfg.max_prompt_tokens is not None:
-        train = limit_prompt_length(cfg, tokenizer, train, "training")
-        val = limit_prompt_length(cfg, tokenizer, val, "held-out")
+    context = context_length(cfg, model)
+    if cfg.max_prompt_tokens is not None or context is not None:
+        train = limit_prompt_length(cfg, tokenizer, train, "training", context)
+        val = limit_prompt_length(cfg, tokenizer, val, "held-out", context)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
         weight_decay=cfg.weight_decay)
@@ -323,11 +324,32 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
         plan=build_update_plan(cfg.algo), dist=dist)
 
 
-def limit_prompt_length(cfg: TrainConfig, tokenizer, records: list[dict], split: str
-                        ) -> list[dict]:
+def context_length(cfg: TrainConfig, model: torch.nn.Module) -> int | None:
+    """The most tokens (prompt + response) one sequence of this run may hold: the model
+    config's context length (``max_position_embeddings`` or its older names), capped by
+    ``vllm_max_model_len`` with the vLLM backend; None when the config names none."""
+    conf = getattr(model, "config", None)
+    own = None
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(conf, name, None)
+        if isinstance(value, int) and value > 0:
+            own = value
+            break
+    if cfg.rollout_backend == "vllm" and cfg.vllm_max_model_len is not None:
+        return min(own, cfg.vllm_max_model_len) if own else cfg.vllm_max_model_len
+    return own
+
+
+def limit_prompt_length(cfg: TrainConfig, tokenizer, records: list[dict], split: str,
+                        context: int | None = None) -> list[dict]:
     """``records`` whose prompt, as the rollout sees it (template, chat template, tokens),
     has at most ``cfg.max_prompt_tokens`` tokens. A longer one is an error naming it and the
-    count (``overlong_prompts="error"``) or is dropped, with the count logged (``"drop"``)."""
+    count (``overlong_prompts="error"``) or is dropped, with the count logged (``"drop"``).
+
+    With the model's ``context`` length, a kept prompt must also leave room for
+    ``max_new_tokens``: a longer one is an error at start-up naming the record, its length
+    and the context (rather than a position-embedding crash, or silent positions past what
+    the model was trained on, at the step that first samples it)."""
     from archer.data.templates import format_prompt
 
     if not records:
@@ -335,20 +357,34 @@ def limit_prompt_length(cfg: TrainConfig, tokenizer, records: list[dict], split:
     limit = cfg.max_prompt_tokens
     texts = [format_prompt(r, cfg.template, tokenizer) for r in records]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    over = [i for i, n in enumerate(lengths) if n > limit]
-    if not over:
-        return records
-    first = records[over[0]]
-    what = (f"{len(over)} of {len(records)} {split} prompts are longer than max_prompt_tokens="
-            f"{limit} (the first: {first.get('data_source')} record {first.get('index')}, "
-            f"{lengths[over[0]]} tokens)")
-    if cfg.overlong_prompts == "error":
-        raise ValueError(f"{what}; raise max_prompt_tokens or set overlong_prompts=drop")
-    if len(over) == len(records):
-        raise ValueError(f"{what}: none is left")
-    log.warning("%s: dropped", what)
-    dropped = set(over)
-    return [r for i, r in enumerate(records) if i not in dropped]
+    over = [] if limit is None else [i for i, n in enumerate(lengths) if n > limit]
+    if over:
+        first = records[over[0]]
+        what = (f"{len(over)} of {len(records)} {split} prompts are longer than "
+                f"max_prompt_tokens={limit} (the first: {first.get('data_source')} record "
+                f"{first.get('index')}, {lengths[over[0]]} tokens)")
+        if cfg.overlong_prompts == "error":
+            raise ValueError(f"{what}; raise max_prompt_tokens or set overlong_prompts=drop")
+        if len(over) == len(records):
+            raise ValueError(f"{what}: none is left")
+        log.warning("%s: dropped", what)
+        dropped = set(over)
+        records = [r for i, r in enumerate(records) if i not in dropped]
+        lengths = [n for i, n in enumerate(lengths) if i not in dropped]
+    if context is not None:
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] + cfg.max_new_tokens > context:
+            worst = records[longest]
+            room = context - cfg.max_new_tokens
+            fits = sum(n <= room for n in lengths)
+            raise ValueError(
+                f"the longest {split} prompt ({worst.get('data_source')} record "
+                f"{worst.get('index')}, {lengths[longest]} tokens) + max_new_tokens="
+                f"{cfg.max_new_tokens} exceeds the model's context length of {context} tokens "
+                f"({fits} of {len(lengths)} {split} prompts fit): lower max_new_tokens, set "
+                f"max_prompt_tokens={max(room, 1)} with overlong_prompts=drop, or use a model "
+                "with a longer context")
+    return records
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -446,6 +446,36 @@ def test_prompts_over_max_prompt_tokens_are_an_error_or_dropped(tiny_path, tmp_p
         make_cfg(tiny_path, tmp_path, max_prompt_tokens=0)
 
 
+def test_prompt_plus_response_over_the_context_is_an_error_at_start_up(tmp_path):
+    """A prompt that leaves no room for max_new_tokens in the model's context is an error
+    before any step, naming the record, its tokens and the context (not a position-embedding
+    crash, or silent positions past the model's, at the step that first samples it).
+    Char-level tokenizer: one token per character; this model's context is 80."""
+    import json
+
+    from archer.models import build_tiny_model
+
+    small = build_tiny_model(tmp_path / "ctx80", max_positions=80)
+    path = tmp_path / "lengths.jsonl"
+    rows = [{"prompt": "1+1=", "answer": 2}] * 6 + [{"prompt": "1+1=" + " " * 20, "answer": 2}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template = 1 + len("User: 1+1=\nReply with only the final number.\nAssistant:")  # <s>: 1
+    assert template + 20 + 8 > 80 >= template + 8  # only the padded record overflows
+    cfg = make_cfg(small, tmp_path, data={"file": str(path)}, val_size=0, max_new_tokens=8)
+    with pytest.raises(ValueError, match=(
+            rf"longest training prompt \(lengths record 6, {template + 20} tokens\) \+ "
+            r"max_new_tokens=8 exceeds the model's context length of 80 tokens \(6 of 7 "
+            r"training prompts fit\): lower max_new_tokens, set max_prompt_tokens=72")):
+        build_context(cfg)
+    # the suggested fix works: the long record is dropped, the rest fit with their responses
+    ctx = build_context(replace(cfg, max_prompt_tokens=72, overlong_prompts="drop"))
+    assert len(ctx.train_records) == 6
+    # a budget that no prompt leaves room for is the same error, whatever the data
+    with pytest.raises(ValueError, match="0 of 6 training prompts fit"):
+        build_context(replace(cfg, max_prompt_tokens=72, overlong_prompts="drop",
+                              max_new_tokens=30))
+
+
 # --- where the run lives: trainer.device ----------------------------------------------
 
 
