@@ -202,6 +202,11 @@ class TrainContext:
     plan: tuple[Phase, ...]
     state: TrainState = field(default_factory=TrainState)
     dist: DistInfo = SINGLE  # data-parallel rank / world size (FSDP2 when world_size > 1)
+    columns: tuple[str, ...] | None = None  # the reward's columns: every field of any record
+
+    def __post_init__(self) -> None:
+        if self.columns is None:
+            self.columns = record_columns(self.train_records + self.val_records)
 
     @property
     def algo(self) -> AlgoConfig:
@@ -620,13 +625,21 @@ def sample(ctx: TrainContext, records: list[dict], params: SamplingParams) -> Ro
     return batch if batch.response_ids.device == ctx.device else batch.to(ctx.device)
 
 
-def call_reward(fn, name: str, completions: list[str], records: list[dict], n: int
-                ) -> list[float | None]:
+def record_columns(records: list[dict]) -> tuple[str, ...]:
+    """Every field any of ``records`` has but ``prompt``, in first-seen order: the reward's
+    columns (taken over the whole data set, so a batch whose records all lack a field still
+    passes it, as ``None``s, rather than leaving the reward without the argument)."""
+    return tuple(dict.fromkeys(k for rec in records for k in rec if k != "prompt"))
+
+
+def call_reward(fn, name: str, completions: list[str], records: list[dict], n: int,
+                columns: tuple[str, ...] | None = None) -> list[float | None]:
     """``fn(completions, **columns)`` for ``n`` completions per record, in record order: every
-    field any record has (but ``prompt``) is a column, ``None`` where a record lacks it.
-    The result must be one real, finite number (a bool counts as 0/1) or ``None`` per
-    completion; anything else is an error naming the reward and the sample."""
-    keys = list(dict.fromkeys(k for rec in records for k in rec if k != "prompt"))
+    field in ``columns`` (default: any field of these records but ``prompt``) is a column,
+    ``None`` where a record lacks it. The result must be one real, finite number (a bool
+    counts as 0/1) or ``None`` per completion; anything else is an error naming the reward
+    and the sample."""
+    keys = record_columns(records) if columns is None else columns
     columns = {k: [rec.get(k) for rec in records for _ in range(n)] for k in keys}
     values = fn(completions, **columns)
     if not isinstance(values, (list, tuple)) or len(values) != len(completions):
@@ -644,11 +657,18 @@ def call_reward(fn, name: str, completions: list[str], records: list[dict], n: i
 
 def score(ctx: TrainContext, batch: RolloutBatch, records: list[dict], n: int) -> torch.Tensor:
     """(N,) float rewards; the record's fields are passed as columns, repeated n times."""
-    values = call_reward(ctx.reward_fn, ctx.cfg.reward, batch.texts, records, n)
+    values = call_reward(ctx.reward_fn, ctx.cfg.reward, batch.texts, records, n, ctx.columns)
     missing = [i for i, v in enumerate(values) if v is None]
     if missing and ctx.cfg.reward_on_none == "error":
-        raise ValueError(f"reward {ctx.cfg.reward!r} returned None for samples {missing[:10]}; "
-                         "set reward_on_none='zero' to score them 0")
+        named = list(dict.fromkeys(
+            f"{records[i // n].get('data_source')} record {records[i // n].get('index')}"
+            for i in missing))
+        absent = sorted({k for i in missing for k in ctx.columns if records[i // n].get(k) is None})
+        raise ValueError(
+            f"reward {ctx.cfg.reward!r} returned None for {len(missing)} of {len(values)} "
+            f"samples, of {', '.join(named[:5])}{' ...' if len(named) > 5 else ''}"
+            + (f" (lacking {', '.join(absent)})" if absent else "")
+            + "; fix the data, or set trainer.reward_on_none=zero to score them 0")
     return torch.tensor([0.0 if v is None else float(v) for v in values], dtype=torch.float32,
                         device=batch.response_lengths.device)  # beside the lengths it is shaped by
 

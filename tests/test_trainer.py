@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -362,6 +363,34 @@ def test_call_reward_passes_every_field_as_an_aligned_column():
     out = call_reward(fn, "fn", ["a", "b", "c", "d"], records, 2)
     assert out == [0.0, 1.0, 2.0, 3.0]
     assert seen == {"answer": ["1", "1", "2", "2"], "tier": [None, None, "x", "x"]}
+
+
+def test_records_lacking_the_answer_are_named_whatever_the_batch(tiny_path, tmp_path):
+    """The reward's columns come from the whole data set: a batch whose records all lack
+    ``answer`` still passes it (as None), and the math reward's None then stops the run
+    naming the records and the missing field, not with a TypeError for a missing argument."""
+    import json
+
+    from archer.trainer import score
+
+    path = tmp_path / "half.jsonl"
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(4)]
+    rows += [{"prompt": "2+2="}, {"prompt": "3+3="}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx = build_context(make_cfg(tiny_path, tmp_path, data={"file": str(path)}, val_size=0,
+                                 reward="math"))
+    assert ctx.columns == ("answer", "data_source", "index")
+    lacking = [r for r in ctx.train_records if "answer" not in r]
+    batch = SimpleNamespace(texts=["\\boxed{4}", "5", "\\boxed{6}", "7"],
+                            response_lengths=torch.ones(4))
+    with pytest.raises(ValueError, match=(
+            r"reward 'math' returned None for 4 of 4 samples, of half record 4, half record "
+            r"5 \(lacking answer\); fix the data, or set trainer.reward_on_none=zero")):
+        score(ctx, batch, lacking, 2)
+    ctx.cfg = replace(ctx.cfg, reward_on_none="zero")
+    assert score(ctx, batch, lacking, 2).tolist() == [0.0] * 4
+    batch.texts = ["\\boxed{1}", "0", "\\boxed{2}", "\\boxed{2}"]
+    assert score(ctx, batch, ctx.train_records[:2], 2).tolist() == [1.0, 0.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("values, message", [
