@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -107,6 +108,34 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _load(file: Path, **kwargs) -> Any:
+    """``torch.load`` of a checkpoint file; a missing or damaged one is a ValueError naming
+    it (torch's own message for a cut file is a page about ``weights_only``)."""
+    try:
+        return torch.load(file, **kwargs)
+    except FileNotFoundError:
+        raise ValueError(f"{file} is missing") from None
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:120]
+        kind = "not a torch file" if isinstance(err, pickle.UnpicklingError) else "damaged"
+        raise ValueError(f"{file} is {kind} ({type(err).__name__}: {first})") from None
+
+
+def read_state(path: str | Path, strict: bool = True) -> dict[str, Any]:
+    """``state.json`` of checkpoint ``path``. Damaged (cut short, empty, not an object): a
+    ValueError naming the file (``strict``) or ``{}``."""
+    file = Path(path) / "state.json"
+    try:
+        state = json.loads(file.read_text())
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("not a checkpoint state (an object with a 'step')")
+    except (OSError, ValueError) as err:
+        if not strict:
+            return {}
+        raise ValueError(f"{file} is damaged: {err}") from None
+    return state
+
+
 def load_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
@@ -123,20 +152,19 @@ def load_checkpoint(
     states when the checkpoint has them (``rng_ranks.pt``), else rank 0's are used."""
     path = Path(path)
     if load_state_dicts is not None:
-        model_sd = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-        optim_sd = None if optimizer is None else torch.load(
+        model_sd = _load(path / "model.pt", map_location="cpu", weights_only=True)
+        optim_sd = None if optimizer is None else _load(
             path / "optimizer.pt", map_location="cpu", weights_only=True)
         load_state_dicts(model, optimizer, model_sd, optim_sd)
     else:
         device = next(model.parameters()).device
-        model.load_state_dict(torch.load(path / "model.pt", map_location=device,
-                                         weights_only=True))
+        model.load_state_dict(_load(path / "model.pt", map_location=device, weights_only=True))
         if optimizer is not None:
             optimizer.load_state_dict(
-                torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+                _load(path / "optimizer.pt", map_location=device, weights_only=True))
     if restore_rng:
         ranks = path / "rng_ranks.pt"
-        states = torch.load(ranks, weights_only=False) if ranks.is_file() else None
+        states = _load(ranks, weights_only=False) if ranks.is_file() else None
         set_rng_state(states[rank] if states and rank < len(states)
-                      else torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / "state.json").read_text())
+                      else _load(path / "rng.pt", weights_only=False))
+    return read_state(path)

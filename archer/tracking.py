@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -72,18 +74,52 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+PREVIOUS = "previous"  # <run_dir>/previous/<run id>/: what a new run moved aside
+
+
+def archive_previous(run_dir: str | Path, names: tuple[str, ...], run_id: str | None
+                     ) -> Path | None:
+    """Move the files/directories ``names`` of ``run_dir`` that exist (an earlier run's) into
+    ``run_dir/previous/<run_id>/`` and return it (None when there was nothing): a new run
+    in the same directory starts clean, and nothing of the old one is lost. A name already
+    there gets a numbered suffix; an unknown run is filed under the time."""
+    run_dir = Path(run_dir)
+    found = [n for n in names if (run_dir / n).exists()]
+    if not found:
+        return None
+    dest = run_dir / PREVIOUS / (run_id or time.strftime("unknown-%Y%m%d-%H%M%S", time.gmtime()))
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in found:
+        target, k = dest / name, 1
+        while target.exists():
+            target, k = dest / f"{name}.{k}", k + 1
+        os.replace(run_dir / name, target)
+    return dest
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run.json`` of ``run_dir`` (None when absent or unreadable: a run killed while
+    writing it, before writes became atomic)."""
+    info = Path(run_dir) / "run.json"
+    try:
+        return json.loads(info.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class JsonlLogger:
-    """JSON-lines metrics in ``run_dir``. ``run_id=None`` starts a new run (fresh files);
-    the id of an existing run continues it (metrics are appended)."""
+    """JSON-lines metrics in ``run_dir``. ``run_id=None`` starts a new run: an earlier run's
+    files are moved to ``run_dir/previous/`` (:func:`archive_previous`), never deleted; the
+    id of an existing run continues it (metrics are appended)."""
+
+    FILES = ("metrics.jsonl", "params.json", "tags.json", "artifacts.jsonl")
 
     def __init__(self, run_dir: str | Path, run_id: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        info = self.run_dir / "run.json"
-        previous = json.loads(info.read_text())["run_id"] if info.is_file() else None
+        previous = (read_run_info(self.run_dir) or {}).get("run_id")
         if run_id is None or run_id != previous:
-            for name in ("metrics.jsonl", "params.json", "tags.json", "artifacts.jsonl"):
-                (self.run_dir / name).unlink(missing_ok=True)
+            archive_previous(self.run_dir, (*self.FILES, "run.json"), previous)
         self._run_id = run_id or uuid.uuid4().hex
         self._write_info("RUNNING")
 
@@ -97,7 +133,9 @@ class JsonlLogger:
 
     def _write_info(self, status: str) -> None:
         text = json.dumps({"run_id": self._run_id, "status": status}) + "\n"
-        (self.run_dir / "run.json").write_text(text)
+        tmp = self.run_dir / f".run.json.{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, self.run_dir / "run.json")  # atomic: a kill never leaves it empty
 
     def _merge(self, name: str, values: dict[str, Any]) -> None:
         path = self.run_dir / name

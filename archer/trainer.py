@@ -63,6 +63,8 @@ import math
 import numbers
 import random
 import resource
+import signal
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -95,7 +97,7 @@ from archer.algos.split import (
     masked_quantile,
     split_change_fraction,
 )
-from archer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from archer.checkpoint import checkpoint_root, load_checkpoint, save_checkpoint
 from archer.config import AlgoConfig
 from archer.distributed import (
     SINGLE,
@@ -224,6 +226,55 @@ class TrainingStopped(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"training stopped on request after step {step}")
         self.step = step
+
+
+class TrainingInterrupted(TrainingStopped):
+    """Raised by :func:`fit` after SIGINT / SIGTERM: the step under way was finished and
+    checkpointed (``checkpoint``), so running again with ``resume`` continues from it."""
+
+    def __init__(self, step: int, signum: int, checkpoint: Path) -> None:
+        Exception.__init__(self, f"{signal.Signals(signum).name} received: stopped after "
+                                 f"step {step}, checkpointed in {checkpoint}")
+        self.step, self.signum, self.checkpoint = step, signum, checkpoint
+
+
+class StopOnSignal:
+    """While active (``with``), SIGINT and SIGTERM ask the run to stop after the step under
+    way (checkpointed first) instead of killing it mid-step; a second signal stops at once
+    (KeyboardInterrupt). Only the main thread may handle signals: elsewhere (a run inside a
+    worker thread) this does nothing and the signals keep their handlers."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self.received: int | None = None
+        self._say = say or (lambda text: log.warning("%s", text))
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # the second one: now
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signum
+        self._say(f"{signal.Signals(signum).name} received: finishing the step under way, "
+                  "checkpointing it, then stopping (send it again to stop at once, losing "
+                  "that step)")
+
+    def __enter__(self) -> StopOnSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 @dataclass
@@ -1321,13 +1372,14 @@ def save(ctx: TrainContext, metrics: dict[str, float] | None = None) -> Path:
     the save, and re-logged on resume if the process died in between."""
     state = {"sampler": ctx.sampler.state_dict(), "run_id": ctx.state.run_id,
              "updates_skipped": ctx.state.updates_skipped,
-             "steps_skipped": ctx.state.steps_skipped, "metrics": dict(metrics or {})}
+             "steps_skipped": ctx.state.steps_skipped, "metrics": dict(metrics or {}),
+             "config": ctx.cfg.to_dict()}
     dist = ctx.dist
     if not dist.enabled:
         return save_checkpoint(ctx.cfg.out_dir, ctx.state.step, ctx.model, ctx.optimizer, state,
                                keep=ctx.cfg.keep_checkpoints)
     # FSDP: gather full state dicts (collective), rank 0 writes them with every rank's RNG.
-    from archer.checkpoint import checkpoint_root, rng_state
+    from archer.checkpoint import rng_state
 
     model_sd, optim_sd = full_state_dicts(ctx.model, ctx.optimizer)
     rngs = dist.all_gather_object(rng_state())
@@ -1341,21 +1393,98 @@ def save(ctx: TrainContext, metrics: dict[str, float] | None = None) -> Path:
     return path
 
 
+# Settings a resumed run may change: how long it runs, how it is computed, validated, logged
+# and saved, not what is trained (the algorithm, model, data, batch sizes, lr, seed, ...).
+# The reward may change too: a crash in it, or a None it returned, is the usual reason to
+# resume (its code can change under the same name anyway).
+RESUME_MAY_CHANGE = (
+    "reward", "reward_on_none", "total_steps", "val_every", "val_temperature", "val_samples", "ckpt_every",
+    "keep_checkpoints", "resume", "out_dir", "export_final", "num_threads", "device",
+    "deterministic", "micro_batch_size", "entropy_chunk_size", "prompt_cache",
+    "gradient_checkpointing", "length_bucketing", "rollout_batch_size", "rollout_backend",
+    "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode", "vllm_max_model_len",
+    "vllm_tensor_parallel_size", "vllm_enforce_eager", "distributed.backend",
+    "distributed.timeout_s", "distributed.reshard_after_forward",
+    "distributed.mixed_precision")
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: saved -> now`` for every setting that differs and may not change on resume."""
+    import json
+
+    def plain(d: dict) -> dict:  # as state.json holds it (tuples -> lists, ...)
+        return flatten(json.loads(json.dumps(d, default=str)))
+
+    before, after = plain(saved), plain(now)
+    missing = object()
+    return [f"{k}: {before.get(k, missing)!r} -> {after.get(k, missing)!r}".replace(
+                repr(missing), "(unset)")
+            for k in sorted(set(before) | set(after))
+            if k not in RESUME_MAY_CHANGE and before.get(k, missing) != after.get(k, missing)]
+
+
 def resume(ctx: TrainContext) -> bool:
-    """Load the latest checkpoint of ``out_dir`` into the context; False when there is none."""
-    path = latest_checkpoint(ctx.cfg.out_dir) if ctx.cfg.resume else None
-    if path is None:
+    """Load the latest loadable checkpoint of ``out_dir`` into the context; False when
+    there is none, or when ``resume`` is off: then an earlier run's checkpoints are moved to
+    ``out_dir/previous/`` (never revived by a later resume, never deleted).
+
+    A checkpoint that cannot be read (a damaged file) is skipped with a warning for the one
+    before it; one whose run had other settings (:data:`RESUME_MAY_CHANGE` may change) is an
+    error naming them: continuing it with another algorithm, model, data or lr would make a
+    run that no config describes."""
+    from archer.checkpoint import list_checkpoints, read_state
+    from archer.tracking import archive_previous
+
+    cfg, dist = ctx.cfg, ctx.dist
+    found = list_checkpoints(cfg.out_dir)
+    if not cfg.resume:
+        if found and dist.is_main:
+            old = read_state(found[-1], strict=False).get("run_id")
+            dest = archive_previous(cfg.out_dir, ("checkpoints",), old)
+            log.warning("resume=false: the checkpoints of the run in %s (steps %s) were moved "
+                        "to %s", cfg.out_dir, [int(p.name[5:]) for p in found], dest)
+        dist.barrier()
         return False
-    dist = ctx.dist
-    state = load_checkpoint(path, ctx.model, ctx.optimizer, rank=dist.rank,
-                            load_state_dicts=load_full_state_dicts if dist.enabled else None)
-    ctx.sampler.load_state_dict(state["sampler"])
-    ctx.state = TrainState(step=state["step"], run_id=state["run_id"],
-                           updates_skipped=state["updates_skipped"],
-                           steps_skipped=state["steps_skipped"],
-                           last_metrics=state.get("metrics", {}))
-    sync_rollout_weights(ctx)  # a separate engine still holds the initial weights
-    return True
+    failed = []
+    for path in reversed(found):
+        try:
+            state = read_state(path)
+        except ValueError as err:
+            failed.append(f"{path.name}: {err}")
+            continue
+        if "config" in state:  # (checkpoints before this check have no config)
+            changes = config_changes(state["config"], cfg.to_dict())
+            if changes:
+                raise ValueError(
+                    f"{path} was saved by a run with other settings: {'; '.join(changes)}. "
+                    "Resuming would continue it as a run no config describes: use another "
+                    f"trainer.out_dir (with model={Path(cfg.out_dir) / 'final'} to start from "
+                    "this run's exported policy, once it has one), or trainer.resume=false to "
+                    "start over here (its checkpoints are moved to previous/)")
+        try:
+            state = load_checkpoint(path, ctx.model, ctx.optimizer, rank=dist.rank,
+                                    load_state_dicts=load_full_state_dicts if dist.enabled
+                                    else None)
+        except (ValueError, RuntimeError, KeyError) as err:  # damaged file, mismatched tensors
+            failed.append(f"{path.name}: {err}")
+            log.warning("checkpoint %s cannot be loaded (%s); trying the one before it", path,
+                        err)
+            continue
+        if failed:
+            log.warning("resumed from %s; unreadable newer checkpoint(s): %s", path.name,
+                        "; ".join(failed))
+        ctx.sampler.load_state_dict(state["sampler"])
+        ctx.state = TrainState(step=state["step"], run_id=state["run_id"],
+                               updates_skipped=state["updates_skipped"],
+                               steps_skipped=state["steps_skipped"],
+                               last_metrics=state.get("metrics", {}))
+        sync_rollout_weights(ctx)  # a separate engine still holds the initial weights
+        return True
+    if failed:
+        raise ValueError(f"no checkpoint under {checkpoint_root(cfg.out_dir)} can be loaded: "
+                         + "; ".join(failed) + ". Remove the damaged ones to resume from "
+                         "an older one, or set trainer.resume=false to start over")
+    return False
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -1416,6 +1545,12 @@ def fit(cfg: TrainConfig, logger: MetricLogger | LoggerFactory | None = None, *,
     one is due) with the step number; when it is true on any rank, every rank raises
     :class:`TrainingStopped` at that same step (one all-reduce per step in a distributed
     run, so no rank is left waiting in a collective).
+
+    SIGINT / SIGTERM (Ctrl-C, a scheduler's stop) finish the step under way, checkpoint it
+    and raise :class:`TrainingInterrupted` (:class:`StopOnSignal`); a second one stops at
+    once. Starting without ``resume`` moves an earlier run's checkpoints to
+    ``out_dir/previous/`` (see :func:`resume`, which also skips a damaged checkpoint and
+    refuses one saved with other settings).
     """
     setup_torch(cfg)
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s, cfg.device)
@@ -1449,23 +1584,40 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
     history = []
     bar = progress_bar(cfg, ctx.state.step, progress)
     shown: dict[str, str] = {}
+    signals = StopOnSignal(say=lambda text: bar.write(f"archer: {text}", file=sys.stderr))
     try:
-        while ctx.state.step < cfg.total_steps:
-            metrics = train_step(ctx)
-            step = ctx.state.step
-            last = step == cfg.total_steps
-            if cfg.val_every and ctx.val_records and (step % cfg.val_every == 0 or last):
-                metrics |= validate(ctx)
-            if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
-                ctx.state.run_id = logger.run_id  # an offline-started run may have its id now
-                save(ctx, metrics)  # before logging: a logged step is always resumable
-            logger.log_metrics(metrics, step)
-            if stop is not None and dist.max(1.0 if stop(step) else 0.0) > 0:
-                raise TrainingStopped(step)
-            history.append(metrics)
-            shown |= progress_postfix(metrics)  # a skipped step keeps the last entropy
-            bar.set_postfix(shown, refresh=False)
-            bar.update(1)
+        with signals:
+            while ctx.state.step < cfg.total_steps:
+                metrics = train_step(ctx)
+                step = ctx.state.step
+                last = step == cfg.total_steps
+                if cfg.val_every and ctx.val_records and (step % cfg.val_every == 0 or last):
+                    metrics |= validate(ctx)
+                saved = last or bool(cfg.ckpt_every and step % cfg.ckpt_every == 0)
+                if saved:
+                    ctx.state.run_id = logger.run_id  # an offline-started run may have its id
+                    path = save(ctx, metrics)  # before logging: a logged step is resumable
+                logger.log_metrics(metrics, step)
+                history.append(metrics)
+                shown |= progress_postfix(metrics)  # a skipped step keeps the last entropy
+                bar.set_postfix(shown, refresh=False)
+                bar.update(1)
+                # one collective per step: 2 = a signal on some rank, 1 = stop asked
+                asked = 2.0 if signals.received is not None else \
+                    1.0 if stop is not None and stop(step) else 0.0
+                asked = dist.max(asked) if (stop is not None or dist.enabled) else asked
+                if asked >= 2:
+                    if not saved:
+                        ctx.state.run_id = logger.run_id
+                        path = save(ctx, metrics)
+                    raise TrainingInterrupted(step, signals.received or signal.SIGTERM, path)
+                if asked >= 1:
+                    raise TrainingStopped(step)
+    except TrainingStopped:  # stopped on request or by a signal, the last step saved
+        bar.close()
+        ctx.rollout.close()
+        logger.finish("KILLED")
+        raise
     except BaseException:
         bar.close()
         ctx.rollout.close()

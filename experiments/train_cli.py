@@ -370,8 +370,9 @@ def config_yaml(config: dict[str, Any]) -> str:
 
 
 def logger_factory(setup: TrainSetup, config_path: Path):
-    """``f(run_id | None) -> MetricLogger`` for ``fit``: opens the tracking backend on the
-    checkpoint's run id, tags the run with the composition and logs the config YAML."""
+    """``f(run_id | None) -> MetricLogger`` for ``fit``: writes the config YAML to
+    ``config_path``, opens the tracking backend on the checkpoint's run id, tags the run with
+    the composition and logs the YAML (fit calls it on rank 0 only)."""
     from experiments.tracking import make_logger
 
     options = {k: v for k, v in setup.tracking.items() if k != "backend"}
@@ -385,6 +386,9 @@ def logger_factory(setup: TrainSetup, config_path: Path):
             options["run_name"] = Path(setup.train.out_dir).name
 
     def factory(run_id: str | None):
+        # written here, once the model, the data and any checkpoint have been accepted: a run
+        # that fails to start leaves the directory's config.yaml as it was
+        config_path.write_text(config_yaml(setup.composed.config))
         kwargs = dict(options)
         if backend == "mlflow":
             kwargs["tags"] = tags if run_id is None else None
@@ -399,21 +403,23 @@ def logger_factory(setup: TrainSetup, config_path: Path):
 
 def run_train(overrides: list[str], print_config: bool = False) -> int:
     """``archer train [--print-config] key=value ...``; 0 on success."""
-    from archer.trainer import fit
+    from archer.trainer import TrainingInterrupted, fit
 
     setup = build_train_setup(compose_config(overrides, "config"))
-    text = config_yaml(setup.composed.config)
     if print_config:
-        print(text, end="")
+        print(config_yaml(setup.composed.config), end="")
         return 0
     out = Path(setup.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.yaml"
-    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 writes and reports
-    if main_rank:
-        config_path.write_text(text)
-    result = fit(setup.train, logger=logger_factory(setup, config_path),
-                 progress=setup.progress)
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 reports
+    try:
+        result = fit(setup.train, logger=logger_factory(setup, out / "config.yaml"),
+                     progress=setup.progress)
+    except TrainingInterrupted as stopped:
+        if main_rank:
+            print(f"archer train: {stopped}; run the same command again to resume from it",
+                  file=sys.stderr)
+        return 128 + int(stopped.signum)  # the shell's convention for a signalled process
     if not main_rank:
         return 0
     last = result.metrics[-1] if result.metrics else {}

@@ -175,7 +175,7 @@ def run_rank(payload_path: Path) -> None:
     """One rank: train with the payload's TrainConfig; rank 0 logs events and the result."""
     from archer.tracking import NullLogger
     from archer.train_config import TrainConfig
-    from archer.trainer import TrainingStopped, fit
+    from archer.trainer import TrainingInterrupted, TrainingStopped, fit
     from experiments.trial import EVENTS, STOP, EventLog, EventLogger
 
     die_with_parent(signal.SIGKILL)  # torchrun killed: no orphan rank keeps training
@@ -195,6 +195,8 @@ def run_rank(payload_path: Path) -> None:
     try:
         result = fit(cfg, logger=lambda _run_id: logger, progress=False,
                      stop=lambda _step: stop_file.is_file())
+    except TrainingInterrupted:
+        raise  # a signal (checkpointed): the trial failed, resumable; not a scheduler's prune
     except TrainingStopped as stopped:
         print(f"stopped by the scheduler after step {stopped.step}", flush=True)
         outcome = {"status": "pruned", "step": stopped.step, "export_dir": None}

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+from dataclasses import replace
 
+import pytest
 import torch
 
 from archer.checkpoint import (
@@ -14,9 +19,9 @@ from archer.checkpoint import (
 )
 from archer.models import build_tiny_model
 from archer.rewards import REWARDS, register_reward
-from archer.tracking import JsonlLogger
+from archer.tracking import PREVIOUS, JsonlLogger
 from archer.train_config import TrainConfig
-from archer.trainer import fit
+from archer.trainer import TrainingInterrupted, config_changes, fit
 from experiments.presets import load_preset
 
 if "test_parity_ckpt" not in REWARDS:
@@ -71,3 +76,153 @@ def test_save_is_atomic_and_keeps_last_k(tmp_path):
     assert state["step"] == 3 and state["sampler"] == {"pos": 3}
     assert torch.equal(fresh.weight, model.weight)
     assert fresh_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+
+
+# --- stopped runs, damaged checkpoints, changed settings: nothing is lost --------------
+
+
+class SignalAtStep(JsonlLogger):
+    """A JsonlLogger that sends this process ``signum`` (``times`` times) while logging
+    ``step``: a Ctrl-C / SIGTERM arriving during a run, at a known point."""
+
+    def __init__(self, run_dir, run_id, step, signum, times=1):
+        super().__init__(run_dir, run_id)
+        self.at, self.signum, self.times = step, signum, times
+        self.final_status = None
+
+    def log_metrics(self, metrics, step):
+        super().log_metrics(metrics, step)
+        if step == self.at:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+    def finish(self, status="FINISHED"):
+        self.final_status = status
+        super().finish(status)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_checkpoints_it_and_resume_is_exact(tmp_path, signum):
+    """SIGINT/SIGTERM mid-run (checkpoints only at the end: ckpt_every=0): the step under
+    way is finished, checkpointed and logged, fit raises TrainingInterrupted naming the
+    checkpoint, the handlers are restored; resuming gives the parameters of a run that was
+    never stopped, and its metrics go on in the same run."""
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    straight = fit(replace(make_cfg(model_dir, tmp_path / "a", 4), ckpt_every=0))
+    cfg = replace(make_cfg(model_dir, tmp_path / "b", 4), ckpt_every=0)
+    before = signal.getsignal(signum)
+    loggers = []
+
+    def factory(run_id):
+        loggers.append(SignalAtStep(cfg.out_dir, run_id, step=2, signum=signum))
+        return loggers[-1]
+
+    with pytest.raises(TrainingInterrupted, match=rf"{signal.Signals(signum).name} received: "
+                                                  r"stopped after step 2, checkpointed in "
+                                                  r".*step_000002") as stopped:
+        fit(cfg, logger=factory)
+    assert stopped.value.step == 2 and stopped.value.signum == signum
+    assert signal.getsignal(signum) == before
+    assert loggers[0].final_status == "KILLED"
+    assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_000002"]
+    again = fit(cfg, logger=factory)
+    assert again.state.step == 4 and again.state.run_id == loggers[0].run_id
+    for (k, v), (_, w) in zip(straight.model.named_parameters(),
+                              again.model.named_parameters()):
+        torch.testing.assert_close(w, v, atol=1e-6, rtol=0, msg=k)
+    assert [r["step"] for r in loggers[-1].read_metrics()] == [1, 2, 3, 4]
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    cfg = replace(make_cfg(model_dir, tmp_path / "b", 3), ckpt_every=0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, logger=lambda run_id: SignalAtStep(cfg.out_dir, run_id, 1, signal.SIGINT, 2))
+    assert list_checkpoints(cfg.out_dir) == []  # stopped inside step 1's logging
+
+
+def test_resume_false_moves_the_old_run_aside_and_never_revives_it(tmp_path, caplog):
+    """A fresh run (resume=false) in a directory holding an earlier run: the earlier run's
+    checkpoints and metrics move to previous/<run id>/ (not deleted, not pruned in
+    place of the new run's), and a later resume continues the new run, not the old."""
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    out = tmp_path / "run"
+    old = fit(make_cfg(model_dir, out, 3))  # checkpoints 2, 3
+    with caplog.at_level(logging.WARNING):
+        new = fit(replace(make_cfg(model_dir, out, 1), resume=False))
+    assert "resume=false: the checkpoints of the run" in caplog.text
+    [moved] = list((out / PREVIOUS).iterdir())
+    assert moved.name == old.state.run_id
+    assert [p.name for p in list_checkpoints(moved)] == ["step_000002", "step_000003"]
+    rows = [json.loads(line) for line in (moved / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert json.loads((moved / "run.json").read_text())["status"] == "FINISHED"
+    assert [p.name for p in list_checkpoints(out)] == ["step_000001"]
+    later = fit(make_cfg(model_dir, out, 2))
+    assert later.state.run_id == new.state.run_id and len(later.metrics) == 1
+    assert [r["step"] for r in JsonlLogger(out, new.state.run_id).read_metrics()] == [1, 2]
+
+
+def test_a_new_run_without_checkpoints_keeps_the_old_metrics(tmp_path):
+    """A run that died before its first checkpoint cannot be resumed; the next run starts
+    a new run id and moves the dead run's metrics to previous/ instead of deleting them."""
+    first = JsonlLogger(tmp_path)
+    first.log_metrics({"x": 1.0}, 1)
+    second = JsonlLogger(tmp_path)
+    assert second.run_id != first.run_id and second.read_metrics() == []
+    [moved] = list((tmp_path / PREVIOUS).iterdir())
+    assert json.loads((moved / "metrics.jsonl").read_text()) == {"step": 1, "x": 1.0}
+
+
+@pytest.mark.parametrize("damage", ["truncate_model", "empty_optimizer", "cut_state",
+                                    "empty_state"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog, damage):
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    cfg = make_cfg(model_dir, tmp_path / "b", 3)
+    fit(cfg)  # checkpoints 2 and 3
+    last = list_checkpoints(cfg.out_dir)[-1]
+    if damage == "truncate_model":
+        (last / "model.pt").write_bytes((last / "model.pt").read_bytes()[:100])
+    elif damage == "empty_optimizer":
+        (last / "optimizer.pt").write_bytes(b"")
+    elif damage == "cut_state":
+        (last / "state.json").write_text((last / "state.json").read_text()[:20])
+    else:
+        (last / "state.json").write_text("")
+    with caplog.at_level(logging.WARNING):
+        again = fit(replace(cfg, total_steps=4))
+    assert again.state.step == 4 and len(again.metrics) == 2  # steps 3 and 4 from step 2
+    assert "step_000003" in caplog.text
+    if damage.endswith("state"):
+        assert "state.json is damaged" in caplog.text
+
+
+def test_no_loadable_checkpoint_is_an_error_naming_each(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    cfg = make_cfg(model_dir, tmp_path / "b", 2)
+    fit(cfg)
+    for path in list_checkpoints(cfg.out_dir):
+        (path / "model.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"no checkpoint under .*checkpoints can be loaded: "
+                                         r"step_000002: .*model.pt is not a torch file .*; "
+                                         r"step_000001: .*trainer.resume=false"):
+        fit(replace(cfg, total_steps=3))
+
+
+def test_resuming_with_other_settings_is_an_error_naming_them(tmp_path):
+    """What is trained (algorithm, lr, model, data, ...) may not change on resume; how long,
+    how often it validates/saves and how it is computed may."""
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    cfg = make_cfg(model_dir, tmp_path / "b", 2)
+    fit(cfg)
+    changed = replace(cfg, lr=0.5, algo=load_preset("grpo").algo, total_steps=3)
+    with pytest.raises(ValueError, match=r"step_000002 was saved by a run with other settings: "
+                                         r"algo\.high\.clip_high: 0\.5 -> 0\.28; .*"
+                                         r"algo\.low\.kl_weight: 0\.001 -> 0\.0; "
+                                         r"lr: 0\.001 -> 0\.5\. Resuming would"):
+        fit(changed)
+    with pytest.raises(ValueError, match=r"data\.size: 40 -> 60.*use another trainer.out_dir"):
+        fit(replace(cfg, data={"task": "chain_sum", "size": 60, "seed": 0}, total_steps=3))
+    assert config_changes(cfg.to_dict(), replace(cfg, lr=0.5).to_dict()) == ["lr: 0.001 -> 0.5"]
+    ok = fit(replace(cfg, total_steps=3, micro_batch_size=2, val_every=1, ckpt_every=0))
+    assert ok.state.step == 3 and len(ok.metrics) == 1

@@ -190,3 +190,46 @@ def test_train_on_the_users_own_file_and_reward(tiny_path, tmp_path, monkeypatch
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["reward/mean"] == 0.25 and r["val/reward_mean"] == 0.25 for r in rows)
     assert "archer train: 2 steps" in capsys.readouterr().out
+
+
+SIGNAL_AT_CALL = {"n": 0, "at": 0}
+
+if "test_sigint_cli" not in REWARDS:
+
+    @register_reward("test_sigint_cli")
+    def sigint_reward(completions, **columns):
+        """The parity reward that sends this process SIGINT on its ``at``-th call: Ctrl-C in
+        the middle of a step (the reward runs between the rollout and the update)."""
+        import os
+        import signal
+
+        SIGNAL_AT_CALL["n"] += 1
+        if SIGNAL_AT_CALL["n"] == SIGNAL_AT_CALL["at"]:
+            os.kill(os.getpid(), signal.SIGINT)
+        return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
+
+
+def test_ctrl_c_checkpoints_the_step_and_the_same_command_resumes(tiny_path, tmp_path,
+                                                                    monkeypatch, capsys):
+    """Ctrl-C inside step 2 of 3 (checkpoints only at the end): exit 130, the step finished
+    and checkpointed, a message saying how to resume; the same command then does steps 3
+    only. A later start that is refused (other settings) leaves config.yaml as it was."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    SIGNAL_AT_CALL.update(n=0, at=2)  # validation off: call k is step k's reward
+    command = small_run(tiny_path, out, "trainer.steps=3", "tracking=jsonl",
+                        "trainer.val_every=0", "data.reward=test_sigint_cli")
+    assert main(command) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT received: finishing the step under way" in err
+    assert "stopped after step 2, checkpointed in" in err and "again to resume" in err
+    assert json.loads((out / "run.json").read_text())["status"] == "KILLED"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002"]
+    assert main(command) == 0
+    assert "archer train: 3 steps" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    saved = (out / "config.yaml").read_text()
+    assert main([*command, "trainer.lr=0.5", "trainer.steps=4"]) == 2
+    assert "was saved by a run with other settings: lr: " in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == saved
