@@ -50,6 +50,17 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]):
         raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(choices)}")
 
 
+def check_bools(obj: Any, prefix: str = "") -> None:
+    """Every field of the dataclass ``obj`` declared ``bool`` holds a real bool: a string such
+    as ``"no"`` (truthy!) or ``"maybe"``, or a number, fails naming ``prefix + field``. YAML and
+    Hydra overrides already give ``true``/``false`` as bools, so nothing valid is coerced."""
+    for f in dataclasses.fields(obj):
+        if f.type in ("bool", bool):
+            value = getattr(obj, f.name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"{prefix}{f.name}={value!r} must be true or false")
+
+
 def check_device(name: str, value: Any) -> None:
     """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     ok = isinstance(value, str) and (
@@ -122,6 +133,7 @@ class AlgoConfig:
     #   by min(p_trainer_old / p_sampler, tis_cap) (> 0, typically 2); None disables it
 
     def __post_init__(self) -> None:
+        check_bools(self)
         _check_range("entropy_quantile", self.entropy_quantile, 0.0, 1.0, lo_open=True)
         _check_choice("entropy_scope", self.entropy_scope, ENTROPY_SCOPES)
         _check_choice("entropy_source", self.entropy_source, ENTROPY_SOURCES)

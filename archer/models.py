@@ -147,11 +147,46 @@ def load_tokenizer(model_path: str | os.PathLike):
     return tokenizer
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+TOKENIZER_GLOBS = ("*.model", "*.tiktoken")  # sentencepiece (spiece.model, ...), tiktoken
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it looks like a Hugging Face causal-LM directory: a
+    ``config.json``, a tokenizer vocabulary and weights. Otherwise FileNotFoundError naming
+    the directory and what it lacks (rather than transformers' guesses, e.g. "You need to
+    have sentencepiece or tiktoken installed" for a directory that is no model at all)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
+
+    def has(names=(), globs=()) -> bool:
+        return any((path / n).is_file() for n in names) or any(
+            p.is_file() for g in globs for p in path.glob(g))
+
+    missing = []
+    if not (path / "config.json").is_file():
+        missing.append("config.json (the model's configuration)")
+    if not has(TOKENIZER_FILES, TOKENIZER_GLOBS):
+        missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)}, *.model, "
+                       "*.tiktoken)")
+    if not has(globs=WEIGHT_GLOBS):
+        missing.append("weights (*.safetensors or pytorch_model*.bin)")
+    if missing:
+        raise FileNotFoundError(
+            f"model directory {str(path)!r} is not a Hugging Face model: it lacks "
+            + "; ".join(missing) + ". Give a directory written by save_pretrained (e.g. "
+            f"`archer sft`'s <out_dir>/model) or a prepared model name {MODELS.names()}")
+    return path
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
-    """A local directory as is; a registered model name -> its prepared directory."""
+    """A local directory as is (checked by :func:`check_model_dir`); a registered model
+    name -> its prepared directory."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return path
+        return check_model_dir(path)
     if str(name_or_path) in MODELS:
         return prepare_model(str(name_or_path))
     raise FileNotFoundError(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from archer.config import ConfigError, build_config, check_device
+from archer.config import ConfigError, build_config, check_bools, check_device
 from archer.train_config import (
     DTYPES,
     LR_SCHEDULES,
@@ -32,6 +32,7 @@ from archer.train_config import (
     TrainConfig,
     _check_float,
     _check_int,
+    check_out_dir,
 )
 
 
@@ -67,6 +68,10 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
             object.__setattr__(self, "data", build_config(DataConfig, self.data, "data"))
+        if not isinstance(self.data, DataConfig):
+            raise ConfigError("data must be a DataConfig or a mapping")
+        check_bools(self)
+        check_out_dir("out_dir", self.out_dir)
         for name in ("steps", "eval_every", "batch_size", "max_new_tokens"):
             _check_int(name, getattr(self, name), 1)
         _check_int("val_size", self.val_size, 0)
@@ -87,8 +92,6 @@ class SFTConfig:
                               f"{list(LR_SCHEDULES)}")
         _check_float("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         _check_float("weight_decay", self.weight_decay, 0.0)
-        if not isinstance(self.share_prefix, bool):
-            raise ConfigError(f"share_prefix={self.share_prefix!r} must be true or false")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
         if not isinstance(self.answer_format, str) or "{answer}" not in self.answer_format:
@@ -183,6 +186,17 @@ def shared_prefix_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.T
         ignore_index=-100)
 
 
+def data_source(data: DataConfig) -> str:
+    """Where the records come from, for messages: the data file (key and path) or the task."""
+    if data.file:
+        from archer.data.datasets import data_file_path, is_data_path
+
+        if is_data_path(data.file):
+            return f"data.file={data.file!r}"
+        return f"data.file={data.file!r} ({data_file_path(data.file)})"
+    return f"data.task={data.task!r} (reasoning-gym)"
+
+
 @torch.no_grad()
 def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], reward_fn,
                      max_new_tokens: int, batch_size: int = 64) -> float:
@@ -208,13 +222,15 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
+    train, val = load_records(cfg.records_config())  # before the model: data errors are quick
+    # training records need the answer to learn, held-out ones to score the accuracy
+    missing = sorted(r.get("index", -1) for r in train + val if r.get("answer") is None)
+    if missing:
+        raise ValueError(f"{data_source(cfg.data)}: {len(missing)} record(s) have no 'answer' "
+                         f"to learn or score (first: index {missing[0]}); `archer sft` needs "
+                         "an 'answer' field in every record")
     model, _, tok = load_policy_and_ref(cfg.model, need_ref=False, dtype=cfg.dtype,
                                         device=device)
-    train, val = load_records(cfg.records_config())
-    missing = [i for i, r in enumerate(train) if r.get("answer") is None]
-    if missing:
-        raise ValueError(f"{len(missing)} training records have no 'answer' to learn "
-                         f"(first: index {train[missing[0]].get('index')})")
     prompts = [format_prompt(r, cfg.template, tok) for r in train]
     targets = [cfg.answer_format.format(answer=r["answer"]) for r in train]
     val_prompts = [format_prompt(r, cfg.template, tok) for r in val]

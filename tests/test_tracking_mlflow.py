@@ -26,6 +26,8 @@ from experiments.tracking import (
     BUFFER_NAME,
     OFFLINE_PREFIX,
     MlflowLogger,
+    check_tracking_config,
+    check_tracking_uri,
     make_logger,
     sanitize_key,
     sqlite_artifact_root,
@@ -121,6 +123,47 @@ def test_logs_params_metrics_artifact_and_resumes_same_run(store, tmp_path):
 def test_resuming_a_run_missing_from_the_store_names_it(store, tmp_path):
     with pytest.raises(ValueError, match="0123456789abcdef.*does not exist"):
         MlflowLogger(tmp_path, "0123456789abcdef0123456789abcdef", tracking_uri=store)
+
+
+MLFLOW_SECTION = {"backend": "mlflow", "uri": None, "experiment": "archer", "run_name": None,
+                  "request_timeout": 5.0, "finish_wait": 10.0}
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://host/mlflow",
+                                 "sqlite:///runs/mlflow.db", "file:///tmp/mlruns",
+                                 "postgresql://u:p@h:5432/db", "mysql+pymysql://u@h/db",
+                                 "databricks", "runs/mlruns", "/abs/mlruns"])
+def test_tracking_uris_mlflow_accepts_pass(uri, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    check_tracking_uri(uri)
+    check_tracking_config(MLFLOW_SECTION | {"uri": uri})
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"uri": "htp://127.0.0.1:9"}, "tracking.uri='htp://127.0.0.1:9' has URI scheme 'htp', "
+                                   "which MLflow does not accept; allowed schemes: ["),
+    ({"uri": "http://"}, "tracking.uri='http://' names no host"),
+    ({"uri": ""}, "tracking.uri='' is invalid"),
+    ({"request_timeout": -1}, "tracking.request_timeout=-1 is invalid; allowed: a number > 0"),
+    ({"request_timeout": 0}, "tracking.request_timeout=0 is invalid"),
+    ({"request_timeout": "5s"}, "tracking.request_timeout='5s' is invalid"),
+    ({"finish_wait": -0.5}, "tracking.finish_wait=-0.5 is invalid; allowed: a number >= 0"),
+    ({"experiment": ""}, "tracking.experiment='' is invalid"),
+    ({"run_name": 3}, "tracking.run_name=3 is invalid"),
+])
+def test_bad_tracking_config_names_the_key(change, message, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ValueError) as err:
+        check_tracking_config(MLFLOW_SECTION | change)
+    assert message in str(err.value)
+
+
+def test_tracking_config_checks_the_environment_uri_only_when_it_is_used(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlfow://x")
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI .*'mlfow://x' has URI scheme"):
+        check_tracking_config(MLFLOW_SECTION)
+    check_tracking_config(MLFLOW_SECTION | {"uri": "sqlite:///x.db"})  # given: env unused
+    check_tracking_config({"backend": "jsonl"})
 
 
 def test_make_logger_backends(tmp_path):

@@ -100,12 +100,68 @@ def test_trainer_section_covers_train_config_exactly():
     ("data.reward=mathh", "did you mean 'math'"),
     ("model=/no/such/model/dir", "/no/such/model/dir"),
     ("model=local", "model.path"),
+    # a typo at the top level: the real groups and the closest one
+    ("modle=tiny", "'modle' (did you mean 'model'?); the top level of `archer train` has: "
+                   "algo=<"),
+    ("alg=grpo", "'alg' (did you mean 'algo'?)"),
+    ("alg=grpo", "tracking=<jsonl|mlflow|none>"),
+    ("modle.path=x", "'modle.path' (did you mean 'model.path'?)"),
+    ("+modle=tiny", "'modle' (did you mean 'model'?)"),
+    # bools are bools: "no" is not coerced (it would be truthy)
+    ("trainer.resume=maybe", "resume='maybe' must be true or false"),
+    ("trainer.export_final=no", "export_final='no' must be true or false"),
+    ("data.skip_bad_records=no", "data.skip_bad_records='no' must be true or false"),
+    ("trainer.distributed.reshard_after_forward=1",
+     "distributed.reshard_after_forward=1 must be true or false"),
+    ("trainer.group_size=1", "group_size=1 is invalid with algo.group_filter='drop': "
+                             "group-relative advantages need at least 2 samples per prompt"),
+    ("algo=dapo trainer.group_size=1", "algo.group_filter='refill'"),
+    ("tracking.request_timeout=-1", "tracking.request_timeout=-1 is invalid"),
+    ("tracking.request_timeout=0", "tracking.request_timeout=0 is invalid"),
+    ("tracking.finish_wait=-2", "tracking.finish_wait=-2 is invalid"),
+    ("tracking.uri=htp://127.0.0.1:9", "tracking.uri='htp://127.0.0.1:9' has URI scheme 'htp'"),
+    ("tracking.uri=http:///x", "names no host"),
+    ("tracking.experiment=''", "tracking.experiment=''"),
+    ("model=/etc", "model.path='/etc': model directory '/etc' is not a Hugging Face model: it "
+                   "lacks config.json"),
 ])
 def test_bad_keys_and_values_fail_naming_them(capsys, override, named):
     assert main(["train", "--print-config", *override.split()]) == 2
     err = capsys.readouterr().err
     assert err.startswith("archer: error:")
+    assert "Traceback" not in err
     assert named in err, err
+
+
+def test_group_size_one_composes_without_a_group_filter(capsys):
+    cfg = print_config(capsys, "trainer.group_size=1", "algo.group_filter=none")
+    assert cfg["trainer"]["group_size"] == 1
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.example.com",
+                                 "sqlite:///runs/mlflow.db", "file:///tmp/mlruns",
+                                 "postgresql+psycopg2://u@host/db", "databricks", "runs/mlruns"])
+def test_tracking_uris_mlflow_opens_are_accepted(uri):
+    setup = build_train_setup(compose_config([f"tracking.uri='{uri}'"]))
+    assert setup.tracking["uri"] == uri
+
+
+def test_bad_mlflow_tracking_uri_from_the_environment_is_named(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "htp://127.0.0.1:9")
+    assert main(["train", "--print-config"]) == 2
+    assert "MLFLOW_TRACKING_URI (used as tracking.uri is null)='htp://127.0.0.1:9' has URI " \
+        "scheme 'htp'" in capsys.readouterr().err
+    assert main(["train", "--print-config", "tracking=jsonl"]) == 0  # not used: no check
+
+
+def test_out_dir_that_is_a_file_fails_before_loading(tmp_path, capsys):
+    existing = tmp_path / "a_file"
+    existing.write_text("x")
+    assert main(["train", "model=tiny", "tracking=none", "trainer.steps=1",
+                 f"trainer.out_dir={existing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"trainer: out_dir='{existing}' is an existing file, not a directory" in err, err
+    assert "Traceback" not in err
 
 
 def small_run(tiny_path, out_dir, *extra) -> list[str]:

@@ -19,8 +19,9 @@ Ground-truth columns by kind (they are passed to reward functions as columns):
 
 ``index`` is the record's position in its source (0-based), kept when others are skipped.
 A malformed record stops loading with an error naming the file and the line (JSONL) or
-record index (JSON array), unless ``skip_bad_records=True``: then it is counted
-(``dataset.num_skipped``) and a warning is logged.
+record index (JSON array), unless ``skip_bad_records=True`` (``data.skip_bad_records=true``
+on the command line): then it is counted (``dataset.num_skipped``) and a warning is logged.
+A file with no records (empty, ``[]``, or every record skipped) is an error naming it.
 """
 
 from __future__ import annotations
@@ -309,9 +310,22 @@ def load_data_file(file: str, *, data_dir: str | Path | None = None,
     if not is_data_path(file):
         return load_dataset(file, data_dir=data_dir, skip_bad_records=skip_bad_records,
                             limit=limit)
-    path = Path(file).expanduser()
+    path = data_file_path(file)
     return load_file(path, USER_FILE, name=path.stem, skip_bad_records=skip_bad_records,
                      limit=limit)
+
+
+def data_file_path(file: str, data_dir: str | Path | None = None) -> Path:
+    """Where ``data.file`` is read from: the user's path as given, or a registered file's
+    place in the data directory."""
+    if is_data_path(file):
+        return Path(file).expanduser()
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    return root / FILES.get(file).relpath
+
+
+SKIP_HINT = ("to skip such records: data.skip_bad_records=true on the command line, "
+             "skip_bad_records=True in Python")
 
 
 def load_dataset(
@@ -353,15 +367,20 @@ def load_file(
             record = _validate_and_convert(raw, spec)
         except DataFormatError as err:
             if not skip_bad_records:
-                raise DataFormatError(
-                    f"{path}: {where}: {err} (pass skip_bad_records=True to skip such records)"
-                ) from None
+                raise DataFormatError(f"{path}: {where}: {err} ({SKIP_HINT})") from None
             skipped += 1
             continue
         record.update(data_source=name, index=index)
         records.append(record)
         if limit is not None and len(records) >= limit:
             break
+    if not records:
+        if skipped:
+            raise DataFormatError(f"{path}: no valid record: all {skipped} record(s) are "
+                                  "malformed and were skipped (skip_bad_records)")
+        shape = ("a JSON array of record objects" if path.suffix == ".json"
+                 else "one JSON record object per line")
+        raise DataFormatError(f"{path}: the data file has no records (expected {shape})")
     if skipped:
         log.warning("%s: skipped %d malformed record(s)", path, skipped)
     return PromptDataset(name=name, records=records, num_skipped=skipped)
@@ -378,14 +397,15 @@ def _raw_records(path: Path) -> Iterator[tuple[str, int, Any]]:
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError as err:
-                    value = _BadJSON(f"invalid JSON ({err.msg} at column {err.colno})")
+                    value = _BadJSON(f"invalid JSON: {err.msg} (column {err.colno})")
                 yield f"line {lineno}", index, value
                 index += 1
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise DataFormatError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+            raise DataFormatError(f"{path}: invalid JSON: {err.msg} (line {err.lineno}, "
+                                  f"column {err.colno})") from None
         if not isinstance(data, list):
             raise DataFormatError(
                 f"{path}: expected a JSON array of records, got {type(data).__name__}"
