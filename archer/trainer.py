@@ -345,6 +345,27 @@ def resolve_reward(name: str):
     return get_reward(name)
 
 
+def check_reward_columns(fn, name: str, records: list[dict], source: str) -> None:
+    """The reward's required arguments (besides the completions) must be columns of the data
+    (:func:`record_columns`): one that no record has is an error naming the reward, the
+    argument and the data, at start-up rather than a TypeError at the first step."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    named = [p for p in params[1:] if p.default is inspect.Parameter.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    columns = set(record_columns(records))
+    missing = [p.name for p in named if p.name not in columns]
+    if missing:
+        raise ValueError(
+            f"reward {name!r} needs the column(s) {missing}, which no record of {source} has "
+            f"(its records have: {sorted(columns)}); add the field to the data or choose "
+            "another reward (data.reward=...)")
+
+
 def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContext:
     """Model, reference, optimizer, data. ``dist``: the process group (default: from the
     torchrun environment, :data:`archer.distributed.SINGLE` without one); with several ranks
@@ -369,13 +390,16 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
     if cfg.max_prompt_tokens is not None or context is not None:
         train = limit_prompt_length(cfg, tokenizer, train, "training", context)
         val = limit_prompt_length(cfg, tokenizer, val, "held-out", context)
+    reward_fn = resolve_reward(cfg.reward)
+    check_reward_columns(reward_fn, cfg.reward, train + val,
+                         cfg.data.file or f"reasoning_gym/{cfg.data.task}")
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
         weight_decay=cfg.weight_decay)
     return TrainContext(
         cfg=cfg, model=model, ref=ref, tokenizer=tokenizer,
         rollout=build_rollout(cfg, model, tokenizer), optimizer=optimizer,
-        reward_fn=resolve_reward(cfg.reward), train_records=train,
+        reward_fn=reward_fn, train_records=train,
         val_records=val, sampler=PromptSampler(len(train), cfg.seed),
         plan=build_update_plan(cfg.algo), dist=dist)
 
@@ -1577,6 +1601,10 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
     # what the run trains on (the leaderboard's device-hours = training seconds x devices)
     logger.set_tags({"archer.num_devices": dist.world_size,
                      "archer.device_kind": "gpu" if ctx.device.type == "cuda" else "cpu"})
+    if resumed and ctx.state.step >= cfg.total_steps:
+        log.warning("%s: the run is at step %d already, total_steps=%d: no step to train%s",
+                    cfg.out_dir, ctx.state.step, cfg.total_steps,
+                    "; exporting its policy again" if cfg.export_final else "")
     if not resumed:
         logger.log_params(flatten(cfg.to_dict()))
     elif hasattr(logger, "rewind"):  # drop steps logged after the checkpoint; re-log its own

@@ -209,7 +209,7 @@ def test_no_loadable_checkpoint_is_an_error_naming_each(tmp_path):
         fit(replace(cfg, total_steps=3))
 
 
-def test_resuming_with_other_settings_is_an_error_naming_them(tmp_path):
+def test_resuming_with_other_settings_is_an_error_naming_them(tmp_path, caplog):
     """What is trained (algorithm, lr, model, data, ...) may not change on resume; how long,
     how often it validates/saves and how it is computed may."""
     model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
@@ -226,3 +226,7 @@ def test_resuming_with_other_settings_is_an_error_naming_them(tmp_path):
     assert config_changes(cfg.to_dict(), replace(cfg, lr=0.5).to_dict()) == ["lr: 0.001 -> 0.5"]
     ok = fit(replace(cfg, total_steps=3, micro_batch_size=2, val_every=1, ckpt_every=0))
     assert ok.state.step == 3 and len(ok.metrics) == 1
+    with caplog.at_level(logging.WARNING):  # fewer steps than done: said, nothing trained
+        done = fit(replace(cfg, total_steps=2))
+    assert done.state.step == 3 and done.metrics == []
+    assert "the run is at step 3 already, total_steps=2: no step to train" in caplog.text

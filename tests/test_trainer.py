@@ -393,6 +393,22 @@ def test_records_lacking_the_answer_are_named_whatever_the_batch(tiny_path, tmp_
     assert score(ctx, batch, ctx.train_records[:2], 2).tolist() == [1.0, 0.0, 1.0, 1.0]
 
 
+def test_a_reward_argument_no_record_has_is_an_error_at_start_up(tiny_path, tmp_path):
+    """The math reward needs ``answer``; a file none of whose records has it stops the run
+    before the model trains, naming the reward, the argument and the file's columns."""
+    import json
+
+    path = tmp_path / "bare.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{i}+1=", "solution": i + 1}) + "\n"
+                            for i in range(6)))
+    cfg = make_cfg(tiny_path, tmp_path, data={"file": str(path)}, val_size=0, reward="math")
+    with pytest.raises(ValueError, match=r"reward 'math' needs the column\(s\) \['answer'\], "
+                                         r"which no record of .*bare.jsonl has \(its records "
+                                         r"have: \['data_source', 'index', 'solution'\]\)"):
+        build_context(cfg)
+    build_context(replace(cfg, reward="test_parity"))  # a reward that reads no column
+
+
 @pytest.mark.parametrize("values, message", [
     ([1.0], "returned 1 values for 2 completions"),
     ("10", "returned a str for 2 completions"),
