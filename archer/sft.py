@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -110,7 +111,7 @@ class SFTResult:
     first_loss: float  # loss of the first batch
     last_loss: float  # loss of the last batch
     accuracy: float  # last held-out greedy accuracy (nan without held-out prompts)
-    stopped: str  # "target" | "time" | "steps"
+    stopped: str  # "target" | "time" | "steps" | "SIGINT" / "SIGTERM" (the model so far saved)
     history: list[dict[str, float]]  # one row per evaluation: step, loss, accuracy, seconds
 
 
@@ -217,7 +218,7 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     from archer.data.templates import format_prompt
     from archer.distributed import resolve_device
     from archer.models import load_policy_and_ref
-    from archer.trainer import load_records, lr_factor, resolve_reward
+    from archer.trainer import StopOnSignal, load_records, lr_factor, resolve_reward
 
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
@@ -253,30 +254,36 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     first_loss = last_loss = math.nan
     acc, stopped, step = math.nan, "steps", 0
     model.train()
-    while step < cfg.steps:
-        if cfg.max_seconds is not None and time.perf_counter() - start >= cfg.max_seconds:
-            stopped = "time"
-            break
-        idx = torch.randint(len(prompts), (cfg.batch_size,), generator=gen).tolist()
-        loss = sft_loss(model, tok, [prompts[i] for i in idx], [targets[i] for i in idx],
-                        share_prefix=cfg.share_prefix)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.lr_schedule, cfg.steps,
-                                             cfg.min_lr_ratio)
-        opt.step()
-        step += 1
-        last_loss = loss.item()
-        first_loss = last_loss if step == 1 else first_loss
-        if step % cfg.eval_every == 0:
-            acc = _record(history, log_path, step, last_loss, evaluate(), start, log,
-                          opt.param_groups[0]["lr"])
-            if cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
-                stopped = "target"
+    signals = StopOnSignal(say=log)  # Ctrl-C / SIGTERM: stop after this step, save the model
+    with signals:
+        while step < cfg.steps:
+            if signals.received is not None:
+                stopped = signal.Signals(signals.received).name
                 break
-    if not history or history[-1]["step"] != step:
-        acc = _record(history, log_path, step, last_loss, evaluate(), start, log,
+            if cfg.max_seconds is not None and time.perf_counter() - start >= cfg.max_seconds:
+                stopped = "time"
+                break
+            idx = torch.randint(len(prompts), (cfg.batch_size,), generator=gen).tolist()
+            loss = sft_loss(model, tok, [prompts[i] for i in idx], [targets[i] for i in idx],
+                            share_prefix=cfg.share_prefix)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.lr_schedule,
+                                                 cfg.steps, cfg.min_lr_ratio)
+            opt.step()
+            step += 1
+            last_loss = loss.item()
+            first_loss = last_loss if step == 1 else first_loss
+            if step % cfg.eval_every == 0:
+                acc = _record(history, log_path, step, last_loss, evaluate(), start, log,
+                              opt.param_groups[0]["lr"])
+                if cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
+                    stopped = "target"
+                    break
+    if not history or history[-1]["step"] != step:  # (stopped by a signal: no evaluation)
+        held = math.nan if signals.received is not None else evaluate()
+        acc = _record(history, log_path, step, last_loss, held, start, log,
                       opt.param_groups[0]["lr"])
     model_dir = out / "model"
     model.save_pretrained(model_dir)

@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -514,6 +515,11 @@ def run_sft(overrides: list[str], print_config: bool = False) -> int:
         print(config_yaml(config), end="")
         return 0
     result = supervised_finetune(cfg, log=lambda line: print(line, file=sys.stderr))
+    if result.stopped in ("SIGINT", "SIGTERM"):
+        print(f"archer sft: {result.stopped} received: stopped after step {result.steps}; the "
+              f"model so far is in {result.model_dir} (`archer sft` has no resume: run it "
+              "again with another sft.out_dir to keep this one)", file=sys.stderr)
+        return 128 + int(signal.Signals[result.stopped])
     print(f"archer sft: {result.steps} steps, loss {result.first_loss:.3f} -> "
           f"{result.last_loss:.3f}, held-out accuracy {result.accuracy:.3f}; model: "
           f"{result.model_dir} (archer train model={result.model_dir})")

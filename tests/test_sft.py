@@ -124,6 +124,34 @@ def test_cli_sft_then_train_on_the_saved_model(tiny_path, tmp_path, monkeypatch,
     assert "archer train: 1 steps" in capsys.readouterr().out
 
 
+def test_cli_sft_ctrl_c_saves_the_model_so_far(tiny_path, tmp_path, monkeypatch, capsys):
+    """SIGINT during `archer sft` (here while step 2's evaluation runs): the loop stops before
+    the next step, the model so far is saved and loads, the exit status is 130."""
+    import os
+    import signal
+
+    from archer.rewards import REWARDS, register_reward
+
+    if "test_sigint_sft" not in REWARDS:
+        @register_reward("test_sigint_sft")
+        def sigint_reward(completions, **columns):
+            os.kill(os.getpid(), signal.SIGINT)
+            return [0.0] * len(completions)
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sft"
+    assert main(["sft", f"model={tiny_path}", "data.size=40", f"sft.out_dir={out}",
+                 "sft.steps=50", "sft.batch_size=8", "sft.eval_every=2", "sft.val_size=4",
+                 "sft.max_new_tokens=3", "sft.num_threads=1",
+                 "data.reward=test_sigint_sft"]) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT received: finishing the step under way" in err
+    assert f"stopped after step 2; the model so far is in {out / 'model'}" in err
+    summary = json.loads((out / "sft_summary.json").read_text())
+    assert summary["stopped"] == "SIGINT" and summary["steps"] == 2
+    load_policy_and_ref(out / "model", need_ref=False)  # a complete HF directory
+
+
 def test_cli_sft_rejects_unknown_knob(capsys):
     assert main(["sft", "--print-config", "+sft.stepz=3"]) == 2
     assert "'sft.stepz' (did you mean 'sft.steps'?)" in capsys.readouterr().err
