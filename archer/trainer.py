@@ -187,6 +187,28 @@ class TrainState:
     updates_skipped: int = 0  # optimizer steps skipped on a non-finite grad norm, in total
     steps_skipped: int = 0  # training steps with no informative group, in total
     last_metrics: dict[str, float] = field(default_factory=dict)  # metrics of the saved step
+    updating: bool = False  # the step under way has begun changing the parameters
+
+
+@dataclass
+class StepStart:
+    """What a step starts from besides the parameters: the RNG states, the data position and
+    the counters. Taken before every step, so a step that fails before its update can be
+    checkpointed as if it had never begun (:func:`checkpoint_failed_step`)."""
+
+    step: int
+    rng: dict[str, Any]
+    sampler: dict[str, Any]
+    updates_skipped: int
+    steps_skipped: int
+
+    @classmethod
+    def take(cls, ctx: TrainContext) -> StepStart:
+        from archer.checkpoint import rng_state
+
+        ctx.state.updating = False
+        return cls(ctx.state.step, rng_state(), ctx.sampler.state_dict(),
+                   ctx.state.updates_skipped, ctx.state.steps_skipped)
 
 
 @dataclass
@@ -545,6 +567,7 @@ def train_step(ctx: TrainContext) -> dict[str, float]:
         with timer("old_logprob"):
             update_batch = prepare_update_batch(ctx, batch, rewards)  # advantages, old, ref
         with timer("update"):
+            ctx.state.updating = True  # from here a failure leaves the step half done
             metrics |= update_policy(ctx, update_batch)
         with timer("weight_sync"):
             ctx.rollout.wake_up()
@@ -1613,9 +1636,12 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
     bar = progress_bar(cfg, ctx.state.step, progress)
     shown: dict[str, str] = {}
     signals = StopOnSignal(say=lambda text: bar.write(f"archer: {text}", file=sys.stderr))
+    last_saved = ctx.state.step if resumed else None
+    begun: StepStart | None = None
     try:
         with signals:
             while ctx.state.step < cfg.total_steps:
+                begun = StepStart.take(ctx)
                 metrics = train_step(ctx)
                 step = ctx.state.step
                 last = step == cfg.total_steps
@@ -1625,6 +1651,7 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
                 if saved:
                     ctx.state.run_id = logger.run_id  # an offline-started run may have its id
                     path = save(ctx, metrics)  # before logging: a logged step is resumable
+                    last_saved = step
                 logger.log_metrics(metrics, step)
                 history.append(metrics)
                 shown |= progress_postfix(metrics)  # a skipped step keeps the last entropy
@@ -1646,6 +1673,13 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
         ctx.rollout.close()
         logger.finish("KILLED")
         raise
+    except (Exception, KeyboardInterrupt) as err:  # a crash (not a death: nothing runs then)
+        ctx.state.run_id = logger.run_id
+        checkpoint_failed_step(ctx, begun, last_saved, history, err)
+        bar.close()
+        ctx.rollout.close()
+        logger.finish("FAILED")
+        raise
     except BaseException:
         bar.close()
         ctx.rollout.close()
@@ -1656,6 +1690,35 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
     export_dir = export_policy(ctx) if cfg.export_final else None
     logger.finish("FINISHED")
     return FitResult(state=ctx.state, model=ctx.model, metrics=history, export_dir=export_dir)
+
+
+def checkpoint_failed_step(ctx: TrainContext, begun: StepStart | None, last_saved: int | None,
+                           history: list[dict[str, float]], err: BaseException) -> Path | None:
+    """A step that failed before its update (in the rollout, the reward, the old/reference
+    passes: a verifier bug, a bad record, an out-of-memory generation) has not changed the
+    parameters: checkpoint the run as it was when that step began (its RNG states, data
+    position and counters from ``begun``), so resuming redoes the step exactly, as if it
+    had never been tried. Nothing is written when the update had begun, when the step
+    before is checkpointed already, before any step, or in a data-parallel run (the other
+    ranks may be inside a collective). Returns the checkpoint, if one was written."""
+    from archer.checkpoint import set_rng_state
+
+    if (begun is None or ctx.state.updating or ctx.state.step != begun.step or begun.step == 0
+            or begun.step == last_saved or ctx.dist.enabled):
+        return None
+    try:
+        ctx.sampler.load_state_dict(begun.sampler)
+        set_rng_state(begun.rng)
+        ctx.state.updates_skipped, ctx.state.steps_skipped = (begun.updates_skipped,
+                                                               begun.steps_skipped)
+        path = save(ctx, history[-1] if history else ctx.state.last_metrics)
+    except Exception:  # noqa: BLE001  (the original error is what the user must see)
+        log.exception("could not checkpoint the run after step %d failed", begun.step + 1)
+        return None
+    log.warning("step %d failed before its update (%s: %s); the run is checkpointed at step "
+                "%d with step %d's data position and RNG, so resuming redoes it exactly",
+                begun.step + 1, type(err).__name__, err, begun.step, begun.step + 1)
+    return path
 
 
 def export_policy(ctx: TrainContext) -> Path:

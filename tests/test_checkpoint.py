@@ -230,3 +230,48 @@ def test_resuming_with_other_settings_is_an_error_naming_them(tmp_path, caplog):
         done = fit(replace(cfg, total_steps=2))
     assert done.state.step == 3 and done.metrics == []
     assert "the run is at step 3 already, total_steps=2: no step to train" in caplog.text
+
+
+FAIL_AT_CALL = {"n": 0, "at": 0}
+
+if "test_fails_at_call" not in REWARDS:
+
+    @register_reward("test_fails_at_call")
+    def fails_at_call(completions, **columns):
+        """The parity reward, raising on its ``at``-th call: a verifier bug in one step."""
+        FAIL_AT_CALL["n"] += 1
+        if FAIL_AT_CALL["n"] == FAIL_AT_CALL["at"]:
+            raise ZeroDivisionError("a bug in the verifier")
+        return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
+
+
+def test_a_step_that_fails_before_its_update_is_checkpointed_and_redone_exactly(tmp_path,
+                                                                                caplog):
+    """Checkpoints only at the end (ckpt_every=0) and the reward raises in step 3: the run
+    is checkpointed at step 2 with step 3's starting RNG and data position, so the resume
+    (reward fixed) redoes step 3 and ends with the parameters of a run never interrupted."""
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    straight = fit(replace(make_cfg(model_dir, tmp_path / "a", 4), ckpt_every=0))
+    cfg = replace(make_cfg(model_dir, tmp_path / "b", 4), ckpt_every=0,
+                  reward="test_fails_at_call")
+    FAIL_AT_CALL.update(n=0, at=3)  # validation off: call k is step k's reward
+    with caplog.at_level(logging.WARNING), pytest.raises(ZeroDivisionError):
+        fit(cfg)
+    assert "step 3 failed before its update (ZeroDivisionError: a bug in the verifier)" in \
+        caplog.text
+    assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_000002"]
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["status"] == "FAILED"
+    FAIL_AT_CALL.update(n=0, at=0)
+    again = fit(cfg)
+    assert again.state.step == 4 and len(again.metrics) == 2
+    for (k, v), (_, w) in zip(straight.model.named_parameters(),
+                              again.model.named_parameters()):
+        torch.testing.assert_close(w, v, atol=1e-6, rtol=0, msg=k)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # failing in the first step leaves nothing to save
+    FAIL_AT_CALL.update(n=0, at=1)
+    with pytest.raises(ZeroDivisionError):
+        fit(replace(cfg, out_dir=str(tmp_path / "c")))
+    assert list_checkpoints(tmp_path / "c") == []
