@@ -1662,6 +1662,8 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
                     1.0 if stop is not None and stop(step) else 0.0
                 asked = dist.max(asked) if (stop is not None or dist.enabled) else asked
                 if asked >= 2:
+                    if last:  # the run is complete: finish and export as usual
+                        continue
                     if not saved:
                         ctx.state.run_id = logger.run_id
                         path = save(ctx, metrics)

@@ -133,6 +133,21 @@ def test_a_signal_finishes_the_step_checkpoints_it_and_resume_is_exact(tmp_path,
     assert [r["step"] for r in loggers[-1].read_metrics()] == [1, 2, 3, 4]
 
 
+def test_a_signal_in_the_last_step_lets_the_run_finish(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    cfg = replace(make_cfg(model_dir, tmp_path / "b", 2), ckpt_every=0)
+    loggers = []
+
+    def factory(run_id):
+        loggers.append(SignalAtStep(cfg.out_dir, run_id, 2, signal.SIGINT))
+        return loggers[-1]
+
+    before = signal.getsignal(signal.SIGINT)
+    done = fit(cfg, logger=factory)
+    assert done.state.step == 2 and loggers[0].final_status == "FINISHED"
+    assert signal.getsignal(signal.SIGINT) == before
+
+
 def test_a_second_signal_stops_at_once(tmp_path):
     model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
     cfg = replace(make_cfg(model_dir, tmp_path / "b", 3), ckpt_every=0)
