@@ -512,8 +512,9 @@ def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer) -> Rollou
         return HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size,
                          share_prompts=cfg.prompt_cache)
     from archer.models import resolve_model_path
-    from archer.rollout.vllm import VLLMRollout
+    from archer.rollout.vllm import VLLMRollout, require_vllm
 
+    require_vllm()  # a missing extra first, before resolving (and maybe preparing) the model
     return VLLMRollout(
         resolve_model_path(cfg.model), dtype=cfg.dtype, tokenizer=tokenizer, seed=cfg.seed,
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,

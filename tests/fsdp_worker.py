@@ -173,7 +173,10 @@ def run(mode: str, model: str, path: str, pairs: list[str]) -> None:
         raise SystemExit(f"unknown mode {mode!r}")
     out["params"] = {k: full_tensor(p.detach()).clone() for k, p in ctx.model.named_parameters()}
     save_stage(dist, out, path, "done")
-    shutdown(dist)
+    # every rank is leaving here: wait for the others first, or a rank that tears its gloo
+    # connections down early makes gloo abort one still closing (SIGABRT after 'done': seen
+    # once in CI in the ckpt mode, where rank 0 writes the stage file while rank 1 leaves)
+    shutdown(dist, barrier=True)
 
 
 if __name__ == "__main__":
