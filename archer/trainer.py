@@ -1448,7 +1448,7 @@ def save(ctx: TrainContext, metrics: dict[str, float] | None = None) -> Path:
 RESUME_MAY_CHANGE = (
     "reward", "reward_on_none", "total_steps", "val_every", "val_temperature", "val_samples", "ckpt_every",
     "keep_checkpoints", "resume", "out_dir", "export_final", "num_threads", "device",
-    "deterministic", "micro_batch_size", "entropy_chunk_size", "prompt_cache",
+    "deterministic", "micro_batch_size", "entropy_chunk_size", "prompt_cache", "ref_dtype",
     "gradient_checkpointing", "length_bucketing", "rollout_batch_size", "rollout_backend",
     "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode", "vllm_max_model_len",
     "vllm_tensor_parallel_size", "vllm_enforce_eager", "distributed.backend",
