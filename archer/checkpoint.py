@@ -108,6 +108,9 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+REQUIRED_STATE = ("step", "sampler", "run_id")  # what a resume reads from state.json
+
+
 def _load(file: Path, **kwargs) -> Any:
     """``torch.load`` of a checkpoint file; a missing or damaged one is a ValueError naming
     it (torch's own message for a cut file is a page about ``weights_only``)."""
@@ -121,14 +124,16 @@ def _load(file: Path, **kwargs) -> Any:
         raise ValueError(f"{file} is {kind} ({type(err).__name__}: {first})") from None
 
 
-def read_state(path: str | Path, strict: bool = True) -> dict[str, Any]:
+def read_state(path: str | Path, strict: bool = True,
+               required: tuple[str, ...] = REQUIRED_STATE) -> dict[str, Any]:
     """``state.json`` of checkpoint ``path``. Damaged (cut short, empty, not an object): a
     ValueError naming the file (``strict``) or ``{}``."""
     file = Path(path) / "state.json"
     try:
         state = json.loads(file.read_text())
-        if not isinstance(state, dict) or "step" not in state:
-            raise ValueError("not a checkpoint state (an object with a 'step')")
+        lacking = [k for k in required if not isinstance(state, dict) or k not in state]
+        if lacking:
+            raise ValueError(f"not a checkpoint state: no {', '.join(map(repr, lacking))}")
     except (OSError, ValueError) as err:
         if not strict:
             return {}
@@ -167,4 +172,4 @@ def load_checkpoint(
         states = _load(ranks, weights_only=False) if ranks.is_file() else None
         set_rng_state(states[rank] if states and rank < len(states)
                       else _load(path / "rng.pt", weights_only=False))
-    return read_state(path)
+    return read_state(path, required=("step",))

@@ -254,7 +254,8 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     first_loss = last_loss = math.nan
     acc, stopped, step = math.nan, "steps", 0
     model.train()
-    signals = StopOnSignal(say=log)  # Ctrl-C / SIGTERM: stop after this step, save the model
+    # Ctrl-C / SIGTERM: stop after this step and save the model so far
+    signals = StopOnSignal(say=log, action="saving the model so far")
     with signals:
         while step < cfg.steps:
             if signals.received is not None:
@@ -282,7 +283,7 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
                     stopped = "target"
                     break
     if not history or history[-1]["step"] != step:  # (stopped by a signal: no evaluation)
-        held = math.nan if signals.received is not None else evaluate()
+        held = math.nan if stopped in ("SIGINT", "SIGTERM") else evaluate()
         acc = _record(history, log_path, step, last_loss, held, start, log,
                       opt.param_groups[0]["lr"])
     model_dir = out / "model"

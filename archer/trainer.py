@@ -252,35 +252,66 @@ class TrainingStopped(Exception):
 
 class TrainingInterrupted(TrainingStopped):
     """Raised by :func:`fit` after SIGINT / SIGTERM: the step under way was finished and
-    checkpointed (``checkpoint``), so running again with ``resume`` continues from it."""
+    checkpointed (``checkpoint``; None when no step had been done), so running again with
+    ``resume`` continues from it."""
 
-    def __init__(self, step: int, signum: int, checkpoint: Path) -> None:
-        Exception.__init__(self, f"{signal.Signals(signum).name} received: stopped after "
-                                 f"step {step}, checkpointed in {checkpoint}")
+    def __init__(self, step: int, signum: int, checkpoint: Path | None,
+                 before_step: bool = False) -> None:
+        name = signal.Signals(signum).name
+        if checkpoint is None:
+            text = f"{name} received before the first step: nothing to checkpoint"
+        elif before_step:
+            text = f"{name} received before step {step + 1} began: the run stays at {checkpoint}"
+        else:
+            text = f"{name} received: stopped after step {step}, checkpointed in {checkpoint}"
+        Exception.__init__(self, text)
         self.step, self.signum, self.checkpoint = step, signum, checkpoint
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM: the run stops where it is (``signum`` says which)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"{signal.Signals(signum).name} received again: stopped at once")
+        self.signum = signum
 
 
 class StopOnSignal:
     """While active (``with``), SIGINT and SIGTERM ask the run to stop after the step under
-    way (checkpointed first) instead of killing it mid-step; a second signal stops at once
-    (KeyboardInterrupt). Only the main thread may handle signals: elsewhere (a run inside a
-    worker thread) this does nothing and the signals keep their handlers."""
+    way instead of killing it mid-step (``received`` holds the signal; the loop acts on it).
+    A second signal stops at once (:class:`StoppedAtOnce`), except while ``busy()`` names
+    work that cannot be cut without losing more than the step (an update, a checkpoint
+    being written): that is finished first, and only a third signal forces the stop. Only
+    the main thread may handle signals: elsewhere (a run inside a worker thread) this does
+    nothing and the signals keep their handlers."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, say: Callable[[str], None] | None = None,
+                 action: str = "checkpointing it", busy: Callable[[], str | None] | None = None
+                 ) -> None:
         self.received: int | None = None
         self._say = say or (lambda text: log.warning("%s", text))
+        self._action, self._busy = action, busy
+        self._count = 0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:  # the second one: now
-            self._restore()
-            raise KeyboardInterrupt
-        self.received = signum
-        self._say(f"{signal.Signals(signum).name} received: finishing the step under way, "
-                  "checkpointing it, then stopping (send it again to stop at once, losing "
-                  "that step)")
+        self._count += 1
+        name = signal.Signals(signum).name
+        if self._count == 1:
+            self.received = signum
+            self._say(f"{name} received: finishing the step under way, {self._action}, then "
+                      "stopping (send it again to stop at once)")
+            return
+        busy = self._busy() if self._busy is not None and self._count == 2 else None
+        if busy:
+            self._say(f"{name} received again: {busy} is under way, and cutting it would lose "
+                      "everything since the last checkpoint; finishing it first (a third "
+                      "signal forces the stop)")
+            return
+        self._restore()
+        raise StoppedAtOnce(signum)
 
     def __enter__(self) -> StopOnSignal:
         import threading
@@ -1471,6 +1502,19 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if k not in RESUME_MAY_CHANGE and before.get(k, missing) != after.get(k, missing)]
 
 
+def warn_stretched_schedule(saved: dict[str, Any], cfg: TrainConfig, step: int) -> None:
+    """A decaying lr schedule resumed with another ``total_steps`` is stretched (or squeezed)
+    from here on: said, with the next step's lr under the old and the new length."""
+    old = saved.get("total_steps")
+    if old is None or old == cfg.total_steps or cfg.lr_schedule == "constant":
+        return
+    was, now = (cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.lr_schedule, total,
+                                   cfg.min_lr_ratio) for total in (old, cfg.total_steps))
+    log.warning("total_steps %d -> %d with lr_schedule=%s: the remaining decay is rescaled "
+                "to the new length; the lr of step %d is %.3g (it would have been %.3g)", old,
+                cfg.total_steps, cfg.lr_schedule, step + 1, now, was)
+
+
 def resume(ctx: TrainContext) -> bool:
     """Load the latest loadable checkpoint of ``out_dir`` into the context; False when
     there is none, or when ``resume`` is off: then an earlier run's checkpoints are moved to
@@ -1480,17 +1524,27 @@ def resume(ctx: TrainContext) -> bool:
     before it; one whose run had other settings (:data:`RESUME_MAY_CHANGE` may change) is an
     error naming them: continuing it with another algorithm, model, data or lr would make a
     run that no config describes."""
+    import shutil
+
     from archer.checkpoint import list_checkpoints, read_state
-    from archer.tracking import archive_previous
+    from archer.tracking import archive_previous, read_run_info
 
     cfg, dist = ctx.cfg, ctx.dist
+    root = checkpoint_root(cfg.out_dir)
+    if dist.is_main and root.is_dir():  # saves a kill interrupted (never picked, never pruned)
+        for tmp in root.glob(".tmp-step_*"):
+            shutil.rmtree(tmp, ignore_errors=True)
     found = list_checkpoints(cfg.out_dir)
     if not cfg.resume:
         if found and dist.is_main:
-            old = read_state(found[-1], strict=False).get("run_id")
-            dest = archive_previous(cfg.out_dir, ("checkpoints",), old)
-            log.warning("resume=false: the checkpoints of the run in %s (steps %s) were moved "
-                        "to %s", cfg.out_dir, [int(p.name[5:]) for p in found], dest)
+            old = (read_state(found[-1], strict=False).get("run_id")
+                   or (read_run_info(cfg.out_dir) or {}).get("run_id"))
+            # the run's policy export and config go with it: a final/ left behind would pass
+            # for the new run's
+            dest = archive_previous(cfg.out_dir, ("checkpoints", "final", "config.yaml"), old)
+            log.warning("resume=false: the run in %s (checkpoints of steps %s, its final/ and "
+                        "config.yaml) was moved to %s", cfg.out_dir,
+                        [int(p.name[5:]) for p in found], dest)
         dist.barrier()
         return False
     failed = []
@@ -1502,6 +1556,7 @@ def resume(ctx: TrainContext) -> bool:
             continue
         if "config" in state:  # (checkpoints before this check have no config)
             changes = config_changes(state["config"], cfg.to_dict())
+            warn_stretched_schedule(state["config"], cfg, state["step"])
             if changes:
                 raise ValueError(
                     f"{path} was saved by a run with other settings: {'; '.join(changes)}. "
@@ -1620,39 +1675,60 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
     resumed = resume(ctx)
     if not dist.is_main:  # only rank 0 talks to the tracker, shows progress, writes files
         logger, progress = NullLogger(ctx.state.run_id), False
-    logger = open_logger(cfg, logger, ctx.state.run_id)
-    ctx.state.run_id = logger.run_id
-    # what the run trains on (the leaderboard's device-hours = training seconds x devices)
-    logger.set_tags({"archer.num_devices": dist.world_size,
-                     "archer.device_kind": "gpu" if ctx.device.type == "cuda" else "cpu"})
-    if resumed and ctx.state.step >= cfg.total_steps:
-        log.warning("%s: the run is at step %d already, total_steps=%d: no step to train%s",
-                    cfg.out_dir, ctx.state.step, cfg.total_steps,
-                    "; exporting its policy again" if cfg.export_final else "")
-    if not resumed:
-        logger.log_params(flatten(cfg.to_dict()))
-    elif hasattr(logger, "rewind"):  # drop steps logged after the checkpoint; re-log its own
-        logger.rewind(ctx.state.step, ctx.state.last_metrics)
-    history = []
-    bar = progress_bar(cfg, ctx.state.step, progress)
+    history: list[dict[str, float]] = []
     shown: dict[str, str] = {}
-    signals = StopOnSignal(say=lambda text: bar.write(f"archer: {text}", file=sys.stderr))
     last_saved = ctx.state.step if resumed else None
-    begun: StepStart | None = None
-    try:
-        with signals:
+    begun: StepStart | None = None  # where the step under way started
+    done: dict[str, float] | None = None  # its metrics, once its update is complete
+    saving = False
+
+    def busy() -> str | None:  # what a second signal must not cut
+        if saving:
+            return "a checkpoint"
+        if begun is not None and ctx.state.updating and ctx.state.step == begun.step:
+            return "the update"
+        return None
+
+    bar = progress_bar(cfg, ctx.state.step, progress)
+    signals = StopOnSignal(say=lambda text: bar.write(f"archer: {text}", file=sys.stderr),
+                           busy=busy)
+    # the handlers go in before the tracking run opens: a stop from here on ends that run
+    # (KILLED) instead of leaving it RUNNING
+    with signals:
+        logger = open_logger(cfg, logger, ctx.state.run_id)
+        try:
+            ctx.state.run_id = logger.run_id
+            # what the run trains on (the leaderboard's device-hours = seconds x devices)
+            logger.set_tags({"archer.num_devices": dist.world_size,
+                             "archer.device_kind": "gpu" if ctx.device.type == "cuda"
+                             else "cpu"})
+            if resumed and ctx.state.step >= cfg.total_steps:
+                log.warning("%s: the run is at step %d already, total_steps=%d: no step to "
+                            "train%s", cfg.out_dir, ctx.state.step, cfg.total_steps,
+                            "; exporting its policy again" if cfg.export_final else "")
+            if not resumed:
+                logger.log_params(flatten(cfg.to_dict()))
+            elif hasattr(logger, "rewind"):  # drop steps logged after the checkpoint
+                logger.rewind(ctx.state.step, ctx.state.last_metrics)
             while ctx.state.step < cfg.total_steps:
-                begun = StepStart.take(ctx)
+                if signals.received is not None and not dist.enabled:  # before a step begins
+                    at = checkpoint_root(cfg.out_dir) / f"step_{ctx.state.step:06d}"
+                    raise TrainingInterrupted(ctx.state.step, signals.received,
+                                              at if resumed or history else None,
+                                              before_step=True)
+                begun, done = StepStart.take(ctx), None
                 metrics = train_step(ctx)
+                done = metrics
                 step = ctx.state.step
                 last = step == cfg.total_steps
                 if cfg.val_every and ctx.val_records and (step % cfg.val_every == 0 or last):
-                    metrics |= validate(ctx)
+                    metrics = metrics | validate_aside(ctx)
                 saved = last or bool(cfg.ckpt_every and step % cfg.ckpt_every == 0)
                 if saved:
                     ctx.state.run_id = logger.run_id  # an offline-started run may have its id
+                    saving = True
                     path = save(ctx, metrics)  # before logging: a logged step is resumable
-                    last_saved = step
+                    saving, last_saved = False, step
                 logger.log_metrics(metrics, step)
                 history.append(metrics)
                 shown |= progress_postfix(metrics)  # a skipped step keeps the last entropy
@@ -1667,27 +1743,29 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
                         continue
                     if not saved:
                         ctx.state.run_id = logger.run_id
+                        saving = True
                         path = save(ctx, metrics)
+                        saving, last_saved = False, step
                     raise TrainingInterrupted(step, signals.received or signal.SIGTERM, path)
                 if asked >= 1:
                     raise TrainingStopped(step)
-    except TrainingStopped:  # stopped on request or by a signal, the last step saved
-        bar.close()
-        ctx.rollout.close()
-        logger.finish("KILLED")
-        raise
-    except (Exception, KeyboardInterrupt) as err:  # a crash (not a death: nothing runs then)
-        ctx.state.run_id = logger.run_id
-        checkpoint_failed_step(ctx, begun, last_saved, history, err)
-        bar.close()
-        ctx.rollout.close()
-        logger.finish("FAILED")
-        raise
-    except BaseException:
-        bar.close()
-        ctx.rollout.close()
-        logger.finish("FAILED")
-        raise
+        except TrainingStopped:  # stopped on request or by a signal, the last step saved
+            bar.close()
+            ctx.rollout.close()
+            logger.finish("KILLED")
+            raise
+        except (Exception, KeyboardInterrupt) as err:  # a crash (not a death: nothing runs)
+            ctx.state.run_id = logger.run_id
+            checkpoint_failed_step(ctx, begun, done, last_saved, history, err)
+            bar.close()
+            ctx.rollout.close()
+            logger.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+        except BaseException:
+            bar.close()
+            ctx.rollout.close()
+            logger.finish("FAILED")
+            raise
     bar.close()
     ctx.rollout.close()
     export_dir = export_policy(ctx) if cfg.export_final else None
@@ -1695,32 +1773,64 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
     return FitResult(state=ctx.state, model=ctx.model, metrics=history, export_dir=export_dir)
 
 
-def checkpoint_failed_step(ctx: TrainContext, begun: StepStart | None, last_saved: int | None,
+def validate_aside(ctx: TrainContext) -> dict[str, float]:
+    """:func:`validate` with the RNG states put back afterwards: validation never moves the
+    training's random streams, so a run's trajectory does not depend on its validation
+    settings, and a step whose validation failed can be checkpointed as if it had not run."""
+    from archer.checkpoint import rng_state, set_rng_state
+
+    kept = rng_state()
+    try:
+        return validate(ctx)
+    finally:
+        set_rng_state(kept)
+
+
+def checkpoint_failed_step(ctx: TrainContext, begun: StepStart | None,
+                           done: dict[str, float] | None, last_saved: int | None,
                            history: list[dict[str, float]], err: BaseException) -> Path | None:
-    """A step that failed before its update (in the rollout, the reward, the old/reference
-    passes: a verifier bug, a bad record, an out-of-memory generation) has not changed the
-    parameters: checkpoint the run as it was when that step began (its RNG states, data
-    position and counters from ``begun``), so resuming redoes the step exactly, as if it
-    had never been tried. Nothing is written when the update had begun, when the step
-    before is checkpointed already, before any step, or in a data-parallel run (the other
-    ranks may be inside a collective). Returns the checkpoint, if one was written."""
+    """Checkpoint what a failure (an exception, or a second Ctrl-C) leaves intact, so that
+    resuming continues exactly as a run that never failed:
+
+    - a step that failed before its update (in the rollout, the reward, the old/reference
+      passes: a verifier bug, a bad record, an out-of-memory generation) has not changed the
+      parameters: the run is saved as it was when that step began (its RNG states, data
+      position and counters from ``begun``), and the resume redoes the step;
+    - a step whose update was complete (``done``, its metrics) and which failed after it
+      (in validation, which puts the RNG back, in logging or in its checkpoint): the step
+      is saved with those metrics.
+
+    Nothing is written for a failure inside the update, when the step is checkpointed
+    already, before any step, or in a data-parallel run (the other ranks may be inside a
+    collective). Returns the checkpoint, if one was written."""
     from archer.checkpoint import set_rng_state
 
-    if (begun is None or ctx.state.updating or ctx.state.step != begun.step or begun.step == 0
-            or begun.step == last_saved or ctx.dist.enabled):
+    if begun is None or ctx.dist.enabled:
+        return None
+    before = ctx.state.step == begun.step and not ctx.state.updating
+    after = ctx.state.step == begun.step + 1 and done is not None
+    target = begun.step if before else begun.step + 1 if after else None
+    if target is None or target == 0 or target == last_saved:
         return None
     try:
-        ctx.sampler.load_state_dict(begun.sampler)
-        set_rng_state(begun.rng)
-        ctx.state.updates_skipped, ctx.state.steps_skipped = (begun.updates_skipped,
-                                                               begun.steps_skipped)
-        path = save(ctx, history[-1] if history else ctx.state.last_metrics)
+        if before:
+            ctx.sampler.load_state_dict(begun.sampler)
+            set_rng_state(begun.rng)
+            ctx.state.updates_skipped, ctx.state.steps_skipped = (begun.updates_skipped,
+                                                                   begun.steps_skipped)
+        path = save(ctx, (history[-1] if history else ctx.state.last_metrics) if before
+                    else done)
     except Exception:  # noqa: BLE001  (the original error is what the user must see)
         log.exception("could not checkpoint the run after step %d failed", begun.step + 1)
         return None
-    log.warning("step %d failed before its update (%s: %s); the run is checkpointed at step "
-                "%d with step %d's data position and RNG, so resuming redoes it exactly",
-                begun.step + 1, type(err).__name__, err, begun.step, begun.step + 1)
+    if before:
+        log.warning("step %d failed before its update (%s: %s); the run is checkpointed at "
+                    "step %d with step %d's data position and RNG, so resuming redoes it "
+                    "exactly", begun.step + 1, type(err).__name__, err, begun.step,
+                    begun.step + 1)
+    else:
+        log.warning("step %d failed after its update (%s: %s); the step is checkpointed, "
+                    "so resuming goes on from it", target, type(err).__name__, err)
     return path
 
 

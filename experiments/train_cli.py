@@ -466,7 +466,8 @@ def logger_factory(setup: TrainSetup, config_path: Path):
 
 def run_train(overrides: list[str], print_config: bool = False) -> int:
     """``archer train [--print-config] key=value ...``; 0 on success."""
-    from archer.trainer import TrainingInterrupted, fit
+    from archer.checkpoint import latest_checkpoint
+    from archer.trainer import StoppedAtOnce, TrainingInterrupted, fit
 
     setup = build_train_setup(compose_config(overrides, "config"))
     if print_config:
@@ -483,6 +484,13 @@ def run_train(overrides: list[str], print_config: bool = False) -> int:
             print(f"archer train: {stopped}; run the same command again to resume from it",
                   file=sys.stderr)
         return 128 + int(stopped.signum)  # the shell's convention for a signalled process
+    except StoppedAtOnce as stopped:
+        if main_rank:
+            kept = latest_checkpoint(out)
+            print(f"archer train: {stopped}; "
+                  + (f"the run resumes from {kept}" if kept else "no checkpoint was written")
+                  + " when the same command runs again", file=sys.stderr)
+        return 128 + int(stopped.signum)
     if not main_rank:
         return 0
     last = result.metrics[-1] if result.metrics else {}
@@ -514,7 +522,13 @@ def run_sft(overrides: list[str], print_config: bool = False) -> int:
     if print_config:
         print(config_yaml(config), end="")
         return 0
-    result = supervised_finetune(cfg, log=lambda line: print(line, file=sys.stderr))
+    from archer.trainer import StoppedAtOnce
+
+    try:
+        result = supervised_finetune(cfg, log=lambda line: print(line, file=sys.stderr))
+    except StoppedAtOnce as stopped:
+        print(f"archer sft: {stopped}; nothing was saved", file=sys.stderr)
+        return 128 + int(stopped.signum)
     if result.stopped in ("SIGINT", "SIGTERM"):
         print(f"archer sft: {result.stopped} received: stopped after step {result.steps}; the "
               f"model so far is in {result.model_dir} (`archer sft` has no resume: run it "

@@ -21,7 +21,13 @@ from archer.models import build_tiny_model
 from archer.rewards import REWARDS, register_reward
 from archer.tracking import PREVIOUS, JsonlLogger
 from archer.train_config import TrainConfig
-from archer.trainer import TrainingInterrupted, config_changes, fit
+from archer.trainer import (
+    StopOnSignal,
+    StoppedAtOnce,
+    TrainingInterrupted,
+    config_changes,
+    fit,
+)
 from experiments.presets import load_preset
 
 if "test_parity_ckpt" not in REWARDS:
@@ -148,12 +154,60 @@ def test_a_signal_in_the_last_step_lets_the_run_finish(tmp_path):
     assert signal.getsignal(signal.SIGINT) == before
 
 
-def test_a_second_signal_stops_at_once(tmp_path):
+def test_a_second_signal_stops_at_once_keeping_a_finished_update(tmp_path):
+    """Two SIGINTs while step 1 is being logged (its update done, no checkpoint due): the
+    run stops at once, and step 1, complete, is checkpointed on the way out."""
     model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
     cfg = replace(make_cfg(model_dir, tmp_path / "b", 3), ckpt_every=0)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, logger=lambda run_id: SignalAtStep(cfg.out_dir, run_id, 1, signal.SIGINT, 2))
-    assert list_checkpoints(cfg.out_dir) == []  # stopped inside step 1's logging
+    loggers = []
+
+    def factory(run_id):
+        loggers.append(SignalAtStep(cfg.out_dir, run_id, 1, signal.SIGINT, 2))
+        return loggers[-1]
+
+    with pytest.raises(StoppedAtOnce, match="SIGINT received again: stopped at once"):
+        fit(cfg, logger=factory)
+    assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_000001"]
+    assert loggers[0].final_status == "KILLED"
+
+
+def test_a_second_signal_waits_for_work_it_would_lose(capsys):
+    """While ``busy`` names unfinished work (an update, a checkpoint being written), the
+    second signal only says so; the third stops at once. Without busy work the second
+    stops at once."""
+    said = []
+    work = {"busy": "the update"}
+    with StopOnSignal(say=said.append, busy=lambda: work["busy"]) as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert "the update is under way" in said[-1] and "a third signal" in said[-1]
+        with pytest.raises(StoppedAtOnce) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert stopped.value.signum == signal.SIGTERM
+    work["busy"] = None
+    with StopOnSignal(say=said.append, busy=lambda: work["busy"]):
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(StoppedAtOnce):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_signal_before_the_first_step_ends_the_tracking_run(tmp_path):
+    """SIGTERM while the tracking run opens (before any step): no step starts, the run is
+    marked KILLED, and there is nothing to checkpoint."""
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    cfg = make_cfg(model_dir, tmp_path / "b", 3)
+    loggers = []
+
+    def factory(run_id):
+        loggers.append(SignalAtStep(cfg.out_dir, run_id, None, signal.SIGTERM))
+        os.kill(os.getpid(), signal.SIGTERM)
+        return loggers[-1]
+
+    with pytest.raises(TrainingInterrupted, match="SIGTERM received before the first step: "
+                                                  "nothing to checkpoint"):
+        fit(cfg, logger=factory)
+    assert loggers[0].final_status == "KILLED" and loggers[0].read_metrics() == []
 
 
 def test_resume_false_moves_the_old_run_aside_and_never_revives_it(tmp_path, caplog):
@@ -162,13 +216,16 @@ def test_resume_false_moves_the_old_run_aside_and_never_revives_it(tmp_path, cap
     place of the new run's), and a later resume continues the new run, not the old."""
     model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
     out = tmp_path / "run"
-    old = fit(make_cfg(model_dir, out, 3))  # checkpoints 2, 3
+    old = fit(replace(make_cfg(model_dir, out, 3), export_final=True))  # checkpoints 2, 3
+    (out / "config.yaml").write_text("the old run's\n")
     with caplog.at_level(logging.WARNING):
         new = fit(replace(make_cfg(model_dir, out, 1), resume=False))
-    assert "resume=false: the checkpoints of the run" in caplog.text
+    assert "resume=false: the run in" in caplog.text and "final/ and config.yaml" in caplog.text
     [moved] = list((out / PREVIOUS).iterdir())
     assert moved.name == old.state.run_id
     assert [p.name for p in list_checkpoints(moved)] == ["step_000002", "step_000003"]
+    assert (moved / "final" / "config.json").is_file() and not (out / "final").exists()
+    assert (moved / "config.yaml").read_text() == "the old run's\n"
     rows = [json.loads(line) for line in (moved / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert json.loads((moved / "run.json").read_text())["status"] == "FINISHED"
@@ -190,7 +247,7 @@ def test_a_new_run_without_checkpoints_keeps_the_old_metrics(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate_model", "empty_optimizer", "cut_state",
-                                    "empty_state"])
+                                    "empty_state", "state_without_sampler"])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog, damage):
     model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
     cfg = make_cfg(model_dir, tmp_path / "b", 3)
@@ -202,14 +259,21 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capl
         (last / "optimizer.pt").write_bytes(b"")
     elif damage == "cut_state":
         (last / "state.json").write_text((last / "state.json").read_text()[:20])
-    else:
+    elif damage == "empty_state":
         (last / "state.json").write_text("")
+    else:
+        (last / "state.json").write_text('{"step": 3}')
+    stale = last.parent / ".tmp-step_000004-12345"  # a save that a kill interrupted
+    stale.mkdir()
     with caplog.at_level(logging.WARNING):
         again = fit(replace(cfg, total_steps=4))
+    assert not stale.exists()
     assert again.state.step == 4 and len(again.metrics) == 2  # steps 3 and 4 from step 2
     assert "step_000003" in caplog.text
-    if damage.endswith("state"):
+    if "state" in damage:
         assert "state.json is damaged" in caplog.text
+    if damage == "state_without_sampler":
+        assert "no 'sampler', 'run_id'" in caplog.text
 
 
 def test_no_loadable_checkpoint_is_an_error_naming_each(tmp_path):
@@ -290,3 +354,56 @@ def test_a_step_that_fails_before_its_update_is_checkpointed_and_redone_exactly(
     with pytest.raises(ZeroDivisionError):
         fit(replace(cfg, out_dir=str(tmp_path / "c")))
     assert list_checkpoints(tmp_path / "c") == []
+
+
+def test_a_failure_in_validation_keeps_the_finished_step_and_resume_is_exact(tmp_path,
+                                                                            caplog):
+    """val_every=1: reward calls alternate training / validation, so call 4 is step 2's
+    validation. It raises after step 2's update: step 2 is checkpointed (validation put the
+    RNG back), and the resume ends with the parameters of a run that never failed."""
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    base = replace(make_cfg(model_dir, tmp_path / "a", 4), ckpt_every=0, val_every=1,
+                   reward="test_fails_at_call")
+    FAIL_AT_CALL.update(n=0, at=0)
+    straight = fit(base)
+    cfg = replace(base, out_dir=str(tmp_path / "b"))
+    FAIL_AT_CALL.update(n=0, at=4)
+    with caplog.at_level(logging.WARNING), pytest.raises(ZeroDivisionError):
+        fit(cfg)
+    assert "step 2 failed after its update (ZeroDivisionError" in caplog.text
+    assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_000002"]
+    FAIL_AT_CALL.update(n=0, at=0)
+    again = fit(cfg)
+    for (k, v), (_, w) in zip(straight.model.named_parameters(),
+                              again.model.named_parameters()):
+        torch.testing.assert_close(w, v, atol=1e-6, rtol=0, msg=k)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert "val/reward_mean" not in rows[1]  # step 2's validation never finished
+
+
+def test_validation_does_not_move_the_training_rng(tmp_path):
+    """Sampled validation (temperature 1, 2 samples) every step, or none: the same training
+    trajectory, parameter for parameter."""
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    plain = fit(replace(make_cfg(model_dir, tmp_path / "a", 3), ckpt_every=0))
+    validated = fit(replace(make_cfg(model_dir, tmp_path / "b", 3), ckpt_every=0,
+                            val_every=1, val_temperature=1.0, val_samples=2))
+    assert "val/reward_mean" in validated.metrics[0]
+    for (k, v), (_, w) in zip(plain.model.named_parameters(),
+                              validated.model.named_parameters()):
+        torch.testing.assert_close(w, v, atol=0, rtol=0, msg=k)
+
+
+def test_a_decaying_schedule_resumed_longer_says_how_it_is_stretched(tmp_path, caplog):
+    """Cosine over 2 steps, resumed to 4: step 3's lr is 1e-3 x (1 + cos(pi/2)) / 2 = 5e-4
+    where the 2-step schedule had ended at 0; allowed (extending a run), and said."""
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    cfg = replace(make_cfg(model_dir, tmp_path / "b", 2), warmup_steps=0, lr_schedule="cosine")
+    fit(cfg)
+    with caplog.at_level(logging.WARNING):
+        longer = fit(replace(cfg, total_steps=4))
+    assert "total_steps 2 -> 4 with lr_schedule=cosine: the remaining decay is rescaled to " \
+           "the new length; the lr of step 3 is 0.0005 (it would have been 0)" in caplog.text
+    assert longer.metrics[0]["actor/lr"] == pytest.approx(5e-4)
