@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
 import sys
 import time
@@ -419,6 +420,10 @@ def run_grade(args: argparse.Namespace) -> int:
     if args.input != "-":
         with open(args.input, encoding="utf-8"):  # FileNotFoundError names the path
             pass
+        if args.output != "-" and os.path.exists(args.output) and \
+                os.path.samefile(args.input, args.output):  # opening it "w" would empty it
+            raise ValueError(f"--output {args.output} is the input file: the verdicts would "
+                             "overwrite the completions; write them to another file")
     grader = _make_grader(args)
     out: IO[str] = sys.stdout if args.output == "-" else open(  # noqa: SIM115
         args.output, "w", encoding="utf-8"

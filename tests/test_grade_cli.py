@@ -240,3 +240,14 @@ def test_code_record_func_name_places_agree():
         {"completion": "x", "tests": {"check": CHECK + "\ncheck(add)\n"}}
     )
     assert problem.kind == "check" and problem.check_code.count("check(add)") == 1
+
+
+def test_grade_refuses_to_write_over_its_input(tmp_path, capsys):
+    """--output naming the input file would empty it before it is read: refused, the file
+    kept as it was."""
+    src = tmp_path / "same.jsonl"
+    text = json.dumps({"id": "a", "completion": "\\boxed{2}", "answer": "2"}) + "\n"
+    src.write_text(text)
+    assert main(["grade", "math", "--input", str(src), "--output", str(src)]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert src.read_text() == text
