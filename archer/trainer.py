@@ -1495,11 +1495,14 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         return flatten(json.loads(json.dumps(d, default=str)))
 
     before, after = plain(saved), plain(now)
-    missing = object()
-    return [f"{k}: {before.get(k, missing)!r} -> {after.get(k, missing)!r}".replace(
-                repr(missing), "(unset)")
+
+    def shown(values: dict, k: str) -> str:
+        return repr(values[k]) if k in values else "(unset)"
+
+    return [f"{k}: {shown(before, k)} -> {shown(after, k)}"
             for k in sorted(set(before) | set(after))
-            if k not in RESUME_MAY_CHANGE and before.get(k, missing) != after.get(k, missing)]
+            if k not in RESUME_MAY_CHANGE and (k in before, before.get(k)) !=
+            (k in after, after.get(k))]
 
 
 def warn_stretched_schedule(saved: dict[str, Any], cfg: TrainConfig, step: int) -> None:
@@ -1689,6 +1692,14 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
             return "the update"
         return None
 
+    def checkpoint(metrics: dict[str, float]) -> Path:  # the step just completed
+        nonlocal saving, last_saved
+        ctx.state.run_id = logger.run_id  # an offline-started run may have its id by now
+        saving = True
+        path = save(ctx, metrics)
+        saving, last_saved = False, ctx.state.step
+        return path
+
     bar = progress_bar(cfg, ctx.state.step, progress)
     signals = StopOnSignal(say=lambda text: bar.write(f"archer: {text}", file=sys.stderr),
                            busy=busy)
@@ -1724,11 +1735,8 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
                 if cfg.val_every and ctx.val_records and (step % cfg.val_every == 0 or last):
                     metrics = metrics | validate_aside(ctx)
                 saved = last or bool(cfg.ckpt_every and step % cfg.ckpt_every == 0)
-                if saved:
-                    ctx.state.run_id = logger.run_id  # an offline-started run may have its id
-                    saving = True
-                    path = save(ctx, metrics)  # before logging: a logged step is resumable
-                    saving, last_saved = False, step
+                if saved:  # before logging: a logged step is always resumable
+                    path = checkpoint(metrics)
                 logger.log_metrics(metrics, step)
                 history.append(metrics)
                 shown |= progress_postfix(metrics)  # a skipped step keeps the last entropy
@@ -1742,10 +1750,7 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
                     if last:  # the run is complete: finish and export as usual
                         continue
                     if not saved:
-                        ctx.state.run_id = logger.run_id
-                        saving = True
-                        path = save(ctx, metrics)
-                        saving, last_saved = False, step
+                        path = checkpoint(metrics)
                     raise TrainingInterrupted(step, signals.received or signal.SIGTERM, path)
                 if asked >= 1:
                     raise TrainingStopped(step)

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,15 +47,25 @@ def make_cfg(model_dir, out_dir, total_steps):
         out_dir=str(out_dir), num_threads=1, deterministic=True, export_final=False)
 
 
+def assert_same_params(want, got, atol=1e-6):
+    """Every parameter of the fit result ``got`` equals ``want``'s (to ``atol``)."""
+    for (k, v), (_, w) in zip(want.model.named_parameters(), got.model.named_parameters()):
+        torch.testing.assert_close(w, v, atol=atol, rtol=0, msg=k)
+
+
+def logged_steps(run_dir) -> list[int]:
+    """The steps of ``run_dir/metrics.jsonl``, in order, read without opening a logger."""
+    text = (Path(run_dir) / "metrics.jsonl").read_text()
+    return [json.loads(line)["step"] for line in text.splitlines()]
+
+
 def test_resume_is_exact_and_metrics_continue_the_run(tmp_path):
     model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
     straight = fit(make_cfg(model_dir, tmp_path / "a", 4))
     first = fit(make_cfg(model_dir, tmp_path / "b", 2))
     second = fit(make_cfg(model_dir, tmp_path / "b", 4))
     assert second.state.step == 4 and len(second.metrics) == 2
-    for (k, v), (_, w) in zip(straight.model.named_parameters(),
-                              second.model.named_parameters()):
-        torch.testing.assert_close(w, v, atol=1e-6, rtol=0, msg=k)
+    assert_same_params(straight, second)
     assert any(not torch.equal(a, b) for a, b in zip(first.model.parameters(),
                                                      second.model.parameters()))
     logger = JsonlLogger(tmp_path / "b", run_id=first.state.run_id)
@@ -133,9 +144,7 @@ def test_a_signal_finishes_the_step_checkpoints_it_and_resume_is_exact(tmp_path,
     assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_000002"]
     again = fit(cfg, logger=factory)
     assert again.state.step == 4 and again.state.run_id == loggers[0].run_id
-    for (k, v), (_, w) in zip(straight.model.named_parameters(),
-                              again.model.named_parameters()):
-        torch.testing.assert_close(w, v, atol=1e-6, rtol=0, msg=k)
+    assert_same_params(straight, again)
     assert [r["step"] for r in loggers[-1].read_metrics()] == [1, 2, 3, 4]
 
 
@@ -226,8 +235,7 @@ def test_resume_false_moves_the_old_run_aside_and_never_revives_it(tmp_path, cap
     assert [p.name for p in list_checkpoints(moved)] == ["step_000002", "step_000003"]
     assert (moved / "final" / "config.json").is_file() and not (out / "final").exists()
     assert (moved / "config.yaml").read_text() == "the old run's\n"
-    rows = [json.loads(line) for line in (moved / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert logged_steps(moved) == [1, 2, 3]
     assert json.loads((moved / "run.json").read_text())["status"] == "FINISHED"
     assert [p.name for p in list_checkpoints(out)] == ["step_000001"]
     later = fit(make_cfg(model_dir, out, 2))
@@ -343,12 +351,8 @@ def test_a_step_that_fails_before_its_update_is_checkpointed_and_redone_exactly(
     FAIL_AT_CALL.update(n=0, at=0)
     again = fit(cfg)
     assert again.state.step == 4 and len(again.metrics) == 2
-    for (k, v), (_, w) in zip(straight.model.named_parameters(),
-                              again.model.named_parameters()):
-        torch.testing.assert_close(w, v, atol=1e-6, rtol=0, msg=k)
-    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text()
-            .splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert_same_params(straight, again)
+    assert logged_steps(tmp_path / "b") == [1, 2, 3, 4]
     # failing in the first step leaves nothing to save
     FAIL_AT_CALL.update(n=0, at=1)
     with pytest.raises(ZeroDivisionError):
@@ -374,12 +378,9 @@ def test_a_failure_in_validation_keeps_the_finished_step_and_resume_is_exact(tmp
     assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_000002"]
     FAIL_AT_CALL.update(n=0, at=0)
     again = fit(cfg)
-    for (k, v), (_, w) in zip(straight.model.named_parameters(),
-                              again.model.named_parameters()):
-        torch.testing.assert_close(w, v, atol=1e-6, rtol=0, msg=k)
-    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text()
-            .splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert_same_params(straight, again)
+    assert logged_steps(tmp_path / "b") == [1, 2, 3, 4]
+    rows = JsonlLogger(tmp_path / "b", again.state.run_id).read_metrics()
     assert "val/reward_mean" not in rows[1]  # step 2's validation never finished
 
 
@@ -391,9 +392,7 @@ def test_validation_does_not_move_the_training_rng(tmp_path):
     validated = fit(replace(make_cfg(model_dir, tmp_path / "b", 3), ckpt_every=0,
                             val_every=1, val_temperature=1.0, val_samples=2))
     assert "val/reward_mean" in validated.metrics[0]
-    for (k, v), (_, w) in zip(plain.model.named_parameters(),
-                              validated.model.named_parameters()):
-        torch.testing.assert_close(w, v, atol=0, rtol=0, msg=k)
+    assert_same_params(plain, validated, atol=0)
 
 
 def test_a_decaying_schedule_resumed_longer_says_how_it_is_stretched(tmp_path, caplog):
