@@ -187,7 +187,8 @@ class TrainState:
     updates_skipped: int = 0  # optimizer steps skipped on a non-finite grad norm, in total
     steps_skipped: int = 0  # training steps with no informative group, in total
     last_metrics: dict[str, float] = field(default_factory=dict)  # metrics of the saved step
-    updating: bool = False  # the step under way has begun changing the parameters
+    updating: bool = False  # the step under way is in its update
+    changed: bool = False  # ... and has stepped the optimizer (the parameters moved)
 
 
 @dataclass
@@ -206,7 +207,7 @@ class StepStart:
     def take(cls, ctx: TrainContext) -> StepStart:
         from archer.checkpoint import rng_state
 
-        ctx.state.updating = False
+        ctx.state.updating = ctx.state.changed = False
         return cls(ctx.state.step, rng_state(), ctx.sampler.state_dict(),
                    ctx.state.updates_skipped, ctx.state.steps_skipped)
 
@@ -599,7 +600,7 @@ def train_step(ctx: TrainContext) -> dict[str, float]:
         with timer("old_logprob"):
             update_batch = prepare_update_batch(ctx, batch, rewards)  # advantages, old, ref
         with timer("update"):
-            ctx.state.updating = True  # from here a failure leaves the step half done
+            ctx.state.updating = True  # a second signal waits for it to finish
             metrics |= update_policy(ctx, update_batch)
         with timer("weight_sync"):
             ctx.rollout.wake_up()
@@ -1374,6 +1375,7 @@ def optimizer_step(ctx: TrainContext) -> dict[str, float]:
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.state.updates_skipped += 1
         return {"actor/optimizer_steps": 0.0, "actor/updates_skipped": 1.0}
+    ctx.state.changed = True  # from here a failure leaves the step half done
     ctx.optimizer.step()
     return {"actor/grad_norm": float(norm), "actor/optimizer_steps": 1.0,
             "actor/updates_skipped": 0.0}
@@ -1797,24 +1799,32 @@ def checkpoint_failed_step(ctx: TrainContext, begun: StepStart | None,
     """Checkpoint what a failure (an exception, or a second Ctrl-C) leaves intact, so that
     resuming continues exactly as a run that never failed:
 
-    - a step that failed before its update (in the rollout, the reward, the old/reference
-      passes: a verifier bug, a bad record, an out-of-memory generation) has not changed the
-      parameters: the run is saved as it was when that step began (its RNG states, data
-      position and counters from ``begun``), and the resume redoes the step;
+    - a step that failed before its first optimizer step (in the rollout, the reward, the
+      old/reference passes, or in the update's forward/backward before the parameters moved:
+      a verifier bug, a bad record, an out-of-memory generation or backward) has not changed
+      the parameters or the optimizer state: the run is saved as it was when that step
+      began (its RNG states, data position and counters from ``begun``; the gradients are
+      not state), and the resume redoes the step;
     - a step whose update was complete (``done``, its metrics) and which failed after it
       (in validation, which puts the RNG back, in logging or in its checkpoint): the step
       is saved with those metrics.
 
-    Nothing is written for a failure inside the update, when the step is checkpointed
-    already, before any step, or in a data-parallel run (the other ranks may be inside a
-    collective). Returns the checkpoint, if one was written."""
+    Nothing is written for a failure after an optimizer step of an unfinished update (the
+    step is half done; that is said), when the step is checkpointed already, before any
+    step, or in a data-parallel run (the other ranks may be inside a collective). Returns
+    the checkpoint, if one was written."""
     from archer.checkpoint import set_rng_state
 
     if begun is None or ctx.dist.enabled:
         return None
-    before = ctx.state.step == begun.step and not ctx.state.updating
+    before = ctx.state.step == begun.step and not ctx.state.changed
     after = ctx.state.step == begun.step + 1 and done is not None
     target = begun.step if before else begun.step + 1 if after else None
+    if target is None and ctx.state.step == begun.step:  # changed, not done: half a step
+        log.warning("step %d failed in its update after an optimizer step (%s: %s): a half "
+                    "done step cannot be checkpointed; resuming starts from %s",
+                    begun.step + 1, type(err).__name__, err,
+                    f"step {last_saved}" if last_saved else "the start")
     if target is None or target == 0 or target == last_saved:
         return None
     try:
@@ -1829,10 +1839,10 @@ def checkpoint_failed_step(ctx: TrainContext, begun: StepStart | None,
         log.exception("could not checkpoint the run after step %d failed", begun.step + 1)
         return None
     if before:
-        log.warning("step %d failed before its update (%s: %s); the run is checkpointed at "
-                    "step %d with step %d's data position and RNG, so resuming redoes it "
-                    "exactly", begun.step + 1, type(err).__name__, err, begun.step,
-                    begun.step + 1)
+        log.warning("step %d failed before its update changed the parameters (%s: %s); the "
+                    "run is checkpointed at step %d with step %d's data position and RNG, so "
+                    "resuming redoes it exactly", begun.step + 1, type(err).__name__, err,
+                    begun.step, begun.step + 1)
     else:
         log.warning("step %d failed after its update (%s: %s); the step is checkpointed, "
                     "so resuming goes on from it", target, type(err).__name__, err)

@@ -344,8 +344,8 @@ def test_a_step_that_fails_before_its_update_is_checkpointed_and_redone_exactly(
     FAIL_AT_CALL.update(n=0, at=3)  # validation off: call k is step k's reward
     with caplog.at_level(logging.WARNING), pytest.raises(ZeroDivisionError):
         fit(cfg)
-    assert "step 3 failed before its update (ZeroDivisionError: a bug in the verifier)" in \
-        caplog.text
+    assert "step 3 failed before its update changed the parameters (ZeroDivisionError: a bug " \
+        "in the verifier)" in caplog.text
     assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_000002"]
     assert json.loads((tmp_path / "b" / "run.json").read_text())["status"] == "FAILED"
     FAIL_AT_CALL.update(n=0, at=0)
@@ -358,6 +358,57 @@ def test_a_step_that_fails_before_its_update_is_checkpointed_and_redone_exactly(
     with pytest.raises(ZeroDivisionError):
         fit(replace(cfg, out_dir=str(tmp_path / "c")))
     assert list_checkpoints(tmp_path / "c") == []
+
+
+def test_a_failure_in_the_update_before_the_optimizer_step_is_redone_exactly(
+        tmp_path, caplog, monkeypatch):
+    """Step 3's backward runs, then fails (as an out-of-memory error in a later micro-batch
+    would) before the optimizer steps: the parameters and the optimizer state are step 2's,
+    so the run is checkpointed at step 2 and the resume ends as a run never interrupted. A
+    failure after the optimizer step leaves half a step: nothing is checkpointed, and the
+    warning says where a resume starts."""
+    import archer.trainer as trainer_mod
+
+    model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
+    straight = fit(replace(make_cfg(model_dir, tmp_path / "a", 4), ckpt_every=0))
+    real_accumulate, real_step = trainer_mod.accumulate_gradients, trainer_mod.optimizer_step
+    fail = {"where": "backward", "step": 3}
+
+    def accumulate(ctx, *args, **kwargs):
+        out = real_accumulate(ctx, *args, **kwargs)  # gradients are in .grad now
+        if fail["where"] == "backward" and ctx.state.step + 1 == fail["step"]:
+            raise MemoryError("out of memory in the next micro-batch")
+        return out
+
+    def step_then_fail(ctx):
+        out = real_step(ctx)  # the parameters have moved
+        if fail["where"] == "after" and ctx.state.step + 1 == fail["step"]:
+            raise MemoryError("out of memory after the optimizer step")
+        return out
+
+    monkeypatch.setattr(trainer_mod, "accumulate_gradients", accumulate)
+    monkeypatch.setattr(trainer_mod, "optimizer_step", step_then_fail)
+    cfg = replace(make_cfg(model_dir, tmp_path / "b", 4), ckpt_every=0)
+    with caplog.at_level(logging.WARNING), pytest.raises(MemoryError):
+        fit(cfg)
+    assert "step 3 failed before its update changed the parameters (MemoryError: out of " \
+        "memory in the next micro-batch)" in caplog.text
+    assert [p.name for p in list_checkpoints(cfg.out_dir)] == ["step_000002"]
+    fail["where"] = None
+    again = fit(cfg)
+    assert again.state.step == 4 and len(again.metrics) == 2
+    assert_same_params(straight, again)
+    assert logged_steps(tmp_path / "b") == [1, 2, 3, 4]
+    # after the optimizer step of step 3: not checkpointable, and said
+    fail.update(where="after")
+    caplog.clear()
+    c = replace(cfg, out_dir=str(tmp_path / "c"))
+    with caplog.at_level(logging.WARNING), pytest.raises(MemoryError):
+        fit(c)
+    assert "step 3 failed in its update after an optimizer step (MemoryError: out of memory " \
+        "after the optimizer step): a half done step cannot be checkpointed; resuming " \
+        "starts from the start" in caplog.text
+    assert list_checkpoints(c.out_dir) == []
 
 
 def test_a_failure_in_validation_keeps_the_finished_step_and_resume_is_exact(tmp_path,
