@@ -417,6 +417,8 @@ def _make_grader(args: argparse.Namespace):
 
 def run_grade(args: argparse.Namespace) -> int:
     """Run ``archer grade math|code`` from parsed arguments; returns the exit code."""
+    from archer.train_config import check_out_file
+
     if args.input != "-":
         with open(args.input, encoding="utf-8"):  # FileNotFoundError names the path
             pass
@@ -424,6 +426,8 @@ def run_grade(args: argparse.Namespace) -> int:
                 os.path.samefile(args.input, args.output):  # opening it "w" would empty it
             raise ValueError(f"--output {args.output} is the input file: the verdicts would "
                              "overwrite the completions; write them to another file")
+    if args.output != "-":
+        check_out_file("--output", args.output)  # a directory there: before any grading
     grader = _make_grader(args)
     out: IO[str] = sys.stdout if args.output == "-" else open(  # noqa: SIM115
         args.output, "w", encoding="utf-8"

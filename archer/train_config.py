@@ -38,19 +38,42 @@ def _check_float(name: str, value: Any, lo: float, hi: float = math.inf, lo_open
         raise ConfigError(f"{name}={value!r} is invalid; allowed: a number in {lb}{lo}, {hi}]")
 
 
-def check_out_dir(name: str, value: Any) -> None:
-    """``value`` can be the run directory: a non-empty path that is a directory or does not
-    exist yet, with no regular file in the way (mkdir would fail after the model loaded)."""
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest of ``path`` and its parents that exists, when it is not a directory."""
+    for part in (path, *path.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
+def check_out_dir(name: str, value: Any, kind: str = "run directory") -> None:
+    """``value`` can be the run directory (or another output directory, ``kind``): a
+    non-empty path that is a directory or does not exist yet, with no regular file in the way
+    (mkdir would fail after the model loaded)."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{name}={value!r} is invalid; allowed: a directory path")
     path = Path(value).expanduser()
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                what = "is" if part == path else f"is inside {str(part)!r}, which is"
-                raise ConfigError(f"{name}={value!r} {what} an existing file, not a "
-                                  "directory; choose another run directory")
-            return
+    part = _file_in_the_way(path)
+    if part is not None:
+        what = "is" if part == path else f"is inside {str(part)!r}, which is"
+        raise ConfigError(f"{name}={value!r} {what} an existing file, not a directory; "
+                          f"choose another {kind}")
+
+
+def check_out_file(name: str, value: Any) -> None:
+    """``value`` can be an output file: a non-empty path that is not an existing directory,
+    with no regular file in the way of its folder (``open(value, "w")`` cannot fail on the
+    kind of path; the file itself may exist and is then replaced)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: a file path")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{name}={value!r} is an existing directory, not a file; give a "
+                          "file path")
+    part = _file_in_the_way(path.parent)
+    if part is not None:
+        raise ConfigError(f"{name}={value!r} is inside {str(part)!r}, which is an existing "
+                          "file, not a directory; choose another file path")
 
 
 @dataclass(frozen=True)

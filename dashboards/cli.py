@@ -39,8 +39,11 @@ def add_leaderboard_arguments(p, func) -> None:
 
 
 def run_leaderboard_cli(args) -> int:
+    from archer.train_config import check_out_file
     from dashboards.leaderboard import build_leaderboard
 
+    for path in args.out or []:
+        check_out_file("--out", path)
     baseline = None if str(args.baseline).lower() == "none" else args.baseline
     board = build_leaderboard(
         args.tracking_uri, studies=args.study, experiments=args.experiment,
@@ -76,8 +79,10 @@ def add_dashboard_arguments(p, build_func, serve_func) -> None:
 
 
 def run_build_cli(args) -> int:
+    from archer.train_config import check_out_dir
     from dashboards.site import build_all
 
+    check_out_dir("--out", args.out, "site directory")
     paths = build_all(args.tracking_uri, args.out, optuna_storage=args.optuna_storage)
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -85,8 +90,10 @@ def run_build_cli(args) -> int:
 
 
 def run_serve_cli(args) -> int:
+    from archer.train_config import check_out_dir
     from dashboards.serve import make_server
 
+    check_out_dir("--out", args.out, "site directory")
     if not args.no_build:
         run_build_cli(args)
     server = make_server(args.out, args.host, args.port)

@@ -4,8 +4,9 @@
 layout (``run_id``, ``experiment``, ``run_name``, ``status``, ``start_time``, ``end_time``,
 ``parent_run_id`` and one column per ``tags.<key>``, ``params.<key>``, ``metrics.<key>``
 holding the last value). It goes through an ``MlflowClient`` bound to one tracking URI (no
-global ``mlflow.set_tracking_uri``), and refuses a SQLite URI whose file does not exist
-instead of letting MLflow create an empty store: dashboards never write.
+global ``mlflow.set_tracking_uri``), and refuses a SQLite URI whose file does not exist or
+is not an MLflow database (0 bytes, another SQLite database) instead of letting MLflow create
+a store there: dashboards never write.
 
 What the rest of ``dashboards/`` relies on (written by ``experiments.mlflow_hierarchy`` and
 ``evals.tracking``): study runs tagged ``archer.kind=study``; trial runs ``archer.kind=trial``
@@ -36,18 +37,59 @@ def resolve_uri(tracking_uri: str | None) -> str:
     return resolve_tracking_uri(tracking_uri)
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def check_sqlite_store(uri: str, source: str = "--tracking-uri") -> None:
+    """Refuse a ``sqlite:///`` URI whose file is not already an MLflow store: MLflow would
+    create the file, or its tables in an empty or foreign database, and dashboards never
+    write. The file is only read (opened read-only), so it is left as it was. ``source``
+    says where the URI came from, for the message."""
+    import sqlite3
+
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).expanduser()
+    where = f"MLflow store {uri} (from {source})"
+    if not path.exists():
+        raise FileNotFoundError(f"{where} does not exist (no file {path.absolute()}); run a "
+                                "study or an evaluation first, or pass --tracking-uri")
+    if not path.is_file():
+        raise ValueError(f"{where}: {path.absolute()} is a directory, not an MLflow "
+                         "database; pass --tracking-uri sqlite:///<file.db>")
+    with path.open("rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if not head:
+        raise ValueError(f"{where}: {path.absolute()} is empty (0 bytes), not an MLflow "
+                         "database; left untouched (run a study or an evaluation to create "
+                         "the store, or pass --tracking-uri)")
+    if head != SQLITE_MAGIC:
+        raise ValueError(f"{where}: {path.absolute()} is not an SQLite database, so not an "
+                         "MLflow store; pass --tracking-uri")
+    try:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise ValueError(f"{where}: {path.absolute()} cannot be read as an SQLite "
+                         f"database ({err})") from None
+    if not {"experiments", "runs"} <= tables:
+        raise ValueError(f"{where}: {path.absolute()} is an SQLite database without "
+                         "MLflow's tables (experiments, runs), not an MLflow store; left "
+                         "untouched (pass --tracking-uri)")
+
+
 def open_client(tracking_uri: str | None):
     """An ``MlflowClient`` on ``tracking_uri`` (default as for training); a ``sqlite:///``
-    store must already exist."""
+    store must already be an MLflow database (:func:`check_sqlite_store`)."""
     from mlflow.tracking import MlflowClient
 
     uri = resolve_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise FileNotFoundError(f"MLflow store {uri} does not exist (no file {path}); "
-                                    "run a study or an evaluation first, or pass "
-                                    "--tracking-uri")
+        source = ("--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI"
+                  if os.environ.get("MLFLOW_TRACKING_URI") else "the default")
+        check_sqlite_store(uri, source)
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

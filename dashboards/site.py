@@ -288,8 +288,10 @@ def build_study_page(client, runs: pd.DataFrame, study: str, out_dir: Path,
 def optuna_studies(storage: str | None) -> list[str]:
     if not storage:
         return []
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
-        return []
+    if storage.startswith("sqlite:///"):
+        path = Path(storage[len("sqlite:///"):])
+        if not path.is_file() or path.stat().st_size == 0:  # Optuna would make a storage there
+            return []
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -374,13 +376,13 @@ def build_site(tracking_uri: str | None, out_dir: str | Path, *,
 
     from dashboards.leaderboard import build_leaderboard
 
+    client = D.open_client(tracking_uri)  # first: a store that is not there writes nothing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js = out / PLOTLY_JS
     plotly_js = plotly.offline.get_plotlyjs()
     if not js.is_file() or js.stat().st_size != len(plotly_js.encode()):
         js.write_text(plotly_js)
-    client = D.open_client(tracking_uri)
     runs = D.search_runs_frame(client, D.experiment_ids(client, experiments))
     studies = sorted(set(runs.get("tags.archer.study", pd.Series(dtype=str)).dropna())) \
         if not runs.empty else []

@@ -9,13 +9,20 @@
 Contract fields not given keep the paper's values (ARCHER.md section 5); every flag that
 changes one is recorded in the contract's ``overrides``. Output per benchmark:
 ``<out-dir>/<benchmark>/{samples.jsonl, scores.jsonl, per_problem.csv, results.json}``.
+
+Ctrl-C or SIGTERM stops at once with one line on stderr (the samples kept, per benchmark)
+and exit code 130 / 143; the samples of every finished chunk stay, the same command resumes
+from them, and an MLflow run it had opened ends KILLED.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +92,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_eval(args: argparse.Namespace) -> int:
     from evals.registry import BENCHMARKS
-    from evals.scoring import compare_results, score_samples
+    from evals.scoring import compare_results
 
     if args.compare:
         out = compare_results(args.compare[0], args.compare[1], force=args.force)
@@ -99,6 +106,78 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.score_only and not args.model:
         raise ValueError("--model is required (unless --score-only or --compare)")
     out_dir = Path(args.out_dir or Path("runs/eval") / Path(str(args.model)).name)
+    from archer.train_config import check_out_dir
+
+    check_out_dir("--out-dir", str(out_dir), "output directory")  # before any model loads
+    try:
+        with stop_on_signals():
+            return _evaluate(args, names, out_dir)
+    except EvalStopped as stopped:
+        print(f"archer eval: {stopped}; {kept_after_stop(names, out_dir, args)}",
+              file=sys.stderr)
+        return 128 + stopped.signum  # the shell's convention for a signalled process
+
+
+class EvalStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM during ``archer eval`` (``signum`` says which)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"{signal.Signals(signum).name} received: evaluation stopped")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While active, SIGINT and SIGTERM raise :class:`EvalStopped` where the evaluation is:
+    the samples already appended stay (each chunk is fsynced), the chunk under way is
+    dropped, and the MLflow run, if one is open, ends KILLED (:func:`evals.tracking.log_eval`).
+    Only the main thread may handle signals: elsewhere this does nothing."""
+    import threading
+
+    def handle(signum, frame) -> None:
+        raise EvalStopped(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def kept_after_stop(names: list[str], out_dir: Path, args: argparse.Namespace) -> str:
+    """What a stopped evaluation leaves in ``out_dir`` and what the same command does when
+    run again (one line): every sample of a finished chunk is kept, and a rerun resumes from
+    them (:func:`evals.runner.generate_samples`); scoring and MLflow logging run again."""
+    from evals.runner import read_samples
+
+    kept = []
+    for name in names:
+        path = out_dir / name / "samples.jsonl"
+        if not path.is_file():
+            continue
+        try:
+            sf = read_samples(path)
+            total = sf.contract.n_problems * sf.contract.k
+            kept.append(f"{len(sf.samples)} of {total} samples in {path}")
+        except (ValueError, KeyError, TypeError, OSError):
+            kept.append(f"{path} (unreadable)")
+    if not kept:
+        return "no samples had been written; run the same command again to start over"
+    then = "scores them all" + (" and logs to MLflow" if args.tracking == "mlflow" else "")
+    if args.score_only:
+        return "kept " + ", ".join(kept) + f"; run the same command again: it {then}"
+    return ("kept " + ", ".join(kept) + "; run the same command again to resume: it reuses "
+            f"these samples, generates only the missing ones, then {then}")
+
+
+def _evaluate(args: argparse.Namespace, names: list[str], out_dir: Path) -> int:
+    """Generate (unless ``--score-only``), score and log ``names`` into ``out_dir``."""
+    from evals.scoring import score_samples
+
     if not args.score_only:
         from archer.distributed import resolve_device
 

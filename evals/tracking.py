@@ -78,6 +78,9 @@ def log_eval(results: list[dict[str, Any]], run_dir: str | Path, *,
                         shutil.copyfile(src / name, dst)
                         logger.log_artifact(dst)
         status = "FINISHED"
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM (evals.cli.EvalStopped): stopped, not failed
+        status = "KILLED"
+        raise
     finally:
         logger.finish(status)
     return logger.run_id

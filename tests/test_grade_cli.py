@@ -251,3 +251,24 @@ def test_grade_refuses_to_write_over_its_input(tmp_path, capsys):
     assert main(["grade", "math", "--input", str(src), "--output", str(src)]) == 2
     assert "is the input file" in capsys.readouterr().err
     assert src.read_text() == text
+
+
+def test_grade_output_of_the_wrong_kind_is_a_usage_error(tmp_path, capsys):
+    """--output naming a directory (or a path under a regular file) is refused before any
+    grading, naming the path; nothing is written or removed."""
+    src = tmp_path / "in.jsonl"
+    text = json.dumps({"id": "a", "completion": "\\boxed{2}", "answer": "2"}) + "\n"
+    src.write_text(text)
+    folder = tmp_path / "verdicts"
+    folder.mkdir()
+    (folder / "old.jsonl").write_text("kept\n")
+    assert main(["grade", "math", "--input", str(src), "--output", str(folder)]) == 2
+    assert (f"archer: error: --output='{folder}' is an existing directory, not a file; give a "
+            "file path") in capsys.readouterr().err
+    under_file = src / "verdicts.jsonl"
+    assert main(["grade", "math", "--input", str(src), "--output", str(under_file)]) == 2
+    assert (f"archer: error: --output='{under_file}' is inside '{src}', which is an existing "
+            "file, not a directory") in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["old.jsonl"]
+    assert (folder / "old.jsonl").read_text() == "kept\n" and src.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "verdicts"]

@@ -125,3 +125,20 @@ def test_contract_refusal_shown_on_the_page(tmp_path):
     assert "leaderboard_md" not in paths  # no table was exported
     # each study page still has its own (single-contract) leaderboard
     assert 'id="leaderboard"' in paths["study-cold"].read_text()
+
+
+@pytest.mark.parametrize("command", ["build", "serve"])
+def test_dashboard_out_that_is_a_file_is_an_error(baselines_store, tmp_path, capsys, command):
+    from archer.cli import main
+
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me\n")
+    for out, what in ((existing, "is"),
+                      (existing / "site", f"is inside {str(existing)!r}, which is")):
+        rc = main(["dashboard", command, "--tracking-uri", baselines_store.uri, "--out",
+                   str(out)])
+        assert rc == 2
+        assert (f"archer: error: --out='{out}' {what} an existing file, not a directory; "
+                "choose another site directory") in capsys.readouterr().err
+    assert existing.read_text() == "keep me\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written

@@ -202,3 +202,52 @@ def test_cli(baselines_store, tmp_path, capsys):
     assert main(["leaderboard", "--tracking-uri", f"sqlite:///{missing}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not missing.exists()  # a reader never creates a store
+
+
+def test_readers_refuse_a_file_that_is_not_an_mlflow_store(tmp_path, capsys, monkeypatch):
+    """A 0-byte, foreign or absent SQLite file named by --tracking-uri, $MLFLOW_TRACKING_URI
+    or the default is an error naming it, and stays as it was (MLflow would make it a store);
+    `dashboard build` writes no page."""
+    import sqlite3
+
+    from archer.cli import main
+
+    site = tmp_path / "site"
+    readers = (["leaderboard"], ["dashboard", "build", "--out", str(site)])
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as con:
+        con.execute("CREATE TABLE t (x)")
+    foreign_bytes = foreign.read_bytes()
+    for argv in readers:
+        assert main([*argv, "--tracking-uri", f"sqlite:///{empty}"]) == 2
+        assert (f"archer: error: MLflow store sqlite:///{empty} (from --tracking-uri): {empty} "
+                "is empty (0 bytes), not an MLflow database") in capsys.readouterr().err
+        assert empty.stat().st_size == 0
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{foreign}")
+        assert main(argv) == 2
+        assert (f"(from $MLFLOW_TRACKING_URI): {foreign} is an SQLite database without "
+                "MLflow's tables") in capsys.readouterr().err
+        assert foreign.read_bytes() == foreign_bytes
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        monkeypatch.chdir(tmp_path)  # the default, sqlite:///runs/mlflow.db, is not there
+        assert main(argv) == 2
+        assert (f"MLflow store sqlite:///runs/mlflow.db (from the default) does not exist (no "
+                f"file {tmp_path / 'runs' / 'mlflow.db'})") in capsys.readouterr().err
+        assert not (tmp_path / "runs").exists()
+    assert not site.exists()  # the store is checked before any page is written
+
+
+def test_leaderboard_out_that_is_a_directory_is_an_error(baselines_store, tmp_path, capsys):
+    from archer.cli import main
+
+    folder = tmp_path / "lb.md"
+    folder.mkdir()
+    md = tmp_path / "lb2.md"
+    rc = main(["leaderboard", "--tracking-uri", baselines_store.uri, "--out", str(md),
+               "--out", str(folder)])
+    assert rc == 2
+    assert (f"archer: error: --out='{folder}' is an existing directory, not a file"
+            in capsys.readouterr().err)
+    assert not md.exists() and not any(folder.iterdir())  # checked before anything is written

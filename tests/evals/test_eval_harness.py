@@ -326,3 +326,112 @@ def test_eval_on_a_gpu_that_is_not_there_is_an_error(tmp_path, capsys):
     rc = main(["eval", "--model", "tiny", "--benchmarks", "gsm8k", "--device", "cuda",
                "--out-dir", str(tmp_path), "--tracking", "none"])
     assert rc == 2 and "sees no CUDA GPU" in capsys.readouterr().err
+
+
+EVAL_TINY = ["eval", "--model", "tiny", "--benchmarks", "gsm8k", "--limit", "4", "--k", "1",
+             "--max-new-tokens", "4", "--batch-size", "2", "--no-progress"]
+
+
+class _SignalReachedTheTest(Exception):
+    pass
+
+
+@pytest.fixture
+def catch_signals():
+    """While the test runs, SIGINT / SIGTERM that `archer eval` does not handle fail the test
+    (instead of killing or aborting pytest); returns the handler, to check it is back."""
+    import signal
+
+    def unhandled(signum, frame):
+        raise _SignalReachedTheTest(f"{signal.Signals(signum).name} was not handled")
+
+    previous = {s: signal.signal(s, unhandled) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield unhandled
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def test_eval_stopped_by_sigterm_keeps_its_samples_and_resumes(tmp_path, capsys, monkeypatch,
+                                                               catch_signals):
+    import os
+    import signal
+
+    import evals.runner
+    from archer.cli import main
+
+    append = evals.runner.append_samples
+
+    def append_then_sigterm(path, rows):  # the signal arrives after the first chunk is on disk
+        append(path, rows)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(evals.runner, "append_samples", append_then_sigterm)
+    out = tmp_path / "eval"
+    rc = main([*EVAL_TINY, "--out-dir", str(out), "--tracking", "none"])
+    err = capsys.readouterr().err
+    samples = out / "gsm8k" / "samples.jsonl"
+    assert rc == 143, err
+    assert (f"archer eval: SIGTERM received: evaluation stopped; kept 2 of 4 samples in "
+            f"{samples}; run the same command again to resume: it reuses these samples, "
+            "generates only the missing ones, then scores them all\n") in err
+    assert "Traceback" not in err
+    assert len(read_samples(samples).samples) == 2  # the finished chunk is kept
+    assert not (out / "gsm8k" / "results.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is catch_signals  # handlers restored
+    monkeypatch.undo()
+    # what the message says: the same command reuses the 2 samples and generates the rest
+    rc = main([*EVAL_TINY, "--out-dir", str(out), "--tracking", "none"])
+    assert rc == 0 and "gsm8k: 2 samples generated, 2 reused" in capsys.readouterr().err
+    assert len(read_samples(samples).samples) == 4
+
+
+@pytest.mark.slow
+def test_eval_stopped_by_sigint_while_logging_ends_its_mlflow_run_killed(tmp_path, capsys,
+                                                                        monkeypatch,
+                                                                        catch_signals):
+    import os
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from archer.cli import main
+    from experiments.tracking import MlflowLogger
+
+    log_artifact = MlflowLogger.log_artifact
+
+    def ctrl_c_then_log(self, path):  # Ctrl-C while the results go to MLflow
+        os.kill(os.getpid(), signal.SIGINT)
+        log_artifact(self, path)
+
+    monkeypatch.setattr(MlflowLogger, "log_artifact", ctrl_c_then_log)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "eval"
+    rc = main([*EVAL_TINY, "--out-dir", str(out), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 130, err
+    assert (f"archer eval: SIGINT received: evaluation stopped; kept 4 of 4 samples in "
+            f"{out / 'gsm8k' / 'samples.jsonl'}; run the same command again to resume: it "
+            "reuses these samples, generates only the missing ones, then scores them all and "
+            "logs to MLflow\n") in err
+    assert "Traceback" not in err
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("archer-eval").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]  # not FAILED, not left RUNNING
+
+
+def test_eval_out_dir_that_is_a_file_is_an_error_before_any_model_loads(tmp_path, capsys):
+    from archer.cli import main
+
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me\n")
+    for out_dir, what in ((existing, "is"),
+                          (existing / "sub", f"is inside {str(existing)!r}, which is")):
+        rc = main([*EVAL_TINY, "--out-dir", str(out_dir), "--tracking", "none"])
+        assert rc == 2
+        assert (f"archer: error: --out-dir='{out_dir}' {what} an existing file, not a "
+                "directory; choose another output directory") in capsys.readouterr().err
+    rc = main(["eval", "--score-only", "--benchmarks", "gsm8k", "--out-dir", str(existing),
+               "--tracking", "none"])
+    assert rc == 2 and f"--out-dir='{existing}' is an existing file" in capsys.readouterr().err
+    assert existing.read_text() == "keep me\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.txt"]  # nothing written
