@@ -242,6 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:
         print(f"archer: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not _is_mlflow_error(err):  # a bug: the traceback is what helps
+            raise
+        print(f"archer: error: MLflow: {err}", file=sys.stderr)  # a store MLflow refuses
+        return 2
+
+
+def _is_mlflow_error(err: BaseException) -> bool:
+    """Whether ``err`` is MLflow's own error (a tracking URI or store it refuses), without
+    importing MLflow where the command never did."""
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    return mlflow_exceptions is not None and isinstance(err, mlflow_exceptions.MlflowException)
 
 
 if __name__ == "__main__":

@@ -420,6 +420,9 @@ def run_grade(args: argparse.Namespace) -> int:
     from archer.train_config import check_out_file
 
     if args.input != "-":
+        if os.path.isdir(args.input):
+            raise ValueError(f"--input {args.input} is a directory; give a JSONL file of "
+                             "completions (or - for stdin)")
         with open(args.input, encoding="utf-8"):  # FileNotFoundError names the path
             pass
         if args.output != "-" and os.path.exists(args.output) and \

@@ -40,10 +40,11 @@ def add_leaderboard_arguments(p, func) -> None:
 
 def run_leaderboard_cli(args) -> int:
     from archer.train_config import check_out_file
-    from dashboards.leaderboard import build_leaderboard
+    from dashboards.leaderboard import Leaderboard, build_leaderboard
 
-    for path in args.out or []:
+    for path in args.out or []:  # every --out, before the store is read or a file written
         check_out_file("--out", path)
+        Leaderboard.check_format(path)
     baseline = None if str(args.baseline).lower() == "none" else args.baseline
     board = build_leaderboard(
         args.tracking_uri, studies=args.study, experiments=args.experiment,

@@ -328,16 +328,25 @@ class Leaderboard:
                 "padding:3px 8px}</style></head><body><h1>Leaderboard</h1>\n" + table
                 + "</body></html>\n")
 
+    FORMATS = ("md", "csv", "html")
+
+    @classmethod
+    def check_format(cls, path: str | Path) -> str:
+        """The format ``path``'s extension names; a ValueError for any other."""
+        path = Path(path)
+        fmt = path.suffix.lstrip(".").lower()
+        if fmt not in cls.FORMATS:
+            raise ValueError(f"unknown leaderboard format {path.suffix!r} for {path}; use "
+                             ".md, .csv or .html")
+        return fmt
+
     def write(self, path: str | Path) -> Path:
         """Write by extension: ``.md``, ``.csv`` or ``.html``."""
         path = Path(path)
-        fmt = path.suffix.lstrip(".").lower()
         writers = {"md": self.to_markdown, "csv": self.to_csv, "html": self.to_html}
-        if fmt not in writers:
-            raise ValueError(f"unknown leaderboard format {path.suffix!r} for {path}; use "
-                             ".md, .csv or .html")
+        text = writers[self.check_format(path)]()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(writers[fmt]())
+        path.write_text(text)
         return path
 
 

@@ -272,3 +272,9 @@ def test_grade_output_of_the_wrong_kind_is_a_usage_error(tmp_path, capsys):
     assert [p.name for p in folder.iterdir()] == ["old.jsonl"]
     assert (folder / "old.jsonl").read_text() == "kept\n" and src.read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "verdicts"]
+    # --input naming a directory: an error naming it, not IsADirectoryError's traceback
+    assert main(["grade", "math", "--input", str(folder), "--output",
+                 str(tmp_path / "v.jsonl")]) == 2
+    assert f"archer: error: --input {folder} is a directory; give a JSONL file" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "v.jsonl").exists()

@@ -251,3 +251,22 @@ def test_leaderboard_out_that_is_a_directory_is_an_error(baselines_store, tmp_pa
     assert (f"archer: error: --out='{folder}' is an existing directory, not a file"
             in capsys.readouterr().err)
     assert not md.exists() and not any(folder.iterdir())  # checked before anything is written
+    # an unknown extension in any --out: refused before the first one is written
+    rc = main(["leaderboard", "--tracking-uri", baselines_store.uri, "--out", str(md),
+               "--out", str(tmp_path / "lb.txt")])
+    assert rc == 2
+    assert "unknown leaderboard format '.txt'" in capsys.readouterr().err
+    assert not md.exists() and not (tmp_path / "lb.txt").exists()
+
+
+def test_a_store_mlflow_refuses_is_an_error_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """A directory as the tracking URI (MLflow's file store, which MLflow refuses): MLflow's
+    own message as a usage error (exit 2)."""
+    from archer.cli import main
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = tmp_path / "mlruns"
+    folder.mkdir()
+    assert main(["leaderboard", "--tracking-uri", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("archer: error: MLflow: ") and "Traceback" not in err
