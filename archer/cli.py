@@ -137,7 +137,7 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archer", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=IntermixedParser)
 
     demo = sub.add_parser(
         "demo", help="run the main job on its embedded default (make demo)",
@@ -233,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", default=None, help="default: $ARCHER_CACHE_DIR")
     prep.set_defaults(func=_cmd_model_prepare)
     return parser
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand's parser that takes its positionals (the overrides) anywhere among its
+    options: ``archer train --print-config trainer.steps=2``, ``archer ablate S --root D
+    trainer.steps=2`` (argparse's ``parse_known_intermixed_args``). A parser with its own
+    subcommands parses as usual (argparse cannot intermix those)."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner or self._subparsers is not None:  # the intermixed parse's own passes
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def main(argv: list[str] | None = None) -> int:

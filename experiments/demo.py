@@ -21,6 +21,7 @@ the README reports the demo over three seeds.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -277,6 +278,7 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
     every trial after the ``demo`` recipe (e.g. ``trainer.steps=20``)."""
     from dashboards.leaderboard import build_leaderboard
     from dashboards.site import build_site
+    from experiments.scheduler import StudyInterrupted
     from experiments.study import expand_trials, load_study, split_overrides
     from experiments.study_cli import run_study
     from experiments.tracking import resolve_tracking_uri
@@ -311,8 +313,13 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
     print(f"      avg@{k} {m[f'avg_at_{k}']:.3f}  pass@{k} {m[f'pass_at_{k}']:.3f}")
     print(f"[3/6] study {FULL_STUDY!r} ({', '.join(presets)}; seed {seed}; "
           f"{trials[0].train['total_steps']} steps each) on a local Ray, logging to {uri}")
-    state = run_study(FULL_STUDY, base + [f"model={warm_dir}"], root=root, tracking_uri=uri,
-                      num_cpus=num_cpus, progress=progress)
+    try:
+        state = run_study(FULL_STUDY, base + [f"model={warm_dir}"], root=root,
+                          tracking_uri=uri, num_cpus=num_cpus, progress=progress)
+    except StudyInterrupted as stopped:
+        print(f"archer demo: {stopped}; run the same command again to resume (the warm start "
+              "and finished trials are reused)", file=sys.stderr)
+        return 128 + stopped.signum
     if state.status != "finished":
         print(f"the study did not finish (status {state.status}); see {root / FULL_STUDY}")
         return 1

@@ -10,7 +10,14 @@ checkpoints, resumable as a whole, logged to MLflow by one writer, shown live.
   recorded in the study state, the trial's log and its MLflow run (``archer.node_*`` tags).
 - **Retries**: a trial whose task fails (an exception, or its worker process killed) is
   submitted again up to ``max_retries`` times; the trainer resumes from the trial's latest
-  checkpoint, so finished steps are not redone.
+  checkpoint, so finished steps are not redone. A configuration error (:data:`NOT_RETRIED`:
+  a bad setting, a malformed data file) fails the trial at once: another attempt would fail
+  the same way.
+- **Stopping**: SIGINT / SIGTERM (Ctrl-C, ``kill``) stop the study cleanly: no trial starts,
+  the running ones are asked to stop (their trainers finish the step under way and checkpoint
+  it) and are left ``pending`` with that attempt not counted against ``max_retries``, and
+  :meth:`Scheduler.run` raises :class:`StudyInterrupted`; a second signal stops them at once.
+  Running the study again resumes them from their checkpoints.
 - **Resumable study**: ``<study dir>/study.json`` records every trial by identity hash
   (status, attempts, MLflow run, how far its event file was uploaded). Running the study
   again skips finished trials and resumes the others (also after the scheduler itself was
@@ -28,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,12 +43,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archer.config import ConfigError
+from archer.data.datasets import DataFormatError
 from experiments.study import TrialSpec
 from experiments.trial import EVENTS, STOP, EventLog
 
 STATE = "study.json"
 PASS_ENV = ("ARCHER_DATA_DIR", "ARCHER_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE")
 SHOWN_METRICS = ("val/accuracy", "val/reward_mean", "reward/mean")
+# errors of a trial that another attempt would repeat: the trial fails without a retry
+NOT_RETRIED = (ConfigError, DataFormatError)
+
+
+class StudyInterrupted(Exception):
+    """SIGINT / SIGTERM stopped the study (see the module docstring); ``signum`` says which,
+    ``trials`` names the trials it stopped (left pending, resumed by a rerun)."""
+
+    def __init__(self, study: str, signum: int, trials: list[str], at_once: bool) -> None:
+        how = "stopped at once" if at_once else "checkpointed and stopped"
+        stopped = f"trial(s) {', '.join(trials)} {how}, left pending" if trials else \
+            "no trial was running"
+        super().__init__(f"{signal.Signals(signum).name} received: study {study} stopped; "
+                         f"{stopped}")
+        self.signum, self.trials = signum, trials
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,6 +82,7 @@ class TrialState:
     total_steps: int
     status: str = "pending"  # pending | running | finished | failed | pruned
     attempts: int = 0
+    interrupted: int = 0  # attempts stopped by SIGINT/SIGTERM: not counted as retries
     run_id: str | None = None
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # latest value per metric
@@ -428,44 +454,34 @@ class Scheduler:
         source.on_saved(run.trial, t)  # e.g. tell Optuna, once the end is on disk
 
     def run(self, source: TrialSource) -> StudyState:
+        """Run the source's trials; raises :class:`StudyInterrupted` after SIGINT/SIGTERM."""
         import ray
+
+        from archer.trainer import StopOnSignal, StoppedAtOnce
 
         init_ray(self.ray_address, self.num_cpus)
         running: dict[Any, _Running] = {}
+        signals = StopOnSignal(say=self._say, action="checkpointing each running trial")
+        stopped: set[str] = set()  # hashes of the trials running when the signal came
         try:
-            while True:
-                while len(running) < self.max_concurrent:
-                    trial = source.next_trial()
-                    if trial is None:
-                        break
-                    if self.is_finished(trial):  # a rerun: identity hash already done
-                        continue
-                    t = self._prepare(trial)
-                    job = self._submit(trial, t)
-                    running[job.ref] = job
-                if not running:
-                    if source.exhausted():
-                        break
-                    time.sleep(self.poll_s)
-                    continue
-                self.view.update(self.state)
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_s)
-                for job in list(running.values()):
-                    t = self.state.trials[job.trial.hash]
-                    if self._drain(job.trial, t) and t.status == "running":
-                        if source.on_update(job.trial, t, self.tracker):
-                            (Path(job.trial.out_dir) / STOP).touch()
-                for ref in ready:
-                    job = running.pop(ref)
-                    self._settle(job, source, running)
-                source.on_poll()
-                if self.observer is not None:
-                    self.observer(self.state)
+            with signals:
+                self._loop(source, running, signals, stopped)
+        except StoppedAtOnce:  # a second signal: the finally below stops them at once
+            stopped |= {job.trial.hash for job in running.values()}
         finally:
-            for job in running.values():  # interrupted (Ctrl-C): stop what is running
+            for job in running.values():  # stopped at once (or the driver failed)
                 ray.cancel(job.ref, force=True)
-                self.state.trials[job.trial.hash].status = "pending"
+                t = self.state.trials[job.trial.hash]
+                t.status, t.interrupted = "pending", t.interrupted + 1
             self.save()
+        if signals.received is not None:
+            self.state.status = "interrupted"
+            self.tracker.finish_study("KILLED", {})
+            self.save()
+            self.view.update(self.state, force=True)
+            names = [t.name for t in self.state.shown()
+                     if t.hash in stopped and t.status == "pending"]
+            raise StudyInterrupted(self.study, signals.received, names, at_once=bool(running))
         counts = self.state.counts()
         self.state.status = "finished" if set(counts) <= {"finished", "pruned"} else "failed"
         self.tracker.finish_study("FINISHED" if self.state.status == "finished" else "FAILED",
@@ -473,6 +489,51 @@ class Scheduler:
         self.save()
         self.view.update(self.state, force=True)
         return self.state
+
+    def _say(self, text: str) -> None:
+        self.view.stream.write(f"[{self.study}] {text}\n")
+        self.view.stream.flush()
+
+    def _loop(self, source: TrialSource, running: dict, signals, stopped: set[str]) -> None:
+        """Submit, watch and settle trials until the source is done or a signal came (then
+        ask the running trials to stop, and wait for them)."""
+        import ray
+
+        stopping = False
+        while True:
+            if signals.received is not None and not stopping:
+                stopping = True
+                for job in running.values():  # the task's SIGINT: its trainer checkpoints
+                    ray.cancel(job.ref, force=False)
+                    stopped.add(job.trial.hash)
+            while not stopping and len(running) < self.max_concurrent:
+                trial = source.next_trial()
+                if trial is None:
+                    break
+                if self.is_finished(trial):  # a rerun: identity hash already done
+                    continue
+                t = self._prepare(trial)
+                job = self._submit(trial, t)
+                running[job.ref] = job
+            if not running:
+                if stopping or source.exhausted():
+                    break
+                time.sleep(self.poll_s)
+                continue
+            self.view.update(self.state)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_s)
+            for job in list(running.values()):
+                t = self.state.trials[job.trial.hash]
+                if self._drain(job.trial, t) and t.status == "running":
+                    if source.on_update(job.trial, t, self.tracker):
+                        (Path(job.trial.out_dir) / STOP).touch()
+            for ref in ready:
+                job = running.pop(ref)
+                if not (stopping and self._stopped(job)):
+                    self._settle(job, source, running)
+            source.on_poll()
+            if self.observer is not None:
+                self.observer(self.state)
 
     def _settle(self, job: _Running, source: TrialSource, running: dict) -> None:
         import ray
@@ -483,7 +544,9 @@ class Scheduler:
         except Exception as err:  # noqa: BLE001  (task error or worker crash)
             self._drain(job.trial, t)
             message = _error_line(err)
-            if t.attempts <= self.max_retries:
+            if isinstance(getattr(err, "cause", err), NOT_RETRIED):
+                message += " (a configuration error: not retried)"
+            elif t.attempts - t.interrupted <= self.max_retries:
                 t.error = message
                 retry = self._submit(job.trial, t)
                 running[retry.ref] = retry
@@ -492,6 +555,23 @@ class Scheduler:
             return
         self._drain(job.trial, t)
         self._finish(job, t, result["status"], source)
+
+    def _stopped(self, job: _Running) -> bool:
+        """A trial that ended after the study was asked to stop: True when the stop ended it
+        (it is left pending, its MLflow run KILLED until a rerun reopens it, and the attempt
+        is not counted as a retry); False when it finished (or was pruned) anyway."""
+        import ray
+
+        t = self.state.trials[job.trial.hash]
+        try:
+            ray.get(job.ref)
+        except Exception:  # noqa: BLE001  (TrainingInterrupted, or cancelled before it began)
+            self._drain(job.trial, t)
+            t.status, t.interrupted, t.error = "pending", t.interrupted + 1, None
+            self.tracker.finish_trial(job.trial.hash, "KILLED")
+            self.save()
+            return True
+        return False
 
 
 def _error_line(err: BaseException) -> str:

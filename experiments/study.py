@@ -24,8 +24,11 @@ the study file, the recipe or an override), an empty axis or an empty grid refus
 study with a message naming the problem.
 
 The study file is composed by Hydra (``compose("study/<name>")``) so study-level overrides use
-Hydra's syntax and struct mode (``study.seeds=[0]``, ``study.max_concurrent=4``); a key the
-file does not have is refused by Hydra, a key the schema does not know by :func:`load_study`.
+Hydra's syntax and struct mode (``study.seeds=[0]``, ``study.max_concurrent=4``,
+``study.eval.k=3``, ``+study.axes={trainer.lr:[1e-4]}``); a key the file does not have is
+refused by Hydra, a key the schema does not know by :func:`load_study`. A key of a fixed
+mapping (``eval``, ``resources``, ``objective``) that the file's mapping lacks is added; a
+nested override that cannot work is refused saying which keys exist there and how to write it.
 
 A trial's identity is the hash of its resolved configuration (everything that changes what is
 trained and how it is evaluated; not the output directory, the progress bar or the tracking
@@ -38,6 +41,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +71,15 @@ STUDY_DEFAULTS: dict[str, Any] = {
 RECIPE_KEYS = ("overrides", "eval", "resources")
 EVAL_KEYS = ("benchmarks", "limit", "k", "max_new_tokens", "temperature", "top_p", "seed",
              "batch_size")
+# what the other eval keys allow (null: the benchmark contract's default; batch_size: 8)
+EVAL_INTS = {"k": (1, "samples per problem"), "max_new_tokens": (1, "tokens per sample"),
+             "limit": (1, "the first N problems"), "batch_size": (1, "problems per batch"),
+             "seed": (0, "the sampling seed")}
+EVAL_NUMBERS = {"temperature": (lambda v: v >= 0, ">= 0", "the sampling temperature"),
+                "top_p": (lambda v: 0 < v <= 1, "in (0, 1]", "nucleus sampling's top_p")}
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom", "strategy", "procs_per_trial")
+# the mappings of a study (or sweep) file whose keys are fixed
+SUBKEYS = {"eval": EVAL_KEYS, "resources": RESOURCE_KEYS, "objective": ("metric", "direction")}
 STRATEGIES = ("DEFAULT", "SPREAD")
 DIRECTIONS = ("maximize", "minimize")
 # Keys that do not change what a trial computes: left out of its identity hash.
@@ -137,11 +149,14 @@ class StudySpec:
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     """Command-line overrides -> (study-level without the ``study.`` prefix, trial-level).
-    ``recipe=X`` is a shorthand of ``study.recipe=X``."""
+    ``recipe=X`` is a shorthand of ``study.recipe=X``; Hydra's ``+study.<key>`` (add) and
+    ``~study.<key>`` (delete) keep their sign."""
     study, trial = [], []
     for ov in overrides:
         if ov.startswith("study."):
             study.append(ov[len("study."):])
+        elif ov.startswith(("+study.", "~study.")):
+            study.append(ov[0] + ov[len("+study."):])
         elif ov.startswith("recipe="):
             study.append(ov)
         else:
@@ -166,8 +181,97 @@ def study_path(name: str | Path, group: str = "study") -> Path:
     return path
 
 
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """The mapping in a study, sweep or recipe file; a YAML syntax error is refused as
+    ``<file>:<line>:<column>: <problem>``."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        text = err.problem or err.context or "invalid YAML"
+        if err.context and err.problem and err.context_mark is not None:
+            text += (f" ({err.context} at line {err.context_mark.line + 1}, column "
+                     f"{err.context_mark.column + 1})")
+        raise ConfigError(f"{where}: {text}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {' '.join(str(err).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} file is a mapping of keys (name: ..., ...), got "
+                          f"a {type(data).__name__}")
+    return data
+
+
+def _flow(value: Any) -> str:
+    """``value`` in Hydra's override syntax (``[a,b]``, ``{k:v}``)."""
+    if isinstance(value, list):
+        return "[" + ",".join(_flow(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
+def _nested_override(group: str, name: str, ov: str, data: dict, keys: dict,
+                     defaults: dict, study_ovs: list[str]) -> str:
+    """A ``<head>.<sub>=value`` override of the file ``data`` as Hydra should compose it:
+    ``+`` added for a key of :data:`SUBKEYS` the file's mapping lacks, a dotted key of the
+    file's mapping (``axes.algo.low.kl_weight=[0.1]``) given as ``head={sub:value}``;
+    refused (saying which keys exist there and how to write it) when it cannot work."""
+    key, value = ov.split("=", 1)
+    head, _, sub = key.partition(".")
+    if not sub or head not in keys:
+        return ov  # a plain key, or not a key of the schema: Hydra / check_fields refuse it
+    first = sub.split(".")[0]
+    fixed = SUBKEYS.get(head)
+    where, full = f"{group} {name}", f"{group}.{key}"
+    if fixed is not None and first not in fixed:
+        close = difflib.get_close_matches(first, fixed, n=1)
+        hint = f" (did you mean '{group}.{head}.{close[0]}'?)" if close else ""
+        raise ConfigError(f"{where}: unknown key '{full}'{hint}; keys of {group}.{head}: "
+                          f"{sorted(fixed)}")
+    current = data[head] if head in data else defaults.get(head)
+    if head in data and isinstance(current, dict) and first in current:
+        return ov
+    if head in data and isinstance(current, dict) and sub in current:  # a dotted key (axes)
+        return f"{head}={{{sub}:{value}}}"  # a path cannot name it; a mapping can
+    if fixed is not None and isinstance(current, dict) and (head in data or not current):
+        return "+" + ov  # a key of the mapping that the file leaves out: added
+    if fixed is not None and "." not in sub:  # the whole mapping is needed: show it
+        base = current if isinstance(current, dict) else {}
+        note = (f"{group}.{head} is {_flow(current)} in the {group} file, not a mapping"
+                if head in data else f"the {group} file sets no {group}.{head} mapping")
+        if head == "eval" and current is None:
+            recipe = next((o.split("=", 1)[1] for o in reversed(study_ovs)
+                           if o.lstrip("+").startswith("recipe=")),
+                          data.get("recipe", defaults.get("recipe")))
+            try:
+                base = (load_recipe(str(recipe)).get("eval") or {}) if recipe else {}
+            except ConfigError:
+                base = {}
+            note += (f" (its trials use recipe {recipe}'s evaluation, {_flow(base)})" if base
+                     else f" (recipe {recipe} has no evaluation)")
+        elif head not in data:
+            note += f" (the default is {_flow(current)})"
+        example = dict((base or {"benchmarks": ["gsm8k"]}) if head == "eval" else base)
+        example[first] = value
+        raise ConfigError(f"{where}: cannot set '{full}': {note}; give the whole mapping, "
+                          f"e.g. '{group}.{head}={_flow(example)}' (keys of {group}.{head}: "
+                          f"{sorted(fixed)})")
+    if isinstance(current, dict):
+        raise ConfigError(f"{where}: cannot set '{full}': {group}.{head} has no key {sub!r} "
+                          f"(keys there: {sorted(current)}); add it with "
+                          f"'+{group}.{head}={{{sub}:{value}}}'")
+    raise ConfigError(f"{where}: cannot set '{full}': {group}.{head} is {_flow(current)}, "
+                      f"which has no keys; set it whole: '{group}.{head}=...'")
+
+
 def _compose_study_file(path: Path, overrides: list[str], group: str = "study",
-                        keys: dict[str, Any] = STUDY_KEYS) -> dict[str, Any]:
+                        keys: dict[str, Any] = STUDY_KEYS,
+                        defaults: dict[str, Any] = STUDY_DEFAULTS) -> dict[str, Any]:
     """Compose a study (or sweep) file with Hydra; ``group`` is its directory under
     ``experiments/conf`` (a file elsewhere is composed from its own directory)."""
     from hydra import compose, initialize_config_dir
@@ -179,19 +283,31 @@ def _compose_study_file(path: Path, overrides: list[str], group: str = "study",
     conf_dir = CONF_DIR if in_group else path.parent
     config_name = f"{group}/{path.stem}" if in_group else path.stem
     prefix = f"{group}." if in_group else ""
-    in_file = set(yaml.safe_load(path.read_text()) or {})
+    data = read_yaml(path, group)
+    in_file = set(data)
     # a schema key the file leaves at its default is added (Hydra's `+`), any other is an error
     overrides = [("+" if ov.split("=", 1)[0] in set(keys) - in_file else "") + ov
                  for ov in overrides]
+    overrides = [_nested_override(group, path.stem, ov, data, keys, defaults, overrides)
+                 if "=" in ov and ov[0] not in "+~" else ov for ov in overrides]
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3",
                                job_name="archer-study"):
         try:
             cfg = compose(config_name, overrides=[
-                f"+{prefix}{ov[1:]}" if ov.startswith("+") else f"{prefix}{ov}"
+                f"{ov[0]}{prefix}{ov[1:]}" if ov[:1] in ("+", "~") else f"{prefix}{ov}"
                 for ov in overrides])
         except (HydraException, OmegaConfBaseException) as err:
             text = str(err).strip().splitlines()[0]
             m = re.search(r"Could not override '([^']+)'", text)
+            if m and m.group(1).removeprefix(prefix) in keys and err.__cause__ is not None:
+                # a known key whose mapping value brings keys the file's mapping lacks
+                key = m.group(1).removeprefix(prefix)
+                cause = str(err.__cause__).strip().splitlines()[0]
+                raise ConfigError(
+                    f"{group} {path.stem}: cannot set '{group}.{key}': {cause}; a mapping "
+                    f"given to {group}.{key} is merged into the file's (keys: "
+                    f"{sorted(data.get(key) or {})}): add keys with '+{group}.{key}={{...}}', "
+                    f"or replace it with '~{group}.{key}' '+{group}.{key}={{...}}'") from None
             if m:
                 key = m.group(1).removeprefix(prefix)
                 close = difflib.get_close_matches(key, list(keys), n=1)
@@ -207,7 +323,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     path = RECIPE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown recipe {name!r}; recipes: {recipe_names()}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "recipe")
     unknown = sorted(set(raw) - set(RECIPE_KEYS))
     if unknown:
         raise ConfigError(f"recipe {name}: unknown key(s) {unknown}; keys: {list(RECIPE_KEYS)}")
@@ -224,6 +340,8 @@ def check_keys(where: str, given: dict, allowed) -> None:
 
 
 def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
+    """The per-trial evaluation spec, every field checked here, before any trial trains
+    (:data:`EVAL_INTS`, :data:`EVAL_NUMBERS`; null or absent: the benchmark's default)."""
     if spec is None:
         return None
     if not isinstance(spec, dict):
@@ -238,6 +356,20 @@ def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
         if b not in BENCHMARKS:
             raise ConfigError(f"{where}.eval: unknown benchmark {b!r}; choose from "
                               f"{BENCHMARKS.names()}")
+    if len(set(benches)) != len(benches):
+        raise ConfigError(f"{where}.eval.benchmarks={benches!r} has duplicates")
+    for key, (low, what) in EVAL_INTS.items():
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < low):
+            raise ConfigError(f"{where}.eval.{key}={value!r} is not allowed: {what}, an "
+                              f"integer >= {low} (or null for the default)")
+    for key, (ok, allowed, what) in EVAL_NUMBERS.items():
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or not ok(value)):
+            raise ConfigError(f"{where}.eval.{key}={value!r} is not allowed: {what}, a number "
+                              f"{allowed} (or null for the default)")
     return dict(spec)
 
 

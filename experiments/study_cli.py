@@ -5,18 +5,23 @@ runs it on Ray (:mod:`experiments.scheduler`), then scores each trial by the stu
 objective, tags the best on the study run and registers its final policy in the MLflow model
 registry (``archer-<study>``). Overrides starting with ``study.`` (or ``recipe=``) change the
 study (``study.seeds=[0]``, ``study.max_concurrent=4``); all others are applied to every trial
-like ``archer train``'s (``trainer.steps=2``, ``model=<dir>``).
+like ``archer train``'s (``trainer.steps=2``, ``model=<dir>``), in any position among the
+options. Ctrl-C / SIGTERM stops it cleanly (exit 130 / 143): the running trials checkpoint and
+stay pending, and the same command resumes them.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from pathlib import Path
 
 from experiments.scheduler import (
     STATE,
     ListSource,
     Scheduler,
+    StudyInterrupted,
     StudyState,
     format_table,
     objective_value,
@@ -90,9 +95,14 @@ def run_study(name: str, overrides: list[str] | None = None, *, root: str | Path
 
 
 def run_ablate(args) -> int:
-    state = run_study(args.study, args.overrides, root=args.root,
-                      tracking_uri=args.tracking_uri, ray_address=args.ray_address,
-                      num_cpus=args.num_cpus, progress=args.progress)
+    try:
+        state = run_study(args.study, args.overrides, root=args.root,
+                          tracking_uri=args.tracking_uri, ray_address=args.ray_address,
+                          num_cpus=args.num_cpus, progress=args.progress)
+    except StudyInterrupted as stopped:
+        print(f"archer ablate: {stopped}; run the same command again to resume (finished "
+              "trials are skipped)", file=sys.stderr)
+        return 128 + stopped.signum  # the shell's convention for a signalled process
     print(format_table(state))
     best = state.trials.get(state.best) if state.best else None
     if best is not None:
@@ -131,7 +141,7 @@ def run_status(args) -> int:
 def add_ablate_arguments(p, func) -> None:
     p.add_argument("study", help="a study in experiments/conf/study (baselines, ablate_kl, ...) "
                                  "or a study .yaml file")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                    help="study.<key>=... changes the study (study.seeds=[0]); anything else "
                         "applies to every trial (trainer.steps=2, model=<dir>)")
     _common(p)
@@ -139,7 +149,6 @@ def add_ablate_arguments(p, func) -> None:
 
 
 def _common(p) -> None:
-    import argparse
 
     p.add_argument("--root", default=DEFAULT_ROOT, help="where studies keep their state and "
                    "trial directories (default: runs/studies)")

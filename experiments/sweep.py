@@ -22,6 +22,7 @@ import difflib
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
                storage: str | None = None) -> SweepSpec:
     path = study_path(name, "sweep")
     name = path.stem
-    data = _compose_study_file(path, list(overrides or []), "sweep", SWEEP_KEYS)
+    data = _compose_study_file(path, list(overrides or []), "sweep", SWEEP_KEYS,
+                               SWEEP_DEFAULTS)
     where = f"sweep {name}"
     data = check_fields(where, data, SWEEP_KEYS, SWEEP_DEFAULTS)
     if data["name"] != name:
@@ -589,7 +591,7 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
     if n_trials < 1:
         raise ConfigError(f"--n-trials={n_trials} must be >= 1")
     sweep_ovs, trial_ovs = split_overrides(
-        ["study." + ov[len("sweep."):] if ov.startswith("sweep.") else ov
+        [ov.replace("sweep.", "study.", 1) if ov.lstrip("+~").startswith("sweep.") else ov
          for ov in overrides or []])
     spec = load_sweep(space, sweep_ovs, storage)
     study_dir = Path(root) / spec.name
@@ -631,12 +633,17 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
 
 
 def run_sweep_cli(args) -> int:
-    from experiments.scheduler import format_table
+    from experiments.scheduler import StudyInterrupted, format_table
 
-    state, study = run_sweep(args.space, args.n_trials, args.overrides, root=args.root,
-                             storage=args.storage, tracking_uri=args.tracking_uri,
-                             ray_address=args.ray_address, num_cpus=args.num_cpus,
-                             progress=args.progress)
+    try:
+        state, study = run_sweep(args.space, args.n_trials, args.overrides, root=args.root,
+                                 storage=args.storage, tracking_uri=args.tracking_uri,
+                                 ray_address=args.ray_address, num_cpus=args.num_cpus,
+                                 progress=args.progress)
+    except StudyInterrupted as stopped:
+        print(f"archer sweep: {stopped}; run the same command again to resume (it continues "
+              "this invocation)", file=sys.stderr)
+        return 128 + stopped.signum
     print(format_table(state))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     if done and len(study.directions) == 1:
@@ -653,7 +660,7 @@ def add_sweep_arguments(p, func) -> None:
     from experiments.study_cli import _common
 
     p.add_argument("space", help="a search space in experiments/conf/sweep or a .yaml file")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                    help="sweep.<key>=... changes the sweep; anything else applies to every "
                         "trial (trainer.steps=2, model=<dir>)")
     p.add_argument("--n-trials", type=int, default=10,

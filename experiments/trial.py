@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from archer.config import ConfigError
 from experiments.tracking import metric_value
 
 EVENTS = "events.jsonl"
@@ -206,7 +207,7 @@ def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
     from evals.runner import generate_samples, make_backend
     from evals.scoring import score_samples
 
-    batch_size = int(spec.get("batch_size", 8))
+    batch_size = int(spec.get("batch_size") or 8)
     backend, tokenizer = make_backend("hf", export_dir, batch_size=batch_size,
                                       device="cuda" if _has_cuda() else "cpu", dtype="float32")
     overrides = {k: spec[k] for k in ("limit", "k", "max_new_tokens", "temperature", "top_p",
@@ -219,7 +220,10 @@ def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
             if train is None:
                 raise ValueError("benchmark gym needs the trial's training config")
             extra = {"data_config": gym_eval_data(train), "template": train.get("template")}
-        contract = make_contract(name, tokenizer=tokenizer, **overrides, **extra)
+        try:
+            contract = make_contract(name, tokenizer=tokenizer, **overrides, **extra)
+        except ValueError as err:  # the spec (or its data config) is wrong: not worth a retry
+            raise ConfigError(f"eval benchmark {name}: {err}") from err
         problems = problems_for(contract)
         generate_samples(contract, problems, backend, bdir / "samples.jsonl",
                          tokenizer=tokenizer, batch_size=batch_size, model=str(export_dir),

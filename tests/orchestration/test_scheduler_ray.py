@@ -32,6 +32,12 @@ def client_for(uri: str):
 def kill_driver_while_trial_1_runs(cmd: list[str], state_path: Path):
     """Start the driver ``cmd``, SIGKILL it once trial 0 finished and trial 1 is past its
     first step; returns trial 1's state as last saved."""
+    return signal_driver_while_trial_1_runs(cmd, state_path, signal.SIGKILL)[0]
+
+
+def signal_driver_while_trial_1_runs(cmd: list[str], state_path: Path, sig: int):
+    """Start the driver ``cmd``, send it ``sig`` once trial 0 finished and trial 1 is past its
+    first step; returns trial 1's state as last saved, the driver's exit code and stderr."""
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     victim = None
@@ -46,10 +52,14 @@ def kill_driver_while_trial_1_runs(cmd: list[str], state_path: Path):
                     break
             time.sleep(0.1)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert victim is not None, proc.stderr.read().decode()[-2000:]
-    return victim
+        proc.send_signal(sig)
+        try:
+            err = proc.communicate(timeout=120)[1].decode()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = proc.communicate()[1].decode() + "\n(the driver did not stop in 120 s)"
+    assert victim is not None, err[-2000:]
+    return victim, proc.returncode, err
 
 
 def runs_of(uri: str, experiment: str) -> list:
@@ -149,6 +159,75 @@ def test_sigkilled_trial_is_retried_and_resumes_from_its_checkpoint(
     assert steps_of(uri, t.run_id) == list(range(1, steps + 1))  # each logged exactly once
     tags = client_for(uri).get_run(t.run_id).data.tags
     assert tags["archer.attempts"] == "2"
+
+
+def test_configuration_error_inside_a_trial_fails_it_without_retries(
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides):
+    """A trial that reaches a configuration error (here an evaluation spec that bypassed the
+    study's validation, as a hand-made or stale one could) fails on its first attempt with
+    that message: another attempt would only train again to fail the same way."""
+    import dataclasses
+
+    from experiments.scheduler import ListSource, Scheduler
+    from experiments.study import expand_trials, load_study
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = load_study(write_study(tmp_path, "cfgerr", axes={"algo": ["grpo"]}, eval=False,
+                                  max_retries=2))
+    (trial,) = expand_trials(spec, tiny_overrides(tiny_model), tmp_path / "s")
+    trial = dataclasses.replace(trial, eval={"benchmarks": ["gsm8k"], "limit": 1, "k": 0})
+    sched = Scheduler("cfgerr", tmp_path / "s" / "cfgerr", experiment="study-cfgerr",
+                      tracking_uri=uri, max_retries=2, ray_address=ray_address, progress=False)
+    state = sched.run(ListSource([trial]))
+    (t,) = state.shown()
+    assert (t.status, t.attempts) == ("failed", 1), t
+    assert "ConfigError" in t.error and "eval benchmark gsm8k: contract k=0 must be an int >= 1" \
+        in t.error and t.error.endswith("(a configuration error: not retried)")
+    assert len(starts(t.out_dir)) == 1
+    assert client_for(uri).get_run(t.run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signalled_driver_stops_cleanly_and_the_same_command_resumes(
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides, sig):
+    """Ctrl-C (SIGINT) or SIGTERM to `archer ablate`: the running trial finishes its step and
+    checkpoints it (no periodic checkpoint here), stays pending with the attempt not counted,
+    the driver says how to resume and exits 128 + the signal; the same command then resumes
+    that trial from the checkpoint and skips the finished one."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    root = tmp_path / "s"
+    path = write_study(tmp_path, "sigstop", axes={"algo": ["grpo", "archer"]}, eval=False,
+                       max_concurrent=1, max_retries=0, register_best=False)
+    # enough steps that trial 1 is still running when the signal has reached it (the driver
+    # polls every 0.25 s; a tiny step takes a few hundredths of a second)
+    steps = 200
+    overrides = tiny_overrides(tiny_model, steps=steps) + ["trainer.ckpt_every=1000"]
+    cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
+           *overrides, "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
+    victim, rc, err = signal_driver_while_trial_1_runs(cmd, root / "sigstop" / "study.json", sig)
+    name = signal.Signals(sig).name
+    assert rc == 128 + sig, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert (f"archer ablate: {name} received: study sigstop stopped; trial(s) {victim.name} "
+            "checkpointed and stopped, left pending; run the same command again to resume "
+            "(finished trials are skipped)") in err, err[-3000:]
+    state = StudyState.load(root / "sigstop" / "study.json")
+    t0, t1 = state.shown()
+    assert state.status == "interrupted" and t0.status == "finished"
+    assert (t1.status, t1.attempts, t1.interrupted, t1.error) == ("pending", 1, 1, None)
+    (ckpt,) = (Path(t1.out_dir) / "checkpoints").iterdir()  # written on the signal
+    stopped_at = int(ckpt.name.rsplit("_", 1)[1])
+    assert victim.step <= stopped_at < steps
+    # the same command: trial 1 resumes from that checkpoint, trial 0 is not run again
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    state = StudyState.load(root / "sigstop" / "study.json")
+    t0, t1 = state.shown()
+    assert state.status == "finished" and t0.status == t1.status == "finished"
+    assert len(starts(t0.out_dir)) == 1
+    first, second = starts(t1.out_dir)
+    assert second["resume_step"] == stopped_at and (t1.attempts, t1.interrupted) == (2, 1)
+    assert steps_of(uri, t1.run_id) == list(range(1, steps + 1))  # each step logged once
 
 
 def test_sigkilled_scheduler_rerun_finishes_only_what_was_missing(

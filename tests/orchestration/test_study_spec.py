@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -78,12 +79,149 @@ def test_identity_hash_ignores_paths_but_not_knobs():
      "direction"),
     ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm9k"]}},
      "unknown benchmark 'gsm9k'"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "k": 0}},
+     "study bad.eval.k=0 is not allowed: samples per problem, an integer >= 1 (or null for the "
+     "default)"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "k": -2}}, "eval.k=-2 is"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "k": 1.5}}, "eval.k=1.5 is"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "max_new_tokens": 0}},
+     "eval.max_new_tokens=0 is not allowed: tokens per sample, an integer >= 1"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "limit": 0}},
+     "eval.limit=0 is not allowed: the first N problems, an integer >= 1"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "batch_size": "8"}},
+     "eval.batch_size='8' is not allowed: problems per batch, an integer >= 1"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "seed": -1}},
+     "eval.seed=-1 is not allowed: the sampling seed, an integer >= 0"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "temperature": -0.5}},
+     "eval.temperature=-0.5 is not allowed: the sampling temperature, a number >= 0"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "top_p": 0}},
+     "eval.top_p=0 is not allowed: nucleus sampling's top_p, a number in (0, 1]"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k"], "top_p": 1.5}},
+     "eval.top_p=1.5 is not allowed"),
+    ({"axes": {"algo": ["grpo"]}, "eval": {"benchmarks": ["gsm8k", "gsm8k"]}},
+     "eval.benchmarks=['gsm8k', 'gsm8k'] has duplicates"),
 ])
 def test_bad_study_file_is_refused_naming_the_problem(tmp_path, write_study, fields, named):
     path = write_study(tmp_path, "bad", **fields)
     with pytest.raises(ConfigError) as err:
         load_study(path)
     assert named in str(err.value)
+
+
+def test_bad_eval_override_refuses_the_study_before_any_trial(tmp_path, capsys, tiny_model,
+                                                             tiny_overrides):
+    """An evaluation setting that the harness would refuse after training (k=0, an unknown
+    benchmark) fails `archer ablate` when the study loads: exit 2, the key and what it
+    allows named, nothing created under --root."""
+    from archer.cli import main
+
+    root = tmp_path / "studies"
+    for evaluation, named in (("{benchmarks:[gsm8k],k:0}", "study baselines.eval.k=0 is not "
+                               "allowed: samples per problem, an integer >= 1"),
+                              ("{benchmarks:[gsm9k],k:1}", "unknown benchmark 'gsm9k'; choose "
+                               "from ['aime2024'")):
+        rc = main(["ablate", "baselines", "study.seeds=[0]", f"study.eval={evaluation}",
+                   *tiny_overrides(tiny_model), "--root", str(root), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("archer: error: ") and named in err, err
+        assert "Traceback" not in err
+    assert not root.exists()
+
+
+def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
+    from archer.cli import main
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: broken\naxes: {algo: [grpo]\nseeds: [0]\n")
+    rc = main(["ablate", str(path), "--root", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == (f"archer: error: {path}:3:1: expected ',' or '}}', but got '<scalar>' "
+                   "(while parsing a flow mapping at line 2, column 7)\n")
+    path.write_text("name: broken\n\taxes: {}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:2:1: found character '\\t' that cannot "
+                                          "start any token$"):
+        load_study(path)
+    path.write_text("- name: broken\n")
+    with pytest.raises(ConfigError, match="a study file is a mapping of keys"):
+        load_study(path)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["eval.k=3"], "study baselines: cannot set 'study.eval.k': the study file sets no "
+                   "study.eval mapping (its trials use recipe cpu's evaluation, {benchmarks:"
+                   "[gsm8k],limit:16,k:1,max_new_tokens:32,temperature:0.8}); give the whole "
+                   "mapping, e.g. 'study.eval={benchmarks:[gsm8k],limit:16,k:3,max_new_tokens:"
+                   "32,temperature:0.8}' (keys of study.eval: ['batch_size', 'benchmarks', 'k', "),
+    (["eval.kk=3"], "study baselines: unknown key 'study.eval.kk' (did you mean "
+                    "'study.eval.k'?); keys of study.eval: ['batch_size', 'benchmarks', 'k', "),
+    (["resources.num_gpu=1"], "unknown key 'study.resources.num_gpu' (did you mean "
+                              "'study.resources.num_gpus'?)"),
+    (["seeds.x=1"], "cannot set 'study.seeds.x': study.seeds is [0,1,2], which has no keys; set "
+                    "it whole: 'study.seeds=...'"),
+    (["axes.trainer.lr=[0.1]"], "cannot set 'study.axes.trainer.lr': study.axes has no key "
+                                "'trainer.lr' (keys there: ['algo']); add it with "
+                                "'+study.axes={trainer.lr:[0.1]}'"),
+    (["axes={trainer.lr:[1]}"], "cannot set 'study.axes': Key 'trainer.lr' is not in struct; a "
+                                "mapping given to study.axes is merged into the file's (keys: "
+                                "['algo']): add keys with '+study.axes={...}', or replace it "
+                                "with '~study.axes' '+study.axes={...}'"),
+])
+def test_nested_study_override_says_how_to_write_it(overrides, named):
+    with pytest.raises(ConfigError) as err:
+        load_study("baselines", overrides)
+    assert named in str(err.value)
+
+
+def test_nested_override_of_a_mapping_the_file_leaves_out_shows_the_whole_mapping(
+        tmp_path, write_study):
+    path = write_study(tmp_path, "noobj", axes={"algo": ["grpo"]}, eval=False)
+    with pytest.raises(ConfigError, match=re.escape(
+            "study noobj: cannot set 'study.objective.direction': the study file sets no "
+            "study.objective mapping (the default is {metric:val/accuracy,direction:maximize});"
+            " give the whole mapping, e.g. 'study.objective={metric:val/accuracy,direction:"
+            "minimize}' (keys of study.objective: ['direction', 'metric'])")):
+        load_study(path, ["objective.direction=minimize"])
+    with pytest.raises(ConfigError, match=re.escape(
+            "cannot set 'study.eval.k': study.eval is false in the study file, not a mapping; "
+            "give the whole mapping, e.g. 'study.eval={benchmarks:[gsm8k],k:3}'")):
+        load_study(path, ["eval.k=3"])
+
+
+def test_nested_study_overrides_that_can_work_do(tmp_path, write_study):
+    path = write_study(tmp_path, "nested", axes={"algo": ["grpo"]},
+                       eval={"benchmarks": ["gsm8k"], "limit": 2},
+                       objective={"metric": "val/accuracy", "direction": "maximize"})
+    spec = load_study(path, ["eval.k=3", "resources.num_gpus=1", "objective.direction=minimize"])
+    assert spec.eval == {"benchmarks": ["gsm8k"], "limit": 2, "k": 3}
+    assert spec.resources["num_gpus"] == 1.0 and spec.objective["direction"] == "minimize"
+    study, _ = split_overrides(["+study.axes={trainer.lr:[0.1,0.2]}", "~study.eval"])
+    assert study == ["+axes={trainer.lr:[0.1,0.2]}", "~eval"]
+    spec = load_study(path, study)
+    assert spec.axes == {"algo": ["grpo"], "trainer.lr": [0.1, 0.2]}
+    assert load_study("ablate_kl", ["axes.algo.low.kl_weight=[0.1]"]).axes == {
+        "algo.low.kl_weight": [0.1]}  # a dotted key of the file's axes
+    assert spec.eval["limit"] == 16  # the file's eval deleted: the recipe's
+
+
+def test_overrides_may_follow_the_options(tmp_path, capsys, write_study, tiny_model,
+                                          tiny_overrides):
+    from archer.cli import build_parser, main
+
+    args = build_parser().parse_args(["ablate", "s.yaml", "--root", "runs/x", "trainer.steps=2",
+                                      "--no-progress", "study.seeds=[0]"])
+    assert (args.study, args.root, args.progress) == ("s.yaml", "runs/x", False)
+    assert args.overrides == ["trainer.steps=2", "study.seeds=[0]"]
+    args = build_parser().parse_args(["sweep", "archer_clip_kl", "--n-trials", "3", "a=1",
+                                      "--root", "r", "b=2"])
+    assert (args.space, args.n_trials, args.root, args.overrides) == ("archer_clip_kl", 3, "r",
+                                                                      ["a=1", "b=2"])
+    # the overrides after --root reach the trials (a typo among them refuses the study)
+    path = write_study(tmp_path, "late", axes={"algo": ["grpo"]}, eval=False)
+    rc = main(["ablate", str(path), "--root", str(tmp_path / "s"), *tiny_overrides(tiny_model),
+               "trainer.stpes=3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "trial t000-algo=grpo-seed=0: " in err and "'trainer.stpes'" in err, err
 
 
 def test_unknown_override_keys_are_refused(tmp_path, write_study, tiny_model, tiny_overrides):
