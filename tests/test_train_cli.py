@@ -54,6 +54,13 @@ def test_print_config_composes_groups_and_overrides(capsys):
     assert cfg["tracking"]["backend"] == "mlflow" and cfg["tracking"]["uri"] is None
 
 
+def test_overrides_may_come_before_or_after_the_options(capsys):
+    """`archer train algo=dapo --print-config trainer.steps=3` == all overrides after it."""
+    assert main(["train", "algo=dapo", "--print-config", "trainer.steps=3"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["algo"]["group_filter"] == "refill" and cfg["trainer"]["steps"] == 3
+
+
 def test_every_preset_composes_to_its_algo_config():
     for name in preset_names():
         setup = build_train_setup(compose_config([f"algo={name}", "tracking=none"]))
