@@ -11,7 +11,7 @@ checkpoints, resumable as a whole, logged to MLflow by one writer, shown live.
 - **Retries**: a trial whose task fails (an exception, or its worker process killed) is
   submitted again up to ``max_retries`` times; the trainer resumes from the trial's latest
   checkpoint, so finished steps are not redone. A configuration error (:data:`NOT_RETRIED`:
-  a bad setting, a malformed data file) fails the trial at once: another attempt would fail
+  a bad setting, a malformed data file, a reward that cannot be loaded) fails the trial at once: another attempt would fail
   the same way.
 - **Stopping**: SIGINT / SIGTERM (Ctrl-C, ``kill``) stop the study cleanly: no trial starts,
   the running ones are asked to stop (their trainers finish the step under way and checkpoint
@@ -45,6 +45,7 @@ from typing import Any
 
 from archer.config import ConfigError
 from archer.data.datasets import DataFormatError
+from archer.rewards import RewardSpecError
 from experiments.study import TrialSpec
 from experiments.trial import EVENTS, STOP, EventLog
 
@@ -52,7 +53,13 @@ STATE = "study.json"
 PASS_ENV = ("ARCHER_DATA_DIR", "ARCHER_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE")
 SHOWN_METRICS = ("val/accuracy", "val/reward_mean", "reward/mean")
 # errors of a trial that another attempt would repeat: the trial fails without a retry
-NOT_RETRIED = (ConfigError, DataFormatError)
+NOT_RETRIED = (ConfigError, DataFormatError, RewardSpecError)
+
+
+def not_retried(err: BaseException) -> bool:
+    """Whether a trial's error is one another attempt would repeat (:data:`NOT_RETRIED`),
+    also as Ray's task error wrapping it (its ``cause``)."""
+    return isinstance(getattr(err, "cause", err), NOT_RETRIED)
 
 
 class StudyInterrupted(Exception):
@@ -544,7 +551,7 @@ class Scheduler:
         except Exception as err:  # noqa: BLE001  (task error or worker crash)
             self._drain(job.trial, t)
             message = _error_line(err)
-            if isinstance(getattr(err, "cause", err), NOT_RETRIED):
+            if not_retried(err):
                 message += " (a configuration error: not retried)"
             elif t.attempts - t.interrupted <= self.max_retries:
                 t.error = message

@@ -335,3 +335,24 @@ def test_trials_take_the_users_files_as_absolute_paths(tiny_model, tiny_override
         assert t.train["reward"] == t.config["data"]["reward"] == f"{tmp_path / 'score.py'}:fn"
     assert user_file_paths("gsm8k_train", "math") == ("gsm8k_train", "math")
     assert user_file_paths(None, "pkg.mod:fn") == (None, "pkg.mod:fn")
+
+
+def test_configuration_errors_are_not_retried_also_through_ray():
+    """A bad setting, a malformed data line or a reward that cannot load fails the trial at
+    once (another attempt repeats it), also wrapped in Ray's task error; a crash, a missing
+    file (maybe not mounted yet) or a killed worker is retried."""
+    import ray.exceptions
+
+    from archer.config import ConfigError
+    from archer.data.datasets import DataFormatError
+    from archer.rewards import RewardSpecError
+    from experiments.scheduler import not_retried
+
+    for err in (ConfigError("k=0"), DataFormatError("line 3"), RewardSpecError("no module")):
+        assert not_retried(err)
+        wrapped = ray.exceptions.RayTaskError("run_trial", "tb", err)
+        assert not_retried(wrapped) and not_retried(wrapped.as_instanceof_cause())
+    for err in (RuntimeError("CUDA error"), FileNotFoundError("data.jsonl"), ValueError("nan"),
+                ray.exceptions.WorkerCrashedError()):
+        assert not not_retried(err)
+        assert not not_retried(ray.exceptions.RayTaskError("run_trial", "tb", err))
