@@ -11,7 +11,7 @@ checkpoints, resumable as a whole, logged to MLflow by one writer, shown live.
 - **Retries**: a trial whose task fails (an exception, or its worker process killed) is
   submitted again up to ``max_retries`` times; the trainer resumes from the trial's latest
   checkpoint, so finished steps are not redone. A configuration error (:data:`NOT_RETRIED`:
-  a bad setting, a malformed data file, a reward that cannot be loaded) fails the trial at once: another attempt would fail
+  a bad setting, a malformed data file, a reward that cannot be loaded; also when a training process of a multi-process trial raised it) fails the trial at once: another attempt would fail
   the same way.
 - **Stopping**: SIGINT / SIGTERM (Ctrl-C, ``kill``) stop the study cleanly: no trial starts,
   the running ones are asked to stop (their trainers finish the step under way and checkpoint
@@ -58,8 +58,13 @@ NOT_RETRIED = (ConfigError, DataFormatError, RewardSpecError)
 
 def not_retried(err: BaseException) -> bool:
     """Whether a trial's error is one another attempt would repeat (:data:`NOT_RETRIED`),
-    also as Ray's task error wrapping it (its ``cause``)."""
-    return isinstance(getattr(err, "cause", err), NOT_RETRIED)
+    also as Ray's task error wrapping it (its ``cause``) and as raised in a training process
+    of a multi-process trial (``TrialWorkerError.error_type``)."""
+    cause = getattr(err, "cause", err)
+    if isinstance(cause, NOT_RETRIED):
+        return True
+    named = getattr(cause, "error_type", None)
+    return named in {f"{c.__module__}.{c.__qualname__}" for c in NOT_RETRIED}
 
 
 class StudyInterrupted(Exception):

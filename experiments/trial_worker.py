@@ -53,7 +53,14 @@ PR_SET_PDEATHSIG = 1
 
 
 class TrialWorkerError(RuntimeError):
-    """A training process of the trial failed (its rank and error in the message)."""
+    """A training process of the trial failed (its rank and error in the message);
+    ``error_type``: the qualified name of the exception it raised, when torchrun's summary
+    gives one (``archer.config.ConfigError``), so that the scheduler can tell a configuration
+    error (not retried) from a crash."""
+
+    def __init__(self, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +115,8 @@ def train_with_torchrun(payload: dict[str, Any], out: Path, procs: int, log: Pat
             proc.kill()
         raise
     if rc != 0:
-        raise TrialWorkerError(failure_message(rc, read_from(log, offset), procs))
+        text = read_from(log, offset)
+        raise TrialWorkerError(failure_message(rc, text, procs), failure_type(text))
     if not (work / RESULT).is_file():
         raise TrialWorkerError(f"torchrun exited 0 but rank 0 wrote no {WORKDIR}/{RESULT}")
     return json.loads((work / RESULT).read_text())
@@ -123,6 +131,18 @@ def read_from(path: Path, offset: int) -> str:
 
 
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):(.*?)(?:\n=====|\Z)", re.S)
+
+
+def failure_type(text: str) -> str | None:
+    """The exception the first failed rank raised, as its traceback's last line names it
+    (``archer.config.ConfigError``; a builtin bare: ``ValueError``), from torchrun's failure
+    summary in ``text``; None for a signal or no summary."""
+    block = _ROOT_CAUSE.search(text)
+    lines = [line.strip() for line in block.group(1).splitlines() if line.strip()] \
+        if block else []
+    last = re.sub(r"^traceback\s*:\s*", "", lines[-1]) if lines else ""
+    found = re.match(r"([A-Za-z_][\w.]*(?:Error|Exception|Interrupted)):", last)
+    return found.group(1) if found else None
 
 
 def failure_message(rc: int, text: str, procs: int) -> str:

@@ -139,6 +139,32 @@ def test_failure_message_names_the_rank_that_failed_first():
         "2 training processes: torchrun exited with code 1 (see the trial's trial.log)")
 
 
+def test_a_configuration_error_in_a_training_process_is_not_retried():
+    """The exception a rank raised is read from torchrun's summary; a ConfigError there fails
+    the trial at once (another attempt repeats it), a crash or a signal is retried."""
+    from experiments.scheduler import not_retried
+    from experiments.trial_worker import TrialWorkerError, failure_type
+
+    def summary(last: str) -> str:
+        return ROOT_CAUSE.format(code="1 (pid: 5981) ", traceback=(
+            "Traceback (most recent call last):\n    File \"x.py\", line 10, in main\n"
+            f"  {last}"))
+
+    config = summary("archer.config.ConfigError: algo.rho=2 is invalid; allowed: (0, 1]")
+    assert failure_type(config) == "archer.config.ConfigError"
+    assert not_retried(TrialWorkerError("rank 0 failed", failure_type(config)))
+    data = summary("archer.data.datasets.DataFormatError: train.jsonl line 3: bad JSON")
+    assert not_retried(TrialWorkerError("rank 1 failed", failure_type(data)))
+    crash = summary("torch.OutOfMemoryError: CUDA out of memory")
+    assert failure_type(crash) == "torch.OutOfMemoryError"
+    assert not not_retried(TrialWorkerError("rank 0 failed", failure_type(crash)))
+    assert failure_type(summary("ValueError: reward returned None")) == "ValueError"
+    killed = ROOT_CAUSE.format(code="-9 (pid: 6016)  (SIGKILL)",
+                               traceback="Signal 9 (SIGKILL) received by PID 6016")
+    assert failure_type(killed) is None and failure_type("no summary") is None
+    assert not not_retried(TrialWorkerError("rank 1 failed (signal SIGKILL)", None))
+
+
 # --------------------------------------------------------------------------------------------
 # Through Ray (slow)
 # --------------------------------------------------------------------------------------------
