@@ -11,8 +11,9 @@ checkpoints, resumable as a whole, logged to MLflow by one writer, shown live.
 - **Retries**: a trial whose task fails (an exception, or its worker process killed) is
   submitted again up to ``max_retries`` times; the trainer resumes from the trial's latest
   checkpoint, so finished steps are not redone. A configuration error (:data:`NOT_RETRIED`:
-  a bad setting, a malformed data file, a reward that cannot be loaded; also when a training process of a multi-process trial raised it) fails the trial at once: another attempt would fail
-  the same way.
+  a bad setting, a malformed data file, a reward that cannot be loaded; also when a training
+  process of a multi-process trial raised it) fails the trial at once: another attempt would
+  fail the same way.
 - **Stopping**: SIGINT / SIGTERM (Ctrl-C, ``kill``) stop the study cleanly: no trial starts,
   the running ones are asked to stop (their trainers finish the step under way and checkpoint
   it) and are left ``pending`` with that attempt not counted against ``max_retries``, and
