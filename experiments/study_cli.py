@@ -26,7 +26,13 @@ from experiments.scheduler import (
     format_table,
     objective_value,
 )
-from experiments.study import DEFAULT_ROOT, expand_trials, load_study, split_overrides
+from experiments.study import (
+    DEFAULT_ROOT,
+    check_eval_data,
+    expand_trials,
+    load_study,
+    split_overrides,
+)
 
 
 def pick_best(states, direction: str):
@@ -60,6 +66,7 @@ def run_study(name: str, overrides: list[str] | None = None, *, root: str | Path
     study_ovs, trial_ovs = split_overrides(list(overrides or []))
     spec = load_study(name, study_ovs)
     trials = expand_trials(spec, trial_ovs, root)  # refuses a bad study before any trial
+    check_eval_data(f"study {spec.name}", spec.eval, ray_address)
     params = {"study": spec.name, "recipe": spec.recipe, "n_trials": len(trials),
               "seeds": list(spec.seeds), "axes": spec.axes, "variants": spec.variants,
               "objective": f"{spec.objective['direction']} {spec.objective['metric']}",

@@ -38,6 +38,7 @@ from experiments.study import (
     _format_value,
     _slug,
     check_eval,
+    check_eval_data,
     check_fields,
     check_keys,
     check_resources,
@@ -602,6 +603,7 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
     resolve_trial(0, "probe", list(spec.recipe_overrides) + list(spec.base)
                   + [f"{k}={_format_value(v)}" for k, v in probe.items()] + trial_ovs,
                   study_dir=study_dir, evaluation=spec.eval, resources=spec.resources, tags={})
+    check_eval_data(f"sweep {spec.name}", spec.eval, ray_address)
     if spec.storage.startswith("sqlite:///"):
         Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     directions = [spec.objective["direction"]] + (["minimize"] if spec.compute_objective else [])

@@ -222,8 +222,8 @@ def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
             extra = {"data_config": gym_eval_data(train), "template": train.get("template")}
         try:
             contract = make_contract(name, tokenizer=tokenizer, **overrides, **extra)
-        except ValueError as err:  # the spec (or its data config) is wrong: not worth a retry
-            raise ConfigError(f"eval benchmark {name}: {err}") from err
+        except (ValueError, FileNotFoundError) as err:  # the spec (or its data) is wrong: not
+            raise ConfigError(f"eval benchmark {name}: {err}") from err  # worth a retry
         problems = problems_for(contract)
         generate_samples(contract, problems, backend, bdir / "samples.jsonl",
                          tokenizer=tokenizer, batch_size=batch_size, model=str(export_dir),

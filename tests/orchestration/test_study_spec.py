@@ -128,6 +128,24 @@ def test_bad_eval_override_refuses_the_study_before_any_trial(tmp_path, capsys, 
     assert not root.exists()
 
 
+def test_missing_benchmark_data_refuses_a_local_study_before_any_trial(
+        tmp_path, capsys, monkeypatch, tiny_model, tiny_overrides):
+    """A benchmark whose data file is not in the data directory would fail each trial after
+    it trained: on a local Ray the study is refused when it loads, naming the file."""
+    from archer.cli import main
+
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("ARCHER_DATA_DIR", str(empty))
+    root = tmp_path / "studies"
+    rc = main(["ablate", "baselines", "study.seeds=[0]", "study.eval={benchmarks:[gsm8k],k:1}",
+               *tiny_overrides(tiny_model), "--root", str(root), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("archer: error: study baselines.eval: benchmark gsm8k: "
+                                      f"data file {empty}/") and "does not exist" in err, err
+    assert not root.exists()
+
+
 def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
     from archer.cli import main
 
