@@ -109,6 +109,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from archer.train_config import check_out_dir
 
     check_out_dir("--out-dir", str(out_dir), "output directory")  # before any model loads
+    for name in names:  # each benchmark's folder, and its samples file, of the right kind too
+        check_out_dir("--out-dir", str(out_dir / name), f"output directory ({name})")
+        if (out_dir / name / "samples.jsonl").is_dir():
+            raise ValueError(f"{out_dir / name / 'samples.jsonl'} is a directory, not the "
+                             "samples file; move it away or choose another --out-dir")
     try:
         with stop_on_signals():
             return _evaluate(args, names, out_dir)

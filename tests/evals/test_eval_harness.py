@@ -435,3 +435,15 @@ def test_eval_out_dir_that_is_a_file_is_an_error_before_any_model_loads(tmp_path
     assert rc == 2 and f"--out-dir='{existing}' is an existing file" in capsys.readouterr().err
     assert existing.read_text() == "keep me\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.txt"]  # nothing written
+    # a benchmark's own folder (or its samples file) of the wrong kind: the same, up front
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gsm8k").write_text("not a folder\n")
+    assert main([*EVAL_TINY, "--out-dir", str(out), "--tracking", "none"]) == 2
+    assert (f"--out-dir='{out / 'gsm8k'}' is an existing file, not a directory; choose "
+            "another output directory (gsm8k)") in capsys.readouterr().err
+    (out / "gsm8k").unlink()
+    (out / "gsm8k" / "samples.jsonl").mkdir(parents=True)
+    assert main([*EVAL_TINY, "--out-dir", str(out), "--tracking", "none"]) == 2
+    assert f"{out / 'gsm8k' / 'samples.jsonl'} is a directory, not the samples file" in \
+        capsys.readouterr().err
