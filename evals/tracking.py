@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,38 @@ def find_parent_run(model_path: str | Path) -> str | None:
     return None
 
 
+class HeldStopSignals:
+    """While held, SIGINT / SIGTERM are only recorded (main thread; elsewhere nothing
+    changes); :meth:`release` puts the handlers back and hands a recorded signal to its
+    handler then, where the caller can clean up after it (a signal mask would not do: any
+    other thread of the process takes the signal, and Python runs the handler anyway)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        import threading
+
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, lambda n, _f: self.received.append(n))
+
+    def release(self) -> None:
+        import os
+
+        previous, self.previous = self.previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if self.received:
+            signum = self.received[0]
+            handler = previous.get(signum)
+            if callable(handler):
+                handler(signum, None)  # e.g. raises (Ctrl-C, EvalStopped)
+            elif handler != signal.SIG_IGN:
+                os.kill(os.getpid(), signum)  # the default action
+
+
 def log_eval(results: list[dict[str, Any]], run_dir: str | Path, *,
              tracking_uri: str | None = None, parent_run_id: str | None = None,
              run_name: str | None = None, experiment: str = "archer-eval",
@@ -53,10 +86,18 @@ def log_eval(results: list[dict[str, Any]], run_dir: str | Path, *,
         tags["mlflow.parentRunId"] = parent_run_id
     if results:
         tags["archer.model"] = results[0].get("model", "")
-    logger = MlflowLogger(run_dir / "mlflow", None, tracking_uri=tracking_uri,
-                          experiment=experiment, run_name=run_name, tags=tags)
+    # Ctrl-C / SIGTERM are held back while the run is created, and arrive inside the try
+    # below: a stop then ends the run KILLED instead of leaving it RUNNING for ever
+    held = HeldStopSignals()
+    try:
+        logger = MlflowLogger(run_dir / "mlflow", None, tracking_uri=tracking_uri,
+                              experiment=experiment, run_name=run_name, tags=tags)
+    except BaseException:
+        held.release()
+        raise
     status = "FAILED"
     try:
+        held.release()  # a signal held back is handled here
         art = run_dir / "mlflow_artifacts"
         art.mkdir(parents=True, exist_ok=True)
         for res in results:

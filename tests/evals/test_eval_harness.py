@@ -419,6 +419,35 @@ def test_eval_stopped_by_sigint_while_logging_ends_its_mlflow_run_killed(tmp_pat
     assert [r.info.status for r in runs] == ["KILLED"]  # not FAILED, not left RUNNING
 
 
+@pytest.mark.slow
+def test_eval_stopped_while_its_mlflow_run_opens_ends_it_killed(tmp_path, capsys, monkeypatch,
+                                                                catch_signals):
+    """SIGTERM just after MLflow created the run, before the logger was returned: the signal
+    is held back until the run can be ended, so it ends KILLED, not RUNNING for ever."""
+    import os
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from archer.cli import main
+    from experiments.tracking import MlflowLogger
+
+    init = MlflowLogger.__init__
+
+    def open_then_sigterm(self, *args, **kwargs):
+        init(self, *args, **kwargs)  # the run exists now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(MlflowLogger, "__init__", open_then_sigterm)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main([*EVAL_TINY, "--out-dir", str(tmp_path / "eval"), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 143 and "archer eval: SIGTERM received: evaluation stopped" in err, err
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("archer-eval").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
 def test_eval_out_dir_that_is_a_file_is_an_error_before_any_model_loads(tmp_path, capsys):
     from archer.cli import main
 
