@@ -11,6 +11,8 @@ at ``target_accuracy`` (a warm-up should not converge: RL needs something left t
 ``max_seconds`` or after ``steps``. The result is a Hugging Face directory
 ``<out_dir>/model`` that ``archer train model=<out_dir>/model`` loads, plus
 ``<out_dir>/sft_log.jsonl`` (one row per evaluation) and ``<out_dir>/sft_summary.json``.
+Ctrl-C / SIGTERM finish the step, save the model so far and ``<out_dir>/resume.pt``; the same
+command goes on from there exactly (``resume=false`` starts over).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class SFTConfig:
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
     device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N
     share_prefix: bool = True  # run the tokens every row of a batch starts with once
+    resume: bool = True  # continue a warm-up a signal stopped (<out_dir>/resume.pt); false:
+    #   start over
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -102,6 +106,58 @@ class SFTConfig:
         """The TrainConfig whose ``load_records`` split this warm-up shares."""
         return TrainConfig(model=self.model, data=self.data, reward=self.reward,
                            template=self.template, val_size=self.val_size, seed=self.seed)
+
+
+RESUME_FILE = "resume.pt"  # what a stopped warm-up needs to go on exactly
+# settings a resumed warm-up may change: its budget and how it is run and scored, not what
+# is trained
+SFT_RESUME_MAY_CHANGE = ("steps", "max_seconds", "target_accuracy", "eval_every",
+                         "max_new_tokens", "num_threads", "device", "resume", "reward",
+                         "data.reward")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def save_resume_state(path: Path, cfg: SFTConfig, model, opt, gen: torch.Generator,
+                      state: dict) -> None:
+    """Write ``path`` atomically: parameters, optimizer, the batch sampler's and torch's RNG
+    states, the counters in ``state`` and the config (to refuse a resume that changes it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"config": json.loads(json.dumps(asdict(cfg), default=str)),
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                **state}, tmp)
+    tmp.replace(path)
+
+
+def load_resume_state(path: Path, cfg: SFTConfig) -> dict:
+    """The state :func:`save_resume_state` wrote; a ConfigError when it cannot be read or
+    the config changed what is trained (:data:`SFT_RESUME_MAY_CHANGE` may change)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state["config"]
+    except Exception as err:  # noqa: BLE001  (a cut or foreign file)
+        raise ConfigError(f"{path}: cannot resume from it ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); delete it or "
+                          "set sft.resume=false to start over") from None
+    now = _flat(json.loads(json.dumps(asdict(cfg), default=str)))
+    before = _flat(saved)
+    changed = sorted(k for k in set(now) | set(before)
+                     if k not in SFT_RESUME_MAY_CHANGE and now.get(k) != before.get(k))
+    if changed:
+        raise ConfigError(
+            f"{path} is a warm-up stopped with other settings: "
+            + ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            + "; run it with its own settings to resume, or set sft.resume=false to start over")
+    return state
 
 
 @dataclass
@@ -242,7 +298,11 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "sft_log.jsonl"
-    log_path.unlink(missing_ok=True)
+    resume_path = out / RESUME_FILE
+    resumed = load_resume_state(resume_path, cfg) if cfg.resume and resume_path.is_file() \
+        else None
+    if resumed is None:
+        log_path.unlink(missing_ok=True)
 
     def evaluate() -> float:
         if not val:
@@ -253,6 +313,20 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     history: list[dict[str, float]] = []
     first_loss = last_loss = math.nan
     acc, stopped, step = math.nan, "steps", 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        gen.set_state(resumed["generator"])
+        torch.set_rng_state(resumed["torch_rng"])
+        step, history = int(resumed["step"]), list(resumed["history"])
+        first_loss, last_loss, acc = (float(resumed[k]) for k in ("first_loss", "last_loss",
+                                                                  "accuracy"))
+        start -= float(resumed["seconds"])  # max_seconds counts the time before the stop
+        log(f"resuming the warm-up stopped after step {step} ({resume_path}; "
+            "sft.resume=false starts over)")
+        log_path.unlink(missing_ok=True)  # the log as the run had it, without the stop's row
+        for row in history:
+            _write_row(log_path, row)
     model.train()
     # Ctrl-C / SIGTERM: stop after this step and save the model so far
     signals = StopOnSignal(say=log, action="saving the model so far")
@@ -282,6 +356,7 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
                 if cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
                     stopped = "target"
                     break
+    evaluated, acc_evaluated = list(history), acc  # what a resume goes on from
     if not history or history[-1]["step"] != step:  # (stopped by a signal: no evaluation)
         held = math.nan if stopped in ("SIGINT", "SIGTERM") else evaluate()
         acc = _record(history, log_path, step, last_loss, held, start, log,
@@ -289,6 +364,13 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     model_dir = out / "model"
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
+    if stopped in ("SIGINT", "SIGTERM"):  # the same command goes on from here
+        save_resume_state(resume_path, cfg, model, opt, gen, {
+            "step": step, "history": evaluated, "first_loss": first_loss,
+            "last_loss": last_loss, "accuracy": acc_evaluated,
+            "seconds": time.perf_counter() - start})
+    else:
+        resume_path.unlink(missing_ok=True)
     result = SFTResult(model_dir=model_dir, steps=step, first_loss=first_loss,
                        last_loss=last_loss, accuracy=acc, stopped=stopped, history=history)
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
@@ -302,8 +384,12 @@ def _record(history, log_path: Path, step: int, loss: float, acc: float, start: 
     row = {"step": step, "loss": loss, "accuracy": acc, "lr": lr,
            "seconds": round(time.perf_counter() - start, 2)}
     history.append(row)
+    _write_row(log_path, row)
+    log(f"  sft step {step:5d}  loss {loss:.3f}  held-out acc {acc:.3f}  ({row['seconds']} s)")
+    return acc
+
+
+def _write_row(log_path: Path, row: dict) -> None:
     with log_path.open("a") as f:
         f.write(json.dumps({k: (str(v) if isinstance(v, float) and not math.isfinite(v)
                                 else v) for k, v in row.items()}) + "\n")
-    log(f"  sft step {step:5d}  loss {loss:.3f}  held-out acc {acc:.3f}  ({row['seconds']} s)")
-    return acc

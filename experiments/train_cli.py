@@ -531,8 +531,8 @@ def run_sft(overrides: list[str], print_config: bool = False) -> int:
         return 128 + int(stopped.signum)
     if result.stopped in ("SIGINT", "SIGTERM"):
         print(f"archer sft: {result.stopped} received: stopped after step {result.steps}; the "
-              f"model so far is in {result.model_dir} (`archer sft` has no resume: run it "
-              "again with another sft.out_dir to keep this one)", file=sys.stderr)
+              f"model so far is in {result.model_dir}; run the same command again to resume "
+              "(sft.resume=false starts over)", file=sys.stderr)
         return 128 + int(signal.Signals[result.stopped])
     print(f"archer sft: {result.steps} steps, loss {result.first_loss:.3f} -> "
           f"{result.last_loss:.3f}, held-out accuracy {result.accuracy:.3f}; model: "

@@ -152,6 +152,60 @@ def test_cli_sft_ctrl_c_saves_the_model_so_far(tiny_path, tmp_path, monkeypatch,
     load_policy_and_ref(out / "model", need_ref=False)  # a complete HF directory
 
 
+def test_cli_sft_stopped_then_resumed_ends_as_a_run_never_stopped(tiny_path, tmp_path,
+                                                                   monkeypatch, capsys):
+    """SIGINT during step 3's evaluation stops the warm-up after step 3 (exit 130); the same
+    command then resumes it: the final parameters and the log equal an unstopped run's. A
+    resume with other training settings is refused naming them; sft.resume=false starts
+    over."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    import archer.sft as sft_mod
+
+    common = [f"model={tiny_path}", "data.size=40", "sft.steps=6", "sft.batch_size=8",
+              "sft.eval_every=3", "sft.val_size=4", "sft.max_new_tokens=3",
+              "sft.num_threads=1", "sft.max_seconds=null"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["sft", *common, f"sft.out_dir={tmp_path / 'straight'}"]) == 0
+    real = sft_mod.heldout_accuracy
+
+    def ctrl_c_in_the_first_evaluation(*args, **kwargs):
+        monkeypatch.setattr(sft_mod, "heldout_accuracy", real)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sft_mod, "heldout_accuracy", ctrl_c_in_the_first_evaluation)
+    out = tmp_path / "stopped"
+    assert main(["sft", *common, f"sft.out_dir={out}"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert (out / "resume.pt").is_file()
+    # another lr is another warm-up: refused, naming it; nothing changed
+    assert main(["sft", *common, f"sft.out_dir={out}", "sft.lr=0.01"]) == 2
+    assert "lr: 0.003 -> 0.01" in capsys.readouterr().err
+    assert main(["sft", *common, f"sft.out_dir={out}"]) == 0
+    assert "resuming the warm-up stopped after step 3" in capsys.readouterr().err
+    assert not (out / "resume.pt").exists()  # finished: nothing left to resume
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(out / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def rows(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (path / "sft_log.jsonl").read_text().splitlines()]
+
+    assert rows(out) == rows(tmp_path / "straight") and [r["step"] for r in rows(out)] == [3, 6]
+    # sft.resume=false after a stop starts over (and leaves no resume state once finished)
+    monkeypatch.setattr(sft_mod, "heldout_accuracy", ctrl_c_in_the_first_evaluation)
+    assert main(["sft", *common, f"sft.out_dir={out}"]) == 130
+    assert main(["sft", *common, f"sft.out_dir={out}", "sft.resume=false"]) == 0
+    assert "resuming" not in capsys.readouterr().err and not (out / "resume.pt").exists()
+    b = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cli_sft_rejects_unknown_knob(capsys):
     assert main(["sft", "--print-config", "+sft.stepz=3"]) == 2
     assert "'sft.stepz' (did you mean 'sft.steps'?)" in capsys.readouterr().err
