@@ -204,6 +204,11 @@ def test_cli_sft_stopped_then_resumed_ends_as_a_run_never_stopped(tiny_path, tmp
     assert "resuming" not in capsys.readouterr().err and not (out / "resume.pt").exists()
     b = load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # a damaged resume state: an error naming it and the way out, not a traceback
+    (out / "resume.pt").write_bytes(b"cut")
+    assert main(["sft", *common, f"sft.out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'resume.pt'}: cannot resume from it" in err and "sft.resume=false" in err
 
 
 def test_cli_sft_rejects_unknown_knob(capsys):
