@@ -426,4 +426,12 @@ def build_all(tracking_uri: str | None, out_dir: str | Path,
     if storage is None:
         path = Path(DEFAULT_STORAGE[len("sqlite:///"):])
         storage = DEFAULT_STORAGE if path.is_file() else None
+    elif storage.startswith("sqlite:///"):  # asked for by name: it must be there
+        path = Path(storage[len("sqlite:///"):]).expanduser()
+        if not path.is_file() or path.stat().st_size == 0:
+            what = "does not exist" if not path.exists() else \
+                "is not a file" if not path.is_file() else "is empty (0 bytes)"
+            raise FileNotFoundError(f"--optuna-storage {storage}: {path.absolute()} {what}, "
+                                    "so it holds no Optuna sweep; left untouched (run "
+                                    "`archer sweep` first, or leave --optuna-storage out)")
     return build_site(tracking_uri, out_dir, optuna_storage=storage)

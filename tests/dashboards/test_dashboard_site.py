@@ -142,3 +142,22 @@ def test_dashboard_out_that_is_a_file_is_an_error(baselines_store, tmp_path, cap
                 "choose another site directory") in capsys.readouterr().err
     assert existing.read_text() == "keep me\n"
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written
+
+
+def test_an_optuna_storage_asked_for_by_name_must_hold_sweeps(baselines_store, tmp_path,
+                                                              capsys):
+    """--optuna-storage naming a missing or empty SQLite file is an error naming it (it used
+    to build a site without the sweeps, silently); the file is left as it was, no site made."""
+    from archer.cli import main
+
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for path, what in ((tmp_path / "missing.db", "does not exist"),
+                       (empty, "is empty (0 bytes)")):
+        rc = main(["dashboard", "build", "--tracking-uri", baselines_store.uri,
+                   "--optuna-storage", f"sqlite:///{path}", "--out", str(tmp_path / "site")])
+        assert rc == 2
+        assert (f"archer: error: --optuna-storage sqlite:///{path}: {path} {what}, so it "
+                "holds no Optuna sweep") in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists() and empty.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
