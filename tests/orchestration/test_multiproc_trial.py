@@ -256,43 +256,57 @@ def test_two_process_trial_logs_once_and_equals_one_process(
     assert moved > 1e-4  # training changed the weights: equality is not trivial
 
 
+RANK_KILLER_REWARD = """
+import os, signal
+from pathlib import Path
+
+CALLS = [0]
+
+def reward(completions, **columns):
+    # training process rank 1 SIGKILLs itself in its third reward call (step 2 or later),
+    # once: the marker (its pid) says it happened
+    CALLS[0] += 1
+    marker = Path({marker!r})
+    if os.environ.get("RANK") == "1" and CALLS[0] == 3 and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [0.0] * len(completions)
+"""
+
+
 @pytest.mark.slow
 def test_sigkilled_rank_fails_the_attempt_and_the_retry_resumes(
         ray_address, tmp_path, write_study, tiny_model, tiny_overrides):
+    """Rank 1 of a 2-process trial dies by SIGKILL mid-run (its reward kills it, so the moment
+    does not depend on the machine's speed): the attempt fails naming the rank, the retry
+    resumes from the last checkpoint, and every metric of every step is logged once."""
     from experiments.study_cli import run_study
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    steps = 30  # long enough for the 0.25 s poll to catch the trial mid-run
+    steps = 6
     path = study(write_study, tmp_path, "killrank", resources={"procs_per_trial": 2},
                  max_retries=1)
-    killed: list[tuple[int, int]] = []
-
-    def observer(state) -> None:
-        (t,) = state.trials.values()
-        if not killed and t.status == "running" and t.step >= 1:
-            pids = rank_pids(events_of(t.out_dir, "start")[-1]["pid"])
-            if 1 in pids:
-                os.kill(pids[1], signal.SIGKILL)
-                killed.append((t.step, pids[1]))
-
-    state = run_study(path, tiny_overrides(tiny_model, steps=steps), root=tmp_path / "s",
-                      tracking_uri=uri, ray_address=ray_address, progress=False,
-                      observer=observer)
+    marker = tmp_path / "killed.pid"
+    killer = tmp_path / "rank_killer.py"
+    killer.write_text(RANK_KILLER_REWARD.format(marker=str(marker)))
+    state = run_study(path, tiny_overrides(tiny_model, steps=steps)
+                      + [f"data.reward={killer}:reward"], root=tmp_path / "s",
+                      tracking_uri=uri, ray_address=ray_address, progress=False)
     (t,) = state.shown()
     log = (Path(t.out_dir) / "trial.log").read_text()
-    assert killed and killed[0][0] < steps, "the trial finished before a rank could be killed"
+    assert marker.is_file(), "rank 1 was never killed"
     assert t.status == "finished" and t.attempts == 2, log[-3000:]
     # the attempt's error names the rank torchrun saw fail first: usually the killed rank 1,
     # sometimes rank 0, whose collective broke when its peer vanished
     assert re.search(r"training process rank (1 of 2 failed \(signal SIGKILL\)|0 of 2 "
                      r"failed)", log), log[-3000:]
     first, second = events_of(t.out_dir, "start")
-    assert second["resume_step"] >= killed[0][0]  # from the checkpoint, not from scratch
+    assert 1 <= second["resume_step"] < steps  # from a checkpoint, not from scratch
     assert (first["attempt"], second["attempt"]) == (1, 2)
     assert [e["step"] for e in events_of(t.out_dir, "rewind")] == [second["resume_step"]]
     assert_metrics_once(uri, t, steps)
     assert client_for(uri).get_run(t.run_id).data.tags["archer.attempts"] == "2"
-    assert not alive(killed[0][1])
+    assert not alive(int(marker.read_text()))
 
 
 @pytest.mark.slow
