@@ -106,11 +106,14 @@ def train_with_torchrun(payload: dict[str, Any], out: Path, procs: int, log: Pat
     proc = subprocess.Popen(cmd, env=child_env(), stdin=subprocess.DEVNULL,
                             pass_fds=keep_fds)
     try:
-        rc = proc.wait()
+        rc = wait_interruptibly(proc)
     except BaseException:  # interrupted: take the ranks down with us
+        # SIGTERM to torchrun, which passes it to the ranks: they finish the step under way
+        # and checkpoint it together (TrainingInterrupted); torchrun kills what is left
+        # after its own 30 s, we after STOP_WAIT_S
         proc.terminate()
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=STOP_WAIT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
@@ -120,6 +123,20 @@ def train_with_torchrun(payload: dict[str, Any], out: Path, procs: int, log: Pat
     if not (work / RESULT).is_file():
         raise TrialWorkerError(f"torchrun exited 0 but rank 0 wrote no {WORKDIR}/{RESULT}")
     return json.loads((work / RESULT).read_text())
+
+
+STOP_WAIT_S = 60  # how long a stopped trial's torchrun gets to take its ranks down
+
+
+def wait_interruptibly(proc: subprocess.Popen, poll_s: float = 0.5) -> int:
+    """``proc.wait()`` in short waits: Ray cancels a task (the study's Ctrl-C) by raising
+    KeyboardInterrupt in its thread between bytecodes, which a single blocking ``waitpid``
+    would hold back until the ranks had trained to the end."""
+    while True:
+        try:
+            return proc.wait(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def read_from(path: Path, offset: int) -> str:

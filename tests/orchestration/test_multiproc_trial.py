@@ -425,3 +425,65 @@ def test_stop_request_stops_every_rank_at_the_same_step(
     assert len({s.rsplit(" ", 1)[1] for s in stops}) == 1
     assert "failed" not in log
     assert time.monotonic() - began < 300
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_resumes(
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides):
+    """Ctrl-C to `archer ablate` while a 2-process trial trains: the stop reaches torchrun's
+    ranks, which finish the step under way and checkpoint it together; the trial stays
+    pending (the attempt not counted), no rank outlives the driver, and the same command
+    resumes the trial from that checkpoint with every metric logged once."""
+    import subprocess
+    import sys
+
+    from experiments.scheduler import StudyState
+
+    repo = Path(__file__).resolve().parents[2]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    root = tmp_path / "s"
+    steps = 200  # never reached: the signal comes once the trial is past its first step
+    path = study(write_study, tmp_path, "sigrank", resources={"procs_per_trial": 2},
+                 max_retries=0)
+    cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
+           *tiny_overrides(tiny_model, steps=steps), "trainer.ckpt_every=1000",
+           "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
+    state_path = root / "sigrank" / "study.json"
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, ranks = time.monotonic() + 240, {}
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = StudyState.load(state_path) if state_path.is_file() else None
+            t = next(iter(state.trials.values()), None) if state is not None else None
+            if t is not None and t.status == "running" and t.step >= 1:
+                ranks = rank_pids(events_of(t.out_dir, "start")[-1]["pid"])
+                break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            err = proc.communicate(timeout=180)[1].decode()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = proc.communicate()[1].decode() + "\n(the driver did not stop in 180 s)"
+    assert len(ranks) == 2, err[-3000:]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "checkpointed and stopped, left pending" in err, err[-3000:]
+    state = StudyState.load(state_path)
+    (t,) = state.shown()
+    assert (t.status, t.attempts, t.interrupted) == ("pending", 1, 1), t
+    (ckpt,) = (Path(t.out_dir) / "checkpoints").iterdir()  # written on the signal
+    stopped_at = int(ckpt.name.rsplit("_", 1)[1])
+    assert 1 <= stopped_at < steps, (Path(t.out_dir) / "trial.log").read_text()[-6000:]
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in ranks.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in ranks.values())  # no rank trains on
+    # the same command resumes the trial from the signal's checkpoint
+    again = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (t,) = StudyState.load(state_path).shown()
+    assert t.status == "finished" and (t.attempts, t.interrupted) == (2, 1)
+    first, second = events_of(t.out_dir, "start")
+    assert second["resume_step"] == stopped_at
+    assert_metrics_once(uri, t, steps)
