@@ -108,14 +108,7 @@ def train_with_torchrun(payload: dict[str, Any], out: Path, procs: int, log: Pat
     try:
         rc = wait_interruptibly(proc)
     except BaseException:  # interrupted: take the ranks down with us
-        # SIGTERM to torchrun, which passes it to the ranks: they finish the step under way
-        # and checkpoint it together (TrainingInterrupted); torchrun kills what is left
-        # after its own 30 s, we after STOP_WAIT_S
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_ranks(proc)
         raise
     if rc != 0:
         text = read_from(log, offset)
@@ -125,7 +118,38 @@ def train_with_torchrun(payload: dict[str, Any], out: Path, procs: int, log: Pat
     return json.loads((work / RESULT).read_text())
 
 
-STOP_WAIT_S = 60  # how long a stopped trial's torchrun gets to take its ranks down
+STOP_WAIT_S = 600  # how long a stopped trial's ranks get to finish their step and save it
+
+
+def stop_ranks(proc: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> None:
+    """Stop a trial's torchrun ``proc``: SIGTERM to each rank (torchrun's children), which
+    finish the step under way and checkpoint it together (``TrainingInterrupted``), then
+    torchrun exits. The ranks are signalled directly because torchrun, given SIGTERM itself,
+    kills its ranks 30 s later, before a real model's step and checkpoint are done. After
+    ``wait_s`` torchrun gets SIGTERM, then SIGKILL."""
+    import psutil
+
+    try:
+        ranks = psutil.Process(proc.pid).children()
+    except psutil.NoSuchProcess:
+        ranks = []
+    for rank in ranks:
+        try:
+            rank.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    if ranks:
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.terminate()  # torchrun passes it on, and kills its ranks 30 s later
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_interruptibly(proc: subprocess.Popen, poll_s: float = 0.5) -> int:

@@ -427,13 +427,33 @@ def test_stop_request_stops_every_rank_at_the_same_step(
     assert time.monotonic() - began < 300
 
 
+SLOW_STEP_REWARD = """
+import os, time
+from pathlib import Path
+
+CALLS = [0]
+
+def reward(completions, **columns):
+    # rank 0's third reward call lasts 40 s, once (the marker): the stop comes meanwhile
+    CALLS[0] += 1
+    marker = Path({marker!r})
+    if os.environ.get("RANK") == "0" and CALLS[0] == 3 and not marker.exists():
+        marker.write_text("slow")
+        time.sleep(40)
+    return [0.0] * len(completions)
+"""
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("slow_step", [False, True], ids=["step", "step_of_40s"])
 def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_resumes(
-        ray_address, tmp_path, write_study, tiny_model, tiny_overrides):
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides, slow_step):
     """Ctrl-C to `archer ablate` while a 2-process trial trains: the stop reaches torchrun's
-    ranks, which finish the step under way and checkpoint it together; the trial stays
-    pending (the attempt not counted), no rank outlives the driver, and the same command
-    resumes the trial from that checkpoint with every metric logged once."""
+    ranks, which finish the step under way and checkpoint it together, also when that step
+    lasts longer than the 30 s torchrun gives its ranks after its own SIGTERM (``step_of_40s``:
+    the ranks get the signal directly); the trial stays pending (the attempt not counted), no
+    rank outlives the driver, and the same command resumes the trial from that checkpoint
+    with every metric logged once."""
     import subprocess
     import sys
 
@@ -445,8 +465,13 @@ def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_res
     steps = 200  # never reached: the signal comes once the trial is past its first step
     path = study(write_study, tmp_path, "sigrank", resources={"procs_per_trial": 2},
                  max_retries=0)
+    marker = tmp_path / "slow.marker"
+    extra = []
+    if slow_step:
+        (tmp_path / "slow_reward.py").write_text(SLOW_STEP_REWARD.format(marker=str(marker)))
+        extra = [f"data.reward={tmp_path / 'slow_reward.py'}:reward"]
     cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
-           *tiny_overrides(tiny_model, steps=steps), "trainer.ckpt_every=1000",
+           *tiny_overrides(tiny_model, steps=steps), "trainer.ckpt_every=1000", *extra,
            "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
     state_path = root / "sigrank" / "study.json"
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -455,7 +480,8 @@ def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_res
         while time.monotonic() < deadline and proc.poll() is None:
             state = StudyState.load(state_path) if state_path.is_file() else None
             t = next(iter(state.trials.values()), None) if state is not None else None
-            if t is not None and t.status == "running" and t.step >= 1:
+            if t is not None and t.status == "running" and t.step >= 1 and (
+                    marker.is_file() or not slow_step):
                 ranks = rank_pids(events_of(t.out_dir, "start")[-1]["pid"])
                 break
             time.sleep(0.1)
