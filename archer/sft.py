@@ -116,16 +116,6 @@ SFT_RESUME_MAY_CHANGE = ("steps", "max_seconds", "target_accuracy", "eval_every"
                          "data.reward")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def save_resume_state(path: Path, cfg: SFTConfig, model, opt, gen: torch.Generator,
                       state: dict) -> None:
     """Write ``path`` atomically: parameters, optimizer, the batch sampler's and torch's RNG
@@ -148,15 +138,13 @@ def load_resume_state(path: Path, cfg: SFTConfig) -> dict:
         raise ConfigError(f"{path}: cannot resume from it ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); delete it or "
                           "set sft.resume=false to start over") from None
-    now = _flat(json.loads(json.dumps(asdict(cfg), default=str)))
-    before = _flat(saved)
-    changed = sorted(k for k in set(now) | set(before)
-                     if k not in SFT_RESUME_MAY_CHANGE and now.get(k) != before.get(k))
+    from archer.trainer import config_changes
+
+    changed = config_changes(saved, asdict(cfg), SFT_RESUME_MAY_CHANGE)
     if changed:
-        raise ConfigError(
-            f"{path} is a warm-up stopped with other settings: "
-            + ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
-            + "; run it with its own settings to resume, or set sft.resume=false to start over")
+        raise ConfigError(f"{path} is a warm-up stopped with other settings: "
+                          f"{', '.join(changed)}; run it with its own settings to resume, "
+                          "or set sft.resume=false to start over")
     return state
 
 

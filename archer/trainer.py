@@ -1489,8 +1489,10 @@ RESUME_MAY_CHANGE = (
     "distributed.mixed_precision")
 
 
-def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``key: saved -> now`` for every setting that differs and may not change on resume."""
+def config_changes(saved: dict[str, Any], now: dict[str, Any],
+                   may_change: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
+    """``key: saved -> now`` for every setting that differs and may not change on resume
+    (flattened keys; ``may_change``: those that may)."""
     import json
 
     def plain(d: dict) -> dict:  # as state.json holds it (tuples -> lists, ...)
@@ -1503,7 +1505,7 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
     return [f"{k}: {shown(before, k)} -> {shown(after, k)}"
             for k in sorted(set(before) | set(after))
-            if k not in RESUME_MAY_CHANGE and (k in before, before.get(k)) !=
+            if k not in may_change and (k in before, before.get(k)) !=
             (k in after, after.get(k))]
 
 

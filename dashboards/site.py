@@ -285,13 +285,22 @@ def build_study_page(client, runs: pd.DataFrame, study: str, out_dir: Path,
 # ------------------------------------------------------------------------------------------
 
 
+def optuna_file_problem(storage: str) -> str | None:
+    """Why a ``sqlite:///`` Optuna storage holds no sweep (Optuna would make a storage
+    there: it is not opened then); None when it may, or for another kind of storage."""
+    if not storage.startswith("sqlite:///"):
+        return None
+    path = Path(storage[len("sqlite:///"):]).expanduser()
+    if not path.exists():
+        return f"{path.absolute()} does not exist"
+    if not path.is_file():
+        return f"{path.absolute()} is not a file"
+    return f"{path.absolute()} is empty (0 bytes)" if path.stat().st_size == 0 else None
+
+
 def optuna_studies(storage: str | None) -> list[str]:
-    if not storage:
+    if not storage or optuna_file_problem(storage):
         return []
-    if storage.startswith("sqlite:///"):
-        path = Path(storage[len("sqlite:///"):])
-        if not path.is_file() or path.stat().st_size == 0:  # Optuna would make a storage there
-            return []
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -426,12 +435,8 @@ def build_all(tracking_uri: str | None, out_dir: str | Path,
     if storage is None:
         path = Path(DEFAULT_STORAGE[len("sqlite:///"):])
         storage = DEFAULT_STORAGE if path.is_file() else None
-    elif storage.startswith("sqlite:///"):  # asked for by name: it must be there
-        path = Path(storage[len("sqlite:///"):]).expanduser()
-        if not path.is_file() or path.stat().st_size == 0:
-            what = "does not exist" if not path.exists() else \
-                "is not a file" if not path.is_file() else "is empty (0 bytes)"
-            raise FileNotFoundError(f"--optuna-storage {storage}: {path.absolute()} {what}, "
-                                    "so it holds no Optuna sweep; left untouched (run "
-                                    "`archer sweep` first, or leave --optuna-storage out)")
+    elif problem := optuna_file_problem(storage):  # asked for by name: it must be there
+        raise FileNotFoundError(f"--optuna-storage {storage}: {problem}, so it holds no "
+                                "Optuna sweep; left untouched (run `archer sweep` first, or "
+                                "leave --optuna-storage out)")
     return build_site(tracking_uri, out_dir, optuna_storage=storage)

@@ -156,7 +156,6 @@ def add_ablate_arguments(p, func) -> None:
 
 
 def _common(p) -> None:
-
     p.add_argument("--root", default=DEFAULT_ROOT, help="where studies keep their state and "
                    "trial directories (default: runs/studies)")
     p.add_argument("--tracking-uri", default=None,

@@ -174,31 +174,37 @@ def read_from(path: Path, offset: int) -> str:
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):(.*?)(?:\n=====|\Z)", re.S)
 
 
+def _root_cause(text: str) -> tuple[str, str] | None:
+    """(the block, its last line without ``traceback :``) of torchrun's failure summary in
+    ``text``: the first failed rank, and its error or signal; None without a summary."""
+    block = _ROOT_CAUSE.search(text)
+    if block is None:
+        return None
+    body = block.group(1)
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    return body, re.sub(r"^traceback\s*:\s*", "", lines[-1]) if lines else ""
+
+
 def failure_type(text: str) -> str | None:
     """The exception the first failed rank raised, as its traceback's last line names it
     (``archer.config.ConfigError``; a builtin bare: ``ValueError``), from torchrun's failure
     summary in ``text``; None for a signal or no summary."""
-    block = _ROOT_CAUSE.search(text)
-    lines = [line.strip() for line in block.group(1).splitlines() if line.strip()] \
-        if block else []
-    last = re.sub(r"^traceback\s*:\s*", "", lines[-1]) if lines else ""
-    found = re.match(r"([A-Za-z_][\w.]*(?:Error|Exception|Interrupted)):", last)
+    cause = _root_cause(text)
+    found = re.match(r"([A-Za-z_][\w.]*(?:Error|Exception|Interrupted)):", cause[1]) \
+        if cause else None
     return found.group(1) if found else None
 
 
 def failure_message(rc: int, text: str, procs: int) -> str:
     """One line: which rank failed first and why, from torchrun's failure summary in
     ``text`` (the log written while it ran); a generic line when there is none."""
-    block = _ROOT_CAUSE.search(text)
-    if block is None:
+    cause = _root_cause(text)
+    if cause is None:
         return (f"{procs} training processes: torchrun exited with code {rc} (see the "
                 "trial's trial.log)")
-    body = block.group(1)
+    body, last = cause
     rank = re.search(r"^\s*rank\s*:\s*(\d+)", body, re.M)
     code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)[^\n]*?(?:\((SIG\w+)\))?\s*$", body, re.M)
-    lines = [line.strip() for line in body.splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
-    last = re.sub(r"^traceback\s*:\s*", "", last)
     who = f"rank {rank.group(1)}" if rank else "a rank"
     how = ""
     if code:

@@ -47,3 +47,44 @@ def ray_address():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fault_reward():
+    return write_fault_reward
+
+
+FAULT_REWARD = """
+import os, signal, time
+from pathlib import Path
+
+CALLS = [0]
+
+def reward(completions, **columns):
+    # in call {at} of this process ({rank}), once (the marker, holding the pid, says it
+    # happened): {action}
+    CALLS[0] += 1
+    marker = Path({marker!r})
+    if CALLS[0] == {at} and {rank_ok} and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        {code}
+    return [0.0] * len(completions)
+"""
+FAULTS = {"sigkill": ("the process SIGKILLs itself", "os.kill(os.getpid(), signal.SIGKILL)"),
+          "sleep40": ("the call lasts 40 s", "time.sleep(40)")}
+
+
+def write_fault_reward(directory: Path, fault: str, at: int, rank: int | None = None
+                       ) -> tuple[str, Path]:
+    """A ``file.py:function`` reward that scores 0 and, in its ``at``-th call in a process
+    (of training process ``rank``, if given), once, does ``fault`` (:data:`FAULTS`): the
+    moment a test needs does not then depend on the machine's speed. Returns the
+    ``data.reward=...`` override and the marker file (the pid of the process it hit)."""
+    marker = directory / f"{fault}.marker"
+    what, code = FAULTS[fault]
+    path = directory / f"{fault}_reward.py"
+    path.write_text(FAULT_REWARD.format(
+        at=at, marker=str(marker), action=what, code=code,
+        rank="any rank" if rank is None else f"rank {rank}",
+        rank_ok="True" if rank is None else f'os.environ.get("RANK") == "{rank}"'))
+    return f"data.reward={path}:reward", marker

@@ -256,27 +256,9 @@ def test_two_process_trial_logs_once_and_equals_one_process(
     assert moved > 1e-4  # training changed the weights: equality is not trivial
 
 
-RANK_KILLER_REWARD = """
-import os, signal
-from pathlib import Path
-
-CALLS = [0]
-
-def reward(completions, **columns):
-    # training process rank 1 SIGKILLs itself in its third reward call (step 2 or later),
-    # once: the marker (its pid) says it happened
-    CALLS[0] += 1
-    marker = Path({marker!r})
-    if os.environ.get("RANK") == "1" and CALLS[0] == 3 and not marker.exists():
-        marker.write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
-    return [0.0] * len(completions)
-"""
-
-
 @pytest.mark.slow
 def test_sigkilled_rank_fails_the_attempt_and_the_retry_resumes(
-        ray_address, tmp_path, write_study, tiny_model, tiny_overrides):
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides, fault_reward):
     """Rank 1 of a 2-process trial dies by SIGKILL mid-run (its reward kills it, so the moment
     does not depend on the machine's speed): the attempt fails naming the rank, the retry
     resumes from the last checkpoint, and every metric of every step is logged once."""
@@ -286,11 +268,9 @@ def test_sigkilled_rank_fails_the_attempt_and_the_retry_resumes(
     steps = 6
     path = study(write_study, tmp_path, "killrank", resources={"procs_per_trial": 2},
                  max_retries=1)
-    marker = tmp_path / "killed.pid"
-    killer = tmp_path / "rank_killer.py"
-    killer.write_text(RANK_KILLER_REWARD.format(marker=str(marker)))
-    state = run_study(path, tiny_overrides(tiny_model, steps=steps)
-                      + [f"data.reward={killer}:reward"], root=tmp_path / "s",
+    killer, marker = fault_reward(tmp_path, "sigkill", at=3, rank=1)  # step >= 2
+    state = run_study(path, tiny_overrides(tiny_model, steps=steps) + [killer],
+                      root=tmp_path / "s",
                       tracking_uri=uri, ray_address=ray_address, progress=False)
     (t,) = state.shown()
     log = (Path(t.out_dir) / "trial.log").read_text()
@@ -427,27 +407,10 @@ def test_stop_request_stops_every_rank_at_the_same_step(
     assert time.monotonic() - began < 300
 
 
-SLOW_STEP_REWARD = """
-import os, time
-from pathlib import Path
-
-CALLS = [0]
-
-def reward(completions, **columns):
-    # rank 0's third reward call lasts 40 s, once (the marker): the stop comes meanwhile
-    CALLS[0] += 1
-    marker = Path({marker!r})
-    if os.environ.get("RANK") == "0" and CALLS[0] == 3 and not marker.exists():
-        marker.write_text("slow")
-        time.sleep(40)
-    return [0.0] * len(completions)
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("slow_step", [False, True], ids=["step", "step_of_40s"])
 def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_resumes(
-        ray_address, tmp_path, write_study, tiny_model, tiny_overrides, slow_step):
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides, slow_step, fault_reward):
     """Ctrl-C to `archer ablate` while a 2-process trial trains: the stop reaches torchrun's
     ranks, which finish the step under way and checkpoint it together, also when that step
     lasts longer than the 30 s torchrun gives its ranks after its own SIGTERM (``step_of_40s``:
@@ -465,11 +428,9 @@ def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_res
     steps = 200  # never reached: the signal comes once the trial is past its first step
     path = study(write_study, tmp_path, "sigrank", resources={"procs_per_trial": 2},
                  max_retries=0)
-    marker = tmp_path / "slow.marker"
-    extra = []
-    if slow_step:
-        (tmp_path / "slow_reward.py").write_text(SLOW_STEP_REWARD.format(marker=str(marker)))
-        extra = [f"data.reward={tmp_path / 'slow_reward.py'}:reward"]
+    # slow_step: rank 0's third reward call lasts 40 s, and the stop comes meanwhile
+    slow, marker = fault_reward(tmp_path, "sleep40", at=3, rank=0)
+    extra = [slow] if slow_step else []
     cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
            *tiny_overrides(tiny_model, steps=steps), "trainer.ckpt_every=1000", *extra,
            "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]

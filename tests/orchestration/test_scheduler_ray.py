@@ -130,38 +130,19 @@ def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tm
     assert "finished 6" in study_status("baselines", tmp_path / "studies")
 
 
-KILLER_REWARD = """
-import os, signal
-from pathlib import Path
-
-CALLS = [0]
-
-def reward(completions, **columns):
-    # the trial's process SIGKILLs itself in call {at} (step 3's training reward: every
-    # step scores its rollout, then its validation), once: the marker says it happened
-    CALLS[0] += 1
-    marker = Path({marker!r})
-    if CALLS[0] == {at} and not marker.exists():
-        marker.write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
-    return [0.0] * len(completions)
-"""
-
-
 def test_sigkilled_trial_is_retried_and_resumes_from_its_checkpoint(
-        ray_address, tmp_path, write_study, tiny_model, tiny_overrides):
+        ray_address, tmp_path, write_study, tiny_model, tiny_overrides, fault_reward):
     """The trial's process dies by SIGKILL in the middle of step 3 (its reward kills it, so
     the moment does not depend on the machine's speed): the scheduler retries it, the retry
     resumes from step 2's checkpoint, and every step is logged exactly once."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_study(tmp_path, "killtrial", axes={"algo": ["grpo"]}, eval=False,
                        max_retries=2, register_best=False)
-    marker = tmp_path / "killed.pid"
-    killer = tmp_path / "killer_reward.py"
-    killer.write_text(KILLER_REWARD.format(at=5, marker=str(marker)))
+    # call 5 is step 3's training reward (every step scores its rollout, then validation)
+    killer, marker = fault_reward(tmp_path, "sigkill", at=5)
     steps = 5
-    state = run_study(path, tiny_overrides(tiny_model, steps=steps)
-                      + [f"data.reward={killer}:reward"], root=tmp_path / "s",
+    state = run_study(path, tiny_overrides(tiny_model, steps=steps) + [killer],
+                      root=tmp_path / "s",
                       tracking_uri=uri, ray_address=ray_address, progress=False)
     (t,) = state.shown()
     assert marker.is_file(), "the reward never killed the trial"
