@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from archer.validation import ConfigError, check_bools, check_device  # noqa: F401 (re-exported)
+
 ENTROPY_SCOPES = ("response", "group", "batch")
 ENTROPY_SOURCES = ("current", "old")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -30,10 +32,6 @@ ASYNC_FIRST = ("low_prob", "high_prob", "high_entropy", "low_entropy")
 GROUP_FILTERS = ("none", "drop", "refill")
 
 
-class ConfigError(ValueError):
-    """A configuration value is out of range, of the wrong kind, or unknown."""
-
-
 def _check_range(name: str, value: float, lo: float, hi: float, lo_open=False, hi_open=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(f"{name} must be a number, got {value!r}")
@@ -48,27 +46,6 @@ def _check_range(name: str, value: float, lo: float, hi: float, lo_open=False, h
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]):
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(choices)}")
-
-
-def check_bools(obj: Any, prefix: str = "") -> None:
-    """Every field of the dataclass ``obj`` declared ``bool`` holds a real bool: a string such
-    as ``"no"`` (truthy!) or ``"maybe"``, or a number, fails naming ``prefix + field``. YAML and
-    Hydra overrides already give ``true``/``false`` as bools, so nothing valid is coerced."""
-    for f in dataclasses.fields(obj):
-        if f.type in ("bool", bool):
-            value = getattr(obj, f.name)
-            if not isinstance(value, bool):
-                raise ConfigError(f"{prefix}{f.name}={value!r} must be true or false")
-
-
-def check_device(name: str, value: Any) -> None:
-    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    ok = isinstance(value, str) and (
-        value in ("auto", "cpu", "cuda")
-        or (value.startswith("cuda:") and value[5:].isdigit()))
-    if not ok:
-        raise ConfigError(f"{name}={value!r} is invalid; allowed 'auto', 'cpu', 'cuda' or "
-                          "'cuda:N'")
 
 
 @dataclass(frozen=True)
@@ -128,6 +105,8 @@ class AlgoConfig:
     async_split: str = "prob"  # async groups chosen by old-policy probability or entropy class
     async_prob_threshold: float = 0.5  # p_old below this is "low_prob" (async_split=prob); (0, 1)
     async_first: str = "low_prob"  # which group is updated first in async mode
+    # --- the policy loss ------------------------------------------------------------------------
+    loss: str = "dual_token_clip"  # policy loss by name (archer.algos.policy_loss.POLICY_LOSSES)
     # --- rollout/train mismatch ---------------------------------------------------------------
     tis_cap: float | None = None  # truncated importance sampling: multiply each token's PG loss
     #   by min(p_trainer_old / p_sampler, tis_cap) (> 0, typically 2); None disables it
