@@ -398,7 +398,7 @@ def test_ppo_clip_loss_ignores_entropy_split():
     torch.testing.assert_close(out.loss.detach(), want, atol=1e-6, rtol=1e-6)
     archer = compute_policy_loss("dual_token_clip", inp, cfg)
     assert abs(archer.loss.item() - out.loss.item()) > 1e-4  # the split matters
-    assert POLICY_LOSSES.names() == ["dual_token_clip", "ppo_clip"]
+    assert POLICY_LOSSES.names() == ["aspo", "dual_token_clip", "ppo_clip"]
     with pytest.raises(KeyError, match="dual_token_clip"):
         compute_policy_loss("grpo", inp, cfg)
 
