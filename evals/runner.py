@@ -247,9 +247,9 @@ def write_samples_file(path: Path, header: dict, rows) -> None:
 class HFEvalRollout(RolloutBackend):
     """Hugging Face ``generate`` for evaluation:
     :meth:`archer.rollout.hf.HFRollout.generate_texts` (the sampling of training rollouts,
-    without per-step scores) on the full prompt for each sample (no shared-prompt prefill). ``generate`` returns a
-    :class:`~archer.rollout.hf.GeneratedTexts` (texts, response_lengths, truncated), all the
-    runner needs."""
+    without per-step scores) on the full prompt for each sample (no shared-prompt prefill).
+    ``generate`` returns a :class:`~archer.rollout.hf.GeneratedTexts` (texts,
+    response_lengths, truncated), all the runner needs."""
 
     def __init__(self, model, tokenizer, batch_size: int = 8) -> None:
         from archer.rollout.hf import HFRollout

@@ -24,7 +24,8 @@ from archer.algos.types import LossInputs, LossOutput
 __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "KL_ESTIMATORS", "POLICY_LOSSES", "LossInputs", "LossOutput",
     "NonFiniteEntropyError", "NonFiniteLogprobError", "Phase", "TokenSplit", "aggregate",
-    "aspo_loss", "build_update_plan", "compute_advantages", "compute_policy_loss", "dual_token_clip_loss",
+    "aspo_loss", "build_update_plan", "compute_advantages", "compute_policy_loss",
+    "dual_token_clip_loss",
     "entropy_naive", "kl_penalty", "lopti_reweight", "nonuniform_group_mask", "overlong_penalty",
     "phase_token_mask", "split_by_entropy", "token_entropy", "token_logprobs",
 ]

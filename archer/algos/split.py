@@ -1,8 +1,9 @@
 """Split response tokens into high-entropy ("reasoning") and low-entropy ("knowledge") masks.
 
-The method's token split (docs/method.md, section 2): the threshold is the rho-quantile (linear interpolation, as
-``torch.nanquantile``) of the entropies of the valid tokens in the chosen scope, and a token is
-high-entropy iff its entropy is STRICTLY greater than the threshold. The reference code names
+The method's token split (docs/method.md, section 2): the threshold is the rho-quantile
+(linear interpolation, as ``torch.nanquantile``) of the entropies of the valid tokens in the
+chosen scope, and a token is high-entropy iff its entropy is STRICTLY greater than the
+threshold. The reference code names
 its masks backwards; here each mask is named for what is True.
 
 Edge cases are well defined:

@@ -1,4 +1,5 @@
-"""Token split by entropy (archer/algos/split.py), ARCHER.md section 2 steps 2-3."""
+"""Token split by entropy (archer/algos/split.py), the method's steps 2-3
+(docs/method.md, section 2)."""
 
 from __future__ import annotations
 
