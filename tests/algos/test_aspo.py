@@ -286,17 +286,20 @@ def test_fused_and_autograd_metrics_agree_and_scales_apply():
     torch.testing.assert_close(g_half, 0.5 * g_full)
 
 
-def test_nan_in_padding_reaches_neither_loss_nor_gradient():
+@pytest.mark.parametrize("field", ["logprobs", "old_logprobs", "ref_logprobs", "advantages"])
+def test_nan_in_padding_reaches_neither_loss_nor_gradient(field):
+    # NaN only in padded positions: loss and gradient equal the clean ones (fused path).
     old, log_ratio, adv, mask, high, ref = random_batch(3)
     cfg = make_cfg(kl=(0.1, 0.1))
+    clean = {"logprobs": old + log_ratio, "old_logprobs": old, "ref_logprobs": ref,
+             "advantages": adv}
     results = []
-    for dirty in (False, True):
-        lp = old + log_ratio
-        if dirty:
-            lp = lp.masked_fill(~mask, float("nan"))
-        lp = lp.requires_grad_(True)
-        out = aspo_loss(LossInputs(lp, old, adv, mask, high, ref), cfg)
+    for tensors in (clean, {**clean, field: clean[field].masked_fill(~mask, float("nan"))}):
+        lp = tensors["logprobs"].clone().requires_grad_(True)
+        out = aspo_loss(LossInputs(lp, tensors["old_logprobs"], tensors["advantages"], mask,
+                                   high, tensors["ref_logprobs"]), cfg)
         (grad,) = torch.autograd.grad(out.loss, lp)
         results.append((out.loss.detach(), grad))
     torch.testing.assert_close(results[1][0], results[0][0])
+    assert torch.isfinite(results[1][1]).all()
     torch.testing.assert_close(results[1][1], results[0][1])
