@@ -245,65 +245,30 @@ def write_samples_file(path: Path, header: dict, rows) -> None:
 
 
 class HFEvalRollout(RolloutBackend):
-    """Hugging Face ``generate`` for evaluation: the sampling of
-    :class:`archer.rollout.hf.HFRollout` (same generation config, same per-micro-batch
-    seeding, same stop/truncation rules) without per-step scores, whose (rows, vocab) tensor
-    per step dominates the time and memory of long evaluation responses. Returns a
-    :class:`Generations` (texts, response_lengths, truncated), all the runner needs."""
+    """Hugging Face ``generate`` for evaluation:
+    :meth:`archer.rollout.hf.HFRollout.generate_texts` (the sampling of training rollouts,
+    without per-step scores) on the full prompt for each sample (no shared-prompt prefill).
+    ``generate`` returns a :class:`~archer.rollout.hf.GeneratedTexts` (texts,
+    response_lengths, truncated), all the runner needs."""
 
     def __init__(self, model, tokenizer, batch_size: int = 8) -> None:
         from archer.rollout.hf import HFRollout
 
-        self._hf = HFRollout(model, tokenizer, batch_size=batch_size)
+        self._hf = HFRollout(model, tokenizer, batch_size=batch_size, share_prompts=False)
 
     def update_weights(self, weights) -> None:
         self._hf.update_weights(weights)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> Generations:
-        import torch
-
-        from archer.rollout.hf import _left_pad, _response_mask, _seeded
-
-        hf = self._hf
-        if not prompts:
-            raise ValueError("generate() got no prompts")
-        texts: list[str] = []
-        lengths: list[torch.Tensor] = []
-        truncs: list[torch.Tensor] = []
-        device = next(hf.model.parameters()).device
-        was_training = hf.model.training
-        hf.model.eval()
-        try:
-            for b, start in enumerate(range(0, len(prompts), hf.batch_size)):
-                chunk = prompts[start : start + hf.batch_size]
-                ids, mask = _left_pad([hf.tokenizer(p, add_special_tokens=False)["input_ids"]
-                                       for p in chunk], hf.pad_id)
-                ids = ids.repeat_interleave(params.n, dim=0).to(device)
-                mask = mask.repeat_interleave(params.n, dim=0).to(device)
-                config = hf._generation_config(params)
-                config.output_scores = False
-                config.return_dict_in_generate = False
-                seed = None if params.seed is None else params.seed + b
-                with torch.no_grad(), _seeded(seed, device):
-                    out = hf.model.generate(input_ids=ids, attention_mask=mask,
-                                            generation_config=config)
-                resp = out[:, ids.shape[1]:]
-                rmask, trunc = _response_mask(resp, hf.stop_ids, params.max_new_tokens)
-                n_tok = rmask.sum(-1)
-                texts += [hf.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True)
-                          for row, n in zip(resp, n_tok)]
-                lengths.append(n_tok.cpu())
-                truncs.append(trunc.cpu())
-        finally:
-            hf.model.train(was_training)
-        return Generations(texts, torch.cat(lengths), torch.cat(truncs))
+    def generate(self, prompts: list[str], params: SamplingParams):
+        return self._hf.generate_texts(prompts, params)
 
 
-@dataclass
-class Generations:
-    texts: list[str]
-    response_lengths: Any  # (N,) tensor
-    truncated: Any  # (N,) bool tensor
+def __getattr__(name: str):
+    if name == "Generations":  # the old name of what HFEvalRollout.generate returns
+        from archer.rollout.hf import GeneratedTexts
+
+        return GeneratedTexts
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_backend(engine: str, model_path: str | Path, *, batch_size: int = 8,

@@ -7,9 +7,9 @@ from archer.config import ConfigError
 from experiments.presets import load_preset, preset_names
 
 
-def test_all_six_presets_exist():
+def test_all_seven_presets_exist():
     assert preset_names() == sorted(
-        ["archer", "grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti"])
+        ["archer", "grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti", "aspo"])
 
 
 def test_archer_is_the_reference_recipe():
@@ -21,6 +21,20 @@ def test_archer_is_the_reference_recipe():
     assert a.loss_agg_mode == "seq-mean-token-mean" and a.group_filter == "drop"
     assert [p.selector for p in build_update_plan(a)] == ["all"]
     assert load_preset("archer").arxiv == "2507.15778"
+
+
+def test_aspo_preset():
+    from archer.algos.policy_loss import POLICY_LOSSES
+
+    p = load_preset("aspo")
+    a = p.algo
+    assert a.loss == "aspo" and "aspo" in POLICY_LOSSES and p.arxiv == "2510.06062"
+    assert (a.entropy_quantile, a.entropy_scope) == (0.8, "response")
+    assert (a.high.clip_low, a.high.clip_high, a.high.kl_weight) == (0.4, 0.4, 0.0)
+    assert (a.low.clip_low, a.low.clip_high, a.low.kl_weight) == (0.2, 0.2, 0.0)
+    assert a.dual_clip_c == 3.0 and not a.needs_reference
+    assert a.loss_agg_mode == load_preset("archer").algo.loss_agg_mode
+    assert [ph.selector for ph in build_update_plan(a)] == ["all"]
 
 
 @pytest.mark.parametrize("name", ["grpo", "dapo", "dr_grpo", "ar_lopti"])

@@ -4,7 +4,7 @@ With ``d = logp_ref - logp`` at the sampled token:
 - k1 = logp - logp_ref = -d                      (unbiased, high variance, can be negative)
 - k2 = 0.5 * (logp - logp_ref) ** 2              (biased, always >= 0)
 - k3 = exp(d) - d - 1, with d clamped to [-20, 20] and the result to [-10, 10]
-  ("low_var_kl"; unbiased and >= 0), exactly the clamps of ARCHER.md section 2.
+  ("low_var_kl"; unbiased and >= 0), exactly the clamps of the method (docs/method.md, section 2).
 """
 
 from __future__ import annotations

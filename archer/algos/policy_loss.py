@@ -138,6 +138,16 @@ def _loss_weights(cfg: AlgoConfig, valid, high, low, dtype, has_ref: bool, scale
     return w_pg, w_kl
 
 
+def _dual_clip_pg_grad(t: _TokenTerms, adv, c) -> torch.Tensor:
+    """d L_pg / d logp per token of the dual-token clip loss: -A r where the ratio is inside
+    its clip range and not dual-clipped (and not at the log-ratio clamp), else 0."""
+    live = ~t.clipped & (t.log_ratio.abs() < 20.0)
+    if t.dual is not None:
+        live &= ~t.dual
+    return torch.where(live, -adv * t.ratio, torch.zeros((), dtype=t.ratio.dtype,
+                                                         device=t.ratio.device))
+
+
 @POLICY_LOSSES.register("dual_token_clip")
 def dual_token_clip_loss(
     inp: LossInputs, cfg: AlgoConfig, with_metrics: bool = True, fused: bool = True,
@@ -150,6 +160,20 @@ def dual_token_clip_loss(
     ``fused=False`` differentiates through autograd instead of the closed-form gradient.
     ``scales`` multiplies the PG term ("pg") and each class's KL term ("high", "low");
     losses and PG contributions in the output are scaled alike.
+    """
+    return per_token_loss(inp, cfg, _token_terms, _dual_clip_pg_grad, with_metrics, fused,
+                          scales)
+
+
+def per_token_loss(inp: LossInputs, cfg: AlgoConfig, token_terms, pg_grad,
+                   with_metrics: bool = True, fused: bool = True,
+                   scales: dict[str, float] | None = None) -> LossOutput:
+    """A per-token PG loss with Archer's token classes, KL terms, aggregation and checks.
+
+    ``token_terms(logp, old, ref, adv, eps_low, eps_high, c, estimator) -> _TokenTerms`` gives
+    the per-token quantities (differentiable in ``logp`` when it requires grad);
+    ``pg_grad(terms, adv, c)`` their closed-form ``d L_pg / d logp`` (B, T) for the fused
+    path. See :func:`dual_token_clip_loss` for the arguments and errors.
     """
     valid = inp.response_mask.bool()
     if inp.token_mask is not None:
@@ -169,19 +193,15 @@ def dual_token_clip_loss(
     w_pg, w_kl = _loss_weights(cfg, valid, high, low, dtype, inp.ref_logprobs is not None,
                                scales)
     ref = inp.ref_logprobs
-
+    args = (inp.old_logprobs, ref, adv, eps_low, eps_high, cfg.dual_clip_c, cfg.kl_estimator)
     if fused:
         lp = inp.logprobs.detach()
         with torch.no_grad():
-            t = _token_terms(lp, inp.old_logprobs, ref, adv, eps_low, eps_high,
-                             cfg.dual_clip_c, cfg.kl_estimator)
+            t = token_terms(lp, *args)
             pg_loss = _wsum(t.pg, w_pg)
-            live = ~t.clipped & (t.log_ratio.abs() < 20.0)  # gradient flows through r
-            if t.dual is not None:
-                live &= ~t.dual
             zero = torch.zeros((), dtype=dtype, device=lp.device)
             # where() on the weights, so NaN in padded positions never reaches the gradient
-            grad = torch.where(live & (w_pg != 0), -adv * t.ratio * w_pg, zero)
+            grad = torch.where(w_pg != 0, pg_grad(t, adv, cfg.dual_clip_c) * w_pg, zero)
             kl_loss = zero
             if w_kl is not None:
                 kl_loss = _wsum(t.kl, w_kl)
@@ -191,8 +211,7 @@ def dual_token_clip_loss(
         loss = _AttachGrad.apply(inp.logprobs, value, grad) if inp.logprobs.requires_grad \
             else value
     else:
-        t = _token_terms(inp.logprobs, inp.old_logprobs, ref, adv, eps_low, eps_high,
-                         cfg.dual_clip_c, cfg.kl_estimator)
+        t = token_terms(inp.logprobs, *args)
         pg_loss = _wsum(t.pg, w_pg)
         kl_loss = _wsum(t.kl, w_kl) if w_kl is not None else (inp.logprobs * 0.0).sum()
         loss = pg_loss + kl_loss

@@ -1,8 +1,9 @@
 """Split response tokens into high-entropy ("reasoning") and low-entropy ("knowledge") masks.
 
-ARCHER.md section 2: the threshold is the rho-quantile (linear interpolation, as
-``torch.nanquantile``) of the entropies of the valid tokens in the chosen scope, and a token is
-high-entropy iff its entropy is STRICTLY greater than the threshold. The reference code names
+The method's token split (docs/method.md, section 2): the threshold is the rho-quantile
+(linear interpolation, as ``torch.nanquantile``) of the entropies of the valid tokens in the
+chosen scope, and a token is high-entropy iff its entropy is STRICTLY greater than the
+threshold. The reference code names
 its masks backwards; here each mask is named for what is True.
 
 Edge cases are well defined:
@@ -39,8 +40,10 @@ def masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch
 
     values (N, L), mask (N, L) bool -> (N,). Rows without a valid entry give NaN. Matches
     ``torch.nanquantile`` but works on any size (torch.quantile is limited to 16M elements).
+    Computed in the input's dtype (float64 stays float64, so a float64 split compares values
+    with a float64 threshold); float16/bfloat16/integers in float32, an exact upcast.
     """
-    filled = values.detach().float().masked_fill(~mask, float("inf"))
+    filled = values.detach().to(quantile_dtype(values.dtype)).masked_fill(~mask, float("inf"))
     ordered = _sort_rows(filled)  # valid values first, ascending
     count = mask.sum(dim=-1)  # (N,)
     pos = q * (count - 1).clamp(min=0).to(torch.float64)  # fractional index into sorted values
@@ -52,6 +55,11 @@ def masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch
     # Lerp written so equal neighbours give exactly that value (no inf*0 on the valid part).
     out = torch.where(v_hi == v_lo, v_lo, v_lo + frac * (v_hi - v_lo))
     return out.masked_fill(count == 0, float("nan"))
+
+
+def quantile_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype :func:`masked_quantile` computes and returns in for inputs of ``dtype``."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _sort_rows(x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +103,8 @@ def split_by_entropy(
     else:
         if group_index is None:
             raise ValueError("scope='group' needs group_index (B,)")
-        tau = torch.full((entropy.shape[0],), float("nan"), dtype=torch.float32,
-                         device=entropy.device)
+        tau = torch.full((entropy.shape[0],), float("nan"),
+                         dtype=quantile_dtype(entropy.dtype), device=entropy.device)
         for g in torch.unique(group_index):
             rows = group_index == g
             t = masked_quantile(entropy[rows].reshape(1, -1), valid[rows].reshape(1, -1), rho)

@@ -6,7 +6,8 @@ trainer, so there is nothing to copy after an update. Sampler log-probs come fro
 ``output_scores``: HF returns, per step, the scores *after* every logits processor
 (temperature, top-k, top-p), i.e. exactly the distribution the token was drawn from. HF keeps
 one (N, V) score tensor per generated step, so this backend is for short responses / small
-vocabularies; long-context rollouts belong to the vLLM backend.
+vocabularies; long-context rollouts belong to the vLLM backend. ``generate_texts`` samples
+the same rows without the scores (evaluation needs only texts, lengths and truncation).
 
 The generation config is built from scratch with every sampling knob explicit (top_k=0,
 repetition_penalty=1, ...), so a model's own ``generation_config.json`` cannot silently
@@ -16,6 +17,7 @@ change the sampling distribution (true temperature-1 sampling needs top-k unset)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,15 @@ from transformers import GenerationConfig
 from archer.models import cache_kwarg, prefill
 from archer.rollout.base import RolloutBackend, SamplingParams
 from archer.types import RolloutBatch, position_ids_from_mask
+
+
+@dataclass
+class GeneratedTexts:
+    """What :meth:`HFRollout.generate_texts` returns: the samples without log-probs."""
+
+    texts: list[str]  # N = len(prompts) * n, rows [i*n, (i+1)*n) answer prompt i
+    response_lengths: torch.Tensor  # (N,) tokens up to and including the first stop token
+    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without a stop token
 
 
 class HFRollout(RolloutBackend):
@@ -62,6 +73,23 @@ class HFRollout(RolloutBackend):
         """Prompts are final text (no special tokens are added). Rows ``[i*n, (i+1)*n)``
         answer ``prompts[i]``. Micro-batch k is seeded with ``params.seed + k``, so a fixed
         seed and batch_size give the same samples; global RNG state is left untouched."""
+        return _concat(self._per_micro_batch(prompts, params, self._generate_chunk),
+                       self.pad_id)
+
+    @torch.no_grad()
+    def generate_texts(self, prompts: list[str], params: SamplingParams) -> GeneratedTexts:
+        """The samples of :meth:`generate` (same generation config, seeding, stop and
+        truncation rules, same rows) without sampler log-probs: no per-step (rows, vocab)
+        scores are kept, which dominate the time and memory of long responses. For
+        evaluation, which needs only the texts, their lengths and truncation flags."""
+        parts = self._per_micro_batch(prompts, params, self._texts_chunk)
+        return GeneratedTexts(texts=[t for part in parts for t in part.texts],
+                              response_lengths=torch.cat([p.response_lengths for p in parts]),
+                              truncated=torch.cat([p.truncated for p in parts]))
+
+    def _per_micro_batch(self, prompts: list[str], params: SamplingParams, run_chunk) -> list:
+        """``run_chunk(chunk, params, seed, group_offset)`` per micro-batch of ``batch_size``
+        prompts (micro-batch k seeded with ``params.seed + k``), the model in eval mode."""
         if not prompts:
             raise ValueError("generate() got no prompts")
         was_training = self.model.training
@@ -71,14 +99,15 @@ class HFRollout(RolloutBackend):
             for k, start in enumerate(range(0, len(prompts), self.batch_size)):
                 chunk = prompts[start : start + self.batch_size]
                 seed = None if params.seed is None else params.seed + k
-                parts.append(self._generate_chunk(chunk, params, seed, group_offset=start))
+                parts.append(run_chunk(chunk, params, seed, group_offset=start))
         finally:
             self.model.train(was_training)
-        return _concat(parts, self.pad_id)
+        return parts
 
-    def _generate_chunk(
-        self, prompts: list[str], params: SamplingParams, seed: int | None, group_offset: int
-    ) -> RolloutBatch:
+    def _sample(self, prompts: list[str], params: SamplingParams, seed: int | None,
+                with_scores: bool):
+        """``generate`` on one micro-batch: (prompt ids (b*n, P), prompt mask, HF output,
+        response ids (b*n, R)). The output has ``scores`` only when ``with_scores``."""
         device = next(self.model.parameters()).device
         prompt_ids, prompt_mask = _left_pad(
             [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
@@ -89,14 +118,33 @@ class HFRollout(RolloutBackend):
         prefilled = self._prefill(prompt_ids, prompt_mask, n)
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # (b*n, P)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # (b*n, P)
+        config = self._generation_config(params)
+        config.output_scores = with_scores
         with _seeded(seed, device):
-            out = self.model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                generation_config=self._generation_config(params),
-                **prefilled,
-            )
+            out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                      generation_config=config, **prefilled)
         response_ids = out.sequences[:, prompt_ids.shape[1] :]  # (b*n, R)
+        return prompt_ids, prompt_mask, out, response_ids
+
+    def _decode(self, response_ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        return [self.tokenizer.decode(row[: int(length)].tolist(), skip_special_tokens=True)
+                for row, length in zip(response_ids, lengths)]
+
+    def _texts_chunk(self, prompts: list[str], params: SamplingParams, seed: int | None,
+                     group_offset: int) -> GeneratedTexts:
+        _, _, _, response_ids = self._sample(prompts, params, seed, with_scores=False)
+        response_mask, truncated = _response_mask(response_ids, self.stop_ids,
+                                                  params.max_new_tokens)
+        lengths = response_mask.sum(-1)
+        return GeneratedTexts(self._decode(response_ids, lengths), lengths.cpu(),
+                              truncated.cpu())
+
+    def _generate_chunk(
+        self, prompts: list[str], params: SamplingParams, seed: int | None, group_offset: int
+    ) -> RolloutBatch:
+        prompt_ids, prompt_mask, out, response_ids = self._sample(prompts, params, seed,
+                                                                  with_scores=True)
+        device = response_ids.device
         response_mask, truncated = _response_mask(
             response_ids, self.stop_ids, params.max_new_tokens
         )
@@ -106,11 +154,7 @@ class HFRollout(RolloutBackend):
             logprobs = _gather_logprobs(out.scores, response_ids)
         response_ids = response_ids.masked_fill(response_mask == 0, self.pad_id)
         lengths = response_mask.sum(-1)
-        texts = [
-            self.tokenizer.decode(row[: int(length)].tolist(), skip_special_tokens=True)
-            for row, length in zip(response_ids, lengths)
-        ]
-        groups = torch.arange(len(prompts), device=device).repeat_interleave(n) + group_offset
+        groups = torch.arange(len(prompts), device=device).repeat_interleave(params.n)
         return RolloutBatch(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
@@ -119,8 +163,8 @@ class HFRollout(RolloutBackend):
             response_lengths=lengths,
             truncated=truncated,
             sampler_logprobs=logprobs.masked_fill(response_mask == 0, 0.0),
-            group_index=groups,
-            texts=texts,
+            group_index=groups + group_offset,
+            texts=self._decode(response_ids, lengths),
         )
 
     def _prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int

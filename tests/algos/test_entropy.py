@@ -1,4 +1,5 @@
-"""Token entropy and token log-probs (archer/algos/entropy.py), ARCHER.md section 2 step 1."""
+"""Token entropy and token log-probs (archer/algos/entropy.py),
+step 1 of the method (docs/method.md, section 2)."""
 
 from __future__ import annotations
 

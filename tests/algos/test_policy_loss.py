@@ -1,4 +1,5 @@
-"""Dual-token clipped policy loss (archer/algos/policy_loss.py), ARCHER.md section 2 steps 4-7.
+"""Dual-token clipped policy loss (archer/algos/policy_loss.py),
+steps 4-7 of the method (docs/method.md, section 2).
 
 Conventions in the comments: r = ratio, A = advantage, N = number of aggregated tokens.
 d/dlogp of -A r is -A r (since dr/dlogp = r) when the unclipped branch is active, 0 when clipped.
@@ -170,7 +171,7 @@ def test_log_ratio_is_clamped_at_20():
     ],
 )
 def test_classes_differing_in_one_bound_only(high_bounds, low_bounds, want_loss):
-    # A plausible ablation (e.g. ARCHER.md "high-entropy clip 0.2 / 0.4 / 0.5, low fixed 0.2"
+    # A plausible ablation (e.g. the paper's "high-entropy clip 0.2 / 0.4 / 0.5, low fixed 0.2"
     # applied to the upper side only). Must not crash.
     _, inp = make_inputs([[LN14, LN14]], [1.0], high=[[T_, F_]])
     cfg = make_cfg(high=high_bounds, low=low_bounds, loss_agg_mode="token-mean")
@@ -398,7 +399,7 @@ def test_ppo_clip_loss_ignores_entropy_split():
     torch.testing.assert_close(out.loss.detach(), want, atol=1e-6, rtol=1e-6)
     archer = compute_policy_loss("dual_token_clip", inp, cfg)
     assert abs(archer.loss.item() - out.loss.item()) > 1e-4  # the split matters
-    assert POLICY_LOSSES.names() == ["dual_token_clip", "ppo_clip"]
+    assert POLICY_LOSSES.names() == ["aspo", "dual_token_clip", "ppo_clip"]
     with pytest.raises(KeyError, match="dual_token_clip"):
         compute_policy_loss("grpo", inp, cfg)
 
@@ -596,7 +597,7 @@ def test_nan_logprob_on_valid_token_raises():
 
 
 def _ref_kl(logp, ref, estimator):
-    """Independent k1 / k2 / k3 (ARCHER.md section 2 step 6 clamps)."""
+    """Independent k1 / k2 / k3 (the step-6 clamps of docs/method.md, section 2)."""
     if estimator == "k1":
         return logp - ref
     if estimator == "k2":

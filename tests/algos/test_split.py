@@ -1,9 +1,11 @@
-"""Token split by entropy (archer/algos/split.py), ARCHER.md section 2 steps 2-3."""
+"""Token split by entropy (archer/algos/split.py), the method's steps 2-3
+(docs/method.md, section 2)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -257,3 +259,48 @@ def test_entropy_that_requires_grad_is_accepted():
     torch.testing.assert_close(s.threshold.detach(), d.threshold)
     q = masked_quantile(ent, mask, 0.5)
     torch.testing.assert_close(q.detach(), masked_quantile(ent.detach(), mask, 0.5))
+
+
+def _reference_quantile_f64(row: np.ndarray, q: float) -> float:
+    """The code's interpolation rule in float64: sorted v, pos = q (n - 1),
+    tau = v[lo] + (pos - lo) (v[hi] - v[lo]), and exactly v[lo] when v[lo] == v[hi]."""
+    v = np.sort(row.astype(np.float64))
+    pos = q * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    if v[lo] == v[hi]:
+        return float(v[lo])
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
+@pytest.mark.parametrize(("rows", "length"), [(8, 37), (8, 6)])
+@pytest.mark.parametrize("rho", [0.8, 0.5])
+def test_float64_entropy_is_split_in_float64(rows, length, rho):
+    # A float64 entropy is compared with its float64 threshold: computing the threshold in
+    # float32 moved it off the value at the quantile position (rho (n - 1) an integer, e.g.
+    # 0.8 * 5 = 4 at length 6) and classed tokens at ties differently from float64.
+    g = torch.Generator().manual_seed(rows * length)
+    for _ in range(40):
+        ent = torch.rand(rows, length, generator=g, dtype=torch.float64) * 3
+        mask = torch.ones(rows, length, dtype=torch.bool)
+        mask[0, length // 2:] = False  # a shorter response
+        s = split_by_entropy(ent, mask, rho=rho)
+        assert s.threshold.dtype == torch.float64
+        for i in range(rows):
+            valid = ent[i][mask[i]].numpy()
+            tau = _reference_quantile_f64(valid, rho)
+            assert s.threshold[i].item() == tau
+            want = (ent[i] > tau) & mask[i]
+            assert torch.equal(s.high_entropy_mask[i], want), (i, tau)
+        group = torch.arange(rows) // 2
+        sg = split_by_entropy(ent, mask, rho=rho, scope="group", group_index=group)
+        for gi in range(rows // 2):
+            rows_g = group == gi
+            tau = _reference_quantile_f64(ent[rows_g][mask[rows_g]].numpy(), rho)
+            assert torch.equal(sg.high_entropy_mask[rows_g], (ent[rows_g] > tau) & mask[rows_g])
+
+
+def test_masked_quantile_keeps_low_precision_inputs_exact_in_float32():
+    # bf16/f16 values are computed in float32 (exact upcast; numpy has no bfloat16 sort).
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]], dtype=torch.bfloat16)
+    q = masked_quantile(values, torch.ones(1, 5, dtype=torch.bool), 0.8)
+    assert q.dtype == torch.float32 and q.item() == pytest.approx(4.2, abs=1e-6)
