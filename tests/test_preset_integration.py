@@ -27,7 +27,7 @@ if "test_parity_presets" not in REWARDS:
         return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
 
 
-PRESETS = ("grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti", "archer")
+PRESETS = ("grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti", "archer", "aspo")
 LOSSES = ("actor/pg_loss", "actor/kl_loss", "actor/loss", "actor/grad_norm")
 
 

@@ -23,7 +23,7 @@ def test_shipped_studies_load_with_their_grids():
                              "ablate_update_mode", "baselines"]
     sizes = {name: load_study(name).size() for name in study_names()}
     # 6 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
-    assert sizes == {"baselines": 18, "ablate_entropy_quantile": 18, "ablate_clip": 15,
+    assert sizes == {"baselines": 21, "ablate_entropy_quantile": 18, "ablate_clip": 15,
                      "ablate_kl": 9, "ablate_update_mode": 12}
     spec = load_study("baselines", ["seeds=[0]", "max_concurrent=3"])
     assert spec.seeds == (0,) and spec.max_concurrent == 3 and spec.size() == 6
