@@ -19,20 +19,18 @@ import pytest
 
 from archer.models import build_tiny_model
 from archer.rewards import REWARDS, register_reward
+from archer.tracking import (
+    MlflowLogger,
+    check_tracking_config,
+    make_logger,
+    sanitize_key,
+    sync_run_dir,
+)
+from archer.tracking.mlflow import BUFFER_NAME, OFFLINE_PREFIX
+from archer.tracking.store import check_tracking_uri, sqlite_artifact_root
 from archer.train_config import TrainConfig
 from archer.trainer import fit
 from experiments.presets import load_preset
-from experiments.tracking import (
-    BUFFER_NAME,
-    OFFLINE_PREFIX,
-    MlflowLogger,
-    check_tracking_config,
-    check_tracking_uri,
-    make_logger,
-    sanitize_key,
-    sqlite_artifact_root,
-    sync_run_dir,
-)
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -76,7 +74,7 @@ def test_sanitize_key_truncates_to_mlflow_limit():
 
 
 def test_default_store_is_local_sqlite_under_runs(monkeypatch):
-    from experiments.tracking import resolve_tracking_uri
+    from archer.tracking import resolve_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri() == "sqlite:///runs/mlflow.db"
