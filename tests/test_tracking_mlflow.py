@@ -173,6 +173,30 @@ def test_make_logger_backends(tmp_path):
         make_logger("wandb", tmp_path, None)
 
 
+def test_a_metric_named_with_at_is_read_back_by_the_name_it_was_logged_as(store, tmp_path):
+    """``val/pass@4`` is stored as ``val/pass_4`` (MLflow refuses ``@``), where a lookup by
+    the raw name finds nothing; the readers sanitise the name as the logger did. A step logged
+    twice (a resumed run redid it) reads as its latest value."""
+    from archer.tracking.hierarchy import StudyTracker
+    from archer.tracking.reader import metric_history
+
+    logger = MlflowLogger(tmp_path / "run", None, tracking_uri=store, experiment="at-sign")
+    logger.log_metrics({"val/pass@4": 0.5}, step=1, timestamp_ms=1_000)
+    logger.log_metrics({"val/pass@4": 0.25}, step=2, timestamp_ms=2_000)
+    logger.log_metrics({"val/pass@4": 0.75}, step=2, timestamp_ms=3_000)  # step 2 redone
+    logger.finish()
+    client = MlflowClient(tracking_uri=store)
+    assert client.get_metric_history(logger.run_id, "val/pass@4") == []
+    stored = client.get_metric_history(logger.run_id, "val/pass_4")
+    assert sorted((m.step, m.timestamp, m.value) for m in stored) == [
+        (1, 1_000, 0.5), (2, 2_000, 0.25), (2, 3_000, 0.75)]
+    assert metric_history(client, logger.run_id, "val/pass@4") == {1: 0.5, 2: 0.75}
+    tracker = StudyTracker("at-sign", tmp_path / "study", "at-sign", store)
+    assert tracker.metric_history(logger.run_id, "val/pass@4") == [(1, 0.5), (2, 0.75)]
+    assert tracker.metric_history(logger.run_id, "val/pass_4") == [(1, 0.5), (2, 0.75)]
+    assert tracker.metric_history(logger.run_id, "val/pass@8") == []
+
+
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden=32, layers=2, heads=4)
