@@ -108,10 +108,11 @@ def test_a_core_module_importing_experiments_breaks_the_contracts(tmp_path):
     config = write_config(project_config(), tmp_path / "importlinter.toml")
     status, report = lint_imports(config, tmp_path)
     assert status == 1, report
-    layers, forbidden, stacks, cycles = (c["name"] for c in project_config()["contracts"])
+    names = [c["name"] for c in project_config()["contracts"]]
+    layers, forbidden = names[:2]  # the layers, and archer never importing the layers above
     assert f"{layers} BROKEN" in report and f"{forbidden} BROKEN" in report
-    assert f"{stacks} KEPT" in report and f"{cycles} KEPT" in report  # not its concern
-    assert "Contracts: 2 kept, 2 broken." in report
+    assert all(f"{name} KEPT" in report for name in names[2:])  # not their concern
+    assert f"Contracts: {len(names) - 2} kept, 2 broken." in report
     assert "archer.validation is not allowed to import experiments" in report
     assert "archer.validation -> experiments (l." in report
 
