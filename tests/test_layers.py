@@ -13,14 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import grimp  # import-linter's graph (both come with the dev extra)
 
-grimp = pytest.importorskip("grimp")
-pytest.importorskip("importlinter")
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
+except ModuleNotFoundError:  # Python 3.10: import-linter depends on tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("archer", "archer_cli", "evals", "experiments", "dashboards")

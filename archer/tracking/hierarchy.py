@@ -4,9 +4,9 @@ per trial, evaluation runs nested under their trial, the best policy in the mode
 Single writer: only the study's driver process writes to MLflow. Trials append their calls to
 ``events.jsonl`` (``experiments.trial_events``); the driver (``experiments.scheduler``) tails
 those files and replays them here, through one :class:`archer.tracking.mlflow.MlflowLogger`
-per run, so parallel trials never
-contend for a SQLite store ("database is locked") and a store that is briefly unreachable
-costs nothing (the logger's offline buffer keeps the calls and uploads them later).
+per run, so parallel trials never contend for a SQLite store ("database is locked") and a
+store that is briefly unreachable costs nothing (the logger's offline buffer keeps the calls
+and uploads them later).
 
 Replaying is idempotent: metrics carry the time the trial measured them (so an event
 uploaded twice, by a driver killed between an upload and saving its offset, is the same
