@@ -1,6 +1,6 @@
 """``archer leaderboard``: one row per model/preset, built from MLflow.
 
-Where the numbers come from (all read-only, through :mod:`dashboards.mlflow_data`):
+Where the numbers come from (all read-only, through :mod:`archer.tracking.reader`):
 
 - **Evaluation runs** (``archer.kind=eval``; one per trial and benchmark from a study, or one
   per ``archer eval``): ``<bench>/avg_at_K``, its logged CI, ``<bench>/pass_at_K``, the
@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dashboards import mlflow_data as D
+from archer.tracking import reader as D
 from evals import metrics as M
 from evals.contracts import ContractMismatch
 

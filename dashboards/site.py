@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dashboards import mlflow_data as D
+from archer.tracking import reader as D
 
 log = logging.getLogger(__name__)
 

@@ -232,7 +232,7 @@ def _evaluate(args: argparse.Namespace, names: list[str], out_dir: Path) -> int:
             if backend is not None:
                 backend.close()  # a vLLM engine's processes and memory
     if args.tracking == "mlflow" and results:
-        from evals.tracking import find_parent_run, log_eval
+        from archer.tracking.eval_runs import find_parent_run, log_eval
 
         parent = args.parent_run_id or (find_parent_run(args.model) if args.model else None)
         run_id = log_eval(results, out_dir, tracking_uri=args.tracking_uri,

@@ -26,7 +26,7 @@ checkpoints, resumable as a whole, logged to MLflow by one writer, shown live.
 - **Per-trial logs**: ``<trial dir>/trial.log`` (stdout/stderr of its attempts);
   ``events.jsonl`` is what the trial reported.
 - **Single MLflow writer**: the driver tails each trial's ``events.jsonl`` and replays it
-  through :class:`experiments.mlflow_hierarchy.StudyTracker`.
+  through :class:`archer.tracking.hierarchy.StudyTracker`.
 - **Live view**: a table (trial, status, attempt, step, latest metric) redrawn in place on a
   terminal, one line per status change otherwise.
 """
@@ -48,7 +48,7 @@ from archer.config import ConfigError
 from archer.data.datasets import DataFormatError
 from archer.rewards import RewardSpecError
 from experiments.study import TrialSpec
-from experiments.trial import EVENTS, STOP, EventLog
+from experiments.trial_events import EVENTS, STOP, EventLog
 
 STATE = "study.json"
 PASS_ENV = ("ARCHER_DATA_DIR", "ARCHER_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE")
@@ -346,7 +346,7 @@ class Scheduler:
                  study_params: dict[str, Any] | None = None, study_config: str = "",
                  observer: Callable[[StudyState], None] | None = None,
                  stream=None) -> None:
-        from experiments.mlflow_hierarchy import StudyTracker
+        from archer.tracking.hierarchy import StudyTracker
 
         self.study = study
         self.dir = Path(study_dir).resolve()

@@ -431,7 +431,7 @@ class SweepSource(TrialSource):
                 old.status, old.error = "failed", f"orphaned, {why}: enqueued again"
                 state.trials[f"{trial.hash}@{frozen.number}"] = state.trials.pop(trial.hash)
                 if old.run_id and not old.run_id.startswith("offline-"):
-                    from experiments.mlflow_hierarchy import retry_locked
+                    from archer.tracking.mlflow import retry_locked
 
                     retry_locked(self.scheduler.tracker.client.set_terminated, old.run_id,
                                  "FAILED")

@@ -15,7 +15,7 @@ the trial's lock (its file descriptor is passed on), so a new attempt waits for 
 Every rank runs :func:`archer.trainer.fit` with the same TrainConfig (one node: rendezvous on
 127.0.0.1, a free port; on GPUs each rank takes ``cuda:LOCAL_RANK`` among the task's
 ``CUDA_VISIBLE_DEVICES``, which Ray set). Rank 0 alone writes events (an
-:class:`~experiments.trial.EventLogger`), checkpoints and exports; the other ranks write
+:class:`~experiments.trial_events.EventLogger`), checkpoints and exports; the other ranks write
 nothing to ``events.jsonl``. Stopping: every rank checks the driver's STOP file after each
 logged step and the ranks agree (an all-reduce inside ``fit``), so all stop at the same step
 and exit cleanly. Rank 0 writes ``torchrun/result.json`` (finished or pruned, the step, the
@@ -243,7 +243,7 @@ def run_rank(payload_path: Path) -> None:
     from archer.tracking import NullLogger
     from archer.train_config import TrainConfig
     from archer.trainer import TrainingInterrupted, TrainingStopped, fit
-    from experiments.trial import EVENTS, STOP, EventLog, EventLogger
+    from experiments.trial_events import EVENTS, STOP, EventLog, EventLogger
 
     die_with_parent(signal.SIGKILL)  # torchrun killed: no orphan rank keeps training
     payload = json.loads(payload_path.read_text())

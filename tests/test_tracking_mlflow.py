@@ -19,20 +19,18 @@ import pytest
 
 from archer.models import build_tiny_model
 from archer.rewards import REWARDS, register_reward
+from archer.tracking import (
+    MlflowLogger,
+    check_tracking_config,
+    make_logger,
+    sanitize_key,
+    sync_run_dir,
+)
+from archer.tracking.mlflow import BUFFER_NAME, OFFLINE_PREFIX
+from archer.tracking.store import check_tracking_uri, sqlite_artifact_root
 from archer.train_config import TrainConfig
 from archer.trainer import fit
 from experiments.presets import load_preset
-from experiments.tracking import (
-    BUFFER_NAME,
-    OFFLINE_PREFIX,
-    MlflowLogger,
-    check_tracking_config,
-    check_tracking_uri,
-    make_logger,
-    sanitize_key,
-    sqlite_artifact_root,
-    sync_run_dir,
-)
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -76,7 +74,7 @@ def test_sanitize_key_truncates_to_mlflow_limit():
 
 
 def test_default_store_is_local_sqlite_under_runs(monkeypatch):
-    from experiments.tracking import resolve_tracking_uri
+    from archer.tracking import resolve_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri() == "sqlite:///runs/mlflow.db"
@@ -173,6 +171,30 @@ def test_make_logger_backends(tmp_path):
     assert isinstance(make_logger("none", tmp_path, None), NullLogger)
     with pytest.raises(ValueError, match="unknown tracking backend 'wandb'"):
         make_logger("wandb", tmp_path, None)
+
+
+def test_a_metric_named_with_at_is_read_back_by_the_name_it_was_logged_as(store, tmp_path):
+    """``val/pass@4`` is stored as ``val/pass_4`` (MLflow refuses ``@``), where a lookup by
+    the raw name finds nothing; the readers sanitise the name as the logger did. A step logged
+    twice (a resumed run redid it) reads as its latest value."""
+    from archer.tracking.hierarchy import StudyTracker
+    from archer.tracking.reader import metric_history
+
+    logger = MlflowLogger(tmp_path / "run", None, tracking_uri=store, experiment="at-sign")
+    logger.log_metrics({"val/pass@4": 0.5}, step=1, timestamp_ms=1_000)
+    logger.log_metrics({"val/pass@4": 0.25}, step=2, timestamp_ms=2_000)
+    logger.log_metrics({"val/pass@4": 0.75}, step=2, timestamp_ms=3_000)  # step 2 redone
+    logger.finish()
+    client = MlflowClient(tracking_uri=store)
+    assert client.get_metric_history(logger.run_id, "val/pass@4") == []
+    stored = client.get_metric_history(logger.run_id, "val/pass_4")
+    assert sorted((m.step, m.timestamp, m.value) for m in stored) == [
+        (1, 1_000, 0.5), (2, 2_000, 0.25), (2, 3_000, 0.75)]
+    assert metric_history(client, logger.run_id, "val/pass@4") == {1: 0.5, 2: 0.75}
+    tracker = StudyTracker("at-sign", tmp_path / "study", "at-sign", store)
+    assert tracker.metric_history(logger.run_id, "val/pass@4") == [(1, 0.5), (2, 0.75)]
+    assert tracker.metric_history(logger.run_id, "val/pass_4") == [(1, 0.5), (2, 0.75)]
+    assert tracker.metric_history(logger.run_id, "val/pass@8") == []
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 ``conftest`` shares one module name, so tests cannot import from it).
 
 Fabricated studies in a temporary MLflow store, written through the project's own writers
-(``experiments.mlflow_hierarchy.StudyTracker`` for the study/trial/evaluation hierarchy,
-``evals.tracking.log_eval`` underneath, ``evals.scoring.write_result`` for the per-problem
-table), with per-sample correctness and per-step metrics chosen so every leaderboard number
+(``archer.tracking.hierarchy.StudyTracker`` for the study/trial/evaluation hierarchy,
+``archer.tracking.eval_runs.log_eval`` underneath, ``evals.scoring.write_result`` for the
+per-problem table), with per-sample correctness and per-step metrics chosen so every leaderboard number
 can be worked out by hand (see ``BASELINES``)."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def fabricate_study(uri: str, root: Path, study: str = "baselines",
                     curves: bool = True) -> dict[str, str]:
     """Log a finished study (study run, trial runs with per-step metrics, evaluation runs
     nested under them) to ``uri``; returns ``{f"{preset}/{seed}": trial run id}``."""
-    from experiments.mlflow_hierarchy import StudyTracker
+    from archer.tracking.hierarchy import StudyTracker
 
     presets = BASELINES if presets is None else presets
     steps = STEPS if steps is None else steps

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from dashboard_fixtures import approx, fabricate_optuna, fabricate_study
 
-from dashboards import mlflow_data as D
+from archer.tracking import reader as D
 from dashboards.site import (
     CURVE_PANELS,
     PLOTLY_JS,

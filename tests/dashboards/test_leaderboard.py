@@ -62,7 +62,7 @@ def test_ci_is_bootstrap_over_seed_averaged_problems(board):
 
 
 def test_one_seed_ci_is_the_logged_one(baselines_store):
-    from dashboards import mlflow_data as D
+    from archer.tracking import reader as D
     from dashboards.leaderboard import aggregate
 
     client = D.open_client(baselines_store.uri)

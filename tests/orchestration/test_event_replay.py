@@ -8,7 +8,7 @@ from pathlib import Path
 
 from experiments.scheduler import STATE, Scheduler, StudyState, format_table
 from experiments.study import expand_trials, load_study
-from experiments.trial import EVENTS, EventLog, EventLogger
+from experiments.trial_events import EVENTS, EventLog, EventLogger
 
 
 def _client(uri: str):

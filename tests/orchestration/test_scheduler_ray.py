@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from archer.tracking import sanitize_key
 from experiments.scheduler import StudyState
 from experiments.study_cli import run_study, study_status
-from experiments.tracking import sanitize_key
-from experiments.trial import EventLog
+from experiments.trial_events import EventLog
 
 pytestmark = pytest.mark.slow
 

@@ -111,7 +111,7 @@ def test_objective_is_logged_before_optuna_is_told_and_once_after_a_kill(
     """The objective is logged when the trial ends (``on_done``), Optuna is told only after
     the end is saved (``on_saved``). A driver killed before telling leaves the trial RUNNING;
     the rerun that finishes it tells Optuna without logging the objective again."""
-    from experiments.mlflow_hierarchy import StudyTracker
+    from archer.tracking.hierarchy import StudyTracker
     from experiments.scheduler import TrialState
 
     spec = load_sweep("archer_clip_kl", ["sampler=random"])

@@ -2,10 +2,11 @@
 per trial, evaluation runs nested under their trial, the best policy in the model registry.
 
 Single writer: only the study's driver process writes to MLflow. Trials append their calls to
-``events.jsonl`` (``experiments.trial``); the driver tails those files and replays them here,
-through one :class:`experiments.tracking.MlflowLogger` per run, so parallel trials never
-contend for a SQLite store ("database is locked") and a store that is briefly unreachable
-costs nothing (the logger's offline buffer keeps the calls and uploads them later).
+``events.jsonl`` (``experiments.trial_events``); the driver (``experiments.scheduler``) tails
+those files and replays them here, through one :class:`archer.tracking.mlflow.MlflowLogger`
+per run, so parallel trials never contend for a SQLite store ("database is locked") and a
+store that is briefly unreachable costs nothing (the logger's offline buffer keeps the calls
+and uploads them later).
 
 Replaying is idempotent: metrics carry the time the trial measured them (so an event
 uploaded twice, by a driver killed between an upload and saving its offset, is the same
@@ -29,11 +30,15 @@ import functools
 import json
 import logging
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from experiments.tracking import STATE_NAME, MlflowLogger, resolve_tracking_uri
+from archer.tracking.eval_runs import log_eval
+from archer.tracking.mlflow import STATE_NAME, MlflowLogger, retry_locked
+from archer.tracking.reader import metric_history
+from archer.tracking.store import resolve_tracking_uri
+
+__all__ = ["StudyTracker", "code_version", "retry_locked"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """``git rev-parse HEAD`` of the project (``+dirty`` when it has local changes)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # archer/tracking/hierarchy.py -> the project
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
@@ -55,21 +60,6 @@ def code_version() -> str:
             return "archer-rlvr==" + version("archer-rlvr")
         except PackageNotFoundError:
             return "unknown"
-
-
-def retry_locked(fn, *args, attempts: int = 20, **kwargs):
-    """Call ``fn``; retry with back-off while SQLite says the database is locked (a reader
-    such as ``archer study status`` or ``mlflow ui`` may hold it briefly)."""
-    delay = 0.05
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001
-            if "locked" not in str(err).lower() or i == attempts - 1:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    raise AssertionError("unreachable")
 
 
 class StudyTracker:
@@ -177,10 +167,8 @@ class StudyTracker:
     def log_evaluations(self, trial, run_id: str, results: list[dict[str, Any]],
                         timestamp_ms: int | None = None) -> list[str]:
         """One evaluation run per benchmark, nested under the trial run (through
-        ``evals.tracking.log_eval``), tagged like the trial plus the contract hash. A run
-        already logged for the same benchmark, contract and trial run is reused."""
-        from evals.tracking import log_eval
-
+        :func:`archer.tracking.eval_runs.log_eval`), tagged like the trial plus the contract
+        hash. A run already logged for the same benchmark, contract and trial run is reused."""
         ids = []
         for res in results:
             bench = res["benchmark"]
@@ -230,12 +218,14 @@ class StudyTracker:
     # ------------------------------------------------------------------------------------------
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        """``[(step, value)]`` of ``key`` in ``run_id`` as MLflow has it (sorted by step)."""
+        """``[(step, value)]`` of metric ``key`` in ``run_id`` as MLflow has it, sorted by
+        step, after uploading what the run's logger still buffers. ``key`` is the name as
+        logged (``val/pass@4``), found under the key it was stored as (``val/pass_4``); a
+        step logged twice keeps its latest value (:func:`archer.tracking.reader.metric_history`)."""
         logger = next((lg for lg in self.loggers.values() if lg.run_id == run_id), None)
         if logger is not None:
             logger.flush(force=True)
-        history = retry_locked(self.client.get_metric_history, run_id, key)
-        return sorted((int(m.step), float(m.value)) for m in history)
+        return list(metric_history(self.client, run_id, key).items())
 
     # ------------------------------------------------------------------------------------------
     # model registry

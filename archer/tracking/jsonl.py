@@ -1,7 +1,7 @@
-"""The MetricLogger protocol the trainer talks to, with a no-op and a JSON-lines logger.
+"""The JSON-lines backend: a :class:`~archer.tracking.base.MetricLogger` writing into the run
+directory, and what a new run in a used directory does with the old run's files.
 
-The trainer never imports a tracking service: MLflow (or anything else) plugs in from
-``experiments/`` by implementing this protocol. ``JsonlLogger`` writes into the run directory:
+``JsonlLogger`` writes:
 
 - ``run.json``: ``{"run_id", "status"}`` (the run id survives a resume),
 - ``params.json``, ``tags.json``: the last logged values (merged),
@@ -12,67 +12,13 @@ The trainer never imports a tracking service: MLflow (or anything else) plugs in
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-
-@runtime_checkable
-class MetricLogger(Protocol):
-    @property
-    def run_id(self) -> str: ...
-
-    def log_params(self, params: dict[str, Any]) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def set_tags(self, tags: dict[str, Any]) -> None: ...
-
-    def log_artifact(self, path: str | Path) -> None: ...
-
-    def finish(self, status: str = "FINISHED") -> None: ...
-
-    # Optional: ``rewind(step, metrics)``, called when a run resumes from the checkpoint of
-    # ``step``: forget metric rows of later steps (they are redone) and log ``metrics`` (the
-    # checkpointed step's own) if they never reached the logger.
-
-
-class NullLogger:
-    """Discards everything (a run without tracking)."""
-
-    def __init__(self, run_id: str | None = None) -> None:
-        self._run_id = run_id or uuid.uuid4().hex
-
-    @property
-    def run_id(self) -> str:
-        return self._run_id
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        pass
-
-    def log_artifact(self, path: str | Path) -> None:
-        pass
-
-    def finish(self, status: str = "FINISHED") -> None:
-        pass
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan"/"inf": valid JSON, still visible
-    if hasattr(value, "item"):  # tensors / numpy scalars
-        return _jsonable(value.item())
-    return value
-
+from archer.tracking.base import jsonable
 
 PREVIOUS = "previous"  # <run_dir>/previous/<run id>/: what a new run moved aside
 
@@ -140,7 +86,7 @@ class JsonlLogger:
     def _merge(self, name: str, values: dict[str, Any]) -> None:
         path = self.run_dir / name
         data = json.loads(path.read_text()) if path.is_file() else {}
-        data.update({k: _jsonable(v) for k, v in values.items()})
+        data.update({k: jsonable(v) for k, v in values.items()})
         path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -150,7 +96,7 @@ class JsonlLogger:
         self._merge("tags.json", tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        row = {"step": step, **{k: jsonable(v) for k, v in metrics.items()}}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 

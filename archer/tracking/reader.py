@@ -1,20 +1,23 @@
-"""Read-only access to what studies and evaluations logged to MLflow.
+"""Read-only access to what studies and evaluations logged to MLflow (for the dashboards and
+the leaderboard).
 
 ``search_runs_frame`` turns MLflow runs into a pandas DataFrame in ``mlflow.search_runs``'s
 layout (``run_id``, ``experiment``, ``run_name``, ``status``, ``start_time``, ``end_time``,
 ``parent_run_id`` and one column per ``tags.<key>``, ``params.<key>``, ``metrics.<key>``
-holding the last value). It goes through an ``MlflowClient`` bound to one tracking URI (no
-global ``mlflow.set_tracking_uri``), and refuses a SQLite URI whose file does not exist or
-is not an MLflow database (0 bytes, another SQLite database) instead of letting MLflow create
-a store there: dashboards never write.
+holding the last value); pandas is imported when a frame is built. It goes through an
+``MlflowClient`` bound to one tracking URI (no global ``mlflow.set_tracking_uri``), and
+refuses a SQLite URI whose file does not exist or is not an MLflow database (0 bytes,
+another SQLite database) instead of letting MLflow create a store there: readers never
+write.
 
-What the rest of ``dashboards/`` relies on (written by ``experiments.mlflow_hierarchy`` and
-``evals.tracking``): study runs tagged ``archer.kind=study``; trial runs ``archer.kind=trial``
-with ``archer.study``, ``archer.preset``, ``archer.seed``, ``archer.variant``, ``archer.axes``
-and per-step trainer metrics (``archer.trainer.STEP_METRICS``); evaluation runs
-``archer.kind=eval`` nested under their trial with ``<bench>/avg_at_K``, ``..._ci_low``,
-``..._ci_high``, ``<bench>/pass_at_k``, params ``<bench>/contract.<field>``, tag
-``<bench>/contract_hash`` and the artifact ``<bench>_per_problem.csv``.
+What readers rely on (written by :mod:`archer.tracking.hierarchy` and
+:mod:`archer.tracking.eval_runs`): study runs tagged ``archer.kind=study``; trial runs
+``archer.kind=trial`` with ``archer.study``, ``archer.preset``, ``archer.seed``,
+``archer.variant``, ``archer.axes`` and per-step trainer metrics
+(``archer.trainer.STEP_METRICS``); evaluation runs ``archer.kind=eval`` nested under their
+trial with ``<bench>/avg_at_K``, ``..._ci_low``, ``..._ci_high``, ``<bench>/pass_at_k``,
+params ``<bench>/contract.<field>``, tag ``<bench>/contract_hash`` and the artifact
+``<bench>_per_problem.csv``.
 """
 
 from __future__ import annotations
@@ -24,16 +27,20 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from archer.tracking.base import sanitize_key
+from archer.tracking.mlflow import retry_locked
+from archer.tracking.store import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 
 def resolve_uri(tracking_uri: str | None) -> str:
-    from experiments.tracking import resolve_tracking_uri
-
+    """The tracking URI a reader opens (:func:`archer.tracking.store.resolve_tracking_uri`)."""
     return resolve_tracking_uri(tracking_uri)
 
 
@@ -114,6 +121,8 @@ def experiment_ids(client, names: list[str] | None = None) -> dict[str, str]:
 
 def search_runs_frame(client, exp_ids: dict[str, str], filter_string: str = "") -> pd.DataFrame:
     """Every run of the experiments as one row (see the module docstring)."""
+    import pandas as pd
+
     rows: list[dict[str, Any]] = []
     if not exp_ids:
         return pd.DataFrame(rows)
@@ -151,9 +160,11 @@ def _isnan(v: Any) -> bool:
 
 
 def metric_history(client, run_id: str, key: str) -> dict[int, float]:
-    """``{step: value}`` of one metric; a step logged twice (a resumed trial that redid
-    steps) keeps its latest value."""
-    hist = client.get_metric_history(run_id, key)
+    """``{step: value}`` of metric ``key`` of ``run_id``, sorted by step; a step logged twice
+    (a resumed trial that redid steps) keeps its latest value. ``key`` is the name as it was
+    logged (``val/pass@4``): it is looked up as the loggers stored it (:func:`sanitize_key`,
+    ``val/pass_4``). Retried while SQLite is locked by a writer."""
+    hist = retry_locked(client.get_metric_history, run_id, sanitize_key(key))
     out: dict[int, tuple[int, float]] = {}
     for m in hist:
         prev = out.get(int(m.step))
