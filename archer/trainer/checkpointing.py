@@ -131,8 +131,6 @@ def resume(ctx: TrainContext) -> bool:
     before it; one whose run had other settings (:data:`RESUME_MAY_CHANGE` may change) is an
     error naming them: continuing it with another algorithm, model, data or lr would make a
     run that no config describes."""
-    from archer.tracking import archive_previous, read_run_info
-
     cfg, dist = ctx.cfg, ctx.dist
     root = checkpoint_root(cfg.out_dir)
     if dist.is_main and root.is_dir():  # saves a kill interrupted (never picked, never pruned)
@@ -141,14 +139,7 @@ def resume(ctx: TrainContext) -> bool:
     found = list_checkpoints(cfg.out_dir)
     if not cfg.resume:
         if found and dist.is_main:
-            old = (read_state(found[-1], strict=False).get("run_id")
-                   or (read_run_info(cfg.out_dir) or {}).get("run_id"))
-            # the run's policy export and config go with it: a final/ left behind would pass
-            # for the new run's
-            dest = archive_previous(cfg.out_dir, ("checkpoints", "final", "config.yaml"), old)
-            log.warning("resume=false: the run in %s (checkpoints of steps %s, its final/ and "
-                        "config.yaml) was moved to %s", cfg.out_dir,
-                        [int(p.name[5:]) for p in found], dest)
+            set_aside_previous_run(cfg, found)
         dist.barrier()
         return False
     failed = []
@@ -159,15 +150,7 @@ def resume(ctx: TrainContext) -> bool:
             failed.append(f"{path.name}: {err}")
             continue
         if "config" in state:  # (checkpoints before this check have no config)
-            changes = config_changes(state["config"], cfg.to_dict())
-            warn_stretched_schedule(state["config"], cfg, state["step"])
-            if changes:
-                raise ValueError(
-                    f"{path} was saved by a run with other settings: {'; '.join(changes)}. "
-                    "Resuming would continue it as a run no config describes: use another "
-                    f"trainer.out_dir (with model={Path(cfg.out_dir) / 'final'} to start from "
-                    "this run's exported policy, once it has one), or trainer.resume=false to "
-                    "start over here (its checkpoints are moved to previous/)")
+            refuse_other_settings(path, state, cfg)
         try:
             state = load_checkpoint(path, ctx.model, ctx.optimizer, rank=dist.rank,
                                     load_state_dicts=load_full_state_dicts if dist.enabled
@@ -192,6 +175,33 @@ def resume(ctx: TrainContext) -> bool:
                          + "; ".join(failed) + ". Remove the damaged ones to resume from "
                          "an older one, or set trainer.resume=false to start over")
     return False
+
+
+def set_aside_previous_run(cfg: TrainConfig, found: list[Path]) -> None:
+    """``resume=false`` over an earlier run: its checkpoints, policy export and config move
+    to ``out_dir/previous/`` (a final/ left behind would pass for the new run's)."""
+    from archer.tracking import archive_previous, read_run_info
+
+    old = (read_state(found[-1], strict=False).get("run_id")
+           or (read_run_info(cfg.out_dir) or {}).get("run_id"))
+    dest = archive_previous(cfg.out_dir, ("checkpoints", "final", "config.yaml"), old)
+    log.warning("resume=false: the run in %s (checkpoints of steps %s, its final/ and "
+                "config.yaml) was moved to %s", cfg.out_dir, [int(p.name[5:]) for p in found],
+                dest)
+
+
+def refuse_other_settings(path: Path, state: dict[str, Any], cfg: TrainConfig) -> None:
+    """A checkpoint saved with settings that may not change on resume is an error naming
+    them; a decaying schedule stretched to a new ``total_steps`` is a warning."""
+    changes = config_changes(state["config"], cfg.to_dict())
+    warn_stretched_schedule(state["config"], cfg, state["step"])
+    if changes:
+        raise ValueError(
+            f"{path} was saved by a run with other settings: {'; '.join(changes)}. "
+            "Resuming would continue it as a run no config describes: use another "
+            f"trainer.out_dir (with model={Path(cfg.out_dir) / 'final'} to start from "
+            "this run's exported policy, once it has one), or trainer.resume=false to "
+            "start over here (its checkpoints are moved to previous/)")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
