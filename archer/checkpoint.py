@@ -8,10 +8,14 @@ A checkpoint is a directory ``<out_dir>/checkpoints/step_000042`` holding
 - ``rng_ranks.pt`` (data-parallel runs only): the RNG states of every rank, in rank order,
 - ``state.json``: training step, prompt-sampler position, tracking run id, counters.
 
-The learning-rate schedule is a pure function of the step (see ``archer.trainer.lr_factor``),
-so it is restored by the step. Writing is atomic: everything goes to a temporary sibling
-directory that is renamed into place last, so a crash never leaves a half-written checkpoint
-that ``latest_checkpoint`` would pick. Only the last ``keep`` checkpoints are kept.
+The learning-rate schedule is a pure function of the step (see
+``archer.trainer.optim.lr_factor``), so it is restored by the step. Writing is atomic:
+everything goes to a temporary sibling directory that is renamed into place last, so a crash
+never leaves a half-written checkpoint that ``latest_checkpoint`` would pick. Only the last
+``keep`` checkpoints are kept.
+
+This module is the on-disk format; what a run saves, when, and how it resumes is
+:mod:`archer.trainer.checkpointing`.
 """
 
 from __future__ import annotations

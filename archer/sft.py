@@ -246,15 +246,15 @@ def data_source(data: DataConfig) -> str:
 def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], reward_fn,
                      max_new_tokens: int, batch_size: int = 64) -> float:
     """Fraction of greedy answers to ``prompts`` that score >= 1 (partial credit, e.g.
-    reasoning-gym's for a near miss, and None rewards count as wrong)."""
+    reasoning-gym's for a near miss, and None rewards count as wrong), counted as the
+    trainer's validation counts it (:func:`archer.trainer.validation.heldout_scores`)."""
     from archer.rollout import HFRollout, SamplingParams
-    from archer.trainer import call_reward
+    from archer.trainer.validation import heldout_scores
 
     rollout = HFRollout(model, tokenizer, batch_size=batch_size)
     batch = rollout.generate(prompts, SamplingParams(temperature=0.0, top_p=1.0, n=1,
                                                      max_new_tokens=max_new_tokens, seed=0))
-    values = call_reward(reward_fn, "held-out reward", batch.texts, records, 1)
-    return sum(v is not None and float(v) >= 1.0 for v in values) / len(values)
+    return heldout_scores(batch, records, 1, reward_fn, "held-out reward").accuracy
 
 
 def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:

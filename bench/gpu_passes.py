@@ -87,7 +87,7 @@ def ref_pass(model, batch, prompt_cache: bool):
 
 def cpu_chunk_model(fn):
     """``fn`` run with the CPU's per-chunk overhead on every device (the pre-GPU default)."""
-    import archer.trainer as T
+    import archer.trainer.logprobs as T  # forward_tokens_prompt_cached looks it up there
 
     def run():
         own = T.chunk_overhead

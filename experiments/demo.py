@@ -91,8 +91,7 @@ def heldout_accuracy(cfg, per_problem: dict[str, list[float]] | None = None
     sampled_pp: list[float] = []
     greedy_pp: list[float] = []
     sampled = validate(ctx, sampled_pp)
-    ctx.cfg = replace(cfg, val_temperature=0.0, val_samples=1)
-    greedy = validate(ctx, greedy_pp)
+    greedy = validate(ctx, greedy_pp, samples=1, temperature=0.0)
     if per_problem is not None:
         per_problem.update({"greedy": greedy_pp, f"avg@{VAL_K}": sampled_pp})
     return {"greedy": greedy["val/accuracy"], f"avg@{VAL_K}": sampled["val/accuracy"],

@@ -367,7 +367,7 @@ def test_a_failure_in_the_update_before_the_optimizer_step_is_redone_exactly(
     so the run is checkpointed at step 2 and the resume ends as a run never interrupted. A
     failure after the optimizer step leaves half a step: nothing is checkpointed, and the
     warning says where a resume starts."""
-    import archer.trainer as trainer_mod
+    import archer.trainer.update as trainer_mod  # update_policy looks both up there
 
     model_dir = build_tiny_model(tmp_path / "tiny", hidden=32, layers=2, heads=4)
     straight = fit(replace(make_cfg(model_dir, tmp_path / "a", 4), ckpt_every=0))

@@ -103,7 +103,7 @@ def test_trainer_forward_matches_the_sampler_with_and_without_logits_to_keep(bat
     """The trainer's forward (only the response positions' logits, via logits_to_keep)
     scores the sampled tokens as the sampler did, and its entropy is the full-logits one;
     a model without logits_to_keep takes the fallback and gives the same numbers."""
-    import archer.trainer as T
+    import archer.trainer.logprobs as T
     from archer.algos.entropy import entropy_naive
 
     policy, _ = tiny
@@ -116,9 +116,15 @@ def test_trainer_forward_matches_the_sampler_with_and_without_logits_to_keep(bat
     torch.testing.assert_close(ent, entropy_naive(resp_logits), atol=1e-4, rtol=0)
     assert none is None and torch.equal(lp_only, lp)
     assert T.keeps_logits(type(policy))
+    # forward_tokens looks keeps_logits up in archer.trainer.logprobs: patch it there
     monkeypatch.setattr(T, "keeps_logits", lambda cls: False)
+    kept = []
+    hook = policy.register_forward_pre_hook(
+        lambda mod, args, kwargs: kept.append("logits_to_keep" in kwargs), with_kwargs=True)
     with torch.no_grad():
         lp2, ent2 = T.forward_tokens(policy, batch, 0.7)
+    hook.remove()
+    assert kept == [False]  # the fallback ran: all positions' logits, then cut
     torch.testing.assert_close(lp2, lp, atol=1e-5, rtol=0)
     torch.testing.assert_close(ent2, ent, atol=1e-5, rtol=0)
 
@@ -237,7 +243,7 @@ def test_prompt_cached_pass_matches_the_full_pass_and_runs_each_prompt_once(batc
     KV cache for the 8 responses each, runs the responses in chunks cut to their longest one,
     and gives the full pass's log-probs and entropies, also with the rows shuffled and with
     micro-batches that cut through groups."""
-    import archer.trainer as T
+    import archer.trainer.logprobs as T
 
     policy, _ = tiny
     seen = []
@@ -292,7 +298,8 @@ def test_prompt_cache_falls_back_where_it_cannot_help(batch, tiny):
     pass); ``forward_tokens_batched`` then still returns the full pass."""
     import copy
 
-    import archer.trainer as T
+    import archer.trainer.logprobs as T
+    from archer.trainer import enable_gradient_checkpointing
 
     policy, _ = tiny
     one_per_prompt = batch.select([0, 8, 16])
@@ -305,7 +312,7 @@ def test_prompt_cache_falls_back_where_it_cannot_help(batch, tiny):
         assert T.forward_tokens_prompt_cached(policy, short, 0.7) is None
         expected = T.forward_tokens(policy, one_per_prompt, 0.7)[0]
     checkpointed = copy.deepcopy(policy).train()
-    T.enable_gradient_checkpointing(checkpointed)
+    enable_gradient_checkpointing(checkpointed)
     assert T.forward_tokens_prompt_cached(checkpointed, batch, 0.7) is None
     # without gradients, transformers >= 5.24 keeps the cache and older versions drop it:
     # either way the no-grad pass is the full pass
@@ -388,7 +395,7 @@ def test_other_architectures_score_what_they_sampled_with_and_without_the_prompt
     parameter gradients."""
     import transformers
 
-    import archer.trainer as T
+    import archer.trainer.logprobs as T
 
     _, tok = tiny
     name, kwargs = ARCHITECTURES[arch]

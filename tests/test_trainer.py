@@ -237,11 +237,11 @@ def test_on_policy_update_skips_the_old_pass_with_the_same_result(tiny_path, tmp
                                                                   monkeypatch, preset):
     """One epoch, one mini-batch, one phase: the update's own detached log-probs are the old
     ones. The step must equal the one with a separate old-policy pass, minus that pass."""
-    import archer.trainer as trainer
+    import archer.trainer.update as update  # prepare_update_batch looks is_on_policy up there
 
     def run(force_old_pass: bool):
         if force_old_pass:
-            monkeypatch.setattr(trainer, "is_on_policy", lambda ctx, n: False)
+            monkeypatch.setattr(update, "is_on_policy", lambda ctx, n: False)
         cfg = make_cfg(tiny_path, tmp_path / str(force_old_pass),
                        algo=load_preset(preset).algo, ppo_epochs=1, mini_batch_prompts=4,
                        micro_batch_size=8, prompt_cache=False)  # the old pass as the update's
@@ -255,7 +255,7 @@ def test_on_policy_update_skips_the_old_pass_with_the_same_result(tiny_path, tmp
 
     fast, m_fast, n_fast, ctx = run(False)
     slow, m_slow, n_slow, _ = run(True)
-    assert trainer.is_on_policy(ctx, 4)
+    assert update.is_on_policy(ctx, 4)
     assert m_fast["train/step_skipped"] == 0.0 and m_fast["time/old_logprob"] >= 0
     assert n_slow - n_fast == 2  # 16 responses / micro 8: the old pass's two forwards
     for k in fast:
