@@ -237,7 +237,10 @@ def global_batch_split(dist: DistInfo, entropy: torch.Tensor, response_mask: tor
     valid = response_mask.bool()
     if (valid & ~torch.isfinite(entropy)).any():
         raise NonFiniteEntropyError("valid token(s) have non-finite entropy (NaN/inf logits)")
-    values = dist.all_gather_cat(entropy[valid].float())
+    values = entropy[valid]
+    if values.dtype not in (torch.float32, torch.float64):  # bf16/fp16: gather exactly in fp32
+        values = values.float()  # (float64 stays float64: masked_quantile keeps the dtype)
+    values = dist.all_gather_cat(values)
     tau = masked_quantile(values[None], torch.ones_like(values, dtype=torch.bool)[None], rho)
     tau = tau.to(entropy.device).expand(entropy.shape[0])
     high = valid & (entropy > tau[:, None])
