@@ -85,7 +85,7 @@ def test_an_unknown_policy_loss_is_refused_naming_the_options(tiny_path, tmp_pat
                                                      loss="dual_tokn_clip"))
     with pytest.raises(ConfigError, match=r"unknown policy loss algo.loss 'dual_tokn_clip' "
                        r"\(did you mean 'dual_token_clip'\?\); choose one of "
-                       r"\['dual_token_clip', 'ppo_clip'\]"):
+                       r"\['aspo', 'dual_token_clip', 'ppo_clip'\]"):
         build_context(cfg)
 
 
