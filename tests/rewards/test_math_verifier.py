@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 
 from archer.rewards import get_reward
-from archer.rewards import math as mathrw
-from archer.rewards._math_normalize import normalize_answer, split_compound, to_fraction
 from archer.rewards.math import (
     MathGrader,
     MathGraderConfig,
@@ -29,6 +27,7 @@ from archer.rewards.math import (
     string_equivalent,
     sympy_equivalent,
 )
+from archer.rewards.math.normalize import normalize_answer, split_compound, to_fraction
 
 DATA_DIR = Path(
     os.environ.get(
@@ -393,9 +392,9 @@ def test_reward_contract(shared_reward_grader):
 
 
 def test_docstring_examples_run(shared_reward_grader):
-    from archer.rewards import _math_normalize
+    from archer.rewards.math import checkers, extract, grader, normalize, reward
 
-    for mod in (mathrw, _math_normalize):
+    for mod in (checkers, extract, grader, normalize, reward):  # the modules with examples
         res = doctest.testmod(mod)
         assert res.attempted > 0 and res.failed == 0, mod.__name__
 
