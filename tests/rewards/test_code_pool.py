@@ -7,12 +7,13 @@ import os
 import subprocess
 import textwrap
 import time
+import types
 import uuid
 
 import pytest
 from proc_helpers import pids_with
 
-import archer.rewards.code as code_mod
+import archer.rewards.code.grader as grader_mod
 from archer.rewards.code import HARNESS, CodeGrader, Problem, TestCase
 from archer.rewards.sandbox import Sandbox, SandboxConfig
 
@@ -83,10 +84,18 @@ def test_no_earlier_program_input_or_secret_in_a_workers_memory(monkeypatch):
     first = Problem("check", check_code=(
         f"def check(candidate):\n    assert candidate() == {check1!r}\n\n"
         "check(Solution().f)\n"))
-    monkeypatch.setattr(code_mod.secrets, "token_hex", lambda n=16: nonce1)
+    drawn = []
+
+    def fixed_nonce(n=16):
+        drawn.append(n)
+        return nonce1
+
+    # the grader looks the nonce up as ``secrets.token_hex`` in its own module
+    monkeypatch.setattr(grader_mod, "secrets", types.SimpleNamespace(token_hex=fixed_nonce))
     v1 = g.grade_code(f"class Solution:\n    def f(self):\n        x = {prog1!r}\n"
                       f"        return {check1!r}\n", first)
     assert v1.passed, v1
+    assert drawn == [16], "the first run's nonce must be the patched one"
     monkeypatch.undo()
     halves = [_split(m) for m in (own, prog1, check1, nonce1)]
     scanner = textwrap.dedent(f"""

@@ -11,7 +11,7 @@ import pickle
 
 import pytest
 
-import archer.rewards.code as code_mod
+import archer.rewards.code.reward as reward_mod
 from archer.rewards import get_reward
 from archer.rewards.code import (
     CodeGrader,
@@ -279,5 +279,5 @@ def test_code_reward_registered_and_contract():
 
 
 def test_code_reward_docstring_runs():
-    res = doctest.testmod(code_mod, verbose=False)
+    res = doctest.testmod(reward_mod, verbose=False)
     assert res.attempted >= 1 and res.failed == 0

@@ -83,7 +83,7 @@ def _seccomp_no_fork() -> bytes | None:
 
 
 def worker_seccomp_filter() -> bytes | None:
-    """The filter of the code harness's worker processes (see ``archer.rewards._harness``).
+    """The filter of the code harness's worker processes (see :mod:`archer.rewards.code.harness.lockdown`).
 
     On top of :func:`_seccomp_no_fork`: signals only to the worker itself (``kill``,
     ``tgkill``, ``tkill``, ``rt_(tg)sigqueueinfo`` whose first argument is

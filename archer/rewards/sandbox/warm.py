@@ -40,7 +40,7 @@ def _spawn(cmd: list[str], **kw) -> subprocess.Popen:
 
 class WarmSandbox:
     """One long-lived bubblewrap sandbox whose only process is the code harness's *zygote*
-    (``archer.rewards._harness.zygote_main``); it forks a fresh judge per program.
+    (``archer.rewards.code.harness.zygote.zygote_main``); it forks a fresh judge per program.
 
     Same namespaces, mounts, environment and rlimits as :meth:`Sandbox.run` (the CPU limit is
     set per program, in the forked judge: RLIMIT_CPU counts a process's own time, so the zygote
