@@ -50,7 +50,7 @@ class CodeGrader:
         self._filter = _WORKER_FILTER.hex() if (
             _WORKER_FILTER is not None and self.config.forbid_fork) else None
         self._args, self._stdin_prefix = harness_invocation(
-            self.sandbox.python, self.config.allow_site_packages)
+            self.sandbox.python, self.config.allow_site_packages, self.sandbox.packages_dir)
         self.pool: WarmPool | None = None
         if self.config.warm_pool and self.sandbox.sandboxed:
             self.pool = WarmPool(

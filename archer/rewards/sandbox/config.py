@@ -7,6 +7,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from archer.rewards.sandbox.packages import SHIPPED_PACKAGES, check_package_names
+
 SCRATCH = "/scratch"
 
 #: environment of every sandboxed program (nothing is inherited from the host)
@@ -54,8 +56,12 @@ class SandboxConfig:
     # writable /dev/shm for multiprocessing's semaphores
     extra_ro_paths: tuple[str, ...] = ()
     shm: bool = False
+    # third-party packages the code harness's programs may import (top-level module names,
+    # taken from this interpreter's installation; see archer.rewards.sandbox.packages)
+    packages: tuple[str, ...] = SHIPPED_PACKAGES
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "packages", check_package_names(self.packages))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (bool, str, tuple)) or value is None:

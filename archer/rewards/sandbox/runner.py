@@ -20,6 +20,12 @@ import warnings
 from collections.abc import Callable
 
 from archer.rewards.sandbox.config import BASE_ENV, SCRATCH, RunResult, SandboxConfig, base_python
+from archer.rewards.sandbox.packages import (
+    SANDBOX_PACKAGES_DIR,
+    bwrap_bind_args,
+    link_dir,
+    shipped_paths,
+)
 from archer.rewards.sandbox.seccomp import _seccomp_no_fork
 
 logger = logging.getLogger(__name__)
@@ -54,6 +60,7 @@ class Sandbox:
         if self.config.forbid_fork and self._seccomp is None:
             logger.warning("no seccomp filter for %s: forks limited by RLIMIT_NPROC only",
                            os.uname().machine)
+        self.package_paths = shipped_paths(self.config.packages)
         self.sandboxed = False
         self._nobody_ok: bool | None = None
         why = "disabled by SandboxConfig(use_bwrap=False)"
@@ -101,6 +108,7 @@ class Sandbox:
         for path in cfg.extra_ro_paths:  # after the tmpfs mounts, which would hide them
             real = os.path.realpath(path)
             args += ["--ro-bind", real, real]
+        args += bwrap_bind_args(self.package_paths)
         args += ["--remount-ro", "/dev",  # no files in /dev or /dev/shm (device nodes work)
                  "--remount-ro", "/"]  # the sandbox's own root tmpfs: not writable either
         if seccomp_fd is not None:
@@ -109,7 +117,7 @@ class Sandbox:
 
     def _probe(self) -> tuple[bool, str]:
         key = (self.bwrap, self.python, self.config.allow_site_packages, self._seccomp is not None,
-               self.config.extra_ro_paths, self.config.shm)
+               self.config.extra_ro_paths, self.config.shm, tuple(self.package_paths))
         with _PROBE_LOCK:
             if key not in _PROBE_CACHE:
                 res = self._run(["-c", "import sys, os; print('ok', os.getpid())"], b"",
@@ -170,6 +178,15 @@ class Sandbox:
         return self._run(args, stdin, self.sandboxed, on_record=on_record,
                          wall_time_s=wall_time_s, test_timeout_s=test_timeout_s,
                          secret=secret, own_seccomp=own_seccomp)
+
+    @property
+    def packages_dir(self) -> str | None:
+        """The directory to put first on a program's ``sys.path`` for the shipped packages
+        (:attr:`SandboxConfig.packages`): inside bubblewrap where they are bound, else a
+        host directory of symlinks to them; None when none are shipped."""
+        if not self.package_paths:
+            return None
+        return SANDBOX_PACKAGES_DIR if self.sandboxed else link_dir(self.package_paths)
 
     @property
     def drop_uid(self) -> int | None:

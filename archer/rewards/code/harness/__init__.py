@@ -88,12 +88,17 @@ def _bytecode_magic(python: str) -> str:
         return _MAGIC[python]
 
 
-def harness_invocation(python: str, site_packages: bool = False) -> tuple[list[str], bytes]:
+def harness_invocation(python: str, site_packages: bool = False,
+                       packages_dir: str | None = None) -> tuple[list[str], bytes]:
     """(interpreter arguments, stdin prefix) that run the harness in ``python``: its
     marshalled bytecode when ``python`` has this interpreter's bytecode format, else the
-    source."""
+    source.  ``packages_dir`` (the sandbox's shipped packages) goes first on ``sys.path``; it
+    is used only in the first case, where ``python`` is this interpreter's version and so can
+    load the packages this interpreter has installed."""
     flags = [] if site_packages else ["-S"]
     if _bytecode_magic(python) == importlib.util.MAGIC_NUMBER.hex():
         blob = marshal.dumps(compile(HARNESS, "<archer-harness>", "exec"))
-        return flags + ["-c", _BOOT], str(len(blob)).encode() + b"\n" + blob
+        boot = _BOOT if packages_dir is None else _BOOT.replace(
+            "import marshal,sys;", f"import marshal,sys;sys.path.insert(0,{packages_dir!r});", 1)
+        return flags + ["-c", boot], str(len(blob)).encode() + b"\n" + blob
     return flags + ["-c", HARNESS], b""
