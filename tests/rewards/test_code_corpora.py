@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import pathlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from proc_helpers import offline_data_dir
 
 from archer.rewards.code import CodeGrader, humaneval_problem
 from archer.rewards.sandbox import SandboxConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-DATA = pathlib.Path(os.environ.get("ARCHER_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA = offline_data_dir()
 LEETCODE = DATA / "train_code" / "leetcode_train.json"
 
 

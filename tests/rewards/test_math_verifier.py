@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_helpers import offline_data_dir
 
 from archer.rewards import get_reward
 from archer.rewards.math import (
@@ -29,11 +30,7 @@ from archer.rewards.math import (
 )
 from archer.rewards.math.normalize import normalize_answer, split_compound, to_fraction
 
-DATA_DIR = Path(
-    os.environ.get(
-        "ARCHER_DATA_DIR", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    )
-)
+DATA_DIR = offline_data_dir()
 
 
 def _data_file(rel: str) -> Path:
