@@ -49,7 +49,7 @@ def extract_code(completion: str) -> str | None:
 
 
 
-# --- check() suites ----------------------------------------------------------------------------
+# --- LeetCode helpers --------------------------------------------------------------------------
 
 #: Helpers the LeetCode check suites (DeepCoder / LeetCodeDataset) call without defining them:
 #: the same names and semantics as that data set's prompt preamble.  Prepended to the program

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 class MathGrader:
-    """Grades responses against gold answers; see the module docstring.
+    """Grades responses against gold answers; see :mod:`archer.rewards.math`.
 
     >>> grader = MathGrader(MathGraderConfig(checkers=("string",)))
     >>> grader.grade(r"<think>...</think> The answer is $\\boxed{\\dfrac{1}{2}}$.", "0.5").reason
