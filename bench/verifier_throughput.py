@@ -16,7 +16,7 @@
 
 Both sides are warmed up before timing (imports, worker start-up), and the order alternates.
 
-Run: ``ARCHER_DATA_DIR=../shared/data .venv/bin/python bench/verifier_throughput.py
+Run: ``ARCHER_DATA_DIR=<data dir, see docs/data.md> .venv/bin/python bench/verifier_throughput.py
 [--workers 2] [--n-math 5000] [--repeats 1] [--quick]``
 """
 

@@ -15,7 +15,6 @@ it is the user's code, trusted like the config. Code that a *model* wrote must b
 the sandbox (``archer.rewards.code``), never by a reward directly.
 """
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -23,6 +22,7 @@ import sys
 from pathlib import Path
 
 from archer.registry import Registry
+from archer.validation import did_you_mean
 
 REWARDS: Registry = Registry("reward function")
 
@@ -69,24 +69,40 @@ def load_user_reward(spec: str):
     if is_file_target(target):
         module = _file_module(spec, Path(target).expanduser())
     else:
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as err:
-            raise RewardSpecError(f"reward {spec!r}: cannot import module {target!r} ({err}); "
-                                  "a file needs its path, e.g. ./my_reward.py:fn") from None
-        except Exception as err:
-            raise RewardSpecError(f"reward {spec!r}: importing {target!r} failed: "
-                                  f"{type(err).__name__}: {err}") from err
+        module = _import_module(spec, target)
     fn = getattr(module, attr, None)
     if fn is None:
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        close = difflib.get_close_matches(attr, names, n=3)
         raise RewardSpecError(f"reward {spec!r}: {target} has no {attr!r}"
-                              + (f" (did you mean {close}?)" if close else ""))
+                              + did_you_mean(attr, names, n=3))
     if not callable(fn):
         raise RewardSpecError(f"reward {spec!r}: {target}.{attr} is a "
                               f"{type(fn).__name__}, not a function")
     return fn
+
+
+def _import_module(spec: str, target: str):
+    """``importlib.import_module(target)``; a module that does not exist (``target`` or one of
+    its parent packages) and a module that fails while importing, e.g. on a dependency of its
+    own that is missing, are told apart in the :class:`RewardSpecError`."""
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as err:
+        if _names_target_or_parent(err.name, target):
+            raise RewardSpecError(f"reward {spec!r}: cannot import module {target!r} ({err}); "
+                                  "a file needs its path, e.g. ./my_reward.py:fn") from None
+        raise RewardSpecError(f"reward {spec!r}: module {target!r} needs {err.name!r}, which "
+                              f"is not installed ({err})") from err
+    except Exception as err:
+        raise RewardSpecError(f"reward {spec!r}: importing {target!r} failed: "
+                              f"{type(err).__name__}: {err}") from err
+
+
+def _names_target_or_parent(missing: str | None, target: str) -> bool:
+    """Whether the module ``missing`` is ``target`` itself or one of its parent packages
+    (``a`` or ``a.b`` for ``a.b.c``)."""
+    parts = target.split(".")
+    return missing in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
 def is_file_target(target: str) -> bool:

@@ -1,9 +1,11 @@
-"""Helpers shared by the sandbox tests (imported as a plain module, like pytest's rootdir)."""
+"""Helpers shared by the reward tests (imported as a plain module, like pytest's rootdir)."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+
+from archer.paths import data_dir
 
 
 def pids_with(marker: str) -> list[int]:
@@ -17,3 +19,12 @@ def pids_with(marker: str) -> list[int]:
             except OSError:
                 pass
     return out
+
+
+def offline_data_dir() -> pathlib.Path:
+    """The offline data directory (:func:`archer.paths.data_dir`, which says how it is set), or
+    a path that does not exist, so that the tests needing its files skip."""
+    try:
+        return data_dir()
+    except FileNotFoundError:
+        return pathlib.Path("/nonexistent/archer-data")

@@ -3,17 +3,22 @@ replaced.  (The hostile programs of ``test_code_security.py`` also run under the
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import subprocess
+import sys
 import textwrap
 import time
+import types
 import uuid
 
 import pytest
 from proc_helpers import pids_with
 
-import archer.rewards.code as code_mod
+import archer.rewards.code.grader as grader_mod
 from archer.rewards.code import HARNESS, CodeGrader, Problem, TestCase
+from archer.rewards.code.harness import PARTS
 from archer.rewards.sandbox import Sandbox, SandboxConfig
 
 
@@ -83,10 +88,18 @@ def test_no_earlier_program_input_or_secret_in_a_workers_memory(monkeypatch):
     first = Problem("check", check_code=(
         f"def check(candidate):\n    assert candidate() == {check1!r}\n\n"
         "check(Solution().f)\n"))
-    monkeypatch.setattr(code_mod.secrets, "token_hex", lambda n=16: nonce1)
+    drawn = []
+
+    def fixed_nonce(n=16):
+        drawn.append(n)
+        return nonce1
+
+    # the grader looks the nonce up as ``secrets.token_hex`` in its own module
+    monkeypatch.setattr(grader_mod, "secrets", types.SimpleNamespace(token_hex=fixed_nonce))
     v1 = g.grade_code(f"class Solution:\n    def f(self):\n        x = {prog1!r}\n"
                       f"        return {check1!r}\n", first)
     assert v1.passed, v1
+    assert drawn == [16], "the first run's nonce must be the patched one"
     monkeypatch.undo()
     halves = [_split(m) for m in (own, prog1, check1, nonce1)]
     scanner = textwrap.dedent(f"""
@@ -200,6 +213,34 @@ def test_zygote_refuses_to_run_outside_a_fresh_pid_namespace():
     cmd = sb._bwrap_args(None) + [sb.python, "-I", "-S", "-c", launcher]
     res = subprocess.run(cmd, input=HARNESS.encode(), capture_output=True, timeout=60,
                          env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 3, res
+    assert b'"z":"refused"' in res.stdout, res.stdout
+
+
+def test_harness_is_its_parts_joined_and_runs_as_a_standalone_file(tmp_path):
+    """The harness script is the parts of archer.rewards.code.harness joined in order
+    (``python -m archer.rewards.code.harness`` prints it); each part is also an ordinary module
+    on the host, and the script saved to a file runs under the bare base interpreter (no
+    project, no site-packages): its zygote refuses to start beside another process, as above."""
+    printed = subprocess.run([sys.executable, "-m", "archer.rewards.code.harness"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    assert printed == HARNESS
+    assert HARNESS.count("from __future__ import annotations") == 1
+    for part in PARTS:
+        mod = importlib.import_module(f"archer.rewards.code.harness.{part}")
+        own = [n for n, v in vars(mod).items()
+               if inspect.isfunction(v) and v.__module__ == mod.__name__]
+        assert own and all(f"\ndef {n}(" in HARNESS for n in own), part
+    script = tmp_path / "harness.py"
+    script.write_text(HARNESS)
+    sb = Sandbox(SandboxConfig(extra_ro_paths=(str(tmp_path),)))
+    launcher = (
+        "import os, subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(5)'])\n"
+        f"os.execv(sys.executable, [sys.executable, '-I', '-S', {str(script)!r}, "
+        "'--zygote', '1', '0', '', '{}'])\n")
+    cmd = sb._bwrap_args(None) + [sb.python, "-I", "-S", "-c", launcher]
+    res = subprocess.run(cmd, capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 3, res
     assert b'"z":"refused"' in res.stdout, res.stdout
 

@@ -10,8 +10,9 @@ import pathlib
 import pickle
 
 import pytest
+from proc_helpers import offline_data_dir
 
-import archer.rewards.code as code_mod
+import archer.rewards.code.reward as reward_mod
 from archer.rewards import get_reward
 from archer.rewards.code import (
     CodeGrader,
@@ -31,7 +32,7 @@ from archer.rewards.code import (
 from archer.rewards.sandbox import SandboxConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-DATA = pathlib.Path(os.environ.get("ARCHER_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA = offline_data_dir()
 LCB = DATA / "eval_code" / "lcb_v5_public.jsonl"
 LEETCODE = DATA / "train_code" / "leetcode_train.json"
 needs_data = pytest.mark.skipif(not LCB.exists(), reason="offline data dir not found")
@@ -279,5 +280,5 @@ def test_code_reward_registered_and_contract():
 
 
 def test_code_reward_docstring_runs():
-    res = doctest.testmod(code_mod, verbose=False)
+    res = doctest.testmod(reward_mod, verbose=False)
     assert res.attempted >= 1 and res.failed == 0

@@ -6,11 +6,10 @@ graded against themselves and against their neighbours."""
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
+from proc_helpers import offline_data_dir
 
 from archer.rewards.math import MathGrader, MathGraderConfig
 
@@ -213,11 +212,7 @@ def test_a_single_hung_answer_returns_in_bounded_time():
 
 # ------------------------------------------------------------------------ AIME / AMC formats
 
-DATA_DIR = Path(
-    os.environ.get(
-        "ARCHER_DATA_DIR", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    )
-)
+DATA_DIR = offline_data_dir()
 EVAL_SETS = ("aime2024.jsonl", "aime2025.jsonl", "amc23.jsonl")
 
 

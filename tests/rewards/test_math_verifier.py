@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_helpers import offline_data_dir
 
 from archer.rewards import get_reward
-from archer.rewards import math as mathrw
-from archer.rewards._math_normalize import normalize_answer, split_compound, to_fraction
 from archer.rewards.math import (
     MathGrader,
     MathGraderConfig,
@@ -29,12 +28,9 @@ from archer.rewards.math import (
     string_equivalent,
     sympy_equivalent,
 )
+from archer.rewards.math.normalize import normalize_answer, split_compound, to_fraction
 
-DATA_DIR = Path(
-    os.environ.get(
-        "ARCHER_DATA_DIR", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    )
-)
+DATA_DIR = offline_data_dir()
 
 
 def _data_file(rel: str) -> Path:
@@ -393,9 +389,9 @@ def test_reward_contract(shared_reward_grader):
 
 
 def test_docstring_examples_run(shared_reward_grader):
-    from archer.rewards import _math_normalize
+    from archer.rewards.math import checkers, extract, grader, normalize, reward
 
-    for mod in (mathrw, _math_normalize):
+    for mod in (checkers, extract, grader, normalize, reward):  # the modules with examples
         res = doctest.testmod(mod)
         assert res.attempted > 0 and res.failed == 0, mod.__name__
 

@@ -54,3 +54,39 @@ def test_bad_reward_spec_says_what_is_wrong(tmp_path, spec, message):
         get_reward(spec.format(dir=tmp_path))
     broken = str((tmp_path / "broken.py").resolve())  # a failed load leaves no module behind
     assert not any(getattr(m, "__file__", None) == broken for m in list(sys.modules.values()))
+
+
+def _package(tmp_path, monkeypatch, name: str, files: dict[str, str]) -> None:
+    pkg = tmp_path / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for fname, text in files.items():
+        (pkg / fname).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        monkeypatch.delitem(sys.modules, key)  # the same package of an earlier case
+
+
+@pytest.mark.parametrize("missing, named", [
+    ("no_such_dep_xyz", "no_such_dep_xyz"),
+    ("no_such_dep_xyz.sub", "no_such_dep_xyz"),  # the top-level package is what is missing
+    ("labdeps.helpers", "labdeps.helpers"),  # a sibling module the reward's package lacks
+])
+def test_missing_dependency_of_a_reward_module_is_named_as_such(tmp_path, monkeypatch, missing,
+                                                                 named):
+    """The reward module exists but imports something that does not: the message names that
+    dependency, not the reward module (which would send the user looking for a typo)."""
+    _package(tmp_path, monkeypatch, "labdeps", {"scoring.py": f"import {missing}\n" + REWARD_FILE})
+    with pytest.raises(RewardSpecError) as info:
+        get_reward("labdeps.scoring:length_parity")
+    msg = str(info.value)
+    assert f"'labdeps.scoring' needs {named!r}, which is not installed" in msg
+    assert "cannot import module" not in msg
+
+
+@pytest.mark.parametrize("spec", ["labmissing.scoring:fn", "labpkg.nope:fn", "labpkg.nope.deeper:fn"])
+def test_missing_reward_module_or_parent_says_cannot_import(tmp_path, monkeypatch, spec):
+    _package(tmp_path, monkeypatch, "labpkg", {})
+    target = spec.split(":")[0]
+    with pytest.raises(RewardSpecError, match=f"cannot import module '{target}'"):
+        get_reward(spec)
