@@ -54,7 +54,13 @@ def _source_hash(modules: tuple[str, ...]) -> str:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(f"grader module {name} not found")
-        h.update(Path(spec.origin).read_bytes())
+        if spec.submodule_search_locations:  # a package: every module in it, by relative path
+            for root in map(Path, spec.submodule_search_locations):
+                for f in sorted(root.rglob("*.py")):
+                    h.update(f"{name}/{f.relative_to(root).as_posix()}\n".encode())
+                    h.update(f.read_bytes())
+        else:
+            h.update(Path(spec.origin).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -66,12 +72,14 @@ def _pkg(name: str) -> str:
 
 
 _GRADER_MODULES = {
-    "math": ("archer.rewards.math", "archer.rewards._math_normalize"),
-    "code": ("archer.rewards.code", "archer.rewards._harness", "archer.rewards.sandbox"),
+    "math": ("archer.rewards.math",),  # packages: every module in them
+    "code": ("archer.rewards.code", "archer.rewards.sandbox"),
     # reasoning-gym's own checkers behind archer's answer extraction
     "gym": ("archer.data.datasets",),
 }
-_GRADER_PACKAGES = {"math": ("sympy", "math-verify"), "code": (), "gym": ("reasoning-gym",)}
+# code: the third-party packages the sandbox ships (archer.rewards.sandbox.packages)
+_GRADER_PACKAGES = {"math": ("sympy", "math-verify"), "code": ("numpy", "sortedcontainers"),
+                    "gym": ("reasoning-gym",)}
 
 
 def grader_version(grader: str) -> str:
