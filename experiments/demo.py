@@ -71,7 +71,7 @@ def supervised_warmup(cfg, out_dir: Path, max_seconds: float | None = None,
 
     sft = SFTConfig(
         model=cfg.model, data=cfg.data, reward=cfg.reward, template=cfg.template,
-        answer_format=" {answer}", out_dir=str(out_dir / "warmup_sft"),
+        out_dir=str(out_dir / "warmup_sft"),  # the target: cfg.data.answer_format
         steps=steps or SFT_STEPS, max_seconds=max_seconds or SFT_MAX_SECONDS,
         target_accuracy=target_accuracy or SFT_TARGET, eval_every=25,
         batch_size=128, lr=3e-3, weight_decay=0.0, val_size=cfg.val_size,

@@ -37,7 +37,6 @@ backend): running the study again skips trials whose hash finished and resumes t
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -49,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from archer.config import ConfigError
+from archer.validation import ConfigError, did_you_mean, unknown_name
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 STUDY_DIR = CONF_DIR / "study"
@@ -173,11 +172,8 @@ def study_path(name: str | Path, group: str = "study") -> Path:
         return path.resolve()
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        close = difflib.get_close_matches(str(name), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown {group} {name!r}{hint}; choose one of {names} (or give a "
-                          f"path to a {group} .yaml file)")
+        names = [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
+        raise unknown_name(group, name, names, f" (or give a path to a {group} .yaml file)")
     return path
 
 
@@ -229,8 +225,7 @@ def _nested_override(group: str, name: str, ov: str, data: dict, keys: dict,
     fixed = SUBKEYS.get(head)
     where, full = f"{group} {name}", f"{group}.{key}"
     if fixed is not None and first not in fixed:
-        close = difflib.get_close_matches(first, fixed, n=1)
-        hint = f" (did you mean '{group}.{head}.{close[0]}'?)" if close else ""
+        hint = did_you_mean(first, fixed, fmt=f"{group}.{head}.{{}}")
         raise ConfigError(f"{where}: unknown key '{full}'{hint}; keys of {group}.{head}: "
                           f"{sorted(fixed)}")
     current = data[head] if head in data else defaults.get(head)
@@ -310,8 +305,7 @@ def _compose_study_file(path: Path, overrides: list[str], group: str = "study",
                     f"or replace it with '~{group}.{key}' '+{group}.{key}={{...}}'") from None
             if m:
                 key = m.group(1).removeprefix(prefix)
-                close = difflib.get_close_matches(key, list(keys), n=1)
-                hint = f" (did you mean '{group}.{close[0]}'?)" if close else ""
+                hint = did_you_mean(key, keys, fmt=f"{group}.{{}}")
                 raise ConfigError(f"{group} {path.stem}: unknown {group} key '{group}.{key}'"
                                   f"{hint}; keys: {sorted(keys)}") from None
             raise ConfigError(f"{group} {path.stem}: bad override: {text}") from None
@@ -334,9 +328,8 @@ def check_keys(where: str, given: dict, allowed) -> None:
     allowed = list(allowed)
     for key in given:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; keys: {sorted(allowed)}")
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}; "
+                              f"keys: {sorted(allowed)}")
 
 
 def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
@@ -531,8 +524,7 @@ def _check_presets(where: str, axes: dict[str, list], variants: dict[str, list[s
 
     def check(value: Any, origin: str) -> None:
         if str(value) not in names:
-            close = difflib.get_close_matches(str(value), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(str(value), names)
             raise ConfigError(f"{where}: unknown preset {value!r} in {origin}{hint}; presets: "
                               f"{names}")
 

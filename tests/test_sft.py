@@ -100,8 +100,8 @@ def test_config_is_validated():
         SFTConfig(device="tpu")
     with pytest.raises(ConfigError, match="target_accuracy"):
         SFTConfig(target_accuracy=1.5)
-    with pytest.raises(ConfigError, match="answer_format"):
-        SFTConfig(answer_format="no placeholder")
+    with pytest.raises(ConfigError, match=r"data.answer_format='no placeholder'.*\{answer\}"):
+        SFTConfig(data={"answer_format": "no placeholder"})
     with pytest.raises(ConfigError, match="sise"):
         SFTConfig(data={"task": "chain_sum", "sise": 3})
 
