@@ -131,14 +131,14 @@ def load_resume_state(path: Path, cfg: SFTConfig) -> dict:
     except Exception as err:  # noqa: BLE001  (a cut or foreign file)
         raise ConfigError(f"{path}: cannot resume from it ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); delete it or "
-                          "set sft.resume=false to start over") from None
+                          "set resume=false to start over") from None
     from archer.trainer import config_changes
 
     changed = config_changes(saved, asdict(cfg), SFT_RESUME_MAY_CHANGE)
     if changed:
         raise ConfigError(f"{path} is a warm-up stopped with other settings: "
                           f"{', '.join(changed)}; run it with its own settings to resume, "
-                          "or set sft.resume=false to start over")
+                          "or set resume=false to start over")
     return state
 
 
@@ -305,7 +305,7 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
                                                                   "accuracy"))
         start -= float(resumed["seconds"])  # max_seconds counts the time before the stop
         log(f"resuming the warm-up stopped after step {step} ({resume_path}; "
-            "sft.resume=false starts over)")
+            "resume=false starts over)")
         log_path.unlink(missing_ok=True)  # the log as the run had it, without the stop's row
         for row in history:
             _write_row(log_path, row)

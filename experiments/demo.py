@@ -275,7 +275,7 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
                   num_cpus: int | None = None, dashboard_dir: str = "runs/dashboard",
                   progress: bool | None = None, overrides: list[str] | None = None) -> int:
     """``make demo`` (see the README for measured times on 2 CPU cores). ``overrides`` go to
-    every trial after the ``demo`` recipe (e.g. ``trainer.steps=20``)."""
+    every trial after the ``demo`` recipe (e.g. ``total_steps=20``)."""
     from dashboards.leaderboard import build_leaderboard
     from dashboards.site import build_site
     from experiments.scheduler import StudyInterrupted
@@ -290,7 +290,7 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
     base = [f"study.axes.algo=[{','.join(presets)}]", f"study.seeds=[{seed}]", "recipe=demo",
             f"study.experiment={FULL_EXPERIMENT}"] + list(overrides or [])
     if steps:
-        base.append(f"trainer.steps={steps}")
+        base.append(f"total_steps={steps}")
     root = out / "studies"
 
     def trials_for(model: str):

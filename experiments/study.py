@@ -9,7 +9,7 @@ A study file states a grid of training runs in a few lines::
     base: [algo=archer]                 # more overrides for every trial
     axes: {algo.low.kl_weight: [0.0, 0.001, 0.005]}   # cartesian product
     variants: {}                        # or named override lists (one trial each)
-    seeds: [0, 1, 2]                    # trainer.seed, an axis of its own
+    seeds: [0, 1, 2]                    # the trials' seed, an axis of its own
     objective: {metric: val/accuracy, direction: maximize}
     max_concurrent: 2
     max_retries: 2
@@ -25,7 +25,7 @@ study with a message naming the problem.
 
 The study file is composed by Hydra (``compose("study/<name>")``) so study-level overrides use
 Hydra's syntax and struct mode (``study.seeds=[0]``, ``study.max_concurrent=4``,
-``study.eval.k=3``, ``+study.axes={trainer.lr:[1e-4]}``); a key the file does not have is
+``study.eval.k=3``, ``+study.axes={lr:[1e-4]}``); a key the file does not have is
 refused by Hydra, a key the schema does not know by :func:`load_study`. A key of a fixed
 mapping (``eval``, ``resources``, ``objective``) that the file's mapping lacks is added; a
 nested override that cannot work is refused saying which keys exist there and how to write it.
@@ -49,6 +49,7 @@ from typing import Any
 import yaml
 
 from archer.validation import ConfigError, did_you_mean, unknown_name
+from experiments.renamed_keys import check_renamed_key
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 STUDY_DIR = CONF_DIR / "study"
@@ -82,7 +83,7 @@ SUBKEYS = {"eval": EVAL_KEYS, "resources": RESOURCE_KEYS, "objective": ("metric"
 STRATEGIES = ("DEFAULT", "SPREAD")
 DIRECTIONS = ("maximize", "minimize")
 # Keys that do not change what a trial computes: left out of its identity hash.
-NOT_IDENTITY = (("trainer", "out_dir"), ("trainer", "progress"), ("tracking",))
+NOT_IDENTITY = (("out_dir",), ("progress",), ("tracking",))
 
 
 def study_names() -> list[str]:
@@ -477,6 +478,7 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     for key, values in data["axes"].items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: axis {key!r} is empty (give at least one value)")
+        check_renamed_key(f"{where}: axis", str(key))
         axes[str(key)] = list(values)
     variants: dict[str, list[str]] = {}
     for vname, ovs in data["variants"].items():
@@ -585,7 +587,7 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     """Compose + validate one trial (``archer train``'s composition with ``overrides``)."""
     from experiments.train_cli import build_train_setup, compose_config
 
-    fixed = ["tracking=none", "trainer.progress=false"]
+    fixed = ["tracking=none", "progress=false"]
     try:
         setup = build_train_setup(compose_config(dedupe(list(overrides) + fixed), "config"))
     except ConfigError as err:
@@ -595,13 +597,13 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     check_trial_procs(name, setup.train, resources)
     digest = identity_hash(config, evaluation, procs)
     out_dir = (study_dir / "trials" / f"{name}-{digest[:8]}").resolve()
-    config["trainer"]["out_dir"] = str(out_dir)
+    config["out_dir"] = str(out_dir)
     train = setup.train.to_dict() | {"out_dir": str(out_dir)}
     # the user's own data file / reward file, as absolute paths: a trial process on Ray
     # need not share the driver's working directory
     data_file, reward = user_file_paths(train["data"]["file"], train["reward"])
     train["data"]["file"] = config["data"]["file"] = data_file
-    train["reward"] = config["data"]["reward"] = reward
+    train["reward"] = config["reward"] = reward
     if evaluation and "gym" in evaluation["benchmarks"] and setup.train.data.file:
         raise ConfigError(f"trial {name}: eval benchmark gym is the held-out split of a "
                           f"reasoning-gym task, but the trial trains on the data file "
@@ -616,7 +618,7 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
 
 
 def user_file_paths(data_file: str | None, reward: str) -> tuple[str | None, str]:
-    """``data.file`` and ``data.reward`` with the paths of the user's own files made
+    """``data.file`` and ``reward`` with the paths of the user's own files made
     absolute (a registered name or an importable ``module:function`` is kept as is)."""
     from archer.data.datasets import is_data_path
     from archer.rewards import is_file_target
@@ -636,11 +638,11 @@ def check_trial_procs(name: str, train, resources: dict[str, Any]) -> None:
     if procs == 1:
         return
     if train.prompts_per_step % procs:
-        raise ConfigError(f"trial {name}: trainer.prompts_per_step={train.prompts_per_step} "
+        raise ConfigError(f"trial {name}: prompts_per_step={train.prompts_per_step} "
                           f"must be divisible by resources.procs_per_trial={procs} (each "
                           "training process rolls out an equal share of the prompts)")
     if train.distributed.backend == "nccl" and not resources.get("num_gpus"):
-        raise ConfigError(f"trial {name}: trainer.distributed.backend=nccl needs GPUs, but "
+        raise ConfigError(f"trial {name}: distributed.backend=nccl needs GPUs, but "
                           f"resources.num_gpus=0 (use gloo, or auto, for CPU processes)")
 
 
@@ -660,7 +662,7 @@ def expand_trials(spec: StudySpec, trial_overrides: list[str] | None = None,
                 parts = ([vname] if vname else []) + axis_ovs + [f"seed={seed}"]
                 name = _slug(f"t{number:03d}-" + "-".join(parts))
                 overrides = (list(spec.recipe_overrides) + list(spec.base) + list(vovs)
-                             + axis_ovs + list(trial_overrides or []) + [f"trainer.seed={seed}"])
+                             + axis_ovs + list(trial_overrides or []) + [f"seed={seed}"])
                 tags = {"archer.study": spec.name, "archer.trial_number": str(number),
                         "archer.variant": vname or "-",
                         "archer.axes": " ".join(axis_ovs) or "-"}

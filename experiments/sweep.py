@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.validation import ConfigError, did_you_mean
+from experiments.renamed_keys import check_renamed_key
 from experiments.scheduler import Scheduler, StudyState, TrialSource, objective_value
 from experiments.study import (
     DEFAULT_ROOT,
@@ -161,6 +162,7 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
 
 
 def _check_param(where: str, key: str, spec: Any) -> dict[str, Any]:
+    check_renamed_key(f"{where}: param", key)
     if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
         raise ConfigError(f"{where}: param {key!r} needs a type in {PARAM_TYPES}, got {spec!r}")
     if spec["type"] == "categorical":

@@ -12,7 +12,7 @@ from archer.registry import Registry
 
 
 def test_defaults_are_the_reference_recipe():
-    # ARCHER.md section 2: rho 0.8 per response, current-policy entropy, high-entropy clip 0.5
+    # docs/method.md, section 2: rho 0.8 per response, current-policy entropy, high-entropy clip 0.5
     # both sides and no KL, low-entropy clip 0.2 and KL 0.001, dual clip 10, k3, per-class KL,
     # seq-mean-token-mean, GRPO with eps 1e-6, drop all-equal groups, sync update.
     cfg = AlgoConfig()
