@@ -143,7 +143,7 @@ def test_cli_sft_ctrl_c_saves_the_model_so_far(tiny_path, tmp_path, monkeypatch,
     assert main(["sft", f"model={tiny_path}", "data.size=40", f"out_dir={out}",
                  "steps=50", "batch_size=8", "eval_every=2", "val_size=4",
                  "max_new_tokens=3", "num_threads=1",
-                 "data.reward=test_sigint_sft"]) == 130
+                 "reward=test_sigint_sft"]) == 130
     err = capsys.readouterr().err
     assert "SIGINT received: finishing the step under way" in err
     assert f"stopped after step 2; the model so far is in {out / 'model'}" in err
