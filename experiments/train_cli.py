@@ -180,7 +180,8 @@ def _explain(err: BaseException, config_name: str, overrides: list[str], compose
         kept = [line for line in text.splitlines()
                 if line.strip() and not line.startswith(("Config search path", "\tprovider"))]
         return " ".join(line.strip() for line in kept)
-    return f"bad override: {text.strip()}"
+    return (f"bad override: {text.strip()} (a value with characters such as , ~ = [ or a "
+            "space needs Hydra's quotes, inside the shell's: \"model='~/my model'\")")
 
 
 def unknown_key_message(key: str, tree, config_name: str = "config") -> str:

@@ -193,6 +193,8 @@ def test_old_keys_are_refused_with_their_new_names(capsys, old, new):
     ("reward=./no_such_reward.py:fn", "no_such_reward.py does not exist"),
     ("reward=mathh", "reward='mathh' is unknown (did you mean 'math'?)"),
     ("model=/no/such/model/dir", "/no/such/model/dir"),
+    ("model=~/a,b", "needs Hydra's quotes"),
+    ("model='~/no_such,dir'", "model='~/no_such,dir' is neither a directory nor a model name"),
     ("model=tinyy", "model='tinyy' is neither a directory nor a model name (did you mean "
                     "'tiny'?)"),
     ("model=local", "model=<dir>"),
