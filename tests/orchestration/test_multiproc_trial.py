@@ -150,8 +150,8 @@ def test_a_configuration_error_in_a_training_process_is_not_retried():
             "Traceback (most recent call last):\n    File \"x.py\", line 10, in main\n"
             f"  {last}"))
 
-    config = summary("archer.config.ConfigError: algo.rho=2 is invalid; allowed: (0, 1]")
-    assert failure_type(config) == "archer.config.ConfigError"
+    config = summary("archer.validation.ConfigError: algo.rho=2 is invalid; allowed: (0, 1]")
+    assert failure_type(config) == "archer.validation.ConfigError"
     assert not_retried(TrialWorkerError("rank 0 failed", failure_type(config)))
     data = summary("archer.data.datasets.DataFormatError: train.jsonl line 3: bad JSON")
     assert not_retried(TrialWorkerError("rank 1 failed", failure_type(data)))
