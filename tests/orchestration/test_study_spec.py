@@ -384,3 +384,11 @@ def test_an_axis_on_an_old_key_is_refused_with_its_new_name():
     with pytest.raises(ConfigError, match=r"study baselines: axis 'trainer.lr' was renamed: use "
                                           r"'lr' \(docs/config-migration.md"):
         load_study("baselines", ["+axes={trainer.lr:[0.1,0.2]}"])
+
+
+def test_a_sweep_param_on_an_old_key_is_refused_with_its_new_name():
+    with pytest.raises(ConfigError, match=r"sweep archer_clip_kl: param 'trainer.lr' was "
+                                          r"renamed: use 'lr'"):
+        load_sweep("archer_clip_kl", ["+params={trainer.lr:{type:float,low:0.1,high:0.2}}"])
+    spec = load_sweep("archer_clip_kl", ["+params={lr:{type:float,low:0.1,high:0.2}}"])
+    assert spec.params["lr"] == {"type": "float", "low": 0.1, "high": 0.2}
