@@ -196,12 +196,8 @@ class TrainConfig:
         if isinstance(self.data, dict):
             object.__setattr__(self, "data", build_config(DataConfig, self.data, "data"))
         if isinstance(self.distributed, dict):
-            try:
-                dist = build_config(DistributedConfig, self.distributed, "distributed")
-            except ConfigError as err:
-                raise ConfigError(str(err).replace("distributed.distributed.", "distributed.")
-                                  ) from None
-            object.__setattr__(self, "distributed", dist)
+            object.__setattr__(self, "distributed",
+                               build_config(DistributedConfig, self.distributed, "distributed"))
         if not isinstance(self.algo, AlgoConfig) or not isinstance(self.data, DataConfig) or \
                 not isinstance(self.distributed, DistributedConfig):
             raise ConfigError("algo, data and distributed must be their config classes or "
