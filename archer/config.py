@@ -13,7 +13,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from archer.validation import ConfigError, check_bools, check_device  # noqa: F401 (re-exported)
+from archer.validation import (  # noqa: F401 (ConfigError, check_device re-exported)
+    ConfigError,
+    build_dataclass,
+    check_bools,
+    check_choice,
+    check_device,
+    check_int,
+    check_range,
+)
 
 ENTROPY_SCOPES = ("response", "group", "batch")
 ENTROPY_SOURCES = ("current", "old")
@@ -32,22 +40,6 @@ ASYNC_FIRST = ("low_prob", "high_prob", "high_entropy", "low_entropy")
 GROUP_FILTERS = ("none", "drop", "refill")
 
 
-def _check_range(name: str, value: float, lo: float, hi: float, lo_open=False, hi_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    below = value <= lo if lo_open else value < lo
-    above = value >= hi if hi_open else value > hi
-    if below or above:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ConfigError(f"{name}={value!r} is out of range; allowed {lb}{lo}, {hi}{rb}")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]):
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(choices)}")
-
-
 @dataclass(frozen=True)
 class TokenClassConfig:
     """Loss settings for one token class (high-entropy "reasoning" or low-entropy "knowledge")."""
@@ -58,10 +50,10 @@ class TokenClassConfig:
     kl_weight: float = 0.0  # weight of the KL-to-reference penalty on this class's tokens
 
     def validate(self, prefix: str) -> None:
-        _check_range(f"{prefix}.clip_low", self.clip_low, 0.0, 1.0, hi_open=True)
-        _check_range(f"{prefix}.clip_high", self.clip_high, 0.0, math.inf)
-        _check_range(f"{prefix}.pg_weight", self.pg_weight, 0.0, math.inf)
-        _check_range(f"{prefix}.kl_weight", self.kl_weight, 0.0, math.inf)
+        check_range(f"{prefix}.clip_low", self.clip_low, 0.0, 1.0, hi_open=True)
+        check_range(f"{prefix}.clip_high", self.clip_high, 0.0, math.inf)
+        check_range(f"{prefix}.pg_weight", self.pg_weight, 0.0, math.inf)
+        check_range(f"{prefix}.kl_weight", self.kl_weight, 0.0, math.inf)
 
     def __post_init__(self) -> None:
         self.validate("TokenClassConfig")
@@ -71,7 +63,7 @@ class TokenClassConfig:
 class AlgoConfig:
     """The algorithm: token split, per-class clipped loss, KL, aggregation, advantages, update.
 
-    Defaults are Archer's reference recipe (ARCHER.md section 2).
+    Defaults are Archer's reference recipe (docs/method.md, section 2).
     """
 
     # --- token split by entropy -------------------------------------------------------------
@@ -113,15 +105,15 @@ class AlgoConfig:
 
     def __post_init__(self) -> None:
         check_bools(self)
-        _check_range("entropy_quantile", self.entropy_quantile, 0.0, 1.0, lo_open=True)
-        _check_choice("entropy_scope", self.entropy_scope, ENTROPY_SCOPES)
-        _check_choice("entropy_source", self.entropy_source, ENTROPY_SOURCES)
-        _check_range("temperature", self.temperature, 0.0, math.inf, lo_open=True)
+        check_range("entropy_quantile", self.entropy_quantile, 0.0, 1.0, lo_open=True)
+        check_choice("entropy_scope", self.entropy_scope, ENTROPY_SCOPES)
+        check_choice("entropy_source", self.entropy_source, ENTROPY_SOURCES)
+        check_range("temperature", self.temperature, 0.0, math.inf, lo_open=True)
         for name in ("high", "low"):
             value = getattr(self, name)
             if isinstance(value, dict):  # allow plain dicts from YAML
                 try:
-                    value = _build(TokenClassConfig, value, name)
+                    value = build_dataclass(TokenClassConfig, value, name)
                 except ConfigError as err:
                     raise ConfigError(str(err).replace("TokenClassConfig.", f"{name}.")) from None
                 object.__setattr__(self, name, value)
@@ -129,24 +121,25 @@ class AlgoConfig:
                 raise ConfigError(f"{name} must be a TokenClassConfig or a mapping")
             getattr(self, name).validate(name)
         if self.dual_clip_c is not None:
-            _check_range("dual_clip_c", self.dual_clip_c, 1.0, math.inf, lo_open=True)
-        _check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        _check_choice("kl_normalization", self.kl_normalization, KL_NORMALIZATIONS)
-        _check_choice("loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
+            check_range("dual_clip_c", self.dual_clip_c, 1.0, math.inf, lo_open=True)
+        check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        check_choice("kl_normalization", self.kl_normalization, KL_NORMALIZATIONS)
+        check_choice("loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
         if self.loss_norm_length is not None:
-            _check_range("loss_norm_length", self.loss_norm_length, 1, math.inf)
-        _check_choice("advantage", self.advantage, ADVANTAGE_ESTIMATORS)
-        _check_range("adv_eps", self.adv_eps, 0.0, math.inf, lo_open=True)
-        _check_range("lopti_alpha", self.lopti_alpha, 0.0, 1.0)
-        _check_choice("group_filter", self.group_filter, GROUP_FILTERS)
-        _check_range("overlong_buffer_len", self.overlong_buffer_len, 0, math.inf)
-        _check_range("overlong_penalty_factor", self.overlong_penalty_factor, 0.0, math.inf)
-        _check_choice("update_mode", self.update_mode, UPDATE_MODES)
-        _check_choice("async_split", self.async_split, ASYNC_SPLITS)
-        _check_range("async_prob_threshold", self.async_prob_threshold, 0.0, 1.0, True, True)
-        _check_choice("async_first", self.async_first, ASYNC_FIRST)
+            check_int("loss_norm_length", self.loss_norm_length, 1)
+        check_choice("advantage", self.advantage, ADVANTAGE_ESTIMATORS)
+        check_range("adv_eps", self.adv_eps, 0.0, math.inf, lo_open=True)
+        check_range("lopti_alpha", self.lopti_alpha, 0.0, 1.0)
+        check_choice("group_filter", self.group_filter, GROUP_FILTERS)
+        check_int("overlong_buffer_len", self.overlong_buffer_len, 0)
+        check_range("overlong_penalty_factor", self.overlong_penalty_factor, 0.0, math.inf)
+        check_choice("update_mode", self.update_mode, UPDATE_MODES)
+        check_choice("async_split", self.async_split, ASYNC_SPLITS)
+        check_range("async_prob_threshold", self.async_prob_threshold, 0.0, 1.0,
+                    lo_open=True, hi_open=True)
+        check_choice("async_first", self.async_first, ASYNC_FIRST)
         if self.tis_cap is not None:
-            _check_range("tis_cap", self.tis_cap, 0.0, math.inf, lo_open=True)
+            check_range("tis_cap", self.tis_cap, 0.0, math.inf, lo_open=True)
         wanted = ("low_prob", "high_prob") if self.async_split == "prob" else (
             "high_entropy", "low_entropy")
         if self.update_mode == "async" and self.async_first not in wanted:
@@ -162,31 +155,13 @@ class AlgoConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlgoConfig:
-        return _build(cls, data, "algo")
+        return build_dataclass(cls, data, "algo")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict[str, Any], where: str):
-    """Construct dataclass ``cls`` from a mapping, refusing unknown keys by name."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        import difflib
-
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, sorted(names), n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(
-            f"unknown key(s) in {where}: {', '.join(hints)}; allowed keys: {sorted(names)}"
-        )
-    return cls(**data)
-
-
 def build_config(cls, data: dict[str, Any], where: str = "config"):
-    """Public form of :func:`_build` for other config dataclasses."""
-    return _build(cls, data, where)
+    """Construct the dataclass ``cls`` from a mapping, refusing unknown keys by name
+    (:func:`archer.validation.build_dataclass`, kept here as the public import path)."""
+    return build_dataclass(cls, data, where)

@@ -3,7 +3,7 @@
 A randomly initialised tiny model never samples a correct answer, so RL has no reward to
 learn from; a short supervised phase on the training split's reference answers gives it a
 non-zero start. The prompt is the same text the trainer generates from (template + chat
-template), the target is ``answer_format.format(answer=record["answer"])`` followed by EOS,
+template), the target is ``data.answer_format.format(answer=record["answer"])`` followed by EOS,
 and only the target tokens are scored (prompt labels are -100). Held-out greedy accuracy is
 measured with the task's reward on the same train/validation split as ``archer train``
 (``archer.trainer.load_records``), every ``eval_every`` steps and at the end; training stops
@@ -27,15 +27,15 @@ from pathlib import Path
 
 import torch
 
-from archer.config import ConfigError, build_config, check_bools, check_device
-from archer.train_config import (
-    DTYPES,
-    LR_SCHEDULES,
-    DataConfig,
-    TrainConfig,
-    _check_float,
-    _check_int,
-    check_out_dir,
+from archer.config import build_config
+from archer.train_config import DTYPES, LR_SCHEDULES, DataConfig, TrainConfig, check_out_dir
+from archer.validation import (
+    ConfigError,
+    check_bools,
+    check_choice,
+    check_device,
+    check_int,
+    check_range,
 )
 
 
@@ -47,7 +47,6 @@ class SFTConfig:
     data: DataConfig = field(default_factory=DataConfig)  # prompts and reference answers
     reward: str = "reasoning_gym"  # reward used as the held-out accuracy
     template: str = "plain_answer"  # prompt template (as in `archer train`)
-    answer_format: str = " {answer}"  # the target text written after the prompt
     out_dir: str = "runs/sft"  # model -> <out_dir>/model, log -> <out_dir>/sft_log.jsonl
     steps: int = 2000  # at most this many optimizer steps
     max_seconds: float | None = 120.0  # wall-clock budget; None = no limit
@@ -57,7 +56,7 @@ class SFTConfig:
     lr: float = 3e-3  # AdamW peak learning rate
     warmup_steps: int = 0  # linear warm-up over this many steps, then lr_schedule
     lr_schedule: str = "constant"  # after warm-up: constant | cosine | linear decay over the
-    #   remaining `steps` (to min_lr_ratio x lr), as `archer train`'s trainer.lr_schedule
+    #   remaining `steps` (to min_lr_ratio x lr), as `archer train`'s lr_schedule
     min_lr_ratio: float = 0.0  # cosine / linear: the decayed lr's floor, as a fraction of lr
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     val_size: int = 200  # held-out prompts (the same split as `archer train`)
@@ -78,29 +77,24 @@ class SFTConfig:
         check_bools(self)
         check_out_dir("out_dir", self.out_dir)
         for name in ("steps", "eval_every", "batch_size", "max_new_tokens"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("val_size", self.val_size, 0)
-        _check_int("seed", self.seed, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("val_size", self.val_size, 0)
+        check_int("seed", self.seed, 0)
         if self.num_threads is not None:
-            _check_int("num_threads", self.num_threads, 1)
+            check_int("num_threads", self.num_threads, 1)
         check_device("device", self.device)
         if self.max_seconds is not None:
-            _check_float("max_seconds", self.max_seconds, 0.0, lo_open=True)
+            check_range("max_seconds", self.max_seconds, 0.0, lo_open=True)
         if self.target_accuracy is not None:
-            _check_float("target_accuracy", self.target_accuracy, 0.0, 1.0)
+            check_range("target_accuracy", self.target_accuracy, 0.0, 1.0)
             if self.val_size < 1:
                 raise ConfigError("target_accuracy needs val_size >= 1 (held-out prompts)")
-        _check_float("lr", self.lr, 0.0, lo_open=True)
-        _check_int("warmup_steps", self.warmup_steps, 0)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is invalid; allowed "
-                              f"{list(LR_SCHEDULES)}")
-        _check_float("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _check_float("weight_decay", self.weight_decay, 0.0)
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
-        if not isinstance(self.answer_format, str) or "{answer}" not in self.answer_format:
-            raise ConfigError(f"answer_format={self.answer_format!r} must contain {{answer}}")
+        check_range("lr", self.lr, 0.0, lo_open=True)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        check_choice("dtype", self.dtype, DTYPES)
 
     def records_config(self) -> TrainConfig:
         """The TrainConfig whose ``load_records`` split this warm-up shares."""
@@ -137,14 +131,14 @@ def load_resume_state(path: Path, cfg: SFTConfig) -> dict:
     except Exception as err:  # noqa: BLE001  (a cut or foreign file)
         raise ConfigError(f"{path}: cannot resume from it ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); delete it or "
-                          "set sft.resume=false to start over") from None
+                          "set resume=false to start over") from None
     from archer.trainer import config_changes
 
     changed = config_changes(saved, asdict(cfg), SFT_RESUME_MAY_CHANGE)
     if changed:
         raise ConfigError(f"{path} is a warm-up stopped with other settings: "
                           f"{', '.join(changed)}; run it with its own settings to resume, "
-                          "or set sft.resume=false to start over")
+                          "or set resume=false to start over")
     return state
 
 
@@ -277,7 +271,7 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
     model, _, tok = load_policy_and_ref(cfg.model, need_ref=False, dtype=cfg.dtype,
                                         device=device)
     prompts = [format_prompt(r, cfg.template, tok) for r in train]
-    targets = [cfg.answer_format.format(answer=r["answer"]) for r in train]
+    targets = [cfg.data.answer_format.format(answer=r["answer"]) for r in train]
     val_prompts = [format_prompt(r, cfg.template, tok) for r in val]
     reward_fn = resolve_reward(cfg.reward)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
@@ -311,7 +305,7 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
                                                                   "accuracy"))
         start -= float(resumed["seconds"])  # max_seconds counts the time before the stop
         log(f"resuming the warm-up stopped after step {step} ({resume_path}; "
-            "sft.resume=false starts over)")
+            "resume=false starts over)")
         log_path.unlink(missing_ok=True)  # the log as the run had it, without the stop's row
         for row in history:
             _write_row(log_path, row)

@@ -8,12 +8,19 @@ field; :meth:`TrainConfig.from_dict` refuses unknown keys (a typo never passes s
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archer.config import AlgoConfig, ConfigError, build_config, check_bools, check_device
+from archer.config import AlgoConfig, build_config
+from archer.validation import (
+    ConfigError,
+    check_bools,
+    check_choice,
+    check_device,
+    check_int,
+    check_range,
+)
 
 REWARD_ON_NONE = ("error", "zero")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -22,20 +29,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 MIXED_PRECISION = ("none", "bf16", "fp16")
 ROLLOUT_BACKENDS = ("hf", "vllm")
-
-
-def _check_int(name: str, value: Any, lo: int, hi: float = math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{name}={value!r} is invalid; allowed: an int in [{lo}, {hi}]")
-
-
-def _check_float(name: str, value: Any, lo: float, hi: float = math.inf, lo_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        lb = "(" if lo_open else "["
-        raise ConfigError(f"{name}={value!r} is invalid; allowed: a number in {lb}{lo}, {hi}]")
 
 
 def _file_in_the_way(path: Path) -> Path | None:
@@ -89,13 +82,18 @@ class DataConfig:
     #   (archer.data.datasets.FILES) or the path of your own .json/.jsonl (records with a
     #   `prompt` plus the fields your reward reads; archer.data.datasets.load_data_file)
     skip_bad_records: bool = False  # data file: skip (count, log) malformed records
+    answer_format: str = " {answer}"  # how a reference answer is written as a target text
+    #   (`archer sft` teaches `prompt + answer_format.format(answer=...)`); must hold {answer}
 
     def __post_init__(self) -> None:
         check_bools(self, "data.")
-        _check_int("data.size", self.size, 2)
-        _check_int("data.seed", self.seed, 0)
+        check_int("data.size", self.size, 2)
+        check_int("data.seed", self.seed, 0)
         if not isinstance(self.task_config, dict):
             raise ConfigError("data.task_config must be a mapping")
+        if not isinstance(self.answer_format, str) or "{answer}" not in self.answer_format:
+            raise ConfigError(f"data.answer_format={self.answer_format!r} is invalid; allowed: "
+                              "a string containing {answer}")
         if not self.task and not self.file:
             raise ConfigError("data: set `task` (reasoning-gym) or `file` (registered data file)")
 
@@ -111,14 +109,10 @@ class DistributedConfig:
     timeout_s: int = 1800  # collective timeout in seconds (a rank that dies stops the others)
 
     def __post_init__(self) -> None:
-        if self.backend not in DIST_BACKENDS:
-            raise ConfigError(f"distributed.backend={self.backend!r} is invalid; allowed "
-                              f"{list(DIST_BACKENDS)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(f"distributed.mixed_precision={self.mixed_precision!r} is invalid; "
-                              f"allowed {list(MIXED_PRECISION)}")
+        check_choice("distributed.backend", self.backend, DIST_BACKENDS)
+        check_choice("distributed.mixed_precision", self.mixed_precision, MIXED_PRECISION)
         check_bools(self, "distributed.")
-        _check_int("distributed.timeout_s", self.timeout_s, 1)
+        check_int("distributed.timeout_s", self.timeout_s, 1)
 
 
 @dataclass(frozen=True)
@@ -202,12 +196,8 @@ class TrainConfig:
         if isinstance(self.data, dict):
             object.__setattr__(self, "data", build_config(DataConfig, self.data, "data"))
         if isinstance(self.distributed, dict):
-            try:
-                dist = build_config(DistributedConfig, self.distributed, "distributed")
-            except ConfigError as err:
-                raise ConfigError(str(err).replace("distributed.distributed.", "distributed.")
-                                  ) from None
-            object.__setattr__(self, "distributed", dist)
+            object.__setattr__(self, "distributed",
+                               build_config(DistributedConfig, self.distributed, "distributed"))
         if not isinstance(self.algo, AlgoConfig) or not isinstance(self.data, DataConfig) or \
                 not isinstance(self.distributed, DistributedConfig):
             raise ConfigError("algo, data and distributed must be their config classes or "
@@ -218,35 +208,26 @@ class TrainConfig:
                 f"temperature={self.temperature} differs from algo.temperature="
                 f"{self.algo.temperature}; the loss scores tokens at the sampling temperature"
             )
-        if self.overlong_prompts not in OVERLONG_PROMPTS:
-            raise ConfigError(f"overlong_prompts={self.overlong_prompts!r} is invalid; allowed "
-                              f"{list(OVERLONG_PROMPTS)}")
+        check_choice("overlong_prompts", self.overlong_prompts, OVERLONG_PROMPTS)
         if self.max_prompt_tokens is not None:
-            _check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is invalid; allowed "
-                              f"{list(LR_SCHEDULES)}")
-        _check_float("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        if self.reward_on_none not in REWARD_ON_NONE:
-            raise ConfigError(f"reward_on_none={self.reward_on_none!r}; allowed {REWARD_ON_NONE}")
-        if self.rollout_backend not in ROLLOUT_BACKENDS:
-            raise ConfigError(f"rollout_backend={self.rollout_backend!r} is invalid; allowed "
-                              f"{list(ROLLOUT_BACKENDS)}")
-        _check_float("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 0.0, 1.0,
+            check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_choice("reward_on_none", self.reward_on_none, REWARD_ON_NONE)
+        check_choice("rollout_backend", self.rollout_backend, ROLLOUT_BACKENDS)
+        check_range("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 0.0, 1.0,
                      lo_open=True)
-        _check_int("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size, 1)
+        check_int("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size, 1)
         if self.vllm_max_model_len is not None:
-            _check_int("vllm_max_model_len", self.vllm_max_model_len, 1)
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype={self.dtype!r} is invalid; allowed {list(DTYPES)}")
-        if self.ref_dtype is not None and self.ref_dtype not in DTYPES:
-            raise ConfigError(f"ref_dtype={self.ref_dtype!r} is invalid; allowed "
-                              f"{list(DTYPES)} or null (the policy's dtype)")
+            check_int("vllm_max_model_len", self.vllm_max_model_len, 1)
+        check_choice("dtype", self.dtype, DTYPES)
+        if self.ref_dtype is not None:
+            check_choice("ref_dtype", self.ref_dtype, DTYPES)  # null: the policy's dtype
         for name in ("prompts_per_step", "group_size", "max_new_tokens", "rollout_batch_size",
                      "refill_max_rounds", "ppo_epochs", "mini_batch_prompts",
                      "micro_batch_size", "total_steps", "keep_checkpoints",
                      "entropy_chunk_size", "val_samples"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.group_size < 2 and self.algo.group_filter != "none":
             # A group of one response is always "all-equal", so drop/refill would discard
             # every group and no step would train. With group_filter=none a group of one is
@@ -262,16 +243,16 @@ class TrainConfig:
             raise ConfigError(f"val_samples={self.val_samples} needs val_temperature > 0 "
                               "(greedy samples are all the same)")
         for name in ("warmup_steps", "seed", "val_every", "ckpt_every", "val_size"):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         if self.num_threads is not None:
-            _check_int("num_threads", self.num_threads, 1)
+            check_int("num_threads", self.num_threads, 1)
         check_device("device", self.device)
         check_out_dir("out_dir", self.out_dir)
-        _check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
-        _check_float("lr", self.lr, 0.0, lo_open=True)
-        _check_float("weight_decay", self.weight_decay, 0.0)
-        _check_float("grad_clip", self.grad_clip, 0.0, lo_open=True)
-        _check_float("val_temperature", self.val_temperature, 0.0)
+        check_range("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        check_range("lr", self.lr, 0.0, lo_open=True)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        check_range("grad_clip", self.grad_clip, 0.0, lo_open=True)
+        check_range("val_temperature", self.val_temperature, 0.0)
         if self.mini_batch_prompts > self.prompts_per_step:
             raise ConfigError(
                 f"mini_batch_prompts={self.mini_batch_prompts} exceeds prompts_per_step="

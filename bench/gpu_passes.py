@@ -8,7 +8,7 @@ Every measurement is a ratio against a baseline timed in the same run:
    responses of R/3..R tokens (R = 32 tiny, 128 larger), fp32 and bf16 weights, three ways:
    prompt-cached with this device's chunk cost model (``chunk_overhead``, the trainer's
    default), prompt-cached with the CPU's chunk cost model, and the full padded pass
-   (``trainer.prompt_cache=false``). Median over repeats of the same batch.
+   (``prompt_cache=false``). Median over repeats of the same batch.
 2. The update's forward + backward (fp32, entropy on), prompt-shared against the full pass.
 3. On CUDA only, cuDNN attention on against off (``archer.models.avoid_cudnn_attention``):
    the bf16 reference pass over shapes not seen before (each call a new batch with a new

@@ -23,11 +23,11 @@ import yaml
 
 
 def trial_overrides(model: Path, steps: int) -> list[str]:
-    return [f"model={model}", f"trainer.steps={steps}", "data.size=24",
-            "trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.mini_batch_prompts=2",
-            "trainer.micro_batch_size=8", "trainer.max_new_tokens=4", "trainer.val_every=0",
-            "trainer.val_size=4",
-            "trainer.ckpt_every=1", "trainer.num_threads=1", "trainer.export_final=false"]
+    return [f"model={model}", f"total_steps={steps}", "data.size=24",
+            "prompts_per_step=2", "group_size=4", "mini_batch_prompts=2",
+            "micro_batch_size=8", "max_new_tokens=4", "val_every=0",
+            "val_size=4",
+            "ckpt_every=1", "num_threads=1", "export_final=false"]
 
 
 def main() -> None:

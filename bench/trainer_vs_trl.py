@@ -36,11 +36,11 @@ Fairness (the same for ours and TRL unless stated):
   ones; ``archer.trainer.is_on_policy``). ``old_logprob`` is then the advantages for grpo,
   plus the reference model's forward for archer (its low-entropy KL needs it), which runs
   each of the P prompts once and the responses without their padding.
-- prompt sharing (``trainer.prompt_cache``, our default): our rollout prefills each prompt
+- prompt sharing (``prompt_cache``, our default): our rollout prefills each prompt
   once for its G samples, and our update's forward/backward runs each prompt once for its
   G responses (gradients through the shared KV cache); TRL runs every prompt G times.
   ``--no-prompt-cache`` turns all of it off (every pass over the full padded sequences).
-- a fourth run, ``archer_ref_bf16``, is our archer preset with ``trainer.ref_dtype=bfloat16``:
+- a fourth run, ``archer_ref_bf16``, is our archer preset with ``ref_dtype=bfloat16``:
   the frozen reference in bfloat16 (as verl keeps it), the policy still float32.
 - a fifth run, ``grpo_kl``, is our grpo preset plus a k3 KL of weight 0.001 to the reference
   on every token (verl's GRPO default, ``use_kl_loss`` with ``kl_loss_coef=0.001``): it pays
@@ -91,8 +91,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 PHASES = ("rollout", "reward", "old_logprob", "update")
-# our runs: name -> (preset, trainer.ref_dtype, algo overrides); archer_ref_bf16 keeps its
-# frozen reference model in bfloat16 (trainer.ref_dtype, as verl does), the policy stays
+# our runs: name -> (preset, ref_dtype, algo overrides); archer_ref_bf16 keeps its
+# frozen reference model in bfloat16 (ref_dtype, as verl does), the policy stays
 # float32; grpo_kl is grpo plus a k3 KL to the reference on every token (verl's GRPO default,
 # use_kl_loss with kl_loss_coef 0.001), so it pays for the same reference pass as archer
 KL_ALL_TOKENS = {"high.kl_weight": 0.001, "low.kl_weight": 0.001, "kl_estimator": "k3",
@@ -503,10 +503,10 @@ def main(argv=None) -> dict:
                          "samples from the same policy (no drift in response lengths; our "
                          "runs then sample the very same responses)")
     ap.add_argument("--no-prompt-cache", action="store_true",
-                    help="trainer.prompt_cache=false for our runs: the rollout, the no-grad "
+                    help="prompt_cache=false for our runs: the rollout, the no-grad "
                          "passes and the update run every prompt G times, padded")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                    help="where every run's models live: TRL's use_cpu and our trainer.device "
+                    help="where every run's models live: TRL's use_cpu and our device "
                          "(cuda: the clocks wait for the GPU at every phase boundary)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

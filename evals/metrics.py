@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from archer.validation import check_int
+
 __all__ = [
     "avg_at_k",
     "bootstrap_ci",
@@ -96,10 +98,9 @@ def _scores(x: Any, *, name: str) -> np.ndarray:
     return arr
 
 
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    return int(value)
+def _int(value: Any) -> Any:
+    """A numpy integer as a Python int (for :func:`archer.validation.check_int`)."""
+    return int(value) if isinstance(value, np.integer) else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,9 +122,7 @@ def per_problem_accuracy(correct: Any, k: int | None = None) -> np.ndarray:
     """
     rows = _rows(correct, binary=False)
     if k is not None:
-        k = _check_int(k, "k")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got k={k}")
+        k = check_int("k", _int(k), 1)
         short = [i for i, r in enumerate(rows) if r.size < k]
         if short:
             raise ValueError(
@@ -167,13 +166,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     Raises:
         ValueError: ``k > n`` (the estimator is undefined), or arguments out of range.
     """
-    n, c, k = _check_int(n, "n"), _check_int(c, "c"), _check_int(k, "k")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got n={n}")
-    if not 0 <= c <= n:
-        raise ValueError(f"c must satisfy 0 <= c <= n, got c={c}, n={n}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got k={k}")
+    n = check_int("n", _int(n), 1)
+    c = check_int("c", _int(c), 0, n)
+    k = check_int("k", _int(k), 1)
     if k > n:
         raise ValueError(f"pass@k is undefined for k > n: got k={k}, n={n}")
     if n - c < k:
@@ -228,7 +223,7 @@ def pass_at_k_all(
     if isinstance(ks, str):
         k_list = _default_ks(n_min, ks)  # type: ignore[arg-type]
     else:
-        k_list = sorted({_check_int(k, "k") for k in ks})
+        k_list = sorted({check_int("k", _int(k), 1) for k in ks})
     return {k: float(per_problem_pass_at_k(rows, k).mean()) for k in k_list}
 
 
@@ -307,10 +302,8 @@ def maj_at_k(answers: Any, correct: Any, k: int) -> float:
     Returns:
         Fraction of problems whose majority answer is correct.
     """
-    k = _check_int(k, "k")
+    k = check_int("k", _int(k), 1)
     probs = _encode_answers(answers, correct)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got k={k}")
     solved = []
     for i, (codes, corr) in enumerate(probs):
         if k > codes.size:
@@ -331,10 +324,8 @@ def maj_at_k_avg(answers: Any, correct: Any, k: int, n_subsets: int = 1000, seed
     Returns:
         Mean over problems of the expected per-problem majority-vote accuracy.
     """
-    k = _check_int(k, "k")
-    n_subsets = _check_int(n_subsets, "n_subsets")
-    if k < 1 or n_subsets < 1:
-        raise ValueError(f"k and n_subsets must be >= 1, got k={k}, n_subsets={n_subsets}")
+    k = check_int("k", _int(k), 1)
+    n_subsets = check_int("n_subsets", _int(n_subsets), 1)
     probs = _encode_answers(answers, correct)
     rng = np.random.default_rng(seed)
     per_problem = []
@@ -384,9 +375,7 @@ def bootstrap_ci(
         ``(low, high)``; zero width when all scores are equal.
     """
     x = _scores(per_problem_scores, name="per_problem_scores")
-    n_boot = _check_int(n_boot, "n_boot")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    n_boot = check_int("n_boot", _int(n_boot), 1)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     means = _bootstrap_means(x, n_boot, np.random.default_rng(seed))
@@ -453,9 +442,7 @@ def paired_comparison(
             on each side), lengths differ, or inputs are empty/non-finite.
     """
     xa, xb = _align(a, b)
-    n_perm = _check_int(n_perm, "n_perm")
-    if n_perm < 1:
-        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
+    n_perm = check_int("n_perm", _int(n_perm), 1)
     d = xa - xb
     ss = np.random.SeedSequence(seed)
     boot_seed, perm_seed = ss.spawn(2)
@@ -538,7 +525,7 @@ def summarize(
     ks = (
         _default_ks(n_min, "pow2")
         if k_list is None
-        else sorted({_check_int(k, "k") for k in k_list})
+        else sorted({check_int("k", _int(k), 1) for k in k_list})
     )
     acc = per_problem_accuracy(rows)
     low, high = bootstrap_ci(acc, n_boot=n_boot, alpha=alpha, seed=seed)

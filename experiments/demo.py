@@ -71,7 +71,7 @@ def supervised_warmup(cfg, out_dir: Path, max_seconds: float | None = None,
 
     sft = SFTConfig(
         model=cfg.model, data=cfg.data, reward=cfg.reward, template=cfg.template,
-        answer_format=" {answer}", out_dir=str(out_dir / "warmup_sft"),
+        out_dir=str(out_dir / "warmup_sft"),  # the target: cfg.data.answer_format
         steps=steps or SFT_STEPS, max_seconds=max_seconds or SFT_MAX_SECONDS,
         target_accuracy=target_accuracy or SFT_TARGET, eval_every=25,
         batch_size=128, lr=3e-3, weight_decay=0.0, val_size=cfg.val_size,
@@ -274,7 +274,7 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
                   num_cpus: int | None = None, dashboard_dir: str = "runs/dashboard",
                   progress: bool | None = None, overrides: list[str] | None = None) -> int:
     """``make demo`` (see the README for measured times on 2 CPU cores). ``overrides`` go to
-    every trial after the ``demo`` recipe (e.g. ``trainer.steps=20``)."""
+    every trial after the ``demo`` recipe (e.g. ``total_steps=20``)."""
     from dashboards.leaderboard import build_leaderboard
     from dashboards.site import build_site
     from experiments.scheduler import StudyInterrupted
@@ -289,7 +289,7 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
     base = [f"study.axes.algo=[{','.join(presets)}]", f"study.seeds=[{seed}]", "recipe=demo",
             f"study.experiment={FULL_EXPERIMENT}"] + list(overrides or [])
     if steps:
-        base.append(f"trainer.steps={steps}")
+        base.append(f"total_steps={steps}")
     root = out / "studies"
 
     def trials_for(model: str):

@@ -1,7 +1,7 @@
 """Method presets as data: ``experiments/conf/preset/<name>.yaml``.
 
 Each preset names its paper (arXiv id), the module that implements it, and exactly the
-algorithm knobs of ARCHER.md section 3 as an ``algo`` mapping for :class:`AlgoConfig`.
+algorithm knobs of its method (docs/method.md, section 3) as an ``algo`` mapping for :class:`AlgoConfig`.
 Overrides are dotted keys (``{"low.kl_weight": 0.005}``) validated like the preset itself.
 """
 
@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from archer.config import AlgoConfig, ConfigError
+from archer.config import AlgoConfig
+from archer.validation import ConfigError, unknown_name
 
 PRESET_DIR = Path(__file__).resolve().parent / "conf" / "preset"
 _TOP_KEYS = {"name", "paper", "module", "algo"}
@@ -46,7 +47,7 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     """Load and validate a preset; ``overrides`` maps dotted algo keys to values."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; choose one of {preset_names()}")
+        raise unknown_name("preset", name, preset_names())
     raw = yaml.safe_load(path.read_text())
     unknown = set(raw) - _TOP_KEYS
     if unknown:

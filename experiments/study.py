@@ -9,7 +9,7 @@ A study file states a grid of training runs in a few lines::
     base: [algo=archer]                 # more overrides for every trial
     axes: {algo.low.kl_weight: [0.0, 0.001, 0.005]}   # cartesian product
     variants: {}                        # or named override lists (one trial each)
-    seeds: [0, 1, 2]                    # trainer.seed, an axis of its own
+    seeds: [0, 1, 2]                    # the trials' seed, an axis of its own
     objective: {metric: val/accuracy, direction: maximize}
     max_concurrent: 2
     max_retries: 2
@@ -25,7 +25,7 @@ study with a message naming the problem.
 
 The study file is composed by Hydra (``compose("study/<name>")``) so study-level overrides use
 Hydra's syntax and struct mode (``study.seeds=[0]``, ``study.max_concurrent=4``,
-``study.eval.k=3``, ``+study.axes={trainer.lr:[1e-4]}``); a key the file does not have is
+``study.eval.k=3``, ``+study.axes={lr:[1e-4]}``); a key the file does not have is
 refused by Hydra, a key the schema does not know by :func:`load_study`. A key of a fixed
 mapping (``eval``, ``resources``, ``objective``) that the file's mapping lacks is added; a
 nested override that cannot work is refused saying which keys exist there and how to write it.
@@ -37,7 +37,6 @@ backend): running the study again skips trials whose hash finished and resumes t
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -49,7 +48,8 @@ from typing import Any
 
 import yaml
 
-from archer.config import ConfigError
+from archer.validation import ConfigError, did_you_mean, unknown_name
+from experiments.renamed_keys import check_renamed_key
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 STUDY_DIR = CONF_DIR / "study"
@@ -83,7 +83,7 @@ SUBKEYS = {"eval": EVAL_KEYS, "resources": RESOURCE_KEYS, "objective": ("metric"
 STRATEGIES = ("DEFAULT", "SPREAD")
 DIRECTIONS = ("maximize", "minimize")
 # Keys that do not change what a trial computes: left out of its identity hash.
-NOT_IDENTITY = (("trainer", "out_dir"), ("trainer", "progress"), ("tracking",))
+NOT_IDENTITY = (("out_dir",), ("progress",), ("tracking",))
 
 
 def study_names() -> list[str]:
@@ -173,11 +173,8 @@ def study_path(name: str | Path, group: str = "study") -> Path:
         return path.resolve()
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        close = difflib.get_close_matches(str(name), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown {group} {name!r}{hint}; choose one of {names} (or give a "
-                          f"path to a {group} .yaml file)")
+        names = [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
+        raise unknown_name(group, name, names, f" (or give a path to a {group} .yaml file)")
     return path
 
 
@@ -229,8 +226,7 @@ def _nested_override(group: str, name: str, ov: str, data: dict, keys: dict,
     fixed = SUBKEYS.get(head)
     where, full = f"{group} {name}", f"{group}.{key}"
     if fixed is not None and first not in fixed:
-        close = difflib.get_close_matches(first, fixed, n=1)
-        hint = f" (did you mean '{group}.{head}.{close[0]}'?)" if close else ""
+        hint = did_you_mean(first, fixed, fmt=f"{group}.{head}.{{}}")
         raise ConfigError(f"{where}: unknown key '{full}'{hint}; keys of {group}.{head}: "
                           f"{sorted(fixed)}")
     current = data[head] if head in data else defaults.get(head)
@@ -310,8 +306,7 @@ def _compose_study_file(path: Path, overrides: list[str], group: str = "study",
                     f"or replace it with '~{group}.{key}' '+{group}.{key}={{...}}'") from None
             if m:
                 key = m.group(1).removeprefix(prefix)
-                close = difflib.get_close_matches(key, list(keys), n=1)
-                hint = f" (did you mean '{group}.{close[0]}'?)" if close else ""
+                hint = did_you_mean(key, keys, fmt=f"{group}.{{}}")
                 raise ConfigError(f"{group} {path.stem}: unknown {group} key '{group}.{key}'"
                                   f"{hint}; keys: {sorted(keys)}") from None
             raise ConfigError(f"{group} {path.stem}: bad override: {text}") from None
@@ -334,9 +329,8 @@ def check_keys(where: str, given: dict, allowed) -> None:
     allowed = list(allowed)
     for key in given:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; keys: {sorted(allowed)}")
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}; "
+                              f"keys: {sorted(allowed)}")
 
 
 def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
@@ -484,6 +478,7 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     for key, values in data["axes"].items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: axis {key!r} is empty (give at least one value)")
+        check_renamed_key(f"{where}: axis", str(key))
         axes[str(key)] = list(values)
     variants: dict[str, list[str]] = {}
     for vname, ovs in data["variants"].items():
@@ -531,8 +526,7 @@ def _check_presets(where: str, axes: dict[str, list], variants: dict[str, list[s
 
     def check(value: Any, origin: str) -> None:
         if str(value) not in names:
-            close = difflib.get_close_matches(str(value), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(str(value), names)
             raise ConfigError(f"{where}: unknown preset {value!r} in {origin}{hint}; presets: "
                               f"{names}")
 
@@ -593,7 +587,7 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     """Compose + validate one trial (``archer train``'s composition with ``overrides``)."""
     from experiments.train_cli import build_train_setup, compose_config
 
-    fixed = ["tracking=none", "trainer.progress=false"]
+    fixed = ["tracking=none", "progress=false"]
     try:
         setup = build_train_setup(compose_config(dedupe(list(overrides) + fixed), "config"))
     except ConfigError as err:
@@ -603,13 +597,13 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
     check_trial_procs(name, setup.train, resources)
     digest = identity_hash(config, evaluation, procs)
     out_dir = (study_dir / "trials" / f"{name}-{digest[:8]}").resolve()
-    config["trainer"]["out_dir"] = str(out_dir)
+    config["out_dir"] = str(out_dir)
     train = setup.train.to_dict() | {"out_dir": str(out_dir)}
     # the user's own data file / reward file, as absolute paths: a trial process on Ray
     # need not share the driver's working directory
     data_file, reward = user_file_paths(train["data"]["file"], train["reward"])
     train["data"]["file"] = config["data"]["file"] = data_file
-    train["reward"] = config["data"]["reward"] = reward
+    train["reward"] = config["reward"] = reward
     if evaluation and "gym" in evaluation["benchmarks"] and setup.train.data.file:
         raise ConfigError(f"trial {name}: eval benchmark gym is the held-out split of a "
                           f"reasoning-gym task, but the trial trains on the data file "
@@ -624,7 +618,7 @@ def resolve_trial(number: int, name: str, overrides: list[str], *, study_dir: Pa
 
 
 def user_file_paths(data_file: str | None, reward: str) -> tuple[str | None, str]:
-    """``data.file`` and ``data.reward`` with the paths of the user's own files made
+    """``data.file`` and ``reward`` with the paths of the user's own files made
     absolute (a registered name or an importable ``module:function`` is kept as is)."""
     from archer.data.datasets import is_data_path
     from archer.rewards import is_file_target
@@ -644,11 +638,11 @@ def check_trial_procs(name: str, train, resources: dict[str, Any]) -> None:
     if procs == 1:
         return
     if train.prompts_per_step % procs:
-        raise ConfigError(f"trial {name}: trainer.prompts_per_step={train.prompts_per_step} "
+        raise ConfigError(f"trial {name}: prompts_per_step={train.prompts_per_step} "
                           f"must be divisible by resources.procs_per_trial={procs} (each "
                           "training process rolls out an equal share of the prompts)")
     if train.distributed.backend == "nccl" and not resources.get("num_gpus"):
-        raise ConfigError(f"trial {name}: trainer.distributed.backend=nccl needs GPUs, but "
+        raise ConfigError(f"trial {name}: distributed.backend=nccl needs GPUs, but "
                           f"resources.num_gpus=0 (use gloo, or auto, for CPU processes)")
 
 
@@ -668,7 +662,7 @@ def expand_trials(spec: StudySpec, trial_overrides: list[str] | None = None,
                 parts = ([vname] if vname else []) + axis_ovs + [f"seed={seed}"]
                 name = _slug(f"t{number:03d}-" + "-".join(parts))
                 overrides = (list(spec.recipe_overrides) + list(spec.base) + list(vovs)
-                             + axis_ovs + list(trial_overrides or []) + [f"trainer.seed={seed}"])
+                             + axis_ovs + list(trial_overrides or []) + [f"seed={seed}"])
                 tags = {"archer.study": spec.name, "archer.trial_number": str(number),
                         "archer.variant": vname or "-",
                         "archer.axes": " ".join(axis_ovs) or "-"}

@@ -5,7 +5,7 @@ runs it on Ray (:mod:`experiments.scheduler`), then scores each trial by the stu
 objective, tags the best on the study run and registers its final policy in the MLflow model
 registry (``archer-<study>``). Overrides starting with ``study.`` (or ``recipe=``) change the
 study (``study.seeds=[0]``, ``study.max_concurrent=4``); all others are applied to every trial
-like ``archer train``'s (``trainer.steps=2``, ``model=<dir>``), in any position among the
+like ``archer train``'s (``total_steps=2``, ``model=<dir>``), in any position among the
 options. Ctrl-C / SIGTERM stops it cleanly (exit 130 / 143): the running trials checkpoint and
 stay pending, and the same command resumes them.
 """
@@ -150,7 +150,7 @@ def add_ablate_arguments(p, func) -> None:
                                  "or a study .yaml file")
     p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                    help="study.<key>=... changes the study (study.seeds=[0]); anything else "
-                        "applies to every trial (trainer.steps=2, model=<dir>)")
+                        "applies to every trial (total_steps=2, model=<dir>)")
     _common(p)
     p.set_defaults(func=func)
 

@@ -18,7 +18,6 @@ Finished trials are told their objective value(s), which are also logged in MLfl
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import socket
@@ -29,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archer.config import ConfigError
+from archer.validation import ConfigError, did_you_mean
+from experiments.renamed_keys import check_renamed_key
 from experiments.scheduler import Scheduler, StudyState, TrialSource, objective_value
 from experiments.study import (
     DEFAULT_ROOT,
@@ -162,6 +162,7 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
 
 
 def _check_param(where: str, key: str, spec: Any) -> dict[str, Any]:
+    check_renamed_key(f"{where}: param", key)
     if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
         raise ConfigError(f"{where}: param {key!r} needs a type in {PARAM_TYPES}, got {spec!r}")
     if spec["type"] == "categorical":
@@ -183,8 +184,7 @@ def _preset_params(where: str, preset: str, params: dict[str, dict]) -> dict[str
     from experiments.presets import load_preset, preset_names
 
     if preset not in preset_names():
-        close = difflib.get_close_matches(preset, preset_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(preset, preset_names())
         raise ConfigError(f"{where}: unknown preset {preset!r} in enqueue_presets{hint}; "
                           f"presets: {preset_names()}")
     algo = load_preset(preset).algo.to_dict()
@@ -664,7 +664,7 @@ def add_sweep_arguments(p, func) -> None:
     p.add_argument("space", help="a search space in experiments/conf/sweep or a .yaml file")
     p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                    help="sweep.<key>=... changes the sweep; anything else applies to every "
-                        "trial (trainer.steps=2, model=<dir>)")
+                        "trial (total_steps=2, model=<dir>)")
     p.add_argument("--n-trials", type=int, default=10,
                    help="trials to run in this invocation (rerun after the driver was killed: "
                         "continues that invocation, its trials count)")

@@ -1,31 +1,34 @@
 """``archer train`` / ``archer sft``: Hydra composition of ``experiments/conf`` -> validated
 configs -> the trainer (or the supervised warm-up).
 
+The composed tree mirrors the config dataclass, so a key's path in YAML is its path in code:
+the root of ``archer train`` IS :class:`archer.train_config.TrainConfig` (``total_steps=30``,
+``lr=3e-4``, ``algo.high.clip_low=0.4``, ``data.task=...``, ``distributed.backend=gloo``,
+``model=tiny``, ``reward=...``), plus two keys that are not TrainConfig's: ``tracking.*`` and
+``progress`` (the tqdm bar). The root of ``archer sft`` IS :class:`archer.sft.SFTConfig`.
 Composition uses Hydra's compose API (``initialize_config_dir`` + ``compose``) so that errors
 are ours to phrase. Groups:
 
 - ``algo``: the method presets (``experiments/conf/preset/*.yaml``, validated by
   ``experiments.presets``), each registered as a complete AlgoConfig mapping, so
   ``algo.low.kl_weight=0.005`` or ``algo.entropy_scope=batch`` override any knob;
-- ``model``: ``tiny`` | ``smollm2-135m`` | ``local`` (``model=<dir>`` is read as
-  ``model=local model.path=<dir>``);
-- ``data``: ``gym_arith`` | ``math_train`` | ``gsm8k`` (DataConfig fields plus the reward,
-  the prompt template and ``answer_format``, how a reference answer is written for SFT);
-- ``trainer``: every TrainConfig field not set by another group (``steps`` is
-  ``total_steps``), plus ``progress`` (the tqdm bar);
-- ``tracking``: ``mlflow`` (default) | ``jsonl`` | ``none``.
+- ``data``: ``gym_arith`` | ``math_train`` | ``gsm8k`` | ... (``# @package _global_``: each
+  sets ``data.*`` plus the root's ``reward`` and ``template``);
+- ``tracking``: ``mlflow`` (default) | ``jsonl`` | ``none`` (``archer train`` only).
 
-The full key sets of ``trainer`` and ``data`` come from the dataclasses (registered as
-``_trainer_base``/``_data_base``), so the YAML files only set what differs and cannot drift.
-Struct mode makes ``trainer.stpes=3`` a composition error; it is reported naming the key with
-the closest valid one. ``+key=value`` (Hydra's escape for new keys) passes composition but not
-validation: every section is checked against its dataclass and unknown keys fail by name.
+``model`` is a plain string: ``tiny`` | ``smollm2-135m`` | a local HF directory.
+The full key set of the root comes from the dataclass (registered as ``_train_base`` /
+``_sft_base``), so the YAML files only set what differs and cannot drift. Struct mode makes
+``total_stpes=3`` a composition error, reported naming the key with the closest valid one.
+``+key=value`` (Hydra's escape for new keys) passes composition but not validation: every
+section is checked against its dataclass and unknown keys fail by name. A key of the old
+layout (``trainer.steps``, ``data.reward``, ``model.path``, ``sft.lr``) is refused with its
+new name (:mod:`experiments.renamed_keys`, docs/config-migration.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import signal
@@ -34,17 +37,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archer.config import AlgoConfig, ConfigError, build_config
+from archer.config import AlgoConfig, TokenClassConfig, build_config
 from archer.train_config import DataConfig, TrainConfig
+from archer.validation import (
+    ConfigError,
+    check_choice,
+    did_you_mean,
+    unknown_keys,
+)
+from experiments.renamed_keys import check_renamed
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-SECTIONS = {"config": ("algo", "model", "data", "trainer", "tracking"),
-            "sft": ("model", "data", "sft")}
-NOT_TRAINER = ("model", "algo", "reward", "data", "template", "total_steps")
-DATA_EXTRA = {"reward": "reasoning_gym", "template": "plain_answer",
-              "answer_format": " {answer}"}
-MODEL_KEYS = ("path",)
-SFT_FROM_GROUPS = ("model", "data", "reward", "template", "answer_format")  # not sft.* keys
+COMMANDS = {"config": "archer train", "sft": "archer sft"}
+GROUPS = {"config": ("algo", "data", "tracking"), "sft": ("data",)}  # Hydra groups
+NOT_CONFIG = {"config": ("progress", "tracking"), "sft": ()}  # root keys outside the dataclass
 TRACKING_KEYS = {
     "mlflow": ("backend", "uri", "experiment", "run_name", "request_timeout", "finish_wait"),
     "jsonl": ("backend",),
@@ -52,35 +58,52 @@ TRACKING_KEYS = {
 }
 
 
-def trainer_defaults() -> dict[str, Any]:
-    """The ``trainer`` section's keys and defaults, from TrainConfig."""
-    out: dict[str, Any] = {"steps": TrainConfig.total_steps}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in NOT_TRAINER:
-            out[f.name] = (dataclasses.asdict(f.default_factory())
-                           if f.default is dataclasses.MISSING else f.default)
-    out["progress"] = None
+def config_class(config_name: str) -> type:
+    """The dataclass the root of ``config_name`` mirrors."""
+    if config_name == "sft":
+        from archer.sft import SFTConfig
+
+        return SFTConfig
+    return TrainConfig
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    value = f.default_factory()
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def root_defaults(config_name: str = "config") -> dict[str, Any]:
+    """The root's keys and defaults, from the dataclass (``algo`` comes from its group), plus
+    ``progress`` for ``archer train``; ``out_dir: null`` is computed from the choices."""
+    out = {f.name: _default(f) for f in dataclasses.fields(config_class(config_name))
+           if f.name != "algo"}
+    if config_name == "config":
+        out["out_dir"] = None
+        out["progress"] = None
     return out
 
 
-def data_defaults() -> dict[str, Any]:
-    """The ``data`` section's keys and defaults, from DataConfig plus reward/template."""
-    out = {f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)
-           for f in dataclasses.fields(DataConfig)}
-    return out | DATA_EXTRA
+def root_keys(config_name: str) -> list[str]:
+    """Every top-level key of ``config_name``, in the dataclass's order."""
+    return ([f.name for f in dataclasses.fields(config_class(config_name))]
+            + list(NOT_CONFIG[config_name]))
 
 
-def register_configs() -> None:
-    """Put the presets (group ``algo``) and the dataclass bases into Hydra's ConfigStore."""
+def register_configs(config_name: str = "config") -> None:
+    """Put the presets (group ``algo``) and the dataclass base into Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
     from experiments.presets import load_preset, preset_names
 
     cs = ConfigStore.instance()
-    for name in preset_names():
-        cs.store(group="algo", name=name, node=load_preset(name).algo.to_dict())
-    cs.store(name="_trainer_base", node=trainer_defaults(), package="trainer")
-    cs.store(name="_data_base", node=data_defaults(), package="data")
+    if config_name == "config":
+        for name in preset_names():
+            cs.store(group="algo", name=name, node=load_preset(name).algo.to_dict())
+        cs.store(name="_train_base", node=root_defaults("config"))
+    else:
+        cs.store(name="_sft_base", node=root_defaults("sft"))
 
 
 @dataclass(frozen=True)
@@ -99,22 +122,6 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def rewrite_model_path(overrides: list[str]) -> list[str]:
-    """``model=<dir>`` (not a model option) -> ``model=local model.path='<dir>'``."""
-    out = []
-    for ov in overrides:
-        m = re.fullmatch(r"model=(.+)", ov)
-        if m and m.group(1) not in group_options("model"):
-            out += ["model=local", f"model.path={_quote(m.group(1))}"]
-        else:
-            out.append(ov)
-    return out
-
-
 def compose_config(overrides: list[str], config_name: str = "config") -> Composed:
     """Compose ``experiments/conf/<config_name>.yaml`` with ``overrides``; resolve it."""
     from hydra import compose, initialize_config_dir
@@ -123,13 +130,13 @@ def compose_config(overrides: list[str], config_name: str = "config") -> Compose
     from omegaconf.errors import OmegaConfBaseException
 
     given = tuple(overrides)
-    overrides = rewrite_model_path(list(overrides))
-    register_configs()
+    check_renamed(list(overrides), config_name)
+    register_configs(config_name)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="archer"):
         try:
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as err:
-            raise ConfigError(_explain(err, config_name, overrides, compose)) from None
+            raise ConfigError(_explain(err, config_name, list(overrides), compose)) from None
     choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()
                if not k.startswith("hydra") and v is not None}
     with open_dict(cfg):
@@ -139,9 +146,9 @@ def compose_config(overrides: list[str], config_name: str = "config") -> Compose
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         raise ConfigError(f"config key {key!r} has no value: {_first_line(err)}"
-                          + (" (give a model directory: model=<dir>)" if key == "model.path"
+                          + (" (give a model directory: model=<dir>)" if key == "model"
                              else "")) from None
-    order = SECTIONS.get(config_name, ())
+    order = root_keys(config_name)
     data = {k: data[k] for k in order if k in data} | {k: v for k, v in data.items()
                                                         if k not in order}
     return Composed(config=data, choices=choices, overrides=given)
@@ -158,11 +165,11 @@ def _explain(err: BaseException, config_name: str, overrides: list[str], compose
         r"Could not append to config\. An item is already at '([^']+)'", text)
     if m and text.startswith("Could not override"):
         key = m.group(1)
-        # the group choices, less the failing one (`modle=tiny` is itself an unknown key)
-        choices_only = [o for o in overrides if re.fullmatch(r"[\w/-]+=.*", o)
-                        and o.split("=", 1)[0] != key]
+        # the other overrides, less the failing one (`modle=tiny` is itself an unknown key)
+        others = [o for o in overrides if re.fullmatch(r"[\w/-]+=.*", o)
+                  and o.split("=", 1)[0] != key]
         tree = None
-        for attempt in (choices_only, []):
+        for attempt in (others, []):
             try:
                 tree = compose(config_name, overrides=attempt)
                 break
@@ -173,66 +180,62 @@ def _explain(err: BaseException, config_name: str, overrides: list[str], compose
         kept = [line for line in text.splitlines()
                 if line.strip() and not line.startswith(("Config search path", "\tprovider"))]
         return " ".join(line.strip() for line in kept)
-    return f"bad override: {text.strip()}"
+    return (f"bad override: {text.strip()} (a value with characters such as , ~ = [ or a "
+            "space needs Hydra's quotes, inside the shell's: \"model='~/my model'\")")
 
 
 def unknown_key_message(key: str, tree, config_name: str = "config") -> str:
-    """``unknown config key 'trainer.stpes' (did you mean 'trainer.steps'?)``; at the top
-    level (``modle=tiny``) the groups of ``config_name`` with their options."""
+    """``unknown config key 'algo.lowx' (did you mean 'algo.low'?)``; at the top level
+    (``modle=tiny``) the groups and keys of ``config_name``."""
     parts = key.split(".")
     node, prefix = tree, []
     for part in parts:
         keys = list(node.keys()) if node is not None and hasattr(node, "keys") else None
         if not prefix and not keys:  # no composed tree: the top level is still known
-            keys = list(SECTIONS.get(config_name, ()))
+            keys = root_keys(config_name)
         if keys is None or part not in keys:
             if not prefix:
                 return top_level_message(key, part, config_name, [str(k) for k in keys])
             where = ".".join(prefix)
             if not keys:
                 return f"unknown config key {key!r}: {where} has no keys to override"
-            close = difflib.get_close_matches(part, [str(k) for k in keys], n=1)
-            hint = f" (did you mean {'.'.join(prefix + close)!r}?)" if close else ""
+            hint = did_you_mean(part, [str(k) for k in keys], fmt=f"{where}.{{}}")
             return (f"unknown config key {key!r}{hint}; keys of {where}: "
                     f"{sorted(str(k) for k in keys)}")
         node, prefix = node[part], prefix + [part]
     return f"unknown config key {key!r}"
 
 
-COMMANDS = {"config": "archer train", "sft": "archer sft"}
-
-
 def top_level_message(key: str, part: str, config_name: str, keys: list[str]) -> str:
-    """An unknown top-level key: the closest one, and every top-level group (with its
-    options) or section of ``config_name``."""
-    order = list(SECTIONS.get(config_name, ()))
-    keys = [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
-    close = difflib.get_close_matches(part, keys, n=1)
+    """An unknown top-level key: the closest one, the groups (with their options), the model
+    and the plain keys of ``config_name``'s root."""
     command = COMMANDS.get(config_name, config_name)
-    if close:
-        hint = f" (did you mean {'.'.join([close[0], *key.split('.')[1:]])!r}?)"
-    elif part in SECTIONS["config"]:
+    rest = key.split(".")[1:]
+    hint = did_you_mean(part, keys, fmt=".".join(["{}", *rest]))
+    if not hint and part in GROUPS["config"]:
         hint = f" ({part!r} is a group of `archer train`; `{command}` has none)"
-    else:
-        hint = ""
+    groups = list(GROUPS[config_name])
+    plain = [k for k in keys if k not in groups and k != "model"]
     return (f"unknown config key {key!r}{hint}; the top level of `{command}` has: "
-            + ", ".join(_describe_top(k) for k in keys))
+            + ", ".join(_describe_group(g) for g in groups)
+            + f", model=<{'|'.join(_model_names())}|<directory>>, and the keys {plain}")
 
 
-def _describe_top(name: str) -> str:
-    """``algo=<archer|dapo|...>`` for a group with options, ``sft.<key>=...`` for a section."""
+def _model_names() -> list[str]:
+    from archer.models import MODELS
+
+    return MODELS.names()
+
+
+def _describe_group(name: str) -> str:
+    """``algo=<archer|dapo|...> or algo.<key>=...``."""
     if name == "algo":
         from experiments.presets import preset_names
 
         options = list(preset_names())
     else:
         options = group_options(name)
-        if name == "model":
-            options.append("<directory>")
-    if name == "trainer":  # one option (default): its keys are what is overridden
-        options = []
-    return f"{name}=<{'|'.join(options)}> or {name}.<key>=..." if options \
-        else f"{name}.<key>=..."
+    return f"{name}=<{'|'.join(options)}> or {name}.<key>=..."
 
 
 # --------------------------------------------------------------------------------------
@@ -241,20 +244,27 @@ def _describe_top(name: str) -> str:
 
 
 def check_keys(section: str, given: dict[str, Any], allowed) -> None:
-    """Unknown keys (e.g. added with ``+section.key=``) fail naming them; missing keys too."""
+    """Unknown keys (e.g. added with ``+section.key=``) fail naming them; missing keys too
+    (``~section.key`` deletes one)."""
     allowed = list(allowed)
     unknown = [k for k in given if k not in allowed]
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hints.append(f"'{section}.{key}'" + (f" (did you mean '{section}.{close[0]}'?)"
-                                                 if close else ""))
-        raise ConfigError(f"unknown config key(s) {', '.join(hints)}; keys of {section}: "
-                          f"{sorted(allowed)}")
+        raise unknown_keys(section, unknown, allowed, fmt=f"{section}.{{}}")
     missing = [k for k in allowed if k not in given]
     if missing:
         raise ConfigError(f"config section {section!r} lacks key(s) {missing}")
+
+
+def check_root(config: dict[str, Any], config_name: str) -> None:
+    """The root holds exactly the dataclass's fields (and ``tracking``/``progress``)."""
+    allowed = root_keys(config_name)
+    unknown = [k for k in config if k not in allowed]
+    command = COMMANDS[config_name]
+    if unknown:
+        raise unknown_keys(f"the top level of `{command}`", unknown, allowed)
+    missing = [k for k in allowed if k not in config]
+    if missing:
+        raise ConfigError(f"the top level of `{command}` lacks key(s) {missing}")
 
 
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -264,44 +274,29 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(value)
 
 
-def check_top_level(config: dict[str, Any], config_name: str) -> None:
-    allowed = SECTIONS[config_name]
-    unknown = [k for k in config if k not in allowed]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hints.append(f"{str(key)!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(f"unknown top-level config key(s) [{', '.join(hints)}]; allowed: "
-                          f"{list(allowed)}")
-
-
-def build_model(config: dict[str, Any]) -> str:
+def build_model(value: Any) -> str:
+    """``model``: a local HF directory or a prepared model name."""
     from archer.models import MODELS, check_model_dir
 
-    model = _section(config, "model")
-    check_keys("model", model, MODEL_KEYS)
-    path = str(model["path"])
+    path = str(value)
     if Path(path).expanduser().is_dir():
         try:
             check_model_dir(path)
         except FileNotFoundError as err:
-            raise ConfigError(f"model.path={path!r}: {err}") from None
+            raise ConfigError(f"model={path!r}: {err}") from None
     elif path not in MODELS:
-        raise ConfigError(f"model.path={path!r} is neither a directory nor a model name "
-                          f"{MODELS.names()}")
+        hint = (" (model=local model.path=<dir> is now model=<dir>)" if path == "local"
+                else did_you_mean(path, MODELS.names()))
+        raise ConfigError(f"model={path!r} is neither a directory nor a model name{hint}; "
+                          f"choose one of {MODELS.names()} or give a model directory")
     return path
 
 
-def build_data(config: dict[str, Any]) -> tuple[DataConfig, dict[str, Any]]:
-    """(DataConfig, {"reward", "template", "answer_format"}) from the ``data`` section."""
+def build_data(config: dict[str, Any]) -> DataConfig:
+    """DataConfig from the ``data`` section: its keys, its file or gym task, checked."""
     data = _section(config, "data")
-    check_keys("data", data, data_defaults())
-    extra = {k: data.pop(k) for k in DATA_EXTRA}
-    try:
-        cfg = build_config(DataConfig, data, "data")
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("data.data.", "data.")) from None
+    check_keys("data", data, [f.name for f in dataclasses.fields(DataConfig)])
+    cfg = build_config(DataConfig, data, "data")
     if cfg.file:
         from archer.data.datasets import FILES, is_data_path
 
@@ -310,28 +305,26 @@ def build_data(config: dict[str, Any]) -> tuple[DataConfig, dict[str, Any]]:
                 raise ConfigError(f"data.file={cfg.file!r}: no such file (a path is relative "
                                   "to the working directory)")
         elif cfg.file not in FILES:
-            raise ConfigError(f"data.file={cfg.file!r} is not a data file; choose one of "
+            raise ConfigError(f"data.file={cfg.file!r} is not a data file"
+                              f"{did_you_mean(cfg.file, FILES.names())}; choose one of "
                               f"{FILES.names()} or give the path of a .json/.jsonl file")
     elif cfg.task:
         _check_gym_task(cfg.task, cfg.task_config)
-    if not isinstance(extra["answer_format"], str) or "{answer}" not in extra["answer_format"]:
-        raise ConfigError(f"data.answer_format={extra['answer_format']!r} must be a string "
-                          "containing {answer}")
+    return cfg
+
+
+def check_template(name: Any) -> None:
     from archer.data.templates import TEMPLATES
 
-    if extra["template"] not in TEMPLATES:
-        raise ConfigError(f"data.template={extra['template']!r} is unknown; choose one of "
-                          f"{TEMPLATES.names()}")
-    return cfg, extra
+    check_choice("template", name, TEMPLATES.names())
 
 
 def _check_gym_task(task: str, task_config: dict[str, Any]) -> None:
     from reasoning_gym.factory import DATASETS
 
     if task not in DATASETS:
-        close = difflib.get_close_matches(task, list(DATASETS), n=3)
         raise ConfigError(f"data.task={task!r} is not a reasoning-gym task"
-                          + (f" (did you mean {close}?)" if close else ""))
+                          + did_you_mean(task, list(DATASETS), n=3))
     config_cls = DATASETS[task][1]
     try:
         config_cls(**task_config).validate()
@@ -340,8 +333,6 @@ def _check_gym_task(task: str, task_config: dict[str, Any]) -> None:
 
 
 def build_algo(config: dict[str, Any]) -> AlgoConfig:
-    from archer.config import TokenClassConfig
-
     algo = _section(config, "algo")
     check_keys("algo", algo, [f.name for f in dataclasses.fields(AlgoConfig)])
     for name in ("high", "low"):
@@ -363,37 +354,36 @@ class TrainSetup:
 
 
 def default_out_dir(choices: dict[str, str], config: dict[str, Any], root: str) -> str:
-    model = choices.get("model", "model")
-    if model == "local":
-        model = Path(str(config["model"]["path"])).name or "local"
+    """``<root>/<algo>-<data>-<model>``, the model by its name or its directory's name."""
+    model = Path(str(config.get("model", "model"))).name or "model"
     return f"{root}/{choices.get('algo', 'algo')}-{choices.get('data', 'data')}-{model}"
 
 
 def build_train_setup(composed: Composed) -> TrainSetup:
     config = composed.config
-    check_top_level(config, "config")
-    algo = build_algo(config)
-    model = build_model(config)
-    data, extra = build_data(config)
-    trainer = _section(config, "trainer")
-    check_keys("trainer", trainer, trainer_defaults())
-    steps, progress = trainer.pop("steps"), trainer.pop("progress")
+    check_root(config, "config")
+    fields = {k: v for k, v in config.items() if k not in NOT_CONFIG["config"]}
+    progress = config["progress"]
     if progress is not None and not isinstance(progress, bool):
-        raise ConfigError(f"trainer.progress={progress!r} must be true, false or null")
-    if trainer["out_dir"] is None:
-        trainer["out_dir"] = default_out_dir(composed.choices, config, "runs/train")
-        config["trainer"]["out_dir"] = trainer["out_dir"]
-    try:
-        train = TrainConfig.from_dict(trainer | {
-            "total_steps": steps, "model": model, "algo": algo, "data": data,
-            "reward": extra["reward"], "template": extra["template"]})
-    except ConfigError as err:
-        raise ConfigError("trainer: " + str(err).replace("total_steps", "steps")) from None
+        raise ConfigError(f"progress={progress!r} must be true, false or null")
+    fields["algo"] = build_algo(config)
+    fields["model"] = build_model(config["model"])
+    fields["data"] = build_data(config)
+    check_template(config["template"])
+    if fields["out_dir"] is None:
+        fields["out_dir"] = config["out_dir"] = default_out_dir(composed.choices, config,
+                                                                "runs/train")
+    if isinstance(fields["distributed"], dict):
+        check_keys("distributed", fields["distributed"],
+                   [f.name for f in dataclasses.fields(TrainConfig().distributed)])
+    train = TrainConfig.from_dict(fields)
     _check_reward(train.reward)
     tracking = _section(config, "tracking")
     backend = tracking.get("backend")
     if backend not in TRACKING_KEYS:
-        raise ConfigError(f"tracking.backend={backend!r}; choose one of {list(TRACKING_KEYS)}")
+        raise ConfigError(f"tracking.backend={backend!r} is invalid"
+                          f"{did_you_mean(str(backend), TRACKING_KEYS)}; choose one of "
+                          f"{list(TRACKING_KEYS)}")
     check_keys("tracking", tracking, TRACKING_KEYS[backend])
     from experiments.tracking import check_tracking_config
 
@@ -411,14 +401,12 @@ def _check_reward(name: str) -> None:
     try:
         resolve_reward(name)
     except RewardSpecError as err:
-        raise ConfigError(f"data.reward: {err}") from None
+        raise ConfigError(f"reward: {err}") from None
     except (KeyError, ValueError):
         known = sorted(set(REWARDS.names()) | set(BUILTIN_REWARD_MODULES))
-        close = difflib.get_close_matches(name, known, n=1)
-        raise ConfigError(f"data.reward={name!r} is unknown"
-                          + (f" (did you mean {close[0]!r}?)" if close else "")
-                          + f"; choose one of {known}, or name your own function as "
-                          "'package.module:function' or 'path/to/file.py:function'") from None
+        raise ConfigError(f"reward={name!r} is unknown{did_you_mean(name, known)}; choose one "
+                          f"of {known}, or name your own function as 'package.module:function' "
+                          "or 'path/to/file.py:function'") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -441,7 +429,8 @@ def logger_factory(setup: TrainSetup, config_path: Path):
     options = {k: v for k, v in setup.tracking.items() if k != "backend"}
     backend = setup.tracking["backend"]
     choices = setup.composed.choices
-    tags = {f"archer.{g}": choices[g] for g in ("algo", "model", "data") if g in choices}
+    tags = {f"archer.{g}": choices[g] for g in ("algo", "data") if g in choices}
+    tags["archer.model"] = setup.train.model
     tags["archer.overrides"] = " ".join(setup.composed.overrides)
     if backend == "mlflow":
         options["tracking_uri"] = options.pop("uri")
@@ -508,16 +497,12 @@ def run_sft(overrides: list[str], print_config: bool = False) -> int:
 
     composed = compose_config(overrides, "sft")
     config = composed.config
-    check_top_level(config, "sft")
-    model = build_model(config)
-    data, extra = build_data(config)
-    knobs = _section(config, "sft")
-    check_keys("sft", knobs, [f.name for f in dataclasses.fields(SFTConfig)
-                              if f.name not in SFT_FROM_GROUPS])
-    try:
-        cfg = build_config(SFTConfig, knobs | {"model": model, "data": data} | extra, "sft")
-    except ConfigError as err:
-        raise ConfigError(f"sft: {err}") from None
+    check_root(config, "sft")
+    fields = dict(config)
+    fields["model"] = build_model(config["model"])
+    fields["data"] = build_data(config)
+    check_template(config["template"])
+    cfg = build_config(SFTConfig, fields, "sft")
     _check_reward(cfg.reward)
     if print_config:
         print(config_yaml(config), end="")
@@ -532,7 +517,7 @@ def run_sft(overrides: list[str], print_config: bool = False) -> int:
     if result.stopped in ("SIGINT", "SIGTERM"):
         print(f"archer sft: {result.stopped} received: stopped after step {result.steps}; the "
               f"model so far is in {result.model_dir}; run the same command again to resume "
-              "(sft.resume=false starts over)", file=sys.stderr)
+              "(resume=false starts over)", file=sys.stderr)
         return 128 + int(signal.Signals[result.stopped])
     print(f"archer sft: {result.steps} steps, loss {result.first_loss:.3f} -> "
           f"{result.last_loss:.3f}, held-out accuracy {result.accuracy:.3f}; model: "

@@ -76,9 +76,9 @@ def test_full_demo_runs_the_study_and_prints_the_leaderboard(tmp_path, monkeypat
     leaderboard printed, dashboard written."""
     monkeypatch.setattr(demo, "SFT_STEPS", 6)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    toy = ["data.size=120", "trainer.val_size=8", "trainer.prompts_per_step=2",
-           "trainer.group_size=4", "trainer.mini_batch_prompts=2", "trainer.micro_batch_size=8",
-           "trainer.val_every=1", "trainer.ckpt_every=1"]
+    toy = ["data.size=120", "val_size=8", "prompts_per_step=2",
+           "group_size=4", "mini_batch_prompts=2", "micro_batch_size=8",
+           "val_every=1", "ckpt_every=1"]
     assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2",
                  "--tracking-uri", uri, "--dashboard-dir", str(tmp_path / "dash"),
                  *toy]) == 0

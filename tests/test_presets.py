@@ -1,4 +1,4 @@
-"""Presets carry exactly the knobs of ARCHER.md section 3."""
+"""Presets carry exactly the knobs of their method (docs/method.md, section 3)."""
 
 import pytest
 

@@ -100,8 +100,8 @@ def test_config_is_validated():
         SFTConfig(device="tpu")
     with pytest.raises(ConfigError, match="target_accuracy"):
         SFTConfig(target_accuracy=1.5)
-    with pytest.raises(ConfigError, match="answer_format"):
-        SFTConfig(answer_format="no placeholder")
+    with pytest.raises(ConfigError, match=r"data.answer_format='no placeholder'.*\{answer\}"):
+        SFTConfig(data={"answer_format": "no placeholder"})
     with pytest.raises(ConfigError, match="sise"):
         SFTConfig(data={"task": "chain_sum", "sise": 3})
 
@@ -109,18 +109,18 @@ def test_config_is_validated():
 def test_cli_sft_then_train_on_the_saved_model(tiny_path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "sft"
-    assert main(["sft", f"model={tiny_path}", "data.size=40", f"sft.out_dir={out}",
-                 "sft.steps=4", "sft.batch_size=8", "sft.eval_every=2", "sft.val_size=4",
-                 "sft.max_new_tokens=3", "sft.num_threads=1"]) == 0
+    assert main(["sft", f"model={tiny_path}", "data.size=40", f"out_dir={out}",
+                 "steps=4", "batch_size=8", "eval_every=2", "val_size=4",
+                 "max_new_tokens=3", "num_threads=1"]) == 0
     assert f"model: {out / 'model'}" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "sft_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]
     assert main(["train", f"model={out / 'model'}", "algo=grpo", "data.size=40",
-                 "trainer.steps=1", "trainer.prompts_per_step=2", "trainer.group_size=2",
-                 "trainer.mini_batch_prompts=2", "trainer.micro_batch_size=4",
-                 "trainer.max_new_tokens=3", "trainer.val_every=0", "trainer.val_size=4",
-                 "trainer.num_threads=1", "trainer.export_final=false", "tracking=none",
-                 f"trainer.out_dir={tmp_path / 'rl'}"]) == 0
+                 "total_steps=1", "prompts_per_step=2", "group_size=2",
+                 "mini_batch_prompts=2", "micro_batch_size=4",
+                 "max_new_tokens=3", "val_every=0", "val_size=4",
+                 "num_threads=1", "export_final=false", "tracking=none",
+                 f"out_dir={tmp_path / 'rl'}"]) == 0
     assert "archer train: 1 steps" in capsys.readouterr().out
 
 
@@ -140,10 +140,10 @@ def test_cli_sft_ctrl_c_saves_the_model_so_far(tiny_path, tmp_path, monkeypatch,
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "sft"
-    assert main(["sft", f"model={tiny_path}", "data.size=40", f"sft.out_dir={out}",
-                 "sft.steps=50", "sft.batch_size=8", "sft.eval_every=2", "sft.val_size=4",
-                 "sft.max_new_tokens=3", "sft.num_threads=1",
-                 "data.reward=test_sigint_sft"]) == 130
+    assert main(["sft", f"model={tiny_path}", "data.size=40", f"out_dir={out}",
+                 "steps=50", "batch_size=8", "eval_every=2", "val_size=4",
+                 "max_new_tokens=3", "num_threads=1",
+                 "reward=test_sigint_sft"]) == 130
     err = capsys.readouterr().err
     assert "SIGINT received: finishing the step under way" in err
     assert f"stopped after step 2; the model so far is in {out / 'model'}" in err
@@ -156,7 +156,7 @@ def test_cli_sft_stopped_then_resumed_ends_as_a_run_never_stopped(tiny_path, tmp
                                                                    monkeypatch, capsys):
     """SIGINT during step 3's evaluation stops the warm-up after step 3 (exit 130); the same
     command then resumes it: the final parameters and the log equal an unstopped run's. A
-    resume with other training settings is refused naming them; sft.resume=false starts
+    resume with other training settings is refused naming them; resume=false starts
     over."""
     import os
     import signal
@@ -165,11 +165,11 @@ def test_cli_sft_stopped_then_resumed_ends_as_a_run_never_stopped(tiny_path, tmp
 
     import archer.sft as sft_mod
 
-    common = [f"model={tiny_path}", "data.size=40", "sft.steps=6", "sft.batch_size=8",
-              "sft.eval_every=3", "sft.val_size=4", "sft.max_new_tokens=3",
-              "sft.num_threads=1", "sft.max_seconds=null"]
+    common = [f"model={tiny_path}", "data.size=40", "steps=6", "batch_size=8",
+              "eval_every=3", "val_size=4", "max_new_tokens=3",
+              "num_threads=1", "max_seconds=null"]
     monkeypatch.chdir(tmp_path)
-    assert main(["sft", *common, f"sft.out_dir={tmp_path / 'straight'}"]) == 0
+    assert main(["sft", *common, f"out_dir={tmp_path / 'straight'}"]) == 0
     real = sft_mod.heldout_accuracy
 
     def ctrl_c_in_the_first_evaluation(*args, **kwargs):
@@ -179,13 +179,13 @@ def test_cli_sft_stopped_then_resumed_ends_as_a_run_never_stopped(tiny_path, tmp
 
     monkeypatch.setattr(sft_mod, "heldout_accuracy", ctrl_c_in_the_first_evaluation)
     out = tmp_path / "stopped"
-    assert main(["sft", *common, f"sft.out_dir={out}"]) == 130
+    assert main(["sft", *common, f"out_dir={out}"]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert (out / "resume.pt").is_file()
     # another lr is another warm-up: refused, naming it; nothing changed
-    assert main(["sft", *common, f"sft.out_dir={out}", "sft.lr=0.01"]) == 2
+    assert main(["sft", *common, f"out_dir={out}", "lr=0.01"]) == 2
     assert "lr: 0.003 -> 0.01" in capsys.readouterr().err
-    assert main(["sft", *common, f"sft.out_dir={out}"]) == 0
+    assert main(["sft", *common, f"out_dir={out}"]) == 0
     assert "resuming the warm-up stopped after step 3" in capsys.readouterr().err
     assert not (out / "resume.pt").exists()  # finished: nothing left to resume
     a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
@@ -197,23 +197,23 @@ def test_cli_sft_stopped_then_resumed_ends_as_a_run_never_stopped(tiny_path, tmp
                 for line in (path / "sft_log.jsonl").read_text().splitlines()]
 
     assert rows(out) == rows(tmp_path / "straight") and [r["step"] for r in rows(out)] == [3, 6]
-    # sft.resume=false after a stop starts over (and leaves no resume state once finished)
+    # resume=false after a stop starts over (and leaves no resume state once finished)
     monkeypatch.setattr(sft_mod, "heldout_accuracy", ctrl_c_in_the_first_evaluation)
-    assert main(["sft", *common, f"sft.out_dir={out}"]) == 130
-    assert main(["sft", *common, f"sft.out_dir={out}", "sft.resume=false"]) == 0
+    assert main(["sft", *common, f"out_dir={out}"]) == 130
+    assert main(["sft", *common, f"out_dir={out}", "resume=false"]) == 0
     assert "resuming" not in capsys.readouterr().err and not (out / "resume.pt").exists()
     b = load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a damaged resume state: an error naming it and the way out, not a traceback
     (out / "resume.pt").write_bytes(b"cut")
-    assert main(["sft", *common, f"sft.out_dir={out}"]) == 2
+    assert main(["sft", *common, f"out_dir={out}"]) == 2
     err = capsys.readouterr().err
-    assert f"{out / 'resume.pt'}: cannot resume from it" in err and "sft.resume=false" in err
+    assert f"{out / 'resume.pt'}: cannot resume from it" in err and "resume=false" in err
 
 
 def test_cli_sft_rejects_unknown_knob(capsys):
-    assert main(["sft", "--print-config", "+sft.stepz=3"]) == 2
-    assert "'sft.stepz' (did you mean 'sft.steps'?)" in capsys.readouterr().err
+    assert main(["sft", "--print-config", "+stepz=3"]) == 2
+    assert "'stepz' (did you mean 'steps'?)" in capsys.readouterr().err
 
 
 def test_shared_prefix_length_hand_computed():
@@ -273,9 +273,12 @@ def test_shared_prefix_loss_equals_the_plain_loss_and_its_gradients(tiny_path):
 
 @pytest.mark.parametrize("override,named", [
     ("algo=grpo", "unknown config key 'algo' ('algo' is a group of `archer train`; "
-                  "`archer sft` has none); the top level of `archer sft` has: model=<"),
+                  "`archer sft` has none); the top level of `archer sft` has: data=<"),
     ("modle=tiny", "'modle' (did you mean 'model'?)"),
-    ("sft.share_prefix=no", "sft: share_prefix='no' must be true or false"),
+    ("share_prefix=no", "archer: error: share_prefix='no' must be true or false"),
+    ("sft.steps=3", "sft.steps was renamed: use steps=3"),
+    ("data.reward=math", "data.reward was renamed: use reward=math"),
+    ("model.path=x", "model.path was renamed: use model=x"),
 ])
 def test_cli_sft_bad_top_level_keys_and_bools_are_named(capsys, override, named):
     assert main(["sft", "--print-config", override]) == 2

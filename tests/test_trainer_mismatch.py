@@ -105,7 +105,7 @@ def test_hydra_composes_the_vllm_backend_and_tis():
     from experiments.train_cli import build_train_setup, compose_config
 
     setup = build_train_setup(compose_config(
-        ["trainer.rollout_backend=vllm", "trainer.vllm_enable_sleep_mode=true",
+        ["rollout_backend=vllm", "vllm_enable_sleep_mode=true",
          "algo.tis_cap=2.0", "tracking=none"]))
     assert setup.train.rollout_backend == "vllm" and setup.train.vllm_enable_sleep_mode
     assert setup.train.algo.tis_cap == 2.0

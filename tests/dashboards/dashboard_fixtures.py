@@ -98,7 +98,7 @@ def fabricate_study(uri: str, root: Path, study: str = "baselines",
             trial = SimpleNamespace(
                 number=number, name=f"t{number:03d}-{preset}-seed={seed}",
                 hash=f"{study}-{preset}-{seed}", out_dir=str(study_dir / f"t{number}"),
-                overrides=(axes, f"trainer.seed={seed}"),
+                overrides=(axes, f"seed={seed}"),
                 tags={"archer.study": study, "archer.trial_number": str(number),
                       "archer.preset": preset if axes_key == "algo" else "archer",
                       "archer.seed": str(seed), "archer.model": "tiny",

@@ -27,10 +27,10 @@ def write_study():
 
 
 def _tiny_overrides(model: Path, steps: int = 2) -> list[str]:
-    return [f"model={model}", f"trainer.steps={steps}", "data.size=24",
-            "trainer.prompts_per_step=2", "trainer.group_size=4", "trainer.mini_batch_prompts=2",
-            "trainer.micro_batch_size=8", "trainer.max_new_tokens=4", "trainer.val_every=1",
-            "trainer.val_size=4", "trainer.ckpt_every=1", "trainer.num_threads=1"]
+    return [f"model={model}", f"total_steps={steps}", "data.size=24",
+            "prompts_per_step=2", "group_size=4", "mini_batch_prompts=2",
+            "micro_batch_size=8", "max_new_tokens=4", "val_every=1",
+            "val_size=4", "ckpt_every=1", "num_threads=1"]
 
 
 def _write_study(directory: Path, name: str, **fields) -> Path:
@@ -79,7 +79,7 @@ def write_fault_reward(directory: Path, fault: str, at: int, rank: int | None = 
     """A ``file.py:function`` reward that scores 0 and, in its ``at``-th call in a process
     (of training process ``rank``, if given), once, does ``fault`` (:data:`FAULTS`): the
     moment a test needs does not then depend on the machine's speed. Returns the
-    ``data.reward=...`` override and the marker file (the pid of the process it hit)."""
+    ``reward=...`` override and the marker file (the pid of the process it hit)."""
     marker = directory / f"{fault}.marker"
     what, code = FAULTS[fault]
     path = directory / f"{fault}_reward.py"
@@ -87,4 +87,4 @@ def write_fault_reward(directory: Path, fault: str, at: int, rank: int | None = 
         at=at, marker=str(marker), action=what, code=code,
         rank="any rank" if rank is None else f"rank {rank}",
         rank_ok="True" if rank is None else f'os.environ.get("RANK") == "{rank}"'))
-    return f"data.reward={path}:reward", marker
+    return f"reward={path}:reward", marker

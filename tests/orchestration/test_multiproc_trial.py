@@ -24,7 +24,7 @@ from experiments.trial_events import EventLog
 
 # Each rank rolls out 1 of the 2 prompts with rollout_batch_size=1: its generate() seeds are
 # the single process's (archer.trainer.collect_rollouts), so the runs see the same samples.
-SAME_ROLLOUTS = ["trainer.rollout_batch_size=1", "trainer.deterministic=true"]
+SAME_ROLLOUTS = ["rollout_batch_size=1", "deterministic=true"]
 
 
 def client_for(uri: str):
@@ -68,13 +68,13 @@ def test_procs_that_do_not_suit_the_trial_refuse_the_study_before_any_trial(
     with pytest.raises(ConfigError) as err:  # prompts_per_step=2 cannot be split 3 ways
         run_study(path, tiny_overrides(tiny_model), root=tmp_path / "s",
                   tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
-    assert "trainer.prompts_per_step=2 must be divisible by resources.procs_per_trial=3" in str(
+    assert "prompts_per_step=2 must be divisible by resources.procs_per_trial=3" in str(
         err.value)
     assert not (tmp_path / "s").exists()  # nothing ran, nothing was written
     path = study(write_study, tmp_path, "ncclcpu", resources={"procs_per_trial": 2})
     with pytest.raises(ConfigError, match="backend=nccl needs GPUs"):
         expand_trials(load_study(path), [*tiny_overrides(tiny_model),
-                                         "trainer.distributed.backend=nccl"], tmp_path / "s")
+                                         "distributed.backend=nccl"], tmp_path / "s")
 
 
 def test_procs_default_and_identity(write_study, tmp_path, tiny_model, tiny_overrides):
@@ -434,7 +434,7 @@ def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_res
     slow, marker = fault_reward(tmp_path, "sleep40", at=3, rank=0)
     extra = [slow] if slow_step else []
     cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
-           *tiny_overrides(tiny_model, steps=steps), "trainer.ckpt_every=1000", *extra,
+           *tiny_overrides(tiny_model, steps=steps), "ckpt_every=1000", *extra,
            "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
     state_path = root / "sigrank" / "study.json"
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -195,7 +195,7 @@ def test_signalled_driver_stops_cleanly_and_the_same_command_resumes(
     # enough steps that trial 1 is still running when the signal has reached it (the driver
     # polls every 0.25 s; a tiny step takes a few hundredths of a second)
     steps = 200
-    overrides = tiny_overrides(tiny_model, steps=steps) + ["trainer.ckpt_every=1000"]
+    overrides = tiny_overrides(tiny_model, steps=steps) + ["ckpt_every=1000"]
     cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
            *overrides, "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
     victim, rc, err = signal_driver_while_trial_1_runs(cmd, root / "sigstop" / "study.json", sig)

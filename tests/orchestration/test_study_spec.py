@@ -33,9 +33,9 @@ def test_shipped_studies_load_with_their_grids():
 
 
 def test_split_overrides_separates_study_and_trial_keys():
-    study, trial = split_overrides(["study.seeds=[0]", "recipe=cpu", "trainer.steps=2",
+    study, trial = split_overrides(["study.seeds=[0]", "recipe=cpu", "total_steps=2",
                                     "model=tiny"])
-    assert study == ["seeds=[0]", "recipe=cpu"] and trial == ["trainer.steps=2", "model=tiny"]
+    assert study == ["seeds=[0]", "recipe=cpu"] and trial == ["total_steps=2", "model=tiny"]
 
 
 def test_trials_compose_each_value_and_seed(tiny_model, tiny_overrides, tmp_path):
@@ -56,13 +56,13 @@ def test_trials_compose_each_value_and_seed(tiny_model, tiny_overrides, tmp_path
 
 
 def test_identity_hash_ignores_paths_but_not_knobs():
-    config = {"algo": {"x": 1}, "trainer": {"out_dir": "a", "progress": None, "lr": 0.1},
+    config = {"algo": {"x": 1}, "out_dir": "a", "progress": None, "lr": 0.1,
               "tracking": {"backend": "none"}}
     moved = json.loads(json.dumps(config))
-    moved["trainer"]["out_dir"] = "b"
+    moved["out_dir"], moved["progress"] = "b", True
     moved["tracking"] = {"backend": "mlflow"}
     changed = json.loads(json.dumps(config))
-    changed["trainer"]["lr"] = 0.2
+    changed["lr"] = 0.2
     assert identity_hash(config, None) == identity_hash(moved, None)
     assert identity_hash(config, None) != identity_hash(changed, None)
     assert identity_hash(config, None) != identity_hash(config, {"benchmarks": ["gsm8k"]})
@@ -177,13 +177,14 @@ def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
                               "'study.resources.num_gpus'?)"),
     (["seeds.x=1"], "cannot set 'study.seeds.x': study.seeds is [0,1,2], which has no keys; set "
                     "it whole: 'study.seeds=...'"),
-    (["axes.trainer.lr=[0.1]"], "cannot set 'study.axes.trainer.lr': study.axes has no key "
-                                "'trainer.lr' (keys there: ['algo']); add it with "
-                                "'+study.axes={trainer.lr:[0.1]}'"),
-    (["axes={trainer.lr:[1]}"], "cannot set 'study.axes': Key 'trainer.lr' is not in struct; a "
-                                "mapping given to study.axes is merged into the file's (keys: "
-                                "['algo']): add keys with '+study.axes={...}', or replace it "
-                                "with '~study.axes' '+study.axes={...}'"),
+    (["axes.distributed.backend=[gloo]"], "cannot set 'study.axes.distributed.backend': "
+                                          "study.axes has no key 'distributed.backend' (keys "
+                                          "there: ['algo']); add it with "
+                                          "'+study.axes={distributed.backend:[gloo]}'"),
+    (["axes={lr:[1]}"], "cannot set 'study.axes': Key 'lr' is not in struct; a mapping given "
+                        "to study.axes is merged into the file's (keys: ['algo']): add keys "
+                        "with '+study.axes={...}', or replace it with '~study.axes' "
+                        "'+study.axes={...}'"),
 ])
 def test_nested_study_override_says_how_to_write_it(overrides, named):
     with pytest.raises(ConfigError) as err:
@@ -213,10 +214,10 @@ def test_nested_study_overrides_that_can_work_do(tmp_path, write_study):
     spec = load_study(path, ["eval.k=3", "resources.num_gpus=1", "objective.direction=minimize"])
     assert spec.eval == {"benchmarks": ["gsm8k"], "limit": 2, "k": 3}
     assert spec.resources["num_gpus"] == 1.0 and spec.objective["direction"] == "minimize"
-    study, _ = split_overrides(["+study.axes={trainer.lr:[0.1,0.2]}", "~study.eval"])
-    assert study == ["+axes={trainer.lr:[0.1,0.2]}", "~eval"]
+    study, _ = split_overrides(["+study.axes={lr:[0.1,0.2]}", "~study.eval"])
+    assert study == ["+axes={lr:[0.1,0.2]}", "~eval"]
     spec = load_study(path, study)
-    assert spec.axes == {"algo": ["grpo"], "trainer.lr": [0.1, 0.2]}
+    assert spec.axes == {"algo": ["grpo"], "lr": [0.1, 0.2]}
     assert load_study("ablate_kl", ["axes.algo.low.kl_weight=[0.1]"]).axes == {
         "algo.low.kl_weight": [0.1]}  # a dotted key of the file's axes
     assert spec.eval["limit"] == 16  # the file's eval deleted: the recipe's
@@ -226,10 +227,10 @@ def test_overrides_may_follow_the_options(tmp_path, capsys, write_study, tiny_mo
                                           tiny_overrides):
     from archer.cli import build_parser, main
 
-    args = build_parser().parse_args(["ablate", "s.yaml", "--root", "runs/x", "trainer.steps=2",
+    args = build_parser().parse_args(["ablate", "s.yaml", "--root", "runs/x", "total_steps=2",
                                       "--no-progress", "study.seeds=[0]"])
     assert (args.study, args.root, args.progress) == ("s.yaml", "runs/x", False)
-    assert args.overrides == ["trainer.steps=2", "study.seeds=[0]"]
+    assert args.overrides == ["total_steps=2", "study.seeds=[0]"]
     args = build_parser().parse_args(["sweep", "archer_clip_kl", "--n-trials", "3", "a=1",
                                       "--root", "r", "b=2"])
     assert (args.space, args.n_trials, args.root, args.overrides) == ("archer_clip_kl", 3, "r",
@@ -237,9 +238,9 @@ def test_overrides_may_follow_the_options(tmp_path, capsys, write_study, tiny_mo
     # the overrides after --root reach the trials (a typo among them refuses the study)
     path = write_study(tmp_path, "late", axes={"algo": ["grpo"]}, eval=False)
     rc = main(["ablate", str(path), "--root", str(tmp_path / "s"), *tiny_overrides(tiny_model),
-               "trainer.stpes=3"])
+               "total_stpes=3"])
     err = capsys.readouterr().err
-    assert rc == 2 and "trial t000-algo=grpo-seed=0: " in err and "'trainer.stpes'" in err, err
+    assert rc == 2 and "trial t000-algo=grpo-seed=0: " in err and "'total_stpes'" in err, err
 
 
 def test_unknown_override_keys_are_refused(tmp_path, write_study, tiny_model, tiny_overrides):
@@ -247,8 +248,8 @@ def test_unknown_override_keys_are_refused(tmp_path, write_study, tiny_model, ti
                                           r"mean 'study.max_concurrent'\?\)"):
         load_study("baselines", ["max_concurent=2"])
     spec = load_study(write_study(tmp_path, "one", axes={"algo": ["grpo"]}, eval=False))
-    with pytest.raises(ConfigError, match=r"trial t000-algo=grpo-seed=0: .*'trainer.stpes'"):
-        expand_trials(spec, tiny_overrides(tiny_model) + ["trainer.stpes=3"], tmp_path)
+    with pytest.raises(ConfigError, match=r"trial t000-algo=grpo-seed=0: .*'total_stpes'"):
+        expand_trials(spec, tiny_overrides(tiny_model) + ["total_stpes=3"], tmp_path)
 
 
 def test_study_that_collapses_to_duplicate_trials_is_refused(tmp_path, write_study, tiny_model,
@@ -314,13 +315,16 @@ def test_bad_resources_are_refused(tmp_path, write_study, resources, named):
 ])
 def test_gpu_recipes_resolve_to_the_papers_hyperparameters(tmp_path, tiny_model, recipe, steps,
                                                            data_file, benchmarks):
-    """The paper's recipes compose and validate (without a GPU): ARCHER.md section 2's
-    rollout, update and optimiser settings, the vLLM sampler, FSDP knobs and 8 GPUs a trial."""
+    """The paper's recipes compose and validate (without a GPU): the rollout, update and
+    optimiser settings (docs/method.md, section 2), the vLLM sampler, FSDP knobs and 8 GPUs a
+    trial; the model is required (the recipe leaves it ???)."""
     from experiments.study import expand_trials, load_study
 
     spec = load_study("baselines", [f"recipe={recipe}", "seeds=[0]", "axes.algo=[archer]"])
     (trial,) = expand_trials(spec, [f"model={tiny_model}"], tmp_path)
     t = trial.train
+    with pytest.raises(ConfigError, match=r"config key 'model' has no value.*model=<dir>"):
+        expand_trials(spec, [], tmp_path)
     assert (t["total_steps"], t["prompts_per_step"], t["group_size"]) == (steps, 64, 16)
     assert (t["ppo_epochs"], t["mini_batch_prompts"], t["max_new_tokens"]) == (3, 32, 32768)
     assert (t["lr"], t["warmup_steps"], t["weight_decay"], t["grad_clip"]) == (
@@ -347,10 +351,10 @@ def test_trials_take_the_users_files_as_absolute_paths(tiny_model, tiny_override
                                        "len(completions)\n")
     spec = load_study("ablate_kl", ["seeds=[0]"])
     trials = expand_trials(spec, tiny_overrides(tiny_model) + [
-        "data.task=null", "data.file=mine.jsonl", "data.reward=./score.py:fn"], tmp_path / "s")
+        "data.task=null", "data.file=mine.jsonl", "reward=./score.py:fn"], tmp_path / "s")
     for t in trials:
         assert t.train["data"]["file"] == t.config["data"]["file"] == str(tmp_path / "mine.jsonl")
-        assert t.train["reward"] == t.config["data"]["reward"] == f"{tmp_path / 'score.py'}:fn"
+        assert t.train["reward"] == t.config["reward"] == f"{tmp_path / 'score.py'}:fn"
     assert user_file_paths("gsm8k_train", "math") == ("gsm8k_train", "math")
     assert user_file_paths(None, "pkg.mod:fn") == (None, "pkg.mod:fn")
 
@@ -374,3 +378,17 @@ def test_configuration_errors_are_not_retried_also_through_ray():
                 ray.exceptions.WorkerCrashedError()):
         assert not not_retried(err)
         assert not not_retried(ray.exceptions.RayTaskError("run_trial", "tb", err))
+
+
+def test_an_axis_on_an_old_key_is_refused_with_its_new_name():
+    with pytest.raises(ConfigError, match=r"study baselines: axis 'trainer.lr' was renamed: use "
+                                          r"'lr' \(docs/config-migration.md"):
+        load_study("baselines", ["+axes={trainer.lr:[0.1,0.2]}"])
+
+
+def test_a_sweep_param_on_an_old_key_is_refused_with_its_new_name():
+    with pytest.raises(ConfigError, match=r"sweep archer_clip_kl: param 'trainer.lr' was "
+                                          r"renamed: use 'lr'"):
+        load_sweep("archer_clip_kl", ["+params={trainer.lr:{type:float,low:0.1,high:0.2}}"])
+    spec = load_sweep("archer_clip_kl", ["+params={lr:{type:float,low:0.1,high:0.2}}"])
+    assert spec.params["lr"] == {"type": "float", "low": 0.1, "high": 0.2}
