@@ -2,7 +2,7 @@
 
 Launch with ``torchrun`` (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)::
 
-    torchrun --nproc_per_node 2 -m archer.cli train algo=archer trainer.steps=30
+    torchrun --nproc_per_node 2 -m archer.cli train algo=archer total_steps=30
 
 Without those variables (or with WORLD_SIZE=1) :func:`init_distributed` returns
 :data:`SINGLE`: no process group, no sharding, every helper is the identity, so a
@@ -218,7 +218,7 @@ def shard_model(model: torch.nn.Module, info: DistInfo, mixed_precision: str = "
     if not info.enabled:
         if mixed_precision != "none":
             warnings.warn("distributed.mixed_precision applies to FSDP runs only; ignored in a "
-                          "single process (use trainer.dtype)", stacklevel=2)
+                          "single process (use dtype)", stacklevel=2)
         return model
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard

@@ -106,8 +106,7 @@ RESUME_FILE = "resume.pt"  # what a stopped warm-up needs to go on exactly
 # settings a resumed warm-up may change: its budget and how it is run and scored, not what
 # is trained
 SFT_RESUME_MAY_CHANGE = ("steps", "max_seconds", "target_accuracy", "eval_every",
-                         "max_new_tokens", "num_threads", "device", "resume", "reward",
-                         "data.reward")
+                         "max_new_tokens", "num_threads", "device", "resume", "reward")
 
 
 def save_resume_state(path: Path, cfg: SFTConfig, model, opt, gen: torch.Generator,

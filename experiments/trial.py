@@ -220,7 +220,7 @@ def _run_locked(payload: dict[str, Any], out: Path, lock_fd: int) -> dict[str, A
             export_dir = str(result.export_dir) if result.export_dir else None
         if payload.get("eval"):
             if export_dir is None:
-                raise ValueError("evaluation needs the final policy: set trainer.export_final")
+                raise ValueError("evaluation needs the final policy: set export_final=true")
             results = evaluate(Path(export_dir), payload["eval"], out / "eval",
                                train=payload["train"])
             events.append({"op": "eval", "results": results, "time": time.time()})

@@ -292,7 +292,7 @@ def test_no_loadable_checkpoint_is_an_error_naming_each(tmp_path):
         (path / "model.pt").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"no checkpoint under .*checkpoints can be loaded: "
                                          r"step_000002: .*model.pt is not a torch file .*; "
-                                         r"step_000001: .*trainer.resume=false"):
+                                         r"step_000001: .*resume=false"):
         fit(replace(cfg, total_steps=3))
 
 
@@ -308,7 +308,7 @@ def test_resuming_with_other_settings_is_an_error_naming_them(tmp_path, caplog):
                                          r"algo\.low\.kl_weight: 0\.001 -> 0\.0; "
                                          r"lr: 0\.001 -> 0\.5\. Resuming would"):
         fit(changed)
-    with pytest.raises(ValueError, match=r"data\.size: 40 -> 60.*use another trainer.out_dir"):
+    with pytest.raises(ValueError, match=r"data\.size: 40 -> 60.*use another out_dir"):
         fit(replace(cfg, data={"task": "chain_sum", "size": 60, "seed": 0}, total_steps=3))
     assert config_changes(cfg.to_dict(), replace(cfg, lr=0.5).to_dict()) == ["lr: 0.001 -> 0.5"]
     ok = fit(replace(cfg, total_steps=3, micro_batch_size=2, val_every=1, ckpt_every=0))

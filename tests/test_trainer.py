@@ -385,7 +385,7 @@ def test_records_lacking_the_answer_are_named_whatever_the_batch(tiny_path, tmp_
                             response_lengths=torch.ones(4))
     with pytest.raises(ValueError, match=(
             r"reward 'math' returned None for 4 of 4 samples, of half record 4, half record "
-            r"5 \(lacking answer\); fix the data, or set trainer.reward_on_none=zero")):
+            r"5 \(lacking answer\); fix the data, or set reward_on_none=zero")):
         score(ctx, batch, lacking, 2)
     ctx.cfg = replace(ctx.cfg, reward_on_none="zero")
     assert score(ctx, batch, lacking, 2).tolist() == [0.0] * 4

@@ -88,7 +88,8 @@ RESUME_MAY_CHANGE = (
     "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode", "vllm_max_model_len",
     "vllm_tensor_parallel_size", "vllm_enforce_eager", "distributed.backend",
     "distributed.timeout_s", "distributed.reshard_after_forward",
-    "distributed.mixed_precision")
+    "distributed.mixed_precision",
+    "data.answer_format")  # how SFT writes a reference answer; RL never reads it
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any],
@@ -173,7 +174,7 @@ def resume(ctx: TrainContext) -> bool:
     if failed:
         raise ValueError(f"no checkpoint under {checkpoint_root(cfg.out_dir)} can be loaded: "
                          + "; ".join(failed) + ". Remove the damaged ones to resume from "
-                         "an older one, or set trainer.resume=false to start over")
+                         "an older one, or set resume=false to start over")
     return False
 
 
@@ -199,8 +200,8 @@ def refuse_other_settings(path: Path, state: dict[str, Any], cfg: TrainConfig) -
         raise ValueError(
             f"{path} was saved by a run with other settings: {'; '.join(changes)}. "
             "Resuming would continue it as a run no config describes: use another "
-            f"trainer.out_dir (with model={Path(cfg.out_dir) / 'final'} to start from "
-            "this run's exported policy, once it has one), or trainer.resume=false to "
+            f"out_dir (with model={Path(cfg.out_dir) / 'final'} to start from "
+            "this run's exported policy, once it has one), or resume=false to "
             "start over here (its checkpoints are moved to previous/)")
 
 

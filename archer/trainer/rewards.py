@@ -63,7 +63,7 @@ def check_reward_columns(fn, name: str, records: list[dict], source: str) -> Non
         raise ValueError(
             f"reward {name!r} needs the column(s) {missing}, which no record of {source} has "
             f"(its records have: {sorted(columns)}); add the field to the data or choose "
-            "another reward (data.reward=...)")
+            "another reward (reward=...)")
 
 
 def call_reward(fn, name: str, completions: list[str], records: list[dict], n: int,
@@ -105,7 +105,7 @@ def reward_values(fn, name: str, completions: list[str], records: list[dict], n:
             f"reward {name!r} returned None for {len(missing)} of {len(values)} "
             f"samples, of {', '.join(named[:5])}{' ...' if len(named) > 5 else ''}"
             + (f" (lacking {', '.join(absent)})" if absent else "")
-            + "; fix the data, or set trainer.reward_on_none=zero to score them 0")
+            + "; fix the data, or set reward_on_none=zero to score them 0")
     return values
 
 
