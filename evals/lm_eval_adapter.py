@@ -140,10 +140,10 @@ def run_lm_eval(model: str, benchmarks: list[str], out_dir: str | Path, *,
     import sys
 
     from archer.models import load_tokenizer, resolve_model_path
-    from evals.cli import summary_line
     from evals.registry import make_contract, problems_for
     from evals.runner import append_samples, open_samples_file, plan_chunks, read_samples
     from evals.scoring import score_samples
+    from evals.summary import summary_line
 
     unsupported = {"template", "lcb_start", "lcb_end", "test_timeout_s"}
     used = sorted(k for k in unsupported if overrides.get(k) is not None)

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 import experiments.demo as demo
-from archer.cli import main
+from archer_cli.main import main
 
 
 @pytest.mark.slow

@@ -227,7 +227,7 @@ def test_archer_eval_engine_vllm_end_to_end(tiny_path, tmp_path, monkeypatch):
     """`archer eval --engine vllm`: samples.jsonl written through VLLMRollout, then scored."""
     import json
 
-    from archer.cli import main
+    from archer_cli.main import main
     from evals.runner import read_samples
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; see the training test

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from archer.cli import main
+from archer_cli.main import main
 from archer.config import ConfigError
 from archer.models import build_tiny_model, load_policy_and_ref
 from archer.rewards import REWARDS, register_reward

@@ -1,4 +1,4 @@
-"""``archer train``: Hydra composition, strict keys, and real runs through ``archer.cli.main``
+"""``archer train``: Hydra composition, strict keys, and real runs through ``archer_cli.main.main``
 on a tiny model (hidden 32) with 1-2 steps."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from archer.cli import main
+from archer_cli.main import main
 from archer.config import AlgoConfig
 from archer.models import build_tiny_model
 from archer.rewards import REWARDS, register_reward

@@ -129,7 +129,7 @@ def test_contract_refusal_shown_on_the_page(tmp_path):
 
 @pytest.mark.parametrize("command", ["build", "serve"])
 def test_dashboard_out_that_is_a_file_is_an_error(baselines_store, tmp_path, capsys, command):
-    from archer.cli import main
+    from archer_cli.main import main
 
     existing = tmp_path / "notes.txt"
     existing.write_text("keep me\n")
@@ -148,7 +148,7 @@ def test_an_optuna_storage_asked_for_by_name_must_hold_sweeps(baselines_store, t
                                                               capsys):
     """--optuna-storage naming a missing or empty SQLite file is an error naming it (it used
     to build a site without the sweeps, silently); the file is left as it was, no site made."""
-    from archer.cli import main
+    from archer_cli.main import main
 
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")

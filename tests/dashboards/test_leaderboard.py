@@ -186,7 +186,7 @@ def test_mixing_contracts_is_refused(tmp_path):
 
 
 def test_cli(baselines_store, tmp_path, capsys):
-    from archer.cli import main
+    from archer_cli.main import main
 
     out = tmp_path / "lb.md"
     rc = main(["leaderboard", "--tracking-uri", baselines_store.uri, "--study", "baselines",
@@ -210,7 +210,7 @@ def test_readers_refuse_a_file_that_is_not_an_mlflow_store(tmp_path, capsys, mon
     `dashboard build` writes no page."""
     import sqlite3
 
-    from archer.cli import main
+    from archer_cli.main import main
 
     site = tmp_path / "site"
     readers = (["leaderboard"], ["dashboard", "build", "--out", str(site)])
@@ -240,7 +240,7 @@ def test_readers_refuse_a_file_that_is_not_an_mlflow_store(tmp_path, capsys, mon
 
 
 def test_leaderboard_out_that_is_a_directory_is_an_error(baselines_store, tmp_path, capsys):
-    from archer.cli import main
+    from archer_cli.main import main
 
     folder = tmp_path / "lb.md"
     folder.mkdir()
@@ -262,7 +262,7 @@ def test_leaderboard_out_that_is_a_directory_is_an_error(baselines_store, tmp_pa
 def test_a_store_mlflow_refuses_is_an_error_not_a_traceback(tmp_path, capsys, monkeypatch):
     """A directory as the tracking URI (MLflow's file store, which MLflow refuses): MLflow's
     own message as a usage error (exit 2)."""
-    from archer.cli import main
+    from archer_cli.main import main
 
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     folder = tmp_path / "mlruns"

@@ -59,7 +59,7 @@ def test_task_folder_loads_in_lm_eval_standalone():
 def test_archer_eval_engine_lm_eval_writes_our_result_format(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from archer.cli import main
+    from archer_cli.main import main
 
     out = tmp_path / "lm"
     rc = main(["eval", "--engine", "lm-eval", "--model", "tiny", "--benchmarks", "gsm8k",
@@ -109,7 +109,7 @@ def _lm_eval_args(out: Path, *extra: str) -> list[str]:
 def test_interrupted_lm_eval_evaluation_resumes_chunk_by_chunk(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from archer.cli import main
+    from archer_cli.main import main
     from evals.runner import read_samples
 
     out = tmp_path / "lm"
@@ -160,7 +160,7 @@ def test_lm_eval_refuses_a_samples_file_of_another_contract_or_engine(tmp_path, 
                                                                       capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from archer.cli import main
+    from archer_cli.main import main
     from archer.models import load_tokenizer, resolve_model_path
     from evals.runner import open_samples_file
 
@@ -225,7 +225,7 @@ def test_evalplus_scores_base_tests_through_its_override_path(tmp_path):
 def test_data_fetch_fails_fast_offline_with_a_clear_message(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "ARCHER_DATA_DIR": str(tmp_path)}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "archer.cli", "data", "fetch", "aime2024"],
+    proc = subprocess.run([sys.executable, "-m", "archer_cli", "data", "fetch", "aime2024"],
                           capture_output=True, text=True, env=env, timeout=60,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2

@@ -268,7 +268,7 @@ def test_paired_comparison_of_results_and_contract_refusal():
 def test_archer_eval_command_logs_an_mlflow_run_nested_under_training(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from archer.cli import main
+    from archer_cli.main import main
     from archer.models import prepare_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -308,7 +308,7 @@ def test_archer_eval_command_logs_an_mlflow_run_nested_under_training(tmp_path, 
     ("cuda:x", "--device='cuda:x' is invalid"),
 ])
 def test_eval_device_is_validated_before_any_model_loads(tmp_path, capsys, device, message):
-    from archer.cli import main
+    from archer_cli.main import main
 
     rc = main(["eval", "--model", "tiny", "--benchmarks", "gsm8k", "--device", device,
                "--out-dir", str(tmp_path), "--tracking", "none"])
@@ -319,7 +319,7 @@ def test_eval_device_is_validated_before_any_model_loads(tmp_path, capsys, devic
 def test_eval_on_a_gpu_that_is_not_there_is_an_error(tmp_path, capsys):
     import torch
 
-    from archer.cli import main
+    from archer_cli.main import main
 
     if torch.cuda.is_available():
         pytest.skip("checks the error without a GPU")
@@ -357,7 +357,7 @@ def test_eval_stopped_by_sigterm_keeps_its_samples_and_resumes(tmp_path, capsys,
     import signal
 
     import evals.runner
-    from archer.cli import main
+    from archer_cli.main import main
 
     append = evals.runner.append_samples
 
@@ -394,7 +394,7 @@ def test_eval_stopped_by_sigint_while_logging_ends_its_mlflow_run_killed(tmp_pat
 
     from mlflow.tracking import MlflowClient
 
-    from archer.cli import main
+    from archer_cli.main import main
     from experiments.tracking import MlflowLogger
 
     log_artifact = MlflowLogger.log_artifact
@@ -429,7 +429,7 @@ def test_eval_stopped_while_its_mlflow_run_opens_ends_it_killed(tmp_path, capsys
 
     from mlflow.tracking import MlflowClient
 
-    from archer.cli import main
+    from archer_cli.main import main
     from experiments.tracking import MlflowLogger
 
     init = MlflowLogger.__init__
@@ -449,7 +449,7 @@ def test_eval_stopped_while_its_mlflow_run_opens_ends_it_killed(tmp_path, capsys
 
 
 def test_eval_out_dir_that_is_a_file_is_an_error_before_any_model_loads(tmp_path, capsys):
-    from archer.cli import main
+    from archer_cli.main import main
 
     existing = tmp_path / "results.txt"
     existing.write_text("keep me\n")

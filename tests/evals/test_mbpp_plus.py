@@ -198,7 +198,7 @@ def test_evalplus_refuses_samples_made_on_another_file(tmp_path):
 @pytest.mark.slow
 def test_archer_eval_mbpp_plus_end_to_end_with_both_scorers(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from archer.cli import main
+    from archer_cli.main import main
 
     out = tmp_path / "ev"
     common = ["--benchmarks", "mbpp_plus", "--data-file", str(FIXTURE), "--out-dir", str(out),

@@ -431,7 +431,7 @@ def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_res
     # slow_step: rank 0's third reward call lasts 40 s, and the stop comes meanwhile
     slow, marker = fault_reward(tmp_path, "sleep40", at=3, rank=0)
     extra = [slow] if slow_step else []
-    cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
+    cmd = [sys.executable, "-m", "archer_cli", "ablate", str(path), "--root", str(root),
            *tiny_overrides(tiny_model, steps=steps), "trainer.ckpt_every=1000", *extra,
            "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
     state_path = root / "sigrank" / "study.json"

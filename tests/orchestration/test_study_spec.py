@@ -113,7 +113,7 @@ def test_bad_eval_override_refuses_the_study_before_any_trial(tmp_path, capsys, 
     """An evaluation setting that the harness would refuse after training (k=0, an unknown
     benchmark) fails `archer ablate` when the study loads: exit 2, the key and what it
     allows named, nothing created under --root."""
-    from archer.cli import main
+    from archer_cli.main import main
 
     root = tmp_path / "studies"
     for evaluation, named in (("{benchmarks:[gsm8k],k:0}", "study baselines.eval.k=0 is not "
@@ -132,7 +132,7 @@ def test_missing_benchmark_data_refuses_a_local_study_before_any_trial(
         tmp_path, capsys, monkeypatch, tiny_model, tiny_overrides):
     """A benchmark whose data file is not in the data directory would fail each trial after
     it trained: on a local Ray the study is refused when it loads, naming the file."""
-    from archer.cli import main
+    from archer_cli.main import main
 
     empty = tmp_path / "data"
     empty.mkdir()
@@ -147,7 +147,7 @@ def test_missing_benchmark_data_refuses_a_local_study_before_any_trial(
 
 
 def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
-    from archer.cli import main
+    from archer_cli.main import main
 
     path = tmp_path / "broken.yaml"
     path.write_text("name: broken\naxes: {algo: [grpo]\nseeds: [0]\n")
@@ -224,7 +224,7 @@ def test_nested_study_overrides_that_can_work_do(tmp_path, write_study):
 
 def test_overrides_may_follow_the_options(tmp_path, capsys, write_study, tiny_model,
                                           tiny_overrides):
-    from archer.cli import build_parser, main
+    from archer_cli.main import build_parser, main
 
     args = build_parser().parse_args(["ablate", "s.yaml", "--root", "runs/x", "trainer.steps=2",
                                       "--no-progress", "study.seeds=[0]"])
