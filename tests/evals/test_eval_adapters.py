@@ -62,9 +62,9 @@ def test_archer_eval_engine_lm_eval_writes_our_result_format(tmp_path, monkeypat
     from archer_cli.main import main
 
     out = tmp_path / "lm"
-    rc = main(["eval", "--engine", "lm-eval", "--model", "tiny", "--benchmarks", "gsm8k",
-               "--limit", "2", "--k", "2", "--max-new-tokens", "3", "--out-dir", str(out),
-               "--tracking", "none", "--workers", "1"])
+    rc = main(["eval", "engine=lm-eval", "model=tiny", "benchmarks=gsm8k",
+               "limit=2", "k=2", "max_new_tokens=3", f"out_dir={out}",
+               "tracking=none", "workers=1"])
     assert rc == 0
     res = json.loads((out / "gsm8k" / "results.json").read_text())
     assert res["engine"] == "lm-eval" and res["metrics"]["n_samples"] == 4
@@ -100,9 +100,9 @@ def _count_simple_evaluate(monkeypatch, fail_on_call: int | None = None) -> list
 
 
 def _lm_eval_args(out: Path, *extra: str) -> list[str]:
-    return ["eval", "--engine", "lm-eval", "--model", "tiny", "--benchmarks", "gsm8k",
-            "--limit", "4", "--k", "2", "--batch-size", "2", "--max-new-tokens", "3",
-            "--out-dir", str(out), "--tracking", "none", "--workers", "1", *extra]
+    return ["eval", "engine=lm-eval", "model=tiny", "benchmarks=gsm8k",
+            "limit=4", "k=2", "batch_size=2", "max_new_tokens=3",
+            f"out_dir={out}", "tracking=none", "workers=1", *extra]
 
 
 @pytest.mark.slow
@@ -171,7 +171,7 @@ def test_lm_eval_refuses_a_samples_file_of_another_contract_or_engine(tmp_path, 
     open_samples_file(path, contract, model="tiny", batch_size=2, engine="lm-eval")
     before = path.read_text()
     calls = _count_simple_evaluate(monkeypatch)
-    assert main(_lm_eval_args(out, "--k", "3")) == 2
+    assert main(_lm_eval_args(out, "k=3")) == 2
     err = capsys.readouterr().err
     assert "holds samples of contract" in err and "k: 2 != 3" in err
     assert calls == [] and path.read_text() == before
