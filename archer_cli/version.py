@@ -10,10 +10,11 @@ DISTRIBUTION = "archer-rlvr"
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
-def pyproject_version(path: Path = PYPROJECT) -> str | None:
-    """``[project] version`` of ``path``, or None when there is no such file or field."""
+def pyproject_version(path: Path | None = None) -> str | None:
+    """``[project] version`` of ``path`` (default: the checkout's pyproject.toml), or None
+    when there is no such file or field."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (path or PYPROJECT).read_text(encoding="utf-8")
     except OSError:
         return None
     project = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)

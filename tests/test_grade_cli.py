@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from archer_cli.main import main
 from archer.grade import Malformed, parse_code_record, parse_math_record
+from archer_cli.main import main
 
 
 def _write_lines(path, lines: list) -> str:

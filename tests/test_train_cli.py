@@ -9,11 +9,11 @@ import json
 import pytest
 import yaml
 
-from archer_cli.main import main
 from archer.config import AlgoConfig
 from archer.models import build_tiny_model
 from archer.rewards import REWARDS, register_reward
 from archer.train_config import TrainConfig
+from archer_cli.main import main
 from experiments.presets import load_preset, preset_names
 from experiments.train_cli import (
     NOT_TRAINER,

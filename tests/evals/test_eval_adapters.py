@@ -160,8 +160,8 @@ def test_lm_eval_refuses_a_samples_file_of_another_contract_or_engine(tmp_path, 
                                                                       capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from archer_cli.main import main
     from archer.models import load_tokenizer, resolve_model_path
+    from archer_cli.main import main
     from evals.runner import open_samples_file
 
     tok = load_tokenizer(resolve_model_path("tiny"))

@@ -268,8 +268,8 @@ def test_paired_comparison_of_results_and_contract_refusal():
 def test_archer_eval_command_logs_an_mlflow_run_nested_under_training(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from archer_cli.main import main
     from archer.models import prepare_model
+    from archer_cli.main import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = MlflowClient(uri).create_run(
