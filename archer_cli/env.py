@@ -150,10 +150,11 @@ CHECKS: tuple[Callable[[], Check | list[Check]], ...] = (
 )
 
 
-def environment_report(checks=CHECKS) -> list[Check]:
-    """Every check's lines, in order; a check that raises is an ``error`` line naming it."""
+def environment_report(checks=None) -> list[Check]:
+    """Every check's lines (default: :data:`CHECKS`), in order; a check that raises is an
+    ``error`` line naming it."""
     out: list[Check] = []
-    for check in checks:
+    for check in CHECKS if checks is None else checks:
         try:
             result = check()
         except Exception as err:  # the report must reach its end whatever a check hits

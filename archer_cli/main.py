@@ -251,7 +251,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run ``archer`` with ``argv`` (default: the process's arguments); returns the exit
     code: 2 for a usage or configuration error, printed as one ``archer: error:`` line."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser = build_parser()
+    except ImportError:  # a broken install: the two commands that diagnose it still run
+        if argv == ["env"]:
+            return _cmd_env(argparse.Namespace())
+        if argv == ["--version"]:
+            print(f"archer {package_version()}")
+            return 0
+        raise
     args = parser.parse_args(argv)
     if args.version:
         print(f"archer {package_version()}")

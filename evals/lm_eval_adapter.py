@@ -8,7 +8,7 @@ K** of them with Archer's math verifier (filter ``take_first_k`` keeps K; the st
     lm_eval --model hf --model_args pretrained=DIR --include_path evals/tasks \\
         --tasks archer_aime2024 --apply_chat_template --log_samples --output_path out
 
-Through Archer (``archer eval --engine lm-eval``): :func:`run_lm_eval` builds the same task
+Through Archer (``archer eval engine=lm-eval``): :func:`run_lm_eval` builds the same task
 configs with the contract's overrides (k, temperature, max new tokens, limit, seed), loads
 lm-eval's ``HFLM`` once and writes every logged response into our ``samples.jsonl`` under the
 benchmark's contract, then scores it with :mod:`evals.scoring`, so the results have the same

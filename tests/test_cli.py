@@ -298,6 +298,22 @@ def test_env_with_an_empty_data_dir_lists_every_file_and_its_next_command(monkey
     assert "does not exist" in out and "-> export ARCHER_DATA_DIR=" in out
 
 
+def test_env_and_version_run_when_the_parser_cannot_be_built(monkeypatch, capsys):
+    import archer_cli.main as cli_main
+
+    def broken():
+        raise ImportError("No module named 'yaml'")
+
+    monkeypatch.setattr(cli_main, "build_parser", broken)
+    assert cli_main.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("archer ")
+    monkeypatch.setattr(env, "CHECKS", (env.check_python,))
+    assert cli_main.main(["env"]) == 0
+    assert capsys.readouterr().out.startswith("python ")
+    with pytest.raises(ImportError, match="yaml"):  # any other command: the real error
+        cli_main.main(["algos"])
+
+
 def test_env_turns_a_failing_check_into_a_line(capsys):
     def check_boom():
         raise RuntimeError("broken install")

@@ -213,5 +213,5 @@ def test_archer_eval_mbpp_plus_end_to_end_with_both_scorers(tmp_path, monkeypatc
         [e["correct"] for e in ours["per_problem"]]
     assert main(["eval", "--score-only", "scorer=evalplus", "benchmarks=gsm8k",
                  f"out_dir={out}"]) == 2
-    assert "--scorer evalplus scores ['humaneval', 'mbpp_plus'], not ['gsm8k']" in \
+    assert "scorer=evalplus scores ['humaneval', 'mbpp_plus'], not ['gsm8k']" in \
         capsys.readouterr().err
