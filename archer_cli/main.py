@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_sweep_arguments,
     )
 
-    parser = argparse.ArgumentParser(prog="archer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="archer", description="Archer: RLVR training, evaluation and studies. Settings "
+        "are key=value (archer SUBCOMMAND --help lists them); --flags are actions.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=IntermixedParser)
     add_demo_arguments(sub.add_parser(

@@ -207,7 +207,9 @@ def add_sweep_arguments(p, func) -> None:
         Setting("optuna.storage", help=f"Optuna RDB storage (default: the space's, else "
                 f"{DEFAULT_STORAGE})", deprecated=("--storage",)),
     )
-    add_settings(p, "sweep", settings, passthrough=TRIAL_OVERRIDES.replace("study.", "sweep."))
+    add_settings(p, "sweep", settings,
+                 passthrough="sweep.<key>=... changes the sweep (sweep.sampler=random); "
+                             "anything else applies to every trial (trainer.steps=2)")
     p.set_defaults(func=func)
 
 
