@@ -20,6 +20,7 @@ subcommands of every layer declare their settings with it.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 from collections.abc import Sequence
@@ -195,7 +196,9 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     for s in settings:
         if s.required and values.get(s.key) is None:
             raise ConfigError(f"archer {args._command} needs {s.key}=... ({s.help})")
-        default = list(s.default) if isinstance(s.default, (list, tuple)) else s.default
+        default = copy.copy(s.default)  # a list or dict default is the caller's to change
+        if isinstance(default, tuple):
+            default = list(default)
         setattr(args, s.attr, values.get(s.key, default))
     args.overrides = overrides
     return args
