@@ -27,7 +27,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from archer.validation import ConfigError, check_choice, check_int, check_range, unknown_keys
+from archer.validation import (
+    ConfigError,
+    check_choice,
+    check_int,
+    check_range,
+    did_you_mean,
+    unknown_keys,
+)
 
 KINDS = ("str", "int", "float", "bool", "list", "dict")
 TRUE = ("true", "yes", "on", "1")
@@ -164,6 +171,7 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         return args
     by_key = {s.key: s for s in settings}
     dicts = {s.key: s for s in settings if s.kind == "dict"}
+    heads = {s.key.partition(".")[0] for s in settings if "." in s.key}  # tracking, ray, ...
     values: dict[str, Any] = {}
     overrides: list[str] = []
     unknown: list[str] = []
@@ -189,6 +197,10 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
             values.setdefault(head, {})[rest] = raw
         elif args._passthrough:
             overrides.append(f"{key}={raw}")
+            hint = did_you_mean(key, by_key) if "." not in key or head in heads else ""
+            if hint:  # a typo'd setting would otherwise fail later as an unknown trial key
+                print(f"archer {args._command}: {key}={raw} goes to the trials{hint}",
+                      file=sys.stderr)
         else:
             unknown.append(key)
     if unknown:

@@ -76,10 +76,18 @@ def test_a_required_setting_is_named_when_missing():
         toy(["n=2"])
 
 
-def test_passthrough_sends_other_keys_to_the_overrides():
-    args = toy(["in_file=y", "trainer.steps=2", "n=4", "+study.x=1", "~algo.kl"],
-               passthrough="trial overrides")
-    assert args.n == 4 and args.overrides == ["trainer.steps=2", "+study.x=1", "~algo.kl"]
+def test_passthrough_sends_other_keys_to_the_overrides(capsys):
+    args = toy(["in_file=y", "trainer.steps=2", "n=4", "+study.x=1", "~algo.kl",
+                "trainer.rate=1"], passthrough="trial overrides")
+    assert args.n == 4
+    assert args.overrides == ["trainer.steps=2", "+study.x=1", "~algo.kl", "trainer.rate=1"]
+    assert capsys.readouterr().err == ""  # trainer.rate is a trial key, not a typo of rate
+    # a near miss of a setting still goes through, with a hint naming the setting
+    args = toy(["in_file=y", "rat=1", "tracking.ur=x"], passthrough="trial overrides")
+    assert args.overrides == ["rat=1", "tracking.ur=x"]
+    err = capsys.readouterr().err
+    assert "archer toy: rat=1 goes to the trials (did you mean 'rate'?)" in err
+    assert "tracking.ur=x goes to the trials (did you mean 'tracking.uri'?)" in err
 
 
 def test_deprecated_flags_still_work_and_say_the_new_spelling(capsys):
@@ -141,6 +149,8 @@ SPELLINGS = [
       "sqlite:///o.db", "--out", "site", "--port", "9000", "--no-build"],
      {"tracking_uri": "sqlite:///s.db", "optuna_storage": "sqlite:///o.db", "out_dir": "site",
       "port": 9000, "build": False, "host": "127.0.0.1"}),
+    (["dashboard", "build", "out_dir=site"], ["dashboard", "build", "--out", "site"],
+     {"out_dir": "site", "tracking_uri": None, "optuna_storage": None}),
     (["grade", "math", "in_file=in.jsonl", "out_file=v.jsonl", "workers=2", "timeout=3",
       "checkers=string,sympy", "fallbacks=last_number"],
      ["grade", "math", "--input", "in.jsonl", "--output", "v.jsonl", "--workers", "2",
@@ -195,11 +205,13 @@ def test_new_and_deprecated_spellings_give_the_same_settings(new, old, expected,
     (["grade", "math", "in_file=x", "timout=3"], "'timout' (did you mean 'timeout'?)"),
     (["study", "status", "s", "outdir=x"], "'outdir' (did you mean 'out_dir'?)"),
     (["demo", "--quick", "stepz=3"], "archer demo --quick takes no overrides"),
+    (["sweep", "archer_clip_kl", "n_trails=3"],
+     "n_trails=3 goes to the trials (did you mean 'n_trials'?)"),
 ])
 def test_a_typod_key_fails_with_exit_2_naming_the_closest_key(argv, hint, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("archer: error: ") and hint in err, err
+    assert "archer: error: " in err and hint in err, err
 
 
 def test_presets_is_a_deprecated_alias_of_algos(capsys):
