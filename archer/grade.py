@@ -1,7 +1,7 @@
 """``archer grade``: grade model outputs produced anywhere, from a JSONL file.
 
-    archer grade math --input outputs.jsonl --output verdicts.jsonl
-    archer grade code --input outputs.jsonl --output verdicts.jsonl
+    archer grade math in_file=outputs.jsonl out_file=verdicts.jsonl
+    archer grade code in_file=outputs.jsonl out_file=verdicts.jsonl timeout=10
 
 Input: one JSON object per line (blank lines are skipped).
 
@@ -46,6 +46,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
+
+from archer.cli_settings import Setting, add_settings
 
 __all__ = ["GradeSummary", "Malformed", "add_grade_arguments", "grade_file", "parse_code_record",
            "parse_math_record", "run_grade"]
@@ -343,22 +345,31 @@ def grade_file(kind: str, input_path: str, output: IO[str], grader) -> GradeSumm
 # ---------------------------------------------------------------------------------- CLI
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+def _settings(kind: str) -> tuple[Setting, ...]:
+    common = (
+        Setting("in_file", help="JSONL file of records ('-': stdin)", required=True,
+                deprecated=("--input",)),
+        Setting("out_file", "-", help="JSONL verdicts ('-': stdout)", deprecated=("--output",)),
+        Setting("workers", None, "int", "worker processes (math) / concurrent programs (code)",
+                lo=1, deprecated=("--workers",)),
+    )
+    if kind == "math":
+        return common + (
+            Setting("timeout", 5.0, "float", "seconds per answer and checker", lo=0,
+                    lo_open=True, deprecated=("--timeout",)),
+            Setting("checkers", ["string", "sympy", "math_verify"], "list",
+                    "checkers, correct if any accepts: string, sympy, math_verify or "
+                    "package.module:function", deprecated=("--checkers",)),
+            Setting("fallbacks", [], "list", "answer extraction fallbacks when there is no "
+                    "\\boxed{}: answer_line,last_number (default: none)",
+                    deprecated=("--fallbacks",)),
+        )
+    return common + (
+        Setting("timeout", 6.0, "float", "seconds per test case (as LiveCodeBench)", lo=0,
+                lo_open=True, deprecated=("--timeout",)),
+        Setting("memory_mb", 2048, "int", "address-space limit of a program", lo=1,
+                deprecated=("--memory-mb",)),
+    )
 
 
 def add_grade_arguments(parser: argparse.ArgumentParser, func) -> None:
@@ -374,25 +385,7 @@ def add_grade_arguments(parser: argparse.ArgumentParser, func) -> None:
                         "order; a summary on stderr; exit code 1 when some lines are malformed. "
                         "Formats: README.md, 'Grading outputs from anywhere'.",
         )
-        p.add_argument("--input", required=True, help="JSONL file of records ('-': stdin)")
-        p.add_argument("--output", default="-", help="JSONL verdicts ('-': stdout, default)")
-        p.add_argument("--workers", type=_positive_int, default=None,
-                       help="worker processes (math) / concurrent programs (code)")
-        if kind == "math":
-            p.add_argument("--timeout", type=_positive_float, default=5.0,
-                           help="seconds per answer and checker (default 5)")
-            p.add_argument("--checkers", type=_names, default=("string", "sympy", "math_verify"),
-                           help="comma-separated checkers, correct if any accepts: string, "
-                                "sympy, math_verify or package.module:function "
-                                "(default: string,sympy,math_verify)")
-            p.add_argument("--fallbacks", type=_names, default=(),
-                           help="answer extraction fallbacks when there is no \\boxed{}: "
-                                "answer_line,last_number (default: none)")
-        else:
-            p.add_argument("--timeout", type=_positive_float, default=6.0,
-                           help="seconds per test case (default 6, as LiveCodeBench)")
-            p.add_argument("--memory-mb", type=_positive_int, default=2048,
-                           help="address-space limit of a program (default 2048)")
+        add_settings(p, f"grade {kind}", _settings(kind))
         p.set_defaults(func=func)
 
 
@@ -400,7 +393,8 @@ def _make_grader(args: argparse.Namespace):
     if args.grade_kind == "math":
         from archer.rewards.math import MathGrader, MathGraderConfig
 
-        cfg: dict[str, Any] = {"checkers": args.checkers, "fallbacks": args.fallbacks,
+        cfg: dict[str, Any] = {"checkers": tuple(args.checkers),
+                               "fallbacks": tuple(args.fallbacks),
                                "timeout_s": args.timeout}
         if args.workers is not None:
             cfg["num_workers"] = args.workers
@@ -419,24 +413,24 @@ def run_grade(args: argparse.Namespace) -> int:
     """Run ``archer grade math|code`` from parsed arguments; returns the exit code."""
     from archer.train_config import check_out_file
 
-    if args.input != "-":
-        if os.path.isdir(args.input):
-            raise ValueError(f"--input {args.input} is a directory; give a JSONL file of "
+    if args.in_file != "-":
+        if os.path.isdir(args.in_file):
+            raise ValueError(f"in_file={args.in_file} is a directory; give a JSONL file of "
                              "completions (or - for stdin)")
-        with open(args.input, encoding="utf-8"):  # FileNotFoundError names the path
+        with open(args.in_file, encoding="utf-8"):  # FileNotFoundError names the path
             pass
-        if args.output != "-" and os.path.exists(args.output) and \
-                os.path.samefile(args.input, args.output):  # opening it "w" would empty it
-            raise ValueError(f"--output {args.output} is the input file: the verdicts would "
+        if args.out_file != "-" and os.path.exists(args.out_file) and \
+                os.path.samefile(args.in_file, args.out_file):  # opening it "w" would empty it
+            raise ValueError(f"out_file={args.out_file} is the input file: the verdicts would "
                              "overwrite the completions; write them to another file")
-    if args.output != "-":
-        check_out_file("--output", args.output)  # a directory there: before any grading
+    if args.out_file != "-":
+        check_out_file("out_file", args.out_file)  # a directory there: before any grading
     grader = _make_grader(args)
-    out: IO[str] = sys.stdout if args.output == "-" else open(  # noqa: SIM115
-        args.output, "w", encoding="utf-8"
+    out: IO[str] = sys.stdout if args.out_file == "-" else open(  # noqa: SIM115
+        args.out_file, "w", encoding="utf-8"
     )
     try:
-        summary = grade_file(args.grade_kind, args.input, out, grader)
+        summary = grade_file(args.grade_kind, args.in_file, out, grader)
     finally:
         if out is not sys.stdout:
             out.close()

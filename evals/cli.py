@@ -1,14 +1,15 @@
 """``archer eval``: generate -> samples.jsonl (resumable) -> score -> results.json -> MLflow.
 
-    archer eval --model DIR --benchmarks aime2024,lcb_v5 --k 8 --max-new-tokens 2048
-    archer eval --model smollm2-135m --benchmarks gsm8k --limit 100 --k 4 --max-new-tokens 256
-    archer eval --engine vllm --model DIR --benchmarks aime2024 --k 64   # the vllm extra
-    archer eval --score-only --out-dir runs/eval/x        # re-score existing samples
-    archer eval --compare runs/eval/a/gsm8k runs/eval/b/gsm8k [--force]
+    archer eval model=DIR benchmarks=aime2024,lcb_v5 k=8 max_new_tokens=2048
+    archer eval model=smollm2-135m benchmarks=gsm8k limit=100 k=4 max_new_tokens=256
+    archer eval engine=vllm model=DIR benchmarks=aime2024 k=64   # the vllm extra
+    archer eval --score-only out_dir=runs/eval/x        # re-score existing samples
+    archer eval --compare runs/eval/a/gsm8k runs/eval/b/gsm8k [force=true]
 
-Contract fields not given keep the paper's values (ARCHER.md section 5); every flag that
-changes one is recorded in the contract's ``overrides``. Output per benchmark:
-``<out-dir>/<benchmark>/{samples.jsonl, scores.jsonl, per_problem.csv, results.json}``.
+Contract fields not given keep the paper's values (docs/method.md, the evaluation section);
+every setting that changes one is recorded in the contract's ``overrides``. Output per
+benchmark: ``<out_dir>/<benchmark>/{samples.jsonl, scores.jsonl, per_problem.csv,
+results.json}``. The old ``--flag`` spellings (``--model DIR``) still work for one release.
 
 Ctrl-C or SIGTERM stops at once with one line on stderr (the samples kept, per benchmark)
 and exit code 130 / 143; the samples of every finished chunk stay, the same command resumes
@@ -26,60 +27,75 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from archer.cli_settings import Setting, add_settings
+from evals.summary import summary_line
+
+__all__ = ["EVAL_SETTINGS", "add_eval_arguments", "run_eval", "summary_line"]
+
 BENCHMARK_NAMES = ("aime2024, aime2025, amc23, math500, gsm8k, lcb_v5, lcb_v6, humaneval, "
                    "mbpp_plus, gym")
 
+EVAL_SETTINGS = (
+    Setting("model", help="HF model directory or a prepared name (tiny, smollm2-135m)",
+            deprecated=("--model",)),
+    Setting("benchmarks", ["gsm8k"], "list", f"from: {BENCHMARK_NAMES}",
+            deprecated=("--benchmarks",)),
+    Setting("k", None, "int", "samples per problem (paper: per benchmark)", lo=1,
+            deprecated=("--k",)),
+    Setting("max_new_tokens", None, "int", "paper: 32768", lo=1,
+            deprecated=("--max-new-tokens",)),
+    Setting("temperature", None, "float", "paper: 0.8", lo=0, deprecated=("--temperature",)),
+    Setting("top_p", None, "float", "paper: 1.0", lo=0, deprecated=("--top-p",)),
+    Setting("limit", None, "int", "first N problems only", lo=1, deprecated=("--limit",)),
+    Setting("seed", None, "int", "sampling seed (default 0)", lo=0, deprecated=("--seed",)),
+    Setting("template", help="prompt template override", deprecated=("--template",)),
+    Setting("lcb_start", help="LiveCodeBench window start (inclusive)",
+            deprecated=("--lcb-start",)),
+    Setting("lcb_end", help="LiveCodeBench window end (exclusive)", deprecated=("--lcb-end",)),
+    Setting("test_timeout", None, "float", "code: per-test timeout in s (default 6, as "
+            "LiveCodeBench)", lo=0, deprecated=("--test-timeout",)),
+    Setting("data_file", help="read this file instead of the registered one (one benchmark "
+            "only), e.g. an official LiveCodeBench release", deprecated=("--data-file",)),
+    Setting("gym_data", help='benchmark gym: the reasoning-gym data config (JSON) whose '
+            'held-out split is evaluated, e.g. \'gym_data={"task": "chain_sum", "size": 1000, '
+            '"seed": 0, "val_size": 64}\' (as in training)', deprecated=("--gym-data",)),
+    Setting("out_dir", help="output directory (default: runs/eval/<model name>)",
+            deprecated=("--out-dir",)),
+    Setting("engine", "hf", choices=("hf", "vllm", "lm-eval"),
+            help="hf: transformers generate; vllm: archer's vLLM backend (the vllm extra); "
+                 "lm-eval: lm-evaluation-harness", deprecated=("--engine",)),
+    Setting("batch_size", 8, "int", "problems per generate call", lo=1,
+            deprecated=("--batch-size",)),
+    Setting("device", "auto", help="engines hf and lm-eval: auto (CUDA when torch sees a GPU, "
+            "else the CPU), cpu, cuda or cuda:N", deprecated=("--device",)),
+    Setting("dtype", "float32", deprecated=("--dtype",)),
+    Setting("gpu_memory_utilization", 0.9, "float", "engine=vllm: share of accelerator "
+            "memory vLLM may use", lo=0, deprecated=("--gpu-memory-utilization",)),
+    Setting("workers", None, "int", "grader worker processes", lo=1, deprecated=("--workers",)),
+    Setting("tracking", "mlflow", choices=("mlflow", "none"), help="log the results to MLflow",
+            deprecated=("--tracking",)),
+    Setting("tracking.uri", help="MLflow store (default: sqlite:///runs/mlflow.db)",
+            deprecated=("--tracking-uri",)),
+    Setting("parent_run_id", help="nest the eval run under this MLflow run (default: the "
+            "training run whose directory holds the model, if any)",
+            deprecated=("--parent-run-id",)),
+    Setting("scorer", "archer", choices=("archer", "evalplus"),
+            help="archer: our verifiers; evalplus: evalplus's evaluator, sandboxed "
+                 "(humaneval, mbpp_plus; results in <out_dir>/<bench>/evalplus; with "
+                 "data_file a HumanEval+ file for the plus tests)", deprecated=("--scorer",)),
+    Setting("force", False, "bool", "--compare: compare despite contract differences",
+            deprecated=("--force",)),
+    Setting("progress", None, "bool", "progress bar (default: on a terminal)",
+            deprecated=("--progress", "--no-progress")),
+)
+
 
 def add_eval_arguments(p: argparse.ArgumentParser, func) -> None:
-    p.add_argument("--model", help="HF model directory or a prepared name (tiny, smollm2-135m)")
-    p.add_argument("--benchmarks", default="gsm8k",
-                   help=f"comma-separated, from: {BENCHMARK_NAMES}")
-    p.add_argument("--k", type=int, default=None, help="samples per problem (paper: per bench)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="paper: 32768")
-    p.add_argument("--temperature", type=float, default=None, help="paper: 0.8")
-    p.add_argument("--top-p", type=float, default=None, help="paper: 1.0")
-    p.add_argument("--limit", type=int, default=None, help="first N problems only")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default 0)")
-    p.add_argument("--template", default=None, help="prompt template override")
-    p.add_argument("--lcb-start", default=None, help="LiveCodeBench window start (inclusive)")
-    p.add_argument("--lcb-end", default=None, help="LiveCodeBench window end (exclusive)")
-    p.add_argument("--test-timeout", type=float, default=None,
-                   help="code: per-test timeout in s (default 6, as LiveCodeBench)")
-    p.add_argument("--data-file", default=None,
-                   help="read this file instead of the registered one (one benchmark only), "
-                        "e.g. an official LiveCodeBench release")
-    p.add_argument("--gym-data", default=None, metavar="JSON",
-                   help='benchmark gym: the reasoning-gym data config whose held-out split is '
-                        'evaluated, e.g. \'{"task": "chain_sum", "size": 1000, "seed": 0, '
-                        '"val_size": 64, "task_config": {"min_terms": 2}}\' (as in training)')
-    p.add_argument("--out-dir", default=None, help="default: runs/eval/<model name>")
-    p.add_argument("--engine", default="hf", choices=("hf", "vllm", "lm-eval"),
-                   help="hf: transformers generate; vllm: archer's vLLM backend (the vllm "
-                        "extra); lm-eval: lm-evaluation-harness")
-    p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
-    p.add_argument("--device", default="auto",
-                   help="engines hf and lm-eval: auto (CUDA when torch sees a GPU, else the "
-                        "CPU), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                   help="--engine vllm: share of accelerator memory vLLM may use")
-    p.add_argument("--workers", type=int, default=None, help="grader worker processes")
-    p.add_argument("--tracking", default="mlflow", choices=("mlflow", "none"))
-    p.add_argument("--tracking-uri", default=None, help="default: sqlite:///runs/mlflow.db")
-    p.add_argument("--parent-run-id", default=None,
-                   help="nest the eval run under this MLflow run (default: the training run "
-                        "whose directory holds --model, if any)")
-    p.add_argument("--scorer", default="archer", choices=("archer", "evalplus"),
-                   help="archer: our verifiers; evalplus: evalplus's evaluator, sandboxed "
-                        "(humaneval, mbpp_plus; results in <out-dir>/<bench>/evalplus; with "
-                        "--data-file a HumanEval+ file for the plus tests)")
     p.add_argument("--score-only", action="store_true",
-                   help="do not generate: re-score the samples already in --out-dir")
+                   help="do not generate: re-score the samples already in out_dir")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                    help="paired comparison of two result dirs/files (A - B)")
-    p.add_argument("--force", action="store_true", help="compare despite contract differences")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: on a terminal)")
+    add_settings(p, "eval", EVAL_SETTINGS)
     p.set_defaults(func=func)
 
 
@@ -98,22 +114,22 @@ def run_eval(args: argparse.Namespace) -> int:
         out = compare_results(args.compare[0], args.compare[1], force=args.force)
         print(json.dumps(out, indent=1))
         return 0
-    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    names = list(args.benchmarks)
     for name in names:
         BENCHMARKS.get(name)  # unknown names fail listing the options
     if args.data_file and len(names) != 1:
-        raise ValueError("--data-file needs exactly one benchmark")
+        raise ValueError("data_file=... needs exactly one benchmark")
     if not args.score_only and not args.model:
-        raise ValueError("--model is required (unless --score-only or --compare)")
+        raise ValueError("model=... is required (unless --score-only or --compare)")
     out_dir = Path(args.out_dir or Path("runs/eval") / Path(str(args.model)).name)
     from archer.train_config import check_out_dir
 
-    check_out_dir("--out-dir", str(out_dir), "output directory")  # before any model loads
+    check_out_dir("out_dir", str(out_dir), "output directory")  # before any model loads
     for name in names:  # each benchmark's folder, and its samples file, of the right kind too
-        check_out_dir("--out-dir", str(out_dir / name), f"output directory ({name})")
+        check_out_dir("out_dir", str(out_dir / name), f"output directory ({name})")
         if (out_dir / name / "samples.jsonl").is_dir():
             raise ValueError(f"{out_dir / name / 'samples.jsonl'} is a directory, not the "
-                             "samples file; move it away or choose another --out-dir")
+                             "samples file; move it away or choose another out_dir")
     try:
         with stop_on_signals():
             return _evaluate(args, names, out_dir)
@@ -186,13 +202,13 @@ def _evaluate(args: argparse.Namespace, names: list[str], out_dir: Path) -> int:
     if not args.score_only:
         from archer.distributed import resolve_device
 
-        args.device = resolve_device(args.device, "--device")
+        args.device = resolve_device(args.device, "device")
     if args.scorer == "evalplus":
         from evals.evalplus_adapter import EVALPLUS_DATASETS
 
         other = [n for n in names if n not in EVALPLUS_DATASETS]
         if other:
-            raise ValueError(f"--scorer evalplus scores {sorted(EVALPLUS_DATASETS)}, not "
+            raise ValueError(f"scorer=evalplus scores {sorted(EVALPLUS_DATASETS)}, not "
                              f"{other}")
     if args.engine == "lm-eval":
         from evals.lm_eval_adapter import run_lm_eval
@@ -258,31 +274,18 @@ def _generate(name: str, args: argparse.Namespace, bdir: Path, backend, tokenize
 
 
 def gym_data(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
-    """``--gym-data`` parsed for the ``gym`` benchmark (None for the others)."""
+    """``gym_data`` parsed for the ``gym`` benchmark (None for the others)."""
     from evals.registry import BENCHMARKS, GYM_SOURCE
 
     if BENCHMARKS.get(name).source != GYM_SOURCE:
         return None
     if not args.gym_data:
-        raise ValueError("benchmark gym needs --gym-data JSON: the reasoning-gym task, size, "
+        raise ValueError("benchmark gym needs gym_data=JSON: the reasoning-gym task, size, "
                          "seed, val_size and task_config it was trained on")
     try:
         data = json.loads(args.gym_data)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--gym-data is not valid JSON ({e}): {args.gym_data!r}") from None
+        raise ValueError(f"gym_data is not valid JSON ({e}): {args.gym_data!r}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"--gym-data must be a JSON object, got {args.gym_data!r}")
+        raise ValueError(f"gym_data must be a JSON object, got {args.gym_data!r}")
     return data
-
-
-def summary_line(res: dict[str, Any]) -> str:
-    m = res["metrics"]
-    n = m["n_samples_max"]
-    avg, lo, hi = m[f"avg_at_{n}"], m[f"avg_at_{n}_ci_low"], m[f"avg_at_{n}_ci_high"]
-    extra = f" pass@{n}={100 * m[f'pass_at_{n}']:.1f}"
-    if f"maj_at_{n}" in m:
-        extra += f" maj@{n}={100 * m[f'maj_at_{n}']:.1f}"
-    label = f" [{res['label']}]" if res.get("label") else ""
-    return (f"{res['benchmark']}: avg@{n}={100 * avg:.1f}% (95% CI {100 * lo:.1f}-"
-            f"{100 * hi:.1f}){extra} over {m['n_problems']} problems, "
-            f"contract {res['contract_hash']}{label}")

@@ -8,7 +8,7 @@ K** of them with Archer's math verifier (filter ``take_first_k`` keeps K; the st
     lm_eval --model hf --model_args pretrained=DIR --include_path evals/tasks \\
         --tasks archer_aime2024 --apply_chat_template --log_samples --output_path out
 
-Through Archer (``archer eval --engine lm-eval``): :func:`run_lm_eval` builds the same task
+Through Archer (``archer eval engine=lm-eval``): :func:`run_lm_eval` builds the same task
 configs with the contract's overrides (k, temperature, max new tokens, limit, seed), loads
 lm-eval's ``HFLM`` once and writes every logged response into our ``samples.jsonl`` under the
 benchmark's contract, then scores it with :mod:`evals.scoring`, so the results have the same
@@ -140,10 +140,10 @@ def run_lm_eval(model: str, benchmarks: list[str], out_dir: str | Path, *,
     import sys
 
     from archer.models import load_tokenizer, resolve_model_path
-    from evals.cli import summary_line
     from evals.registry import make_contract, problems_for
     from evals.runner import append_samples, open_samples_file, plan_chunks, read_samples
     from evals.scoring import score_samples
+    from evals.summary import summary_line
 
     unsupported = {"template", "lcb_start", "lcb_end", "test_timeout_s"}
     used = sorted(k for k in unsupported if overrides.get(k) is not None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -118,7 +118,7 @@ def pooled_report(out_dir: str | Path) -> list[str]:
     files = sorted(Path(out_dir).glob("seed*/heldout.json"))
     if not files:
         raise FileNotFoundError(f"no seed*/heldout.json under {out_dir}: run "
-                                "`archer demo --quick --seed S` first")
+                                "`archer demo --quick seed=S` first")
     before: dict[str, list[float]] = {}
     after: dict[str, list[float]] = {}
     for f in files:
@@ -132,7 +132,9 @@ def pooled_report(out_dir: str | Path) -> list[str]:
 
 
 def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0,
-             preset: str = "archer", tracking_uri: str | None = None) -> int:
+             algo: str = "archer", tracking_uri: str | None = None) -> int:
+    """The quickstart (``archer demo --quick``): one RL run of the method preset ``algo``
+    between two held-out measurements of its warm start."""
     from archer.models import build_tiny_model
     from archer.trainer import fit
     from experiments.presets import load_preset
@@ -143,7 +145,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     torch.manual_seed(seed)
-    algo = load_preset(preset).algo
+    preset, algo = algo, load_preset(algo).algo
     print(f"[1/5] tiny char-level Llama -> {out / 'tiny_model'}")
     tiny = build_tiny_model(out / "tiny_model", hidden=128, layers=2, heads=4, seed=seed)
     print(f"[2/5] supervised warm-up on reasoning-gym {TASK} {TASK_CONFIG}")
@@ -155,7 +157,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
     before = heldout_accuracy(cfg, before_pp)
     print("      " + "  ".join(f"{k} {v:.3f}" for k, v in before.items()))
     uri = resolve_tracking_uri(tracking_uri)
-    print(f"[4/5] RL with preset {preset!r}: {steps} steps, logging to MLflow at {uri}")
+    print(f"[4/5] RL with algo={preset}: {steps} steps, logging to MLflow at {uri}")
     logger = MlflowLogger(cfg.out_dir, None, tracking_uri=uri, experiment="archer-demo",
                           run_name=f"demo-{preset}-seed{seed}")
     logger.log_metrics({f"val/{k}": v for k, v in before.items()}, 0)
@@ -175,7 +177,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
         {"seed": seed, "preset": preset, "steps": steps, "before": before_pp,
          "after": after_pp}) + "\n")
     print(f"per-problem results: {out / 'heldout.json'} (pool seeds: archer demo --quick "
-          f"--pool --out-dir {out_dir})")
+          f"--pool out_dir={out_dir})")
     print(f"\nlast step: reward {last.get('reward/mean', float('nan')):.3f}, entropy "
           f"{last.get('actor/entropy', float('nan')):.3f} (high-entropy tokens "
           f"{last.get('actor/entropy_high_entropy', float('nan')):.3f}), clip fraction "
@@ -191,8 +193,8 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
-# The full demo (`make demo`): warm start, the baselines study on a local Ray, evaluation,
-# MLflow, leaderboard and dashboards
+# The full demo (`make demo`): warm start, the baselines study on a local Ray, evaluation and
+# MLflow (the leaderboard and dashboards over it: archer_cli.demo)
 # --------------------------------------------------------------------------------------------
 
 FULL_PRESETS = ("grpo", "dapo", "archer")
@@ -269,14 +271,25 @@ def _run_exists(tracking_uri: str, run_id: str | None) -> bool:
         return False
 
 
-def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str | None = None,
-                  presets: tuple[str, ...] = FULL_PRESETS, steps: int | None = None,
-                  num_cpus: int | None = None, dashboard_dir: str = "runs/dashboard",
-                  progress: bool | None = None, overrides: list[str] | None = None) -> int:
-    """``make demo`` (see the README for measured times on 2 CPU cores). ``overrides`` go to
-    every trial after the ``demo`` recipe (e.g. ``total_steps=20``)."""
-    from dashboards.leaderboard import build_leaderboard
-    from dashboards.site import build_site
+@dataclass(frozen=True)
+class DemoStudy:
+    """What the full demo's study left: ``returncode`` 0 when every trial finished (else the
+    exit code), the MLflow store it logged to and when it started (``time.perf_counter``)."""
+
+    returncode: int
+    tracking_uri: str
+    started: float
+
+
+def run_demo_study(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str | None = None,
+                   presets: tuple[str, ...] = FULL_PRESETS, steps: int | None = None,
+                   num_cpus: int | None = None, progress: bool | None = None,
+                   overrides: list[str] | None = None) -> DemoStudy:
+    """Steps 1-4 of ``make demo`` (see the README for measured times on 2 CPU cores): the
+    warm start, its evaluation and the baselines study, each trial evaluated and logged.
+    ``overrides`` go to every trial after the ``demo`` recipe (e.g. ``total_steps=20``).
+    The leaderboard and dashboards over the result are built one layer up
+    (``archer_cli.demo.run_full_demo``)."""
     from experiments.scheduler import StudyInterrupted
     from experiments.study import expand_trials, load_study, split_overrides
     from experiments.study_cli import run_study
@@ -318,22 +331,10 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
     except StudyInterrupted as stopped:
         print(f"archer demo: {stopped}; run the same command again to resume (the warm start "
               "and finished trials are reused)", file=sys.stderr)
-        return 128 + stopped.signum
+        return DemoStudy(128 + stopped.signum, uri, start)
     if state.status != "finished":
         print(f"the study did not finish (status {state.status}); see {root / FULL_STUDY}")
-        return 1
+        return DemoStudy(1, uri, start)
     print("[4/6] each trial was evaluated on the same held-out problems and logged to MLflow "
           f"(experiment {FULL_EXPERIMENT!r}, study run {state.parent_run_id})")
-    print("[5/6] leaderboard and dashboards")
-    board = build_leaderboard(uri, studies=[FULL_STUDY], experiments=[FULL_EXPERIMENT],
-                              baseline=WARM_LABEL)
-    paths = build_site(uri, dashboard_dir, experiments=[FULL_EXPERIMENT])
-    print("[6/6] leaderboard (delta: paired against the warm start on the same problems)\n")
-    print(board.to_markdown())
-    print(f"dashboard: {Path(paths['index']).resolve()}")
-    print(f"serve it:  archer dashboard serve --out {dashboard_dir}   (then open "
-          "http://127.0.0.1:8765)")
-    if uri.startswith("sqlite:///"):
-        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+    return DemoStudy(0, uri, start)

@@ -1,22 +1,24 @@
-"""``archer ablate STUDY [overrides]`` and ``archer study status NAME``.
+"""``archer ablate STUDY [key=value ...]``, ``archer sweep SPACE [key=value ...]`` and
+``archer study status NAME``.
 
 ``archer ablate`` loads and validates the study (every trial composed before any starts),
 runs it on Ray (:mod:`experiments.scheduler`), then scores each trial by the study's
 objective, tags the best on the study run and registers its final policy in the MLflow model
 registry (``archer-<study>``). Overrides starting with ``study.`` (or ``recipe=``) change the
 study (``study.seeds=[0]``, ``study.max_concurrent=4``); all others are applied to every trial
-like ``archer train``'s (``total_steps=2``, ``model=<dir>``), in any position among the
-options. Ctrl-C / SIGTERM stops it cleanly (exit 130 / 143): the running trials checkpoint and
+like ``archer train``'s (``total_steps=2``, ``model=<dir>``); the command's own settings
+(``out_dir=``, ``tracking.uri=``, ``ray.address=``, ``num_cpus=``, ``progress=``; sweep:
+``n_trials=``, ``optuna.storage=``) are key=value too, in any order. Ctrl-C / SIGTERM stops it cleanly (exit 130 / 143): the running trials checkpoint and
 stay pending, and the same command resumes them.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
+from archer.cli_settings import Setting, add_settings
 from experiments.scheduler import (
     STATE,
     ListSource,
@@ -103,7 +105,7 @@ def run_study(name: str, overrides: list[str] | None = None, *, root: str | Path
 
 def run_ablate(args) -> int:
     try:
-        state = run_study(args.study, args.overrides, root=args.root,
+        state = run_study(args.study, args.overrides, root=args.out_dir,
                           tracking_uri=args.tracking_uri, ray_address=args.ray_address,
                           num_cpus=args.num_cpus, progress=args.progress)
     except StudyInterrupted as stopped:
@@ -117,6 +119,31 @@ def run_ablate(args) -> int:
               + (f"; registered as {state.registered}" if state.registered else ""))
     print(f"MLflow: experiment {state.experiment!r}, study run {state.parent_run_id} "
           f"({state.tracking_uri})")
+    return 0 if state.status == "finished" else 1
+
+
+def run_sweep_cli(args) -> int:
+    """``archer sweep SPACE [key=value ...]``: ``n_trials`` more Optuna trials on Ray."""
+    from experiments.sweep import run_sweep
+
+    try:
+        state, study = run_sweep(args.space, args.n_trials, args.overrides, root=args.out_dir,
+                                 storage=args.optuna_storage, tracking_uri=args.tracking_uri,
+                                 ray_address=args.ray_address, num_cpus=args.num_cpus,
+                                 progress=args.progress)
+    except StudyInterrupted as stopped:
+        print(f"archer sweep: {stopped}; run the same command again to resume (it continues "
+              "this invocation)", file=sys.stderr)
+        return 128 + stopped.signum
+    print(format_table(state))
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if done and len(study.directions) == 1:
+        best = study.best_trial
+        print(f"best Optuna trial {best.number}: value {best.value:.4g} params {best.params}")
+    elif done:
+        print(f"Pareto front: {[(t.number, t.values) for t in study.best_trials]}")
+    print(f"Optuna: study {study.study_name!r} in {args.optuna_storage or 'the sweep storage'};"
+          f" MLflow: experiment {state.experiment!r} ({state.tracking_uri})")
     return 0 if state.status == "finished" else 1
 
 
@@ -141,34 +168,52 @@ def study_status(name: str, root: str | Path = DEFAULT_ROOT) -> str:
 
 
 def run_status(args) -> int:
-    print(study_status(args.name, args.root))
+    print(study_status(args.name, args.out_dir))
     return 0
+
+
+OUT_DIR = Setting("out_dir", DEFAULT_ROOT, help="where studies keep their state and trial "
+                  "directories", deprecated=("--root",))
+RUN_SETTINGS = (
+    OUT_DIR,
+    Setting("tracking.uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+            "sqlite:///runs/mlflow.db); a PostgreSQL/HTTP URI works too",
+            deprecated=("--tracking-uri",)),
+    Setting("ray.address", help="an existing Ray cluster (default: start a local Ray)",
+            deprecated=("--ray-address",)),
+    Setting("num_cpus", None, "int", "CPUs of the local Ray", lo=1, deprecated=("--num-cpus",)),
+    Setting("progress", None, "bool", "live table (default: on a terminal; else a line per "
+            "change)", deprecated=("--progress", "--no-progress")),
+)
+TRIAL_OVERRIDES = ("study.<key>=... changes the study (study.seeds=[0]); anything else applies "
+                   "to every trial (total_steps=2, model=<dir>)")
 
 
 def add_ablate_arguments(p, func) -> None:
     p.add_argument("study", help="a study in experiments/conf/study (baselines, ablate_kl, ...) "
                                  "or a study .yaml file")
-    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
-                   help="study.<key>=... changes the study (study.seeds=[0]); anything else "
-                        "applies to every trial (total_steps=2, model=<dir>)")
-    _common(p)
+    add_settings(p, "ablate", RUN_SETTINGS, passthrough=TRIAL_OVERRIDES)
     p.set_defaults(func=func)
 
 
-def _common(p) -> None:
-    p.add_argument("--root", default=DEFAULT_ROOT, help="where studies keep their state and "
-                   "trial directories (default: runs/studies)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///runs/mlflow.db); a PostgreSQL/HTTP URI works too")
-    p.add_argument("--ray-address", default=None,
-                   help="an existing Ray cluster (default: start a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="live table (default: on a terminal; else a line per change)")
+def add_sweep_arguments(p, func) -> None:
+    from experiments.sweep import DEFAULT_STORAGE
+
+    p.add_argument("space", help="a search space in experiments/conf/sweep or a .yaml file")
+    settings = RUN_SETTINGS + (
+        Setting("n_trials", 10, "int", "trials to run in this invocation (rerun after the "
+                "driver was killed: continues that invocation, its trials count)", lo=1,
+                deprecated=("--n-trials",)),
+        Setting("optuna.storage", help=f"Optuna RDB storage (default: the space's, else "
+                f"{DEFAULT_STORAGE})", deprecated=("--storage",)),
+    )
+    add_settings(p, "sweep", settings,
+                 passthrough="sweep.<key>=... changes the sweep (sweep.sampler=random); "
+                             "anything else applies to every trial (total_steps=2)")
+    p.set_defaults(func=func)
 
 
 def add_status_arguments(p, func) -> None:
-    p.add_argument("name", help="study name (its directory under --root)")
-    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.add_argument("name", help="study name (its directory under out_dir)")
+    add_settings(p, "study status", (OUT_DIR,))
     p.set_defaults(func=func)

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 import experiments.demo as demo
-from archer.cli import main
+from archer_cli.main import main
 
 
 @pytest.mark.slow
@@ -17,8 +17,8 @@ def test_demo_runs_end_to_end_and_leaves_an_mlflow_run(tmp_path, monkeypatch, ca
     for name, value in {"SFT_STEPS": 6, "DATA_SIZE": 120, "VAL_SIZE": 8}.items():
         monkeypatch.setattr(demo, name, value)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["demo", "--quick", "--out-dir", str(tmp_path / "demo"), "--steps", "2",
-                 "--seed", "3", "--tracking-uri", uri]) == 0
+    assert main(["demo", "--quick", f"out_dir={tmp_path / 'demo'}", "steps=2",
+                 "seed=3", f"tracking.uri={uri}"]) == 0
     out = capsys.readouterr().out
     for row in ("greedy", "avg@4", "pass@4"):
         assert row in out.split("warm start")[1], out
@@ -51,12 +51,12 @@ def test_pooled_report_pairs_every_seed_problem(tmp_path, capsys):
         d.mkdir()
         (d / "heldout.json").write_text(json.dumps(
             {"before": {"greedy": before}, "after": {"greedy": after}}))
-    assert main(["demo", "--quick", "--pool", "--out-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--pool", f"out_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "pooled over 2 seeds (seed0, seed1)" in out
     # 3 of 8 pairs improved, none got worse: +0.375, exact sign-flip p = 2/8
     assert "greedy    +0.375" in out and "p=0.25" in out and "(8 problem pairs)" in out
-    assert main(["demo", "--quick", "--pool", "--out-dir", str(tmp_path / "none")]) == 2
+    assert main(["demo", "--quick", "--pool", f"out_dir={tmp_path / 'none'}"]) == 2
 
 
 @pytest.fixture
@@ -79,8 +79,8 @@ def test_full_demo_runs_the_study_and_prints_the_leaderboard(tmp_path, monkeypat
     toy = ["data.size=120", "val_size=8", "prompts_per_step=2",
            "group_size=4", "mini_batch_prompts=2", "micro_batch_size=8",
            "val_every=1", "ckpt_every=1"]
-    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2",
-                 "--tracking-uri", uri, "--dashboard-dir", str(tmp_path / "dash"),
+    assert main(["demo", f"out_dir={tmp_path / 'demo'}", "steps=2",
+                 f"tracking.uri={uri}", f"dashboard.out_dir={tmp_path / 'dash'}",
                  *toy]) == 0
     out = capsys.readouterr().out
     table = out.split("[6/6]")[1]
@@ -97,8 +97,8 @@ def test_full_demo_runs_the_study_and_prints_the_leaderboard(tmp_path, monkeypat
     trials = {r.info.run_id for r in runs if r.data.tags.get("archer.kind") == "trial"}
     assert nested == trials and len(trials) == 3
     # a second run reuses the warm start (cached) and finds every trial finished
-    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2",
-                 "--tracking-uri", uri, "--dashboard-dir", str(tmp_path / "dash"),
+    assert main(["demo", f"out_dir={tmp_path / 'demo'}", "steps=2",
+                 f"tracking.uri={uri}", f"dashboard.out_dir={tmp_path / 'dash'}",
                  *toy]) == 0
     assert "reusing the warm start" in capsys.readouterr().out
     runs = client.search_runs([exp.experiment_id])

@@ -1,4 +1,4 @@
-"""``archer grade math|code``: end to end through ``archer.cli.main`` with temporary files."""
+"""``archer grade math|code``: end to end through ``archer_cli.main.main`` with temporary files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from archer.cli import main
 from archer.grade import Malformed, parse_code_record, parse_math_record
+from archer_cli.main import main
 
 
 def _write_lines(path, lines: list) -> str:
@@ -46,7 +46,7 @@ MATH_LINES = [
 def test_grade_math_end_to_end(tmp_path, capsys):
     src = _write_lines(tmp_path / "in.jsonl", MATH_LINES)
     out = tmp_path / "out.jsonl"
-    rc = main(["grade", "math", "--input", src, "--output", str(out), "--workers", "1"])
+    rc = main(["grade", "math", f"in_file={src}", f"out_file={out}", "workers=1"])
     assert rc == 1  # some lines were malformed
     rows = _read_rows(out)
     assert [r["line"] for r in rows] == list(range(1, 10))  # one row per line, in order
@@ -79,8 +79,8 @@ def test_grade_math_all_parsed_exits_zero_and_uses_stdin_stdout(monkeypatch, cap
     text = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines)
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))
     rc = main([
-        "grade", "math", "--input", "-", "--output", "-", "--checkers", "string",
-        "--fallbacks", "answer_line", "--timeout", "2",
+        "grade", "math", "in_file=-", "out_file=-", "checkers=string",
+        "fallbacks=answer_line", "timeout=2",
     ])
     cap = capsys.readouterr()
     assert rc == 0
@@ -94,24 +94,24 @@ def test_grade_math_all_parsed_exits_zero_and_uses_stdin_stdout(monkeypatch, cap
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["--checkers", "string,wolfram"], "wolfram"),
-        (["--fallbacks", "guess"], "guess"),
+        (["checkers=string,wolfram"], "wolfram"),
+        (["fallbacks=guess"], "guess"),
     ],
 )
 def test_grade_math_bad_options(tmp_path, capsys, argv, match):
     src = _write_lines(tmp_path / "in.jsonl", MATH_LINES[:1])
-    rc = main(["grade", "math", "--input", src, *argv])
+    rc = main(["grade", "math", f"in_file={src}", *argv])
     assert rc == 2 and match in capsys.readouterr().err
 
 
 def test_grade_missing_input_file(tmp_path, capsys):
-    rc = main(["grade", "math", "--input", str(tmp_path / "nope.jsonl")])
+    rc = main(["grade", "math", f"in_file={tmp_path / 'nope.jsonl'}"])
     assert rc == 2 and "nope.jsonl" in capsys.readouterr().err
 
 
-def test_grade_bad_timeout_is_a_usage_error(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["grade", "code", "--input", "x", "--timeout", "0"])
+def test_grade_bad_timeout_is_a_usage_error(tmp_path, capsys):
+    assert main(["grade", "code", "in_file=x", "timeout=0"]) == 2
+    assert "timeout=0.0 is invalid; allowed: a number in (0, inf]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ CODE_LINES = [
 def test_grade_code_end_to_end(tmp_path, capsys):
     src = _write_lines(tmp_path / "in.jsonl", CODE_LINES)
     out = tmp_path / "out.jsonl"
-    rc = main(["grade", "code", "--input", src, "--output", str(out), "--timeout", "5"])
+    rc = main(["grade", "code", f"in_file={src}", f"out_file={out}", "timeout=5"])
     assert rc == 1
     rows = _read_rows(out)
     assert [r["line"] for r in rows] == list(range(1, 11))
@@ -243,18 +243,18 @@ def test_code_record_func_name_places_agree():
 
 
 def test_grade_refuses_to_write_over_its_input(tmp_path, capsys):
-    """--output naming the input file would empty it before it is read: refused, the file
+    """out_file naming the input file would empty it before it is read: refused, the file
     kept as it was."""
     src = tmp_path / "same.jsonl"
     text = json.dumps({"id": "a", "completion": "\\boxed{2}", "answer": "2"}) + "\n"
     src.write_text(text)
-    assert main(["grade", "math", "--input", str(src), "--output", str(src)]) == 2
+    assert main(["grade", "math", f"in_file={src}", f"out_file={src}"]) == 2
     assert "is the input file" in capsys.readouterr().err
     assert src.read_text() == text
 
 
 def test_grade_output_of_the_wrong_kind_is_a_usage_error(tmp_path, capsys):
-    """--output naming a directory (or a path under a regular file) is refused before any
+    """out_file naming a directory (or a path under a regular file) is refused before any
     grading, naming the path; nothing is written or removed."""
     src = tmp_path / "in.jsonl"
     text = json.dumps({"id": "a", "completion": "\\boxed{2}", "answer": "2"}) + "\n"
@@ -262,19 +262,18 @@ def test_grade_output_of_the_wrong_kind_is_a_usage_error(tmp_path, capsys):
     folder = tmp_path / "verdicts"
     folder.mkdir()
     (folder / "old.jsonl").write_text("kept\n")
-    assert main(["grade", "math", "--input", str(src), "--output", str(folder)]) == 2
-    assert (f"archer: error: --output='{folder}' is an existing directory, not a file; give a "
+    assert main(["grade", "math", f"in_file={src}", f"out_file={folder}"]) == 2
+    assert (f"archer: error: out_file='{folder}' is an existing directory, not a file; give a "
             "file path") in capsys.readouterr().err
     under_file = src / "verdicts.jsonl"
-    assert main(["grade", "math", "--input", str(src), "--output", str(under_file)]) == 2
-    assert (f"archer: error: --output='{under_file}' is inside '{src}', which is an existing "
+    assert main(["grade", "math", f"in_file={src}", f"out_file={under_file}"]) == 2
+    assert (f"archer: error: out_file='{under_file}' is inside '{src}', which is an existing "
             "file, not a directory") in capsys.readouterr().err
     assert [p.name for p in folder.iterdir()] == ["old.jsonl"]
     assert (folder / "old.jsonl").read_text() == "kept\n" and src.read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "verdicts"]
-    # --input naming a directory: an error naming it, not IsADirectoryError's traceback
-    assert main(["grade", "math", "--input", str(folder), "--output",
-                 str(tmp_path / "v.jsonl")]) == 2
-    assert f"archer: error: --input {folder} is a directory; give a JSONL file" in \
+    # in_file naming a directory: an error naming it, not IsADirectoryError's traceback
+    assert main(["grade", "math", f"in_file={folder}", f"out_file={tmp_path / 'v.jsonl'}"]) == 2
+    assert f"archer: error: in_file={folder} is a directory; give a JSONL file" in \
         capsys.readouterr().err
     assert not (tmp_path / "v.jsonl").exists()

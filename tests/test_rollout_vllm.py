@@ -227,14 +227,14 @@ def test_archer_eval_engine_vllm_end_to_end(tiny_path, tmp_path, monkeypatch):
     """`archer eval --engine vllm`: samples.jsonl written through VLLMRollout, then scored."""
     import json
 
-    from archer.cli import main
+    from archer_cli.main import main
     from evals.runner import read_samples
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; see the training test
     out = tmp_path / "eval"
-    rc = main(["eval", "--engine", "vllm", "--model", str(tiny_path), "--benchmarks", "gsm8k",
-               "--limit", "3", "--k", "2", "--max-new-tokens", "6", "--temperature", "0.8",
-               "--tracking", "none", "--out-dir", str(out), "--batch-size", "2"])
+    rc = main(["eval", "engine=vllm", f"model={tiny_path}", "benchmarks=gsm8k",
+               "limit=3", "k=2", "max_new_tokens=6", "temperature=0.8",
+               "tracking=none", f"out_dir={out}", "batch_size=2"])
     assert rc == 0
     samples = read_samples(out / "gsm8k" / "samples.jsonl")
     assert samples.header["engine"] == "vllm" and len(samples.samples) == 6

@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from archer.cli import main
 from archer.config import ConfigError
 from archer.models import build_tiny_model, load_policy_and_ref
 from archer.rewards import REWARDS, register_reward
 from archer.sft import SFTConfig, sft_batch, sft_loss, supervised_finetune
 from archer.train_config import DataConfig
+from archer_cli.main import main
 
 if "test_sft_always" not in REWARDS:
 

@@ -1,4 +1,4 @@
-"""``archer train``: Hydra composition, strict keys, and real runs through ``archer.cli.main``
+"""``archer train``: Hydra composition, strict keys, and real runs through ``archer_cli.main.main``
 on a tiny model (hidden 32) with 1-2 steps."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import json
 import pytest
 import yaml
 
-from archer.cli import main
 from archer.config import AlgoConfig
 from archer.models import build_tiny_model
 from archer.rewards import REWARDS, register_reward
 from archer.train_config import TrainConfig
+from archer_cli.main import main
 from experiments.presets import load_preset, preset_names
 from experiments.train_cli import build_train_setup, compose_config, group_options
 

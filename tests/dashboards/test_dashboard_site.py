@@ -129,16 +129,15 @@ def test_contract_refusal_shown_on_the_page(tmp_path):
 
 @pytest.mark.parametrize("command", ["build", "serve"])
 def test_dashboard_out_that_is_a_file_is_an_error(baselines_store, tmp_path, capsys, command):
-    from archer.cli import main
+    from archer_cli.main import main
 
     existing = tmp_path / "notes.txt"
     existing.write_text("keep me\n")
     for out, what in ((existing, "is"),
                       (existing / "site", f"is inside {str(existing)!r}, which is")):
-        rc = main(["dashboard", command, "--tracking-uri", baselines_store.uri, "--out",
-                   str(out)])
+        rc = main(["dashboard", command, f"tracking.uri={baselines_store.uri}", f"out_dir={out}"])
         assert rc == 2
-        assert (f"archer: error: --out='{out}' {what} an existing file, not a directory; "
+        assert (f"archer: error: out_dir='{out}' {what} an existing file, not a directory; "
                 "choose another site directory") in capsys.readouterr().err
     assert existing.read_text() == "keep me\n"
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written
@@ -148,14 +147,14 @@ def test_an_optuna_storage_asked_for_by_name_must_hold_sweeps(baselines_store, t
                                                               capsys):
     """--optuna-storage naming a missing or empty SQLite file is an error naming it (it used
     to build a site without the sweeps, silently); the file is left as it was, no site made."""
-    from archer.cli import main
+    from archer_cli.main import main
 
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     for path, what in ((tmp_path / "missing.db", "does not exist"),
                        (empty, "is empty (0 bytes)")):
-        rc = main(["dashboard", "build", "--tracking-uri", baselines_store.uri,
-                   "--optuna-storage", f"sqlite:///{path}", "--out", str(tmp_path / "site")])
+        rc = main(["dashboard", "build", f"tracking.uri={baselines_store.uri}",
+                   f"optuna.storage=sqlite:///{path}", f"out_dir={tmp_path / 'site'}"])
         assert rc == 2
         assert (f"archer: error: --optuna-storage sqlite:///{path}: {path} {what}, so it "
                 "holds no Optuna sweep") in capsys.readouterr().err

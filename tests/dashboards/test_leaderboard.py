@@ -186,20 +186,20 @@ def test_mixing_contracts_is_refused(tmp_path):
 
 
 def test_cli(baselines_store, tmp_path, capsys):
-    from archer.cli import main
+    from archer_cli.main import main
 
     out = tmp_path / "lb.md"
-    rc = main(["leaderboard", "--tracking-uri", baselines_store.uri, "--study", "baselines",
-               "--baseline", "grpo", "--out", str(out), "--format", "csv"])
+    rc = main(["leaderboard", f"tracking.uri={baselines_store.uri}", "study=baselines",
+               "baseline=grpo", f"out_file={out}", "format=csv"])
     assert rc == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(io.StringIO(printed.split("wrote ")[0]))
     assert list(table["model"]) == ["archer", "dapo", "grpo"]
     assert out.read_text().startswith("| model | seeds |")
-    assert main(["leaderboard", "--tracking-uri", baselines_store.uri, "--study", "nope"]) == 2
+    assert main(["leaderboard", f"tracking.uri={baselines_store.uri}", "study=nope"]) == 2
     assert "no runs of study ['nope']" in capsys.readouterr().err
     missing = tmp_path / "none.db"
-    assert main(["leaderboard", "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert main(["leaderboard", f"tracking.uri=sqlite:///{missing}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not missing.exists()  # a reader never creates a store
 
@@ -210,10 +210,10 @@ def test_readers_refuse_a_file_that_is_not_an_mlflow_store(tmp_path, capsys, mon
     `dashboard build` writes no page."""
     import sqlite3
 
-    from archer.cli import main
+    from archer_cli.main import main
 
     site = tmp_path / "site"
-    readers = (["leaderboard"], ["dashboard", "build", "--out", str(site)])
+    readers = (["leaderboard"], ["dashboard", "build", f"out_dir={site}"])
     empty = tmp_path / "empty.db"
     empty.touch()
     foreign = tmp_path / "other.db"
@@ -221,7 +221,7 @@ def test_readers_refuse_a_file_that_is_not_an_mlflow_store(tmp_path, capsys, mon
         con.execute("CREATE TABLE t (x)")
     foreign_bytes = foreign.read_bytes()
     for argv in readers:
-        assert main([*argv, "--tracking-uri", f"sqlite:///{empty}"]) == 2
+        assert main([*argv, f"tracking.uri=sqlite:///{empty}"]) == 2
         assert (f"archer: error: MLflow store sqlite:///{empty} (from --tracking-uri): {empty} "
                 "is empty (0 bytes), not an MLflow database") in capsys.readouterr().err
         assert empty.stat().st_size == 0
@@ -240,20 +240,20 @@ def test_readers_refuse_a_file_that_is_not_an_mlflow_store(tmp_path, capsys, mon
 
 
 def test_leaderboard_out_that_is_a_directory_is_an_error(baselines_store, tmp_path, capsys):
-    from archer.cli import main
+    from archer_cli.main import main
 
     folder = tmp_path / "lb.md"
     folder.mkdir()
     md = tmp_path / "lb2.md"
-    rc = main(["leaderboard", "--tracking-uri", baselines_store.uri, "--out", str(md),
-               "--out", str(folder)])
+    rc = main(["leaderboard", f"tracking.uri={baselines_store.uri}", f"out_file={md}",
+               f"out_file={folder}"])
     assert rc == 2
-    assert (f"archer: error: --out='{folder}' is an existing directory, not a file"
+    assert (f"archer: error: out_file='{folder}' is an existing directory, not a file"
             in capsys.readouterr().err)
     assert not md.exists() and not any(folder.iterdir())  # checked before anything is written
-    # an unknown extension in any --out: refused before the first one is written
-    rc = main(["leaderboard", "--tracking-uri", baselines_store.uri, "--out", str(md),
-               "--out", str(tmp_path / "lb.txt")])
+    # an unknown extension in any out_file: refused before the first one is written
+    rc = main(["leaderboard", f"tracking.uri={baselines_store.uri}", f"out_file={md}",
+               f"out_file={tmp_path / 'lb.txt'}"])
     assert rc == 2
     assert "unknown leaderboard format '.txt'" in capsys.readouterr().err
     assert not md.exists() and not (tmp_path / "lb.txt").exists()
@@ -262,11 +262,11 @@ def test_leaderboard_out_that_is_a_directory_is_an_error(baselines_store, tmp_pa
 def test_a_store_mlflow_refuses_is_an_error_not_a_traceback(tmp_path, capsys, monkeypatch):
     """A directory as the tracking URI (MLflow's file store, which MLflow refuses): MLflow's
     own message as a usage error (exit 2)."""
-    from archer.cli import main
+    from archer_cli.main import main
 
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     folder = tmp_path / "mlruns"
     folder.mkdir()
-    assert main(["leaderboard", "--tracking-uri", str(folder)]) == 2
+    assert main(["leaderboard", f"tracking.uri={folder}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("archer: error: MLflow: ") and "Traceback" not in err

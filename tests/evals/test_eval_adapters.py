@@ -59,12 +59,12 @@ def test_task_folder_loads_in_lm_eval_standalone():
 def test_archer_eval_engine_lm_eval_writes_our_result_format(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from archer.cli import main
+    from archer_cli.main import main
 
     out = tmp_path / "lm"
-    rc = main(["eval", "--engine", "lm-eval", "--model", "tiny", "--benchmarks", "gsm8k",
-               "--limit", "2", "--k", "2", "--max-new-tokens", "3", "--out-dir", str(out),
-               "--tracking", "none", "--workers", "1"])
+    rc = main(["eval", "engine=lm-eval", "model=tiny", "benchmarks=gsm8k",
+               "limit=2", "k=2", "max_new_tokens=3", f"out_dir={out}",
+               "tracking=none", "workers=1"])
     assert rc == 0
     res = json.loads((out / "gsm8k" / "results.json").read_text())
     assert res["engine"] == "lm-eval" and res["metrics"]["n_samples"] == 4
@@ -100,16 +100,16 @@ def _count_simple_evaluate(monkeypatch, fail_on_call: int | None = None) -> list
 
 
 def _lm_eval_args(out: Path, *extra: str) -> list[str]:
-    return ["eval", "--engine", "lm-eval", "--model", "tiny", "--benchmarks", "gsm8k",
-            "--limit", "4", "--k", "2", "--batch-size", "2", "--max-new-tokens", "3",
-            "--out-dir", str(out), "--tracking", "none", "--workers", "1", *extra]
+    return ["eval", "engine=lm-eval", "model=tiny", "benchmarks=gsm8k",
+            "limit=4", "k=2", "batch_size=2", "max_new_tokens=3",
+            f"out_dir={out}", "tracking=none", "workers=1", *extra]
 
 
 @pytest.mark.slow
 def test_interrupted_lm_eval_evaluation_resumes_chunk_by_chunk(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from archer.cli import main
+    from archer_cli.main import main
     from evals.runner import read_samples
 
     out = tmp_path / "lm"
@@ -160,8 +160,8 @@ def test_lm_eval_refuses_a_samples_file_of_another_contract_or_engine(tmp_path, 
                                                                       capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from archer.cli import main
     from archer.models import load_tokenizer, resolve_model_path
+    from archer_cli.main import main
     from evals.runner import open_samples_file
 
     tok = load_tokenizer(resolve_model_path("tiny"))
@@ -171,7 +171,7 @@ def test_lm_eval_refuses_a_samples_file_of_another_contract_or_engine(tmp_path, 
     open_samples_file(path, contract, model="tiny", batch_size=2, engine="lm-eval")
     before = path.read_text()
     calls = _count_simple_evaluate(monkeypatch)
-    assert main(_lm_eval_args(out, "--k", "3")) == 2
+    assert main(_lm_eval_args(out, "k=3")) == 2
     err = capsys.readouterr().err
     assert "holds samples of contract" in err and "k: 2 != 3" in err
     assert calls == [] and path.read_text() == before
@@ -225,7 +225,7 @@ def test_evalplus_scores_base_tests_through_its_override_path(tmp_path):
 def test_data_fetch_fails_fast_offline_with_a_clear_message(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "ARCHER_DATA_DIR": str(tmp_path)}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "archer.cli", "data", "fetch", "aime2024"],
+    proc = subprocess.run([sys.executable, "-m", "archer_cli", "data", "fetch", "aime2024"],
                           capture_output=True, text=True, env=env, timeout=60,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2

@@ -268,8 +268,8 @@ def test_paired_comparison_of_results_and_contract_refusal():
 def test_archer_eval_command_logs_an_mlflow_run_nested_under_training(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from archer.cli import main
     from archer.models import prepare_model
+    from archer_cli.main import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = MlflowClient(uri).create_run(
@@ -279,9 +279,9 @@ def test_archer_eval_command_logs_an_mlflow_run_nested_under_training(tmp_path, 
     (train_dir / "mlflow_run.json").write_text(json.dumps({"run_id": parent}))
     shutil.copytree(prepare_model("tiny"), train_dir / "model")
     out = tmp_path / "eval"
-    rc = main(["eval", "--model", str(train_dir / "model"), "--benchmarks", "gsm8k,humaneval",
-               "--limit", "2", "--k", "2", "--max-new-tokens", "4", "--out-dir", str(out),
-               "--tracking-uri", uri, "--workers", "1", "--no-progress"])
+    rc = main(["eval", f"model={train_dir / 'model'}", "benchmarks=gsm8k,humaneval",
+               "limit=2", "k=2", "max_new_tokens=4", f"out_dir={out}",
+               f"tracking.uri={uri}", "workers=1", "progress=false"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "gsm8k: avg@2=" in printed and "[HumanEval base tests only]" in printed
@@ -297,21 +297,21 @@ def test_archer_eval_command_logs_an_mlflow_run_nested_under_training(tmp_path, 
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"gsm8k_samples.jsonl", "gsm8k_per_problem.csv", "humaneval_results.json"} <= arts
     # re-running resumes: nothing is generated again
-    rc = main(["eval", "--model", str(train_dir / "model"), "--benchmarks", "gsm8k",
-               "--limit", "2", "--k", "2", "--max-new-tokens", "4", "--out-dir", str(out),
-               "--tracking", "none", "--workers", "1", "--no-progress"])
+    rc = main(["eval", f"model={train_dir / 'model'}", "benchmarks=gsm8k",
+               "limit=2", "k=2", "max_new_tokens=4", f"out_dir={out}",
+               "tracking=none", "workers=1", "progress=false"])
     assert rc == 0 and "0 samples generated, 4 reused" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("device, message", [
-    ("gpu", "--device='gpu' is invalid"),
-    ("cuda:x", "--device='cuda:x' is invalid"),
+    ("gpu", "device='gpu' is invalid"),
+    ("cuda:x", "device='cuda:x' is invalid"),
 ])
 def test_eval_device_is_validated_before_any_model_loads(tmp_path, capsys, device, message):
-    from archer.cli import main
+    from archer_cli.main import main
 
-    rc = main(["eval", "--model", "tiny", "--benchmarks", "gsm8k", "--device", device,
-               "--out-dir", str(tmp_path), "--tracking", "none"])
+    rc = main(["eval", "model=tiny", "benchmarks=gsm8k", f"device={device}",
+               f"out_dir={tmp_path}", "tracking=none"])
     assert rc == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing generated or written
 
@@ -319,17 +319,17 @@ def test_eval_device_is_validated_before_any_model_loads(tmp_path, capsys, devic
 def test_eval_on_a_gpu_that_is_not_there_is_an_error(tmp_path, capsys):
     import torch
 
-    from archer.cli import main
+    from archer_cli.main import main
 
     if torch.cuda.is_available():
         pytest.skip("checks the error without a GPU")
-    rc = main(["eval", "--model", "tiny", "--benchmarks", "gsm8k", "--device", "cuda",
-               "--out-dir", str(tmp_path), "--tracking", "none"])
+    rc = main(["eval", "model=tiny", "benchmarks=gsm8k", "device=cuda",
+               f"out_dir={tmp_path}", "tracking=none"])
     assert rc == 2 and "sees no CUDA GPU" in capsys.readouterr().err
 
 
-EVAL_TINY = ["eval", "--model", "tiny", "--benchmarks", "gsm8k", "--limit", "4", "--k", "1",
-             "--max-new-tokens", "4", "--batch-size", "2", "--no-progress"]
+EVAL_TINY = ["eval", "model=tiny", "benchmarks=gsm8k", "limit=4", "k=1",
+             "max_new_tokens=4", "batch_size=2", "progress=false"]
 
 
 class _SignalReachedTheTest(Exception):
@@ -357,7 +357,7 @@ def test_eval_stopped_by_sigterm_keeps_its_samples_and_resumes(tmp_path, capsys,
     import signal
 
     import evals.runner
-    from archer.cli import main
+    from archer_cli.main import main
 
     append = evals.runner.append_samples
 
@@ -367,7 +367,7 @@ def test_eval_stopped_by_sigterm_keeps_its_samples_and_resumes(tmp_path, capsys,
 
     monkeypatch.setattr(evals.runner, "append_samples", append_then_sigterm)
     out = tmp_path / "eval"
-    rc = main([*EVAL_TINY, "--out-dir", str(out), "--tracking", "none"])
+    rc = main([*EVAL_TINY, f"out_dir={out}", "tracking=none"])
     err = capsys.readouterr().err
     samples = out / "gsm8k" / "samples.jsonl"
     assert rc == 143, err
@@ -380,7 +380,7 @@ def test_eval_stopped_by_sigterm_keeps_its_samples_and_resumes(tmp_path, capsys,
     assert signal.getsignal(signal.SIGTERM) is catch_signals  # handlers restored
     monkeypatch.undo()
     # what the message says: the same command reuses the 2 samples and generates the rest
-    rc = main([*EVAL_TINY, "--out-dir", str(out), "--tracking", "none"])
+    rc = main([*EVAL_TINY, f"out_dir={out}", "tracking=none"])
     assert rc == 0 and "gsm8k: 2 samples generated, 2 reused" in capsys.readouterr().err
     assert len(read_samples(samples).samples) == 4
 
@@ -394,7 +394,7 @@ def test_eval_stopped_by_sigint_while_logging_ends_its_mlflow_run_killed(tmp_pat
 
     from mlflow.tracking import MlflowClient
 
-    from archer.cli import main
+    from archer_cli.main import main
     from experiments.tracking import MlflowLogger
 
     log_artifact = MlflowLogger.log_artifact
@@ -406,7 +406,7 @@ def test_eval_stopped_by_sigint_while_logging_ends_its_mlflow_run_killed(tmp_pat
     monkeypatch.setattr(MlflowLogger, "log_artifact", ctrl_c_then_log)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "eval"
-    rc = main([*EVAL_TINY, "--out-dir", str(out), "--tracking-uri", uri])
+    rc = main([*EVAL_TINY, f"out_dir={out}", f"tracking.uri={uri}"])
     err = capsys.readouterr().err
     assert rc == 130, err
     assert (f"archer eval: SIGINT received: evaluation stopped; kept 4 of 4 samples in "
@@ -429,7 +429,7 @@ def test_eval_stopped_while_its_mlflow_run_opens_ends_it_killed(tmp_path, capsys
 
     from mlflow.tracking import MlflowClient
 
-    from archer.cli import main
+    from archer_cli.main import main
     from experiments.tracking import MlflowLogger
 
     init = MlflowLogger.__init__
@@ -440,7 +440,7 @@ def test_eval_stopped_while_its_mlflow_run_opens_ends_it_killed(tmp_path, capsys
 
     monkeypatch.setattr(MlflowLogger, "__init__", open_then_sigterm)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc = main([*EVAL_TINY, "--out-dir", str(tmp_path / "eval"), "--tracking-uri", uri])
+    rc = main([*EVAL_TINY, f"out_dir={tmp_path / 'eval'}", f"tracking.uri={uri}"])
     err = capsys.readouterr().err
     assert rc == 143 and "archer eval: SIGTERM received: evaluation stopped" in err, err
     client = MlflowClient(uri)
@@ -449,30 +449,30 @@ def test_eval_stopped_while_its_mlflow_run_opens_ends_it_killed(tmp_path, capsys
 
 
 def test_eval_out_dir_that_is_a_file_is_an_error_before_any_model_loads(tmp_path, capsys):
-    from archer.cli import main
+    from archer_cli.main import main
 
     existing = tmp_path / "results.txt"
     existing.write_text("keep me\n")
     for out_dir, what in ((existing, "is"),
                           (existing / "sub", f"is inside {str(existing)!r}, which is")):
-        rc = main([*EVAL_TINY, "--out-dir", str(out_dir), "--tracking", "none"])
+        rc = main([*EVAL_TINY, f"out_dir={out_dir}", "tracking=none"])
         assert rc == 2
-        assert (f"archer: error: --out-dir='{out_dir}' {what} an existing file, not a "
+        assert (f"archer: error: out_dir='{out_dir}' {what} an existing file, not a "
                 "directory; choose another output directory") in capsys.readouterr().err
-    rc = main(["eval", "--score-only", "--benchmarks", "gsm8k", "--out-dir", str(existing),
-               "--tracking", "none"])
-    assert rc == 2 and f"--out-dir='{existing}' is an existing file" in capsys.readouterr().err
+    rc = main(["eval", "--score-only", "benchmarks=gsm8k", f"out_dir={existing}",
+               "tracking=none"])
+    assert rc == 2 and f"out_dir='{existing}' is an existing file" in capsys.readouterr().err
     assert existing.read_text() == "keep me\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.txt"]  # nothing written
     # a benchmark's own folder (or its samples file) of the wrong kind: the same, up front
     out = tmp_path / "out"
     out.mkdir()
     (out / "gsm8k").write_text("not a folder\n")
-    assert main([*EVAL_TINY, "--out-dir", str(out), "--tracking", "none"]) == 2
-    assert (f"--out-dir='{out / 'gsm8k'}' is an existing file, not a directory; choose "
+    assert main([*EVAL_TINY, f"out_dir={out}", "tracking=none"]) == 2
+    assert (f"out_dir='{out / 'gsm8k'}' is an existing file, not a directory; choose "
             "another output directory (gsm8k)") in capsys.readouterr().err
     (out / "gsm8k").unlink()
     (out / "gsm8k" / "samples.jsonl").mkdir(parents=True)
-    assert main([*EVAL_TINY, "--out-dir", str(out), "--tracking", "none"]) == 2
+    assert main([*EVAL_TINY, f"out_dir={out}", "tracking=none"]) == 2
     assert f"{out / 'gsm8k' / 'samples.jsonl'} is a directory, not the samples file" in \
         capsys.readouterr().err

@@ -198,20 +198,20 @@ def test_evalplus_refuses_samples_made_on_another_file(tmp_path):
 @pytest.mark.slow
 def test_archer_eval_mbpp_plus_end_to_end_with_both_scorers(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from archer.cli import main
+    from archer_cli.main import main
 
     out = tmp_path / "ev"
-    common = ["--benchmarks", "mbpp_plus", "--data-file", str(FIXTURE), "--out-dir", str(out),
-              "--tracking", "none", "--workers", "1"]
-    assert main(["eval", "--model", "tiny", "--k", "2", "--max-new-tokens", "4", *common]) == 0
+    common = ["benchmarks=mbpp_plus", f"data_file={FIXTURE}", f"out_dir={out}",
+              "tracking=none", "workers=1"]
+    assert main(["eval", "model=tiny", "k=2", "max_new_tokens=4", *common]) == 0
     ours = json.loads((out / "mbpp_plus" / "results.json").read_text())
     assert ours["metrics"]["n_samples"] == 8 and ours["label"] == "MBPP+ base and plus tests"
-    assert main(["eval", "--score-only", "--scorer", "evalplus", *common]) == 0
+    assert main(["eval", "--score-only", "scorer=evalplus", *common]) == 0
     theirs = json.loads((out / "mbpp_plus" / "evalplus" / "results.json").read_text())
     assert theirs["engine"] == "evalplus" and theirs["metrics"]["n_samples"] == 8
     assert [e["correct"] for e in theirs["per_problem"]] == \
         [e["correct"] for e in ours["per_problem"]]
-    assert main(["eval", "--score-only", "--scorer", "evalplus", "--benchmarks", "gsm8k",
-                 "--out-dir", str(out)]) == 2
-    assert "--scorer evalplus scores ['humaneval', 'mbpp_plus'], not ['gsm8k']" in \
+    assert main(["eval", "--score-only", "scorer=evalplus", "benchmarks=gsm8k",
+                 f"out_dir={out}"]) == 2
+    assert "scorer=evalplus scores ['humaneval', 'mbpp_plus'], not ['gsm8k']" in \
         capsys.readouterr().err

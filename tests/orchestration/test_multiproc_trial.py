@@ -433,9 +433,9 @@ def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_res
     # slow_step: rank 0's third reward call lasts 40 s, and the stop comes meanwhile
     slow, marker = fault_reward(tmp_path, "sleep40", at=3, rank=0)
     extra = [slow] if slow_step else []
-    cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
+    cmd = [sys.executable, "-m", "archer_cli", "ablate", str(path), f"out_dir={root}",
            *tiny_overrides(tiny_model, steps=steps), "ckpt_every=1000", *extra,
-           "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
+           f"tracking.uri={uri}", f"ray.address={ray_address}", "progress=false"]
     state_path = root / "sigrank" / "study.json"
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline, ranks = time.monotonic() + 240, {}

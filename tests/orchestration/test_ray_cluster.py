@@ -158,9 +158,9 @@ def test_study_trials_land_on_both_nodes_of_a_ray_cluster(cluster, tmp_path, wri
                        max_concurrent=2, register_best=False,
                        resources={"num_cpus": 1, "custom": {"archer_slot": 1},
                                   "strategy": "SPREAD"})
-    cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path),
-           *tiny_overrides(tiny_model, steps=2), "--root", str(root), "--tracking-uri", uri,
-           "--ray-address", cluster.address, "--no-progress"]
+    cmd = [sys.executable, "-m", "archer_cli", "ablate", str(path),
+           *tiny_overrides(tiny_model, steps=2), f"out_dir={root}", f"tracking.uri={uri}",
+           f"ray.address={cluster.address}", "progress=false"]
     done = subprocess.run(cmd, cwd=REPO, env=cluster.env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -196,8 +196,8 @@ def test_signalled_driver_stops_cleanly_and_the_same_command_resumes(
     # polls every 0.25 s; a tiny step takes a few hundredths of a second)
     steps = 200
     overrides = tiny_overrides(tiny_model, steps=steps) + ["ckpt_every=1000"]
-    cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), "--root", str(root),
-           *overrides, "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
+    cmd = [sys.executable, "-m", "archer_cli", "ablate", str(path), f"out_dir={root}",
+           *overrides, f"tracking.uri={uri}", f"ray.address={ray_address}", "progress=false"]
     victim, rc, err = signal_driver_while_trial_1_runs(cmd, root / "sigstop" / "study.json", sig)
     name = signal.Signals(sig).name
     assert rc == 128 + sig, err[-3000:]
@@ -232,8 +232,9 @@ def test_sigkilled_scheduler_rerun_finishes_only_what_was_missing(
                        max_concurrent=1, register_best=False)
     steps = 30  # long enough for the poll below to catch trial 1 mid-run
     overrides = tiny_overrides(tiny_model, steps=steps)
-    cmd = [sys.executable, "-m", "archer.cli", "ablate", str(path), *overrides, "--root",
-           str(root), "--tracking-uri", uri, "--ray-address", ray_address, "--no-progress"]
+    cmd = [sys.executable, "-m", "archer_cli", "ablate", str(path), *overrides,
+           f"out_dir={root}", f"tracking.uri={uri}", f"ray.address={ray_address}",
+           "progress=false"]
     victim = kill_driver_while_trial_1_runs(cmd, root / "killsched" / "study.json")
     # the dead driver's task dies with its job; wait for its worker before resuming
     old_pid = starts(victim.out_dir)[-1]["pid"]
@@ -270,9 +271,9 @@ def test_sigkilled_sweep_rerun_resumes_its_running_trial_and_keeps_the_budget(
     steps = 30  # long enough for the poll below to catch trial 1 mid-run
     overrides = ["sweep.sampler=random", "sweep.eval=false", "sweep.pruner=null",
                  "sweep.max_concurrent=1", *tiny_overrides(tiny_model, steps=steps)]
-    cmd = [sys.executable, "-m", "archer.cli", "sweep", "archer_clip_kl", *overrides,
-           "--n-trials", "3", "--root", str(root), "--storage", storage, "--tracking-uri", uri,
-           "--ray-address", ray_address, "--no-progress"]
+    cmd = [sys.executable, "-m", "archer_cli", "sweep", "archer_clip_kl", *overrides,
+           "n_trials=3", f"out_dir={root}", f"optuna.storage={storage}", f"tracking.uri={uri}",
+           f"ray.address={ray_address}", "progress=false"]
     victim = kill_driver_while_trial_1_runs(cmd, root / "archer_clip_kl" / "study.json")
     killed = optuna.load_study(study_name="archer_clip_kl", storage=storage)
     assert [t.state.name for t in killed.trials] == ["COMPLETE", "RUNNING"]  # left behind

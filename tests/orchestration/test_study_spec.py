@@ -112,8 +112,8 @@ def test_bad_eval_override_refuses_the_study_before_any_trial(tmp_path, capsys, 
                                                              tiny_overrides):
     """An evaluation setting that the harness would refuse after training (k=0, an unknown
     benchmark) fails `archer ablate` when the study loads: exit 2, the key and what it
-    allows named, nothing created under --root."""
-    from archer.cli import main
+    allows named, nothing created under out_dir."""
+    from archer_cli.main import main
 
     root = tmp_path / "studies"
     for evaluation, named in (("{benchmarks:[gsm8k],k:0}", "study baselines.eval.k=0 is not "
@@ -121,7 +121,7 @@ def test_bad_eval_override_refuses_the_study_before_any_trial(tmp_path, capsys, 
                               ("{benchmarks:[gsm9k],k:1}", "unknown benchmark 'gsm9k'; choose "
                                "from ['aime2024'")):
         rc = main(["ablate", "baselines", "study.seeds=[0]", f"study.eval={evaluation}",
-                   *tiny_overrides(tiny_model), "--root", str(root), "--no-progress"])
+                   *tiny_overrides(tiny_model), f"out_dir={root}", "progress=false"])
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("archer: error: ") and named in err, err
         assert "Traceback" not in err
@@ -132,14 +132,14 @@ def test_missing_benchmark_data_refuses_a_local_study_before_any_trial(
         tmp_path, capsys, monkeypatch, tiny_model, tiny_overrides):
     """A benchmark whose data file is not in the data directory would fail each trial after
     it trained: on a local Ray the study is refused when it loads, naming the file."""
-    from archer.cli import main
+    from archer_cli.main import main
 
     empty = tmp_path / "data"
     empty.mkdir()
     monkeypatch.setenv("ARCHER_DATA_DIR", str(empty))
     root = tmp_path / "studies"
     rc = main(["ablate", "baselines", "study.seeds=[0]", "study.eval={benchmarks:[gsm8k],k:1}",
-               *tiny_overrides(tiny_model), "--root", str(root), "--no-progress"])
+               *tiny_overrides(tiny_model), f"out_dir={root}", "progress=false"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("archer: error: study baselines.eval: benchmark gsm8k: "
                                       f"data file {empty}/") and "does not exist" in err, err
@@ -147,11 +147,11 @@ def test_missing_benchmark_data_refuses_a_local_study_before_any_trial(
 
 
 def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
-    from archer.cli import main
+    from archer_cli.main import main
 
     path = tmp_path / "broken.yaml"
     path.write_text("name: broken\naxes: {algo: [grpo]\nseeds: [0]\n")
-    rc = main(["ablate", str(path), "--root", str(tmp_path / "s")])
+    rc = main(["ablate", str(path), f"out_dir={tmp_path / 's'}"])
     err = capsys.readouterr().err
     assert rc == 2
     assert err == (f"archer: error: {path}:3:1: expected ',' or '}}', but got '<scalar>' "
@@ -225,19 +225,27 @@ def test_nested_study_overrides_that_can_work_do(tmp_path, write_study):
 
 def test_overrides_may_follow_the_options(tmp_path, capsys, write_study, tiny_model,
                                           tiny_overrides):
-    from archer.cli import build_parser, main
+    from archer_cli.main import main, parse_args
 
-    args = build_parser().parse_args(["ablate", "s.yaml", "--root", "runs/x", "total_steps=2",
-                                      "--no-progress", "study.seeds=[0]"])
-    assert (args.study, args.root, args.progress) == ("s.yaml", "runs/x", False)
+    args = parse_args(["ablate", "s.yaml", "out_dir=runs/x", "total_steps=2",
+                       "progress=false", "study.seeds=[0]"])
+    assert (args.study, args.out_dir, args.progress) == ("s.yaml", "runs/x", False)
     assert args.overrides == ["total_steps=2", "study.seeds=[0]"]
-    args = build_parser().parse_args(["sweep", "archer_clip_kl", "--n-trials", "3", "a=1",
-                                      "--root", "r", "b=2"])
-    assert (args.space, args.n_trials, args.root, args.overrides) == ("archer_clip_kl", 3, "r",
-                                                                      ["a=1", "b=2"])
-    # the overrides after --root reach the trials (a typo among them refuses the study)
+    args = parse_args(["sweep", "archer_clip_kl", "n_trials=3", "a=1", "out_dir=r", "b=2",
+                       "optuna.storage=sqlite:///o.db"])
+    assert (args.space, args.n_trials, args.out_dir, args.optuna_storage, args.overrides) == (
+        "archer_clip_kl", 3, "r", "sqlite:///o.db", ["a=1", "b=2"])
+    # the old spellings still parse, each noted on stderr with its new name
+    args = parse_args(["ablate", "s.yaml", "--root", "runs/y", "--no-progress",
+                       "--tracking-uri", "sqlite:///t.db", "total_steps=2"])
+    assert (args.out_dir, args.progress, args.tracking_uri, args.overrides) == (
+        "runs/y", False, "sqlite:///t.db", ["total_steps=2"])
+    err = capsys.readouterr().err
+    assert "--root is deprecated; use out_dir=..." in err
+    assert "--no-progress is deprecated; use progress=false" in err
+    # the overrides after out_dir= reach the trials (a typo among them refuses the study)
     path = write_study(tmp_path, "late", axes={"algo": ["grpo"]}, eval=False)
-    rc = main(["ablate", str(path), "--root", str(tmp_path / "s"), *tiny_overrides(tiny_model),
+    rc = main(["ablate", str(path), f"out_dir={tmp_path / 's'}", *tiny_overrides(tiny_model),
                "total_stpes=3"])
     err = capsys.readouterr().err
     assert rc == 2 and "trial t000-algo=grpo-seed=0: " in err and "'total_stpes'" in err, err
