@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -632,43 +631,3 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
     state = sched.run(source)
     source.finish()
     return state, study
-
-
-def run_sweep_cli(args) -> int:
-    from experiments.scheduler import StudyInterrupted, format_table
-
-    try:
-        state, study = run_sweep(args.space, args.n_trials, args.overrides, root=args.root,
-                                 storage=args.storage, tracking_uri=args.tracking_uri,
-                                 ray_address=args.ray_address, num_cpus=args.num_cpus,
-                                 progress=args.progress)
-    except StudyInterrupted as stopped:
-        print(f"archer sweep: {stopped}; run the same command again to resume (it continues "
-              "this invocation)", file=sys.stderr)
-        return 128 + stopped.signum
-    print(format_table(state))
-    done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if done and len(study.directions) == 1:
-        best = study.best_trial
-        print(f"best Optuna trial {best.number}: value {best.value:.4g} params {best.params}")
-    elif done:
-        print(f"Pareto front: {[(t.number, t.values) for t in study.best_trials]}")
-    print(f"Optuna: study {study.study_name!r} in {args.storage or 'the sweep storage'}; "
-          f"MLflow: experiment {state.experiment!r} ({state.tracking_uri})")
-    return 0 if state.status == "finished" else 1
-
-
-def add_sweep_arguments(p, func) -> None:
-    from experiments.study_cli import _common
-
-    p.add_argument("space", help="a search space in experiments/conf/sweep or a .yaml file")
-    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
-                   help="sweep.<key>=... changes the sweep; anything else applies to every "
-                        "trial (total_steps=2, model=<dir>)")
-    p.add_argument("--n-trials", type=int, default=10,
-                   help="trials to run in this invocation (rerun after the driver was killed: "
-                        "continues that invocation, its trials count)")
-    p.add_argument("--storage", default=None,
-                   help=f"Optuna RDB storage (default: the space's, else {DEFAULT_STORAGE})")
-    _common(p)
-    p.set_defaults(func=func)

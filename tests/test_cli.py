@@ -81,7 +81,7 @@ def test_passthrough_sends_other_keys_to_the_overrides(capsys):
                 "lr=1"], passthrough="trial overrides")
     assert args.n == 4
     assert args.overrides == ["total_steps=2", "+study.x=1", "~algo.kl", "lr=1"]
-    assert capsys.readouterr().err == ""  # trainer.rate is a trial key, not a typo of rate
+    assert capsys.readouterr().err == ""  # lr is a trial key: no hint
     # a near miss of a setting still goes through, with a hint naming the setting
     args = toy(["in_file=y", "rat=1", "tracking.ur=x"], passthrough="trial overrides")
     assert args.overrides == ["rat=1", "tracking.ur=x"]

@@ -22,13 +22,13 @@ def test_shipped_studies_load_with_their_grids():
     assert study_names() == ["ablate_clip", "ablate_entropy_quantile", "ablate_kl",
                              "ablate_update_mode", "baselines"]
     sizes = {name: load_study(name).size() for name in study_names()}
-    # 6 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
+    # 7 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
     assert sizes == {"baselines": 21, "ablate_entropy_quantile": 18, "ablate_clip": 15,
                      "ablate_kl": 9, "ablate_update_mode": 12}
     spec = load_study("baselines", ["seeds=[0]", "max_concurrent=3"])
-    assert spec.seeds == (0,) and spec.max_concurrent == 3 and spec.size() == 6
+    assert spec.seeds == (0,) and spec.max_concurrent == 3 and spec.size() == 7
     assert spec.axes["algo"] == ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti",
-                                 "archer"]
+                                 "archer", "aspo"]
     assert spec.experiment == "study-baselines" and spec.eval["benchmarks"] == ["gsm8k"]
 
 
