@@ -7,7 +7,7 @@
     archer train [--print-config] key=value ...   RL run composed with Hydra (experiments/conf)
     archer sft [--print-config] key=value ...     supervised warm-up -> HF model directory
     archer eval --model DIR --benchmarks gsm8k,lcb_v5 --k 8 ...   evaluation (evals/)
-    archer data fetch NAME           download a data set from its public hub id
+    archer data fetch NAME... | --all  download data sets into the data dir (archer data list)
     archer ablate STUDY [key=value ...]           a study (experiments/conf/study) on Ray
     archer sweep SPACE [--n-trials N]             an Optuna sweep (experiments/conf/sweep)
     archer study status NAME         trials of a study: status, step, latest metric
@@ -129,12 +129,6 @@ def _cmd_dashboard_serve(args: argparse.Namespace) -> int:
     return run_serve_cli(args)
 
 
-def _cmd_data_fetch(args: argparse.Namespace) -> int:
-    from archer.data.fetch import run_fetch
-
-    return run_fetch(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=IntermixedParser)
@@ -191,12 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("eval", help="evaluate a model on benchmarks (samples -> scores -> "
                        "results + MLflow)"), _cmd_eval
     )
-    data = sub.add_parser("data", help="data utilities")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    from archer.data.fetch import add_fetch_arguments
+    from archer.data.cli import add_subparser as add_data_subparser
 
-    add_fetch_arguments(data_sub.add_parser("fetch", help="download a data set from its public "
-                                            "hub id into the data directory"), _cmd_data_fetch)
+    add_data_subparser(sub)
 
     from experiments.study_cli import add_ablate_arguments, add_status_arguments
     from experiments.sweep import add_sweep_arguments
