@@ -10,7 +10,11 @@ saying so, before importing anything heavy.
   HTTP Range request. The file is renamed into place only when complete.
 - Hub sources are loaded with the ``datasets`` library, which cannot resume a download with
   a Range request: the converted records are written to ``<file>.part`` and renamed when
-  complete, so a stopped fetch leaves no half file under the loader's name.
+  complete, so a stopped fetch leaves no half file under the loader's name. A hub source
+  that names its repo's files (``Source.hub_files``: LiveCodeBench, whose repo has only a
+  loading script) downloads them like raw files, resumably, into
+  ``<data_dir>/.archer-downloads/<name>/``, converts their rows the same way, and deletes
+  the downloads.
 - Every written file's sha256 is checked against the Source's pinned digest, or, for a
   raw-URL source fetched before, the manifest's record (the URL is pinned, so the bytes must
   not change); a mismatch is an error naming the file and both digests. A successful fetch
@@ -133,8 +137,10 @@ def fetch(name: str, data_dir: str | Path, *, overwrite: bool = False, timeout: 
     part = target.with_name(target.name + ".part")
     if src.url is not None:
         _download(src, name, target, retries, progress)
+    elif src.hub_files:
+        _write_hub_files(src, name, root, part, retries, progress)
     else:
-        _write_hub(src, name, part, progress)
+        _write_records(src, name, part, _hub_rows(src), progress)
     digest = file_sha256(part)
     expected, where = _expected_sha256(src, manifest.get(name))
     if expected is not None and digest != expected:
@@ -164,20 +170,25 @@ def _download(src: Source, name: str, target: Path, retries: int, progress: bool
     """``src.url`` -> ``<target>.part`` (decompressed when gzipped), resuming a partial one."""
     part = target.with_name(target.name + ".part")
     raw = target.with_name(target.name + ".gz.part") if src.gzipped else part
-    for attempt in range(retries + 1):
-        try:
-            _download_once(src.url, raw, name, progress)
-            break
-        except _Interrupted as err:
-            if attempt == retries:
-                size = raw.stat().st_size if raw.exists() else 0
-                raise FetchError(f"{name}: the download of {src.url} stopped ({err}); "
-                                 f"{raw} keeps {size} bytes: rerun the same command to "
-                                 "resume") from None
+    _download_url(src.url, raw, name, retries, progress)
     if src.gzipped:
         with gzip.open(raw, "rb") as fin, part.open("wb") as fout:
             shutil.copyfileobj(fin, fout)
         raw.unlink()
+
+
+def _download_url(url: str, raw: Path, name: str, retries: int, progress: bool) -> None:
+    """``url`` -> ``raw``, continuing from ``raw``'s size; ``retries`` resumes on a drop."""
+    for attempt in range(retries + 1):
+        try:
+            _download_once(url, raw, name, progress)
+            return
+        except _Interrupted as err:
+            if attempt == retries:
+                size = raw.stat().st_size if raw.exists() else 0
+                raise FetchError(f"{name}: the download of {url} stopped ({err}); {raw} "
+                                 f"keeps {size} bytes: rerun the same command to resume"
+                                 ) from None
 
 
 def _download_once(url: str, raw: Path, name: str, progress: bool) -> None:
@@ -234,6 +245,41 @@ def _range_total(content_range: str | None) -> int | None:
 # --------------------------------------------------------------------------------------
 
 
+DOWNLOADS = ".archer-downloads"  # hub files being fetched, under the data directory
+
+
+def _write_hub_files(src: Source, name: str, root: Path, part: Path, retries: int,
+                     progress: bool) -> None:
+    """Download ``src.hub_files`` (resumable, into ``<data_dir>/.archer-downloads/<name>/``),
+    convert their rows into ``part``, then delete the downloads."""
+    folder = root / DOWNLOADS / name
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for file, url in zip(src.hub_files, src.file_urls()):
+        path = folder / file
+        if not path.is_file():  # a complete one from a stopped run is kept
+            _download_url(url, path.with_name(path.name + ".part"), f"{name}:{file}",
+                          retries, progress)
+            os.replace(path.with_name(path.name + ".part"), path)
+        paths.append(path)
+    _write_records(src, name, part, _jsonl_rows(paths), progress)
+    shutil.rmtree(folder)
+    if not any((root / DOWNLOADS).iterdir()):
+        (root / DOWNLOADS).rmdir()
+
+
+def _jsonl_rows(paths: list[Path]) -> Iterator[dict]:
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise FetchError(f"{path}: line {lineno}: invalid JSON ({err.msg}); "
+                                         "delete it and fetch again") from None
+
+
 def _hub_rows(src: Source) -> Iterator[dict]:
     import datasets
 
@@ -241,13 +287,14 @@ def _hub_rows(src: Source) -> Iterator[dict]:
         yield dict(row)
 
 
-def _write_hub(src: Source, name: str, part: Path, progress: bool) -> None:
-    """The converted records of a hub data set -> ``part``: JSON lines for a ``.jsonl``
+def _write_records(src: Source, name: str, part: Path, rows: Iterable[dict],
+                   progress: bool) -> None:
+    """The converted ``rows`` of a hub data set -> ``part``: JSON lines for a ``.jsonl``
     relpath, a JSON array for ``.json``."""
     from tqdm import tqdm
 
     as_array = part.name.endswith(".json.part")
-    records = (src.convert(row) if src.convert else row for row in _hub_rows(src))
+    records = (src.convert(row) if src.convert else row for row in rows)
     count = 0
     with part.open("w", encoding="utf-8") as f, tqdm(unit="row", desc=name, file=sys.stderr,
                                                      disable=not progress) as bar:

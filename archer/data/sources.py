@@ -22,6 +22,7 @@ HUB_HOST = "huggingface.co"
 RLLM = "https://raw.githubusercontent.com/agentica-project/rllm/874daa4/rllm/data/"
 GSM8K = ("https://raw.githubusercontent.com/openai/grade-school-math/3101c7d/"
          "grade_school_math/data/")
+LCB_HUB = "livecodebench/code_generation_lite"
 LCB_V5_WINDOW = ("2024-08-01", "2025-02-01")  # the lcb_v5 benchmark's contest dates, [start, end)
 
 
@@ -40,6 +41,11 @@ class Source:
     sha256: str | None = None  # the written file's pinned digest, when known
     legacy: tuple[str, ...] = ()  # relpaths that older versions of the fetch wrote
     registered: bool = True  # False: no loader reads it by name (use --data-file)
+    # JSON-lines files of the hub repo ``hub_id``, downloaded (resumably) from ``hub_url``
+    # at ``revision`` instead of loading the set with `datasets` (for a script-only repo)
+    hub_files: tuple[str, ...] = ()
+    revision: str = "main"
+    hub_url: str = "https://" + HUB_HOST
 
     def __post_init__(self) -> None:
         if (self.hub_id is None) == (self.url is None):
@@ -48,16 +54,24 @@ class Source:
     @property
     def address(self) -> tuple[str, int]:
         """(host, port) that must be reachable to fetch this source."""
-        if self.hub_id is not None:
+        if self.hub_id is not None and not self.hub_files:
             return HUB_HOST, 443
-        parts = urlsplit(self.url)
+        parts = urlsplit(self.url or self.hub_url)
         return parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+
+    def file_urls(self) -> list[str]:
+        """The URLs of ``hub_files``."""
+        return [f"{self.hub_url}/datasets/{self.hub_id}/resolve/{self.revision}/{f}"
+                for f in self.hub_files]
 
     @property
     def origin(self) -> str:
-        """The source in one line: the URL, or ``hf:<id>[:<config>] split=<split>``."""
+        """The source in one line: the URL, ``hf:<id>@<revision>:<file>+...``, or
+        ``hf:<id>[:<config>] split=<split>``."""
         if self.url is not None:
             return self.url
+        if self.hub_files:
+            return f"hf:{self.hub_id}@{self.revision}:{'+'.join(self.hub_files)}"
         config = f":{self.hub_config}" if self.hub_config else ""
         return f"hf:{self.hub_id}{config} split={self.split}"
 
@@ -113,11 +127,15 @@ SOURCES: dict[str, Source] = {
                              url=RLLM + "train/code/leetcode.json"),
     "codeforces_test": Source("train_code/codeforces_test.json",
                               url=RLLM + "test/code/codeforces.json"),
-    "lcb_v5_public": Source("eval_code/lcb_v5_public.jsonl", "livecodebench/code_generation_lite",
-                            "release_v5", convert=lcb_v5_public,
+    # LiveCodeBench's repo holds a loading script (which `datasets` no longer runs) and one
+    # JSONL file per release increment: release_v5 is test.jsonl + test2..test5.jsonl; the
+    # v5 window's problems (2024-08 .. 2025-01) are in the v4 and v5 increments
+    "lcb_v5_public": Source("eval_code/lcb_v5_public.jsonl", LCB_HUB,
+                            hub_files=("test4.jsonl", "test5.jsonl"), convert=lcb_v5_public,
                             note="benchmark lcb_v5: the v5 window, public tests only"),
-    "lcb_release_v5": Source("eval_code/lcb_release_v5.jsonl",
-                             "livecodebench/code_generation_lite", "release_v5",
+    "lcb_release_v5": Source("eval_code/lcb_release_v5.jsonl", LCB_HUB,
+                             hub_files=("test.jsonl", "test2.jsonl", "test3.jsonl",
+                                        "test4.jsonl", "test5.jsonl"),
                              convert=_lcb_official, registered=False,
                              note="official format with private tests; use it with "
                                   "`archer eval --benchmarks lcb_v5 --data-file ...`"),
