@@ -175,7 +175,7 @@ def test_lcb_v5_and_math500_benchmark_paths_are_the_fetch_targets(tmp_path):
 # ---------------------------------------------------------------- fetch
 
 
-def test_fetch_writes_the_loaders_path_and_records_the_sha256(amc, tmp_path):
+def test_fetch_writes_the_loaders_path_and_records_the_sha256(amc, tmp_path, capsys):
     server, digest = amc
     path = fetch("amc23", tmp_path, progress=False)
     assert path == tmp_path / FILES.get("amc23").relpath
@@ -186,8 +186,12 @@ def test_fetch_writes_the_loaders_path_and_records_the_sha256(amc, tmp_path):
     assert (rec["sha256"], rec["bytes"], rec["relpath"]) == (digest, len(AMC), "eval_math/amc23.jsonl")
     assert not list(tmp_path.rglob("*.part"))
     # a second fetch finds the file up to date and downloads nothing
-    fetch("amc23", tmp_path, progress=False)
+    assert _cli(["data", "fetch", "amc23", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.rstrip().split("\t")[:3] == ["amc23", "kept (already there; "
+                                                        "--overwrite fetches it again)", str(path)]
     assert len(server.requests) == 1
+    assert _cli(["data", "fetch", "amc23", "--overwrite", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split("\t")[1] == "fetched" and len(server.requests) == 2
 
 
 def test_interrupted_fetch_keeps_the_part_and_a_rerun_resumes_with_range(amc, tmp_path):

@@ -68,9 +68,11 @@ def _fetch(args: argparse.Namespace, root: Path) -> int:
             print(f"{row.name}\t{row.relpath}\t{row.origin}")
         return 0
     for name in names:
+        kept = (root / SOURCES[name].relpath).exists() and not args.overwrite
         path = fetch(name, root, overwrite=args.overwrite)
+        what = "kept (already there; --overwrite fetches it again)" if kept else "fetched"
         note = SOURCES[name].note
-        print(f"{name}\t{path}" + (f"\t({note})" if note else ""))
+        print(f"{name}\t{what}\t{path}" + (f"\t({note})" if note else ""))
     return 0
 
 
