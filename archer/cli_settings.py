@@ -144,12 +144,16 @@ def settings_help(settings: Sequence[Setting], passthrough: str = "") -> str:
 
 
 def add_settings(p: argparse.ArgumentParser, command: str, settings: Sequence[Setting],
-                 passthrough: str = "") -> None:
+                 passthrough: str = "", names: str = "") -> None:
     """Give ``p`` the ``key=value`` positionals of ``settings`` and their deprecated flags.
     ``passthrough`` (its help text) lets keys other than the settings through to
-    ``args.overrides`` (a study's trial overrides); without it they are errors."""
-    p.add_argument("tokens", nargs="*", default=[], metavar="key=value",
-                   help="settings, listed below" + (" (and overrides)" if passthrough else ""))
+    ``args.overrides`` (a study's trial overrides); without it they are errors. ``names``
+    (its help text) lets bare words (no ``=``) through to ``args.names``, in order (``archer
+    data fetch aime2024 math500 data_dir=D``); without it a bare word is an error."""
+    metavar = "NAME|key=value" if names else "key=value"
+    p.add_argument("tokens", nargs="*", default=[], metavar=metavar,
+                   help=(f"{names}; " if names else "") + "settings, listed below"
+                   + (" (and overrides)" if passthrough else ""))
     for s in settings:
         if s.kind not in KINDS:
             raise ValueError(f"setting {s.key}: kind {s.kind!r} is not one of {KINDS}")
@@ -158,7 +162,8 @@ def add_settings(p: argparse.ArgumentParser, command: str, settings: Sequence[Se
                            setting=s, command=command)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = settings_help(settings, passthrough)
-    p.set_defaults(_settings=tuple(settings), _command=command, _passthrough=bool(passthrough))
+    p.set_defaults(_settings=tuple(settings), _command=command, _passthrough=bool(passthrough),
+                   _names=bool(names))
 
 
 def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
@@ -175,7 +180,9 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     values: dict[str, Any] = {}
     overrides: list[str] = []
     unknown: list[str] = []
-    typed = [_split(args._command, tok) for tok in args.tokens]
+    bare = [tok for tok in args.tokens if getattr(args, "_names", False) and "=" not in tok
+            and not tok.startswith(("+", "~"))]
+    typed = [_split(args._command, tok) for tok in args.tokens if tok not in bare]
     for key, raw in list(getattr(args, "_from_flags", None) or []) + typed:
         if key is None:  # a Hydra-style +key / ~key: an override, never a setting
             (overrides if args._passthrough else unknown).append(raw)
@@ -213,6 +220,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
             default = list(default)
         setattr(args, s.attr, values.get(s.key, default))
     args.overrides = overrides
+    if getattr(args, "_names", False):
+        args.names = bare
     return args
 
 

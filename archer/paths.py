@@ -1,8 +1,9 @@
 """Where Archer finds its offline data and keeps its caches.
 
-Nothing here is a machine-specific path: the data directory comes from ``ARCHER_DATA_DIR``
-(default ``<repo root>/../shared/data``, the layout of the project's checkouts and CI), and
-the cache from ``ARCHER_CACHE_DIR`` (default ``~/.cache/archer``).
+Nothing here is a machine-specific path. The data directory is ``$ARCHER_DATA_DIR`` when set,
+else a user cache directory, ``$XDG_CACHE_HOME/archer/data`` (``~/.cache/archer/data`` when
+``XDG_CACHE_HOME`` is unset), which ``archer data fetch`` fills. The cache for prepared
+models is ``$ARCHER_CACHE_DIR`` (default ``~/.cache/archer``).
 """
 
 from __future__ import annotations
@@ -19,18 +20,35 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def user_data_dir() -> Path:
+    """The default data directory: ``$XDG_CACHE_HOME/archer/data`` or ~/.cache/archer/data."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "archer" / "data"
+
+
 def data_dir() -> Path:
-    """The offline data directory; raises FileNotFoundError naming both ways to set it."""
+    """The data directory: ``$ARCHER_DATA_DIR`` (which must exist; else FileNotFoundError
+    naming it), else :func:`user_data_dir` (which may not exist yet: a missing file there is
+    reported with the command that fetches it)."""
     env = os.environ.get(DATA_DIR_ENV)
-    path = Path(env).expanduser() if env else repo_root().parent / "shared" / "data"
+    if not env:
+        return user_data_dir()
+    path = Path(env).expanduser()
     if not path.is_dir():
-        source = f"${DATA_DIR_ENV}={env!r}" if env else "the default <repo>/../shared/data"
         raise FileNotFoundError(
-            f"data directory {str(path)!r} (from {source}) does not exist; set "
-            f"{DATA_DIR_ENV} to the folder holding eval_math/, train_math/, ... "
-            "(see the data README for the files and their public sources)"
+            f"data directory {str(path)!r} (from ${DATA_DIR_ENV}={env!r}) does not exist; set "
+            f"{DATA_DIR_ENV} to the folder holding eval_math/, train_math/, ... or unset it "
+            f"to use {user_data_dir()} (`archer data fetch --all` fills it)"
         )
     return path
+
+
+def data_dir_origin() -> str:
+    """Where :func:`data_dir` comes from, for messages."""
+    if os.environ.get(DATA_DIR_ENV):
+        return f"from ${DATA_DIR_ENV}"
+    return f"the default; set ${DATA_DIR_ENV} to use another"
 
 
 def cache_dir() -> Path:

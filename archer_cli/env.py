@@ -108,21 +108,22 @@ def check_data() -> list[Check]:
     """The data directory and each registered data file in it."""
     from archer.data.datasets import FILES
     from archer.data.fetch import SOURCES
-    from archer.paths import DATA_DIR_ENV, repo_root
+    from archer.paths import DATA_DIR_ENV, user_data_dir
 
     env = os.environ.get(DATA_DIR_ENV)
-    root = Path(env).expanduser() if env else repo_root().parent / "shared" / "data"
+    root = Path(env).expanduser() if env else user_data_dir()
     source = f"${DATA_DIR_ENV}" if env else "the default"
     if not root.is_dir():
-        return [Check("data dir", "missing", f"{root} (from {source}) does not exist",
-                      f"export {DATA_DIR_ENV}=/path/to/data   (see docs/data.md)")]
+        fix = ("archer data fetch --all" if not env else
+               f"archer data fetch --all data_dir={root}   (or export {DATA_DIR_ENV}=<dir>)")
+        return [Check("data dir", "missing", f"{root} (from {source}) does not exist", fix)]
     checks = [Check("data dir", "ok", f"{root} (from {source})")]
     for name in sorted(FILES.names()):
         path = root / FILES.get(name).relpath
         if path.is_file():
             checks.append(Check(f"  {name}", "ok", str(path)))
             continue
-        src = SOURCES.get(name)
+        src = SOURCES.get(name)  # every registered file has a source under its own path
         fix = (f"archer data fetch {name}" if src is not None and src.relpath ==
                FILES.get(name).relpath else f"copy the file to {path} (docs/data.md)")
         checks.append(Check(f"  {name}", "missing", str(path), fix))

@@ -7,7 +7,8 @@
     archer train [--print-config] key=value ...  RL run composed with Hydra (experiments/conf)
     archer sft [--print-config] key=value ...    supervised warm-up -> HF model directory
     archer eval model=DIR benchmarks=gsm8k,lcb_v5 k=8 ...   evaluation (evals/)
-    archer data fetch NAME [data_dir=D]          download a data set from its public hub id
+    archer data fetch NAME... | --all [--dry-run] [data_dir=D]   fetch data sets by name
+    archer data list [data_dir=D]                present / missing / stale data sets
     archer ablate STUDY [key=value ...]          a study (experiments/conf/study) on Ray
     archer sweep SPACE [n_trials=N key=value ...]   an Optuna sweep (experiments/conf/sweep)
     archer study status NAME [out_dir=D]         trials of a study: status, step, metric
@@ -98,12 +99,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
-def _cmd_data_fetch(args: argparse.Namespace) -> int:
-    from archer.data.fetch import run_fetch
-
-    return run_fetch(args)
-
-
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from experiments.study_cli import run_ablate
 
@@ -168,8 +163,6 @@ def _add_run_commands(sub) -> None:
 
 def _add_utility_commands(sub) -> None:
     """``algos``, ``model prepare``, ``data fetch`` and ``env``."""
-    from archer.data.fetch import SOURCES
-
     sub.add_parser("algos", aliases=["presets"], help="list the method presets (algo=NAME)"
                    ).set_defaults(func=_cmd_algos)
     model = sub.add_parser("model", help="model utilities")
@@ -180,16 +173,9 @@ def _add_utility_commands(sub) -> None:
         "cache_dir", help="default: $ARCHER_CACHE_DIR", deprecated=("--cache-dir",)),))
     prep.set_defaults(func=_cmd_model_prepare)
 
-    data = sub.add_parser("data", help="data utilities")
-    fetch = data.add_subparsers(dest="data_command", required=True).add_parser(
-        "fetch", help="download a data set from its public hub id into the data directory")
-    fetch.add_argument("name", help=f"one of: {', '.join(sorted(SOURCES))}")
-    add_settings(fetch, "data fetch", (
-        Setting("data_dir", help="default: $ARCHER_DATA_DIR", deprecated=("--data-dir",)),
-        Setting("overwrite", False, "bool", "replace a file already there",
-                deprecated=("--overwrite",)),
-    ))
-    fetch.set_defaults(func=_cmd_data_fetch)
+    from archer.data.cli import add_subparser as add_data_subparser
+
+    add_data_subparser(sub)  # data fetch | list (func: archer.data.cli.run)
     sub.add_parser("env", help="report Python, torch, CUDA, vLLM, the sandbox, Ray, MLflow, "
                    "Optuna, the data files and the tracking store, with the next command for "
                    "what is missing").set_defaults(func=_cmd_env)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archer.data.datasets import FILES, load_dataset, load_file
+from archer.data.datasets import FILES, load_dataset, load_file, missing_file_error
 from archer.paths import data_dir as default_data_dir
 from archer.registry import Registry
 from evals.contracts import (
@@ -342,6 +342,10 @@ def make_contract(
                              "generated benchmarks (gym)")
         path = Path(data_file) if data_file is not None else b.data_path(data_dir)
         if not path.is_file():
+            if data_file is None and b.source in FILES:
+                root = Path(data_dir) if data_dir is not None else default_data_dir()
+                raise FileNotFoundError(f"benchmark {b.name}: " + str(missing_file_error(
+                    b.source, root, given=data_dir is not None)))
             raise FileNotFoundError(f"benchmark {b.name}: data file {path} does not exist")
         data_name = b.data_name() if data_file is None else f"{b.source}:{path.name}"
         data_hash = file_sha256(path)

@@ -180,7 +180,7 @@ SPELLINGS = [
      {"name": "tiny", "cache_dir": "c"}),
     (["data", "fetch", "gsm8k_test", "data_dir=d", "overwrite=true"],
      ["data", "fetch", "gsm8k_test", "--data-dir", "d", "--overwrite"],
-     {"name": "gsm8k_test", "data_dir": "d", "overwrite": True}),
+     {"names": ["gsm8k_test"], "data_dir": "d", "overwrite": True}),
 ]
 
 
@@ -302,12 +302,19 @@ def test_env_with_an_empty_data_dir_lists_every_file_and_its_next_command(monkey
     lines = out.splitlines()
     aime = lines.index(next(line for line in lines if line.strip().startswith("aime2024 ")))
     assert "missing" in lines[aime] and lines[aime + 1].strip() == "-> archer data fetch aime2024"
-    # math500's fetch writes .jsonl but the loader reads .json: no fetch command for it
+    # math500's fetch writes the .json the loader reads
     m500 = lines.index(next(line for line in lines if line.strip().startswith("math500 ")))
-    assert "copy the file to" in lines[m500 + 1]
+    assert lines[m500 + 1].strip() == "-> archer data fetch math500"
     monkeypatch.setenv("ARCHER_DATA_DIR", str(tmp_path / "nowhere"))
     out = _report(capsys)
-    assert "does not exist" in out and "-> export ARCHER_DATA_DIR=" in out
+    assert "does not exist" in out
+    assert f"-> archer data fetch --all data_dir={tmp_path / 'nowhere'}" in out
+    # unset: the user cache directory, filled by `archer data fetch --all`
+    monkeypatch.delenv("ARCHER_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = _report(capsys)
+    assert f"{tmp_path / 'cache' / 'archer' / 'data'} (from the default) does not exist" in out
+    assert "-> archer data fetch --all\n" in out + "\n"
 
 
 def test_env_and_version_run_when_the_parser_cannot_be_built(monkeypatch, capsys):

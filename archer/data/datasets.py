@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.paths import data_dir as default_data_dir
+from archer.paths import data_dir_origin
 from archer.registry import Registry
 from archer.rewards import register_reward
 
@@ -80,7 +81,7 @@ class FileSpec:
     required: dict[str, type | tuple[type, ...]]  # field -> allowed type(s)
     convert: Callable[[dict], dict]
     kind: str = "math"  # "math" | "code"
-    expected_records: int | None = None  # as published (see the data README)
+    expected_records: int | None = None  # as published (docs/data.md)
     extra: dict = field(default_factory=dict)
 
 
@@ -245,7 +246,7 @@ for _name, _spec in {
         "code",
         expected_records=279,
     ),
-    # evalplus's release file (archer data fetch mbpp_plus); not in the shared data
+    # evalplus's release file (archer data fetch mbpp_plus)
     "mbpp_plus": FileSpec(
         "eval_code/MbppPlus.jsonl",
         {"task_id": str, "prompt": str, "entry_point": str, "canonical_solution": str,
@@ -343,9 +344,21 @@ def load_dataset(
     """
     spec = FILES.get(name)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    return load_file(
-        root / spec.relpath, spec, name=name, skip_bad_records=skip_bad_records, limit=limit
-    )
+    path = root / spec.relpath
+    if not path.is_file():
+        raise missing_file_error(name, root, given=data_dir is not None)
+    return load_file(path, spec, name=name, skip_bad_records=skip_bad_records, limit=limit)
+
+
+def missing_file_error(name: str, root: Path, *, given: bool = False) -> FileNotFoundError:
+    """The error for the registered file ``name`` missing from the data directory ``root``:
+    where it looked (and why there) and the command that fetches it."""
+    from archer.data.sources import fetch_hint
+
+    origin = "as given" if given else data_dir_origin()
+    return FileNotFoundError(f"data file {name!r} not found: looked for "
+                             f"{root / FILES.get(name).relpath} (data directory {root}, "
+                             f"{origin}); {fetch_hint(name)}")
 
 
 def load_file(

@@ -237,7 +237,7 @@ def test_data_fetch_fails_fast_offline_with_a_clear_message(tmp_path):
 def test_data_fetch_unreachable_host_and_unknown_name(tmp_path):
     from archer.data.fetch import FetchError, check_online, fetch
 
-    with pytest.raises(FetchError, match="unknown data set 'nope'; allowed"):
+    with pytest.raises(FetchError, match="unknown data set 'nope'; choose one of"):
         fetch("nope", tmp_path)
     start = time.monotonic()
     with pytest.raises(FetchError, match="cannot reach 127.0.0.1:443.*offline"):
