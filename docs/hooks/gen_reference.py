@@ -106,12 +106,22 @@ def load_parser() -> argparse.ArgumentParser:
 
 
 def _subcommands(parser: argparse.ArgumentParser):
-    """(name, help, subparser) for each subcommand of ``parser``, in definition order."""
+    """(name, help, subparser) for each subcommand of ``parser``, in definition order; an
+    alias is folded into its command's help ("alias: presets") instead of a second entry."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {a.dest: a.help for a in action._choices_actions}
+            names: dict[int, list[str]] = {}
             for name, sub in action.choices.items():
-                yield name, helps.get(name) or "", sub
+                names.setdefault(id(sub), []).append(name)
+            for name, sub in action.choices.items():
+                primary, *aliases = names[id(sub)]
+                if name != primary:
+                    continue
+                help_ = helps.get(name) or ""
+                if aliases:
+                    help_ += f" (alias: {', '.join(aliases)})"
+                yield name, help_, sub
 
 
 def _option_row(parser: argparse.ArgumentParser, action: argparse.Action) -> list[str]:
@@ -141,9 +151,12 @@ def _command_section(path: list[str], helptext: str, parser: argparse.ArgumentPa
     usage = " ".join(parser.format_usage().split())
     out += ["```text", usage.removeprefix("usage: "), "```", ""]
     rows = [_option_row(parser, a) for a in parser._actions
-            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+            and a.help != argparse.SUPPRESS]  # hidden (e.g. deprecated) spellings stay hidden
     if rows:
         out += [table(["argument", "value", "default", "what it does"], rows), ""]
+    if parser.epilog:  # e.g. the key=value settings a command lists after its options
+        out += ["```text", parser.epilog.strip("\n"), "```", ""]
     subs = list(_subcommands(parser))
     if subs:
         out += ["Subcommands: " + ", ".join(f"`{title} {name}`" for name, _, _ in subs), ""]
