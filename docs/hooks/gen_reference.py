@@ -21,6 +21,7 @@ import argparse
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import io
 import logging
@@ -85,18 +86,25 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _in_checkout(module_name: str) -> bool:
+    """Whether ``module_name`` resolves to a file of the checkout being documented (an
+    installed copy elsewhere, e.g. another clone's editable install, does not count)."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+    return bool(spec and spec.origin and Path(spec.origin).resolve().is_relative_to(REPO_ROOT))
+
+
 def load_parser() -> argparse.ArgumentParser:
-    """The ``archer`` parser from the first builder that exists."""
+    """The ``archer`` parser from the first builder that exists in this checkout."""
     errors = []
     for spec in PARSER_BUILDERS:
         module_name, func_name = spec.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and module_name.startswith(err.name):  # the module itself is absent
-                errors.append(f"{module_name}: not found")
-                continue
-            raise
+        if not _in_checkout(module_name):
+            errors.append(f"{module_name}: not in {REPO_ROOT}")
+            continue
+        module = importlib.import_module(module_name)
         builder = getattr(module, func_name, None)
         if builder is None:
             errors.append(f"{module_name} has no {func_name}()")
