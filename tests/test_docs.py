@@ -89,3 +89,63 @@ def test_nothing_cites_files_outside_the_repository():
     assert not offenders, (
         "these lines point at files outside the repository; point at docs/method.md, "
         "docs/data.md or docs/development.md instead:\n" + "\n".join(offenders))
+
+
+def _hook():
+    """docs/hooks/gen_reference.py as a module (it is not part of any package)."""
+    spec = importlib.util.spec_from_file_location(
+        "gen_reference", REPO / "docs" / "hooks" / "gen_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FIELDS_SOURCE = '''
+from dataclasses import dataclass, field
+
+@dataclass
+class Knobs:
+    # --- a section comment, not a field's ---------------------------------------------
+    plain: int = 3  # one line
+    wrapped: str | None = None  # first part,
+    #   continued here
+    # said above the field, where a trailing comment would not fit
+    above: float = 0.5
+    nested: dict = field(
+        default_factory=dict
+    )  # on the closing line
+    bare: bool = False
+'''
+
+
+def test_config_rows_read_each_fields_comment(tmp_path, monkeypatch):
+    hook = _hook()
+    (tmp_path / "knobs_mod.py").write_text(FIELDS_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    knobs = importlib.import_module("knobs_mod").Knobs
+    rows = {row[0]: row for row in hook.config_rows(knobs)}
+    assert rows["`plain`"][1:] == ["`int`", "`3`", "one line"]
+    assert rows["`wrapped`"][1] == "`str \\| None`"  # the pipe escaped for the table
+    assert rows["`wrapped`"][3] == "first part, continued here"
+    assert rows["`above`"][3] == "said above the field, where a trailing comment would not fit"
+    assert rows["`nested`"][2:] == ["`{}`", "on the closing line"]
+    assert rows["`bare`"][3] == ""  # no comment: the build is warned (and fails under --strict)
+
+
+def test_cli_sections_fold_aliases_and_hide_suppressed_options():
+    import argparse
+
+    hook = _hook()
+    parser = argparse.ArgumentParser(prog="archer")
+    sub = parser.add_subparsers(dest="command")
+    algos = sub.add_parser("algos", aliases=["presets"], help="list the presets")
+    algos.add_argument("--old-flag", help=argparse.SUPPRESS)
+    algos.add_argument("--seed", type=int, default=0, help="a seed (default %(default)s)")
+    algos.epilog = "settings (key=value):\n  out_dir=STR  where"
+    listed = list(hook._subcommands(parser))
+    assert [(name, help_) for name, help_, _ in listed] == [
+        ("algos", "list the presets (alias: presets)")]
+    text = "\n".join(hook._command_section(["archer", "algos"], listed[0][1], algos))
+    assert "--old-flag" not in text
+    assert "| `--seed` | `SEED` | `0` | a seed (default 0) |" in text  # a 0 default is shown
+    assert "out_dir=STR  where" in text

@@ -218,8 +218,11 @@ def _field_comment(node: ast.AnnAssign, comments: dict[int, tuple[str, bool]]) -
             line += 1
         return " ".join(parts)
     above, line = [], node.lineno - 1
-    while line in comments and comments[line][1] and not comments[line][0].strip().startswith("-"):
-        above.insert(0, comments[line][0].strip())
+    while line in comments and comments[line][1]:
+        text = comments[line][0]
+        if text.startswith("  ") or text.strip().startswith("-"):  # the field above's
+            break  # continuation, or a "# --- section ---" rule
+        above.insert(0, text.strip())
         line -= 1
     return " ".join(above)
 
