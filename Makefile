@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 # Tests and CI read the offline data sets from the shared folder beside the clone.
 export ARCHER_DATA_DIR ?= $(abspath ../shared/data)
+# mkdocs-material prints an end-of-life banner on every build
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: venv install install-dev system-deps demo test test-vllm lint docs bench clean
 

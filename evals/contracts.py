@@ -6,7 +6,7 @@ LiveCodeBench, the release and date window. Two results can be compared only whe
 contracts hash equal; :func:`check_comparable` refuses otherwise and names every field that
 differs (``force=True`` turns the refusal into a warning).
 
-Defaults follow the paper (ARCHER.md section 5: temperature 0.8, top_p 1.0, 32,768 new
+Defaults follow the paper (docs/method.md, section 5: temperature 0.8, top_p 1.0, 32,768 new
 tokens, K per benchmark). CPU runs scale them down with explicit overrides, which are kept in
 the contract (``overrides``) so a scaled-down number can never pass for a paper-setting one.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Paper sampling (ARCHER.md section 5)
+# Paper sampling (docs/method.md, section 5)
 PAPER_TEMPERATURE = 0.8
 PAPER_TOP_P = 1.0
 PAPER_MAX_NEW_TOKENS = 32768

@@ -1,4 +1,4 @@
-"""Evaluation metrics over per-sample correctness (ARCHER.md section 5).
+"""Evaluation metrics over per-sample correctness (docs/method.md, section 5).
 
 Pure functions only: no I/O, no global RNG state, no MLflow import.
 

