@@ -27,8 +27,9 @@ class ArcherLossMixin:
     archer_algo: AlgoConfig | None = None
 
     def on_init_end(self):
-        super().on_init_end()
+        # the workers exist now; installed first, so a bad config stops before any weight sync
         self.archer_algo = install_archer_loss(self)
+        super().on_init_end()
 
 
 class ArcherPPOTrainerSync(ArcherLossMixin, PPOTrainerSync):
