@@ -47,6 +47,9 @@ from archer.integrations.verl.worker_loss import archer_ppo_loss  # noqa: E402
 from archer.validation import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+# the archer_* trainer modes need verl's v1 trainer (transferqueue, torchdata, peft, ...)
+needs_v1 = pytest.mark.skipif(
+    not archer_verl.TRAINER_MODES, reason="verl.trainer.ppo.v1 is not importable")
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 LOSS_METRICS = ("actor/pg_loss", "actor/kl_loss", "actor/loss")
 
@@ -361,8 +364,8 @@ def test_install_refuses_a_config_without_archer_loss(kw, match):
     assert trainer.actor_rollout_wg.loss_fns == []
 
 
+@needs_v1
 def test_archer_trainer_modes_install_the_loss_at_init_end():
-    pytest.importorskip("verl.trainer.ppo.v1")
     from verl.trainer.ppo.v1 import get_trainer_cls
 
     cls = get_trainer_cls("archer_sync")
@@ -396,6 +399,7 @@ def _probe(tmp_path, **env):
 
 
 @pytest.mark.slow
+@needs_v1
 def test_verl_use_external_modules_registers_everything(tmp_path):
     out = _probe(tmp_path, PYTHONPATH=str(ROOT),
                  VERL_USE_EXTERNAL_MODULES="archer.integrations.verl")
@@ -403,6 +407,7 @@ def test_verl_use_external_modules_registers_everything(tmp_path):
 
 
 @pytest.mark.slow
+@needs_v1
 def test_the_verl_plugins_entry_point_registers_everything(tmp_path):
     # a distribution on sys.path that declares what pyproject.toml declares
     dist = tmp_path / "site" / "archer_probe-0.0.dist-info"
