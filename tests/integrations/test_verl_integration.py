@@ -326,7 +326,8 @@ class _WorkerGroup:
         self.loss_fns.append(loss_fn)
 
 
-def _trainer_config(loss_mode="archer", archer=None, calculate_entropy=True):
+def _trainer_config(loss_mode="archer", archer=None, calculate_entropy=True,
+                    distillation=False):
     from omegaconf import OmegaConf
 
     actor = {"_target_": "verl.workers.config.ActorConfig", "strategy": "fsdp", "rollout_n": 1,
@@ -334,7 +335,7 @@ def _trainer_config(loss_mode="archer", archer=None, calculate_entropy=True):
              "use_kl_loss": True, "kl_loss_coef": 0.01,
              "policy_loss": {"_target_": "verl.workers.config.PolicyLossConfig",
                              "loss_mode": loss_mode}}
-    cfg = {"actor_rollout_ref": {"actor": actor}}
+    cfg = {"actor_rollout_ref": {"actor": actor}, "distillation": {"enabled": distillation}}
     if archer is not None:
         cfg["archer"] = archer
     return OmegaConf.create(cfg)
@@ -356,7 +357,8 @@ def test_install_sends_a_picklable_archer_loss_to_the_actor_workers():
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"loss_mode": "vanilla"}, "must be one of"),
-                                           ({"calculate_entropy": False}, "calculate_entropy")])
+                                           ({"calculate_entropy": False}, "calculate_entropy"),
+                                           ({"distillation": True}, "distillation")])
 def test_install_refuses_a_config_without_archer_loss(kw, match):
     trainer = SimpleNamespace(config=_trainer_config(**kw), actor_rollout_wg=_WorkerGroup())
     with pytest.raises(ConfigError, match=match):

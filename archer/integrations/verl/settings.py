@@ -68,7 +68,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
+def get_key(config: Any, key: str, default: Any = None) -> Any:
     """``config.key`` for verl's ActorConfig (a dataclass) or a DictConfig/dict."""
     if isinstance(config, Mapping):
         return config.get(key, default)
@@ -110,22 +110,22 @@ def algo_config_from_verl(actor: Any, archer: Mapping | None = None) -> AlgoConf
     and the ``archer`` overrides (module docstring). Raises ConfigError on anything Archer
     cannot honour, naming the key."""
     flat = _archer_overrides(archer)
-    mode = _get(_get(actor, "policy_loss", {}) or {}, "loss_mode", "vanilla")
+    mode = get_key(get_key(actor, "policy_loss", {}) or {}, "loss_mode", "vanilla")
     check_choice("actor_rollout_ref.actor.policy_loss.loss_mode", mode, LOSS_MODES)
-    agg = _get(actor, "loss_agg_mode", "token-mean")
+    agg = get_key(actor, "loss_agg_mode", "token-mean")
     if agg == "token-sum":
         raise ConfigError("actor_rollout_ref.actor.loss_agg_mode='token-sum' has no Archer "
                           "counterpart; allowed: token-mean, seq-mean-token-mean, "
                           "seq-mean-token-sum, seq-mean-token-sum-norm")
-    kl_type = _get(actor, "kl_loss_type", "low_var_kl")
+    kl_type = get_key(actor, "kl_loss_type", "low_var_kl")
     check_choice("actor_rollout_ref.actor.kl_loss_type", kl_type, KL_TYPES)
-    if float(_get(actor, "entropy_coeff", 0.0) or 0.0) != 0.0:
+    if float(get_key(actor, "entropy_coeff", 0.0) or 0.0) != 0.0:
         raise ConfigError("actor_rollout_ref.actor.entropy_coeff must be 0 with loss_mode="
                           f"{mode}: Archer's loss has no entropy bonus")
-    clip = _get(actor, "clip_ratio", 0.2)
-    low_clip = _get(actor, "clip_ratio_low", None)
-    high_clip = _get(actor, "clip_ratio_high", None)
-    use_kl = bool(_get(actor, "use_kl_loss", False))
+    clip = get_key(actor, "clip_ratio", 0.2)
+    low_clip = get_key(actor, "clip_ratio_low", None)
+    high_clip = get_key(actor, "clip_ratio_high", None)
+    use_kl = bool(get_key(actor, "use_kl_loss", False))
     default = AlgoConfig()
     high = {k: flat.get(f"high.{k}", getattr(default.high, k)) for k in ARCHER_HIGH}
     if high["kl_weight"] > 0 and not use_kl:
@@ -136,13 +136,13 @@ def algo_config_from_verl(actor: Any, archer: Mapping | None = None) -> AlgoConf
         clip_low=clip if low_clip is None else low_clip,
         clip_high=clip if high_clip is None else high_clip,
         pg_weight=flat.get("low.pg_weight", default.low.pg_weight),
-        kl_weight=float(_get(actor, "kl_loss_coef", 0.0)) if use_kl else 0.0,
+        kl_weight=float(get_key(actor, "kl_loss_coef", 0.0)) if use_kl else 0.0,
     )
     return AlgoConfig(
         entropy_quantile=flat.get("entropy_quantile", default.entropy_quantile),
         kl_normalization=flat.get("kl_normalization", default.kl_normalization),
         high=TokenClassConfig(**high), low=low,
-        dual_clip_c=float(_get(actor, "clip_ratio_c", 3.0)),
+        dual_clip_c=float(get_key(actor, "clip_ratio_c", 3.0)),
         kl_estimator=KL_TYPES[kl_type], loss_agg_mode=agg,
-        loss_norm_length=_get(actor, "loss_scale_factor", None), loss=LOSS_MODES[mode],
+        loss_norm_length=get_key(actor, "loss_scale_factor", None), loss=LOSS_MODES[mode],
     )

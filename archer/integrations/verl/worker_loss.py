@@ -2,8 +2,8 @@
 
 verl's actor worker calls ``loss_fn(model_output=..., data=..., dp_group=...)`` once per
 micro-batch; its default is ``verl.workers.utils.losses.ppo_loss``. :func:`archer_ppo_loss`
-has that signature (with ``config``, the ActorConfig, and ``algo``, Archer's AlgoConfig, bound
-by ``functools.partial``) and replaces ppo_loss whole: it splits the micro-batch's tokens by
+has that signature (with ``config``, verl's actor config, and ``algo``, Archer's AlgoConfig,
+bound by ``functools.partial``) and replaces ppo_loss whole: it splits the micro-batch's tokens by
 the current policy's entropy (``model_output["entropy"]``, present with
 ``actor.calculate_entropy=true``), takes the reference log-probs from ``data["ref_log_prob"]``
 (verl computes them when ``actor.use_kl_loss=true``) and calls the SAME
@@ -94,8 +94,8 @@ def _padded_inputs(model_output, data):
 def archer_ppo_loss(config, model_output, data, dp_group=None, *, algo: AlgoConfig):
     """verl worker loss: Archer's ``algo.loss`` on one micro-batch -> (loss, metrics).
 
-    ``config`` is verl's ActorConfig (bound by partial, as for ppo_loss; the Archer settings
-    are already resolved into ``algo``). Raises ConfigError when verl did not give what the
+    ``config`` is verl's actor config (bound by partial, as ppo_loss's; unused here: the
+    settings are already resolved into ``algo``). Raises ConfigError when verl did not give what the
     configuration needs (entropy; reference log-probs when a KL weight is > 0)."""
     from verl.utils.metric import AggregationType
 
