@@ -42,6 +42,7 @@ except Exception as exc:  # installed but broken (missing optional deps, version
 from archer.algos.policy_loss import compute_policy_loss  # noqa: E402
 from archer.algos.split import split_by_entropy  # noqa: E402
 from archer.algos.types import LossInputs  # noqa: E402
+from archer.config import AlgoConfig  # noqa: E402
 from archer.integrations.verl.settings import algo_config_from_verl  # noqa: E402
 from archer.integrations.verl.worker_loss import archer_ppo_loss  # noqa: E402
 from archer.validation import ConfigError  # noqa: E402
@@ -429,3 +430,40 @@ def test_the_verl_plugins_entry_point_registers_everything(tmp_path):
     run = subprocess.run([sys.executable, "-c", _PROBE], cwd=tmp_path, env=full,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "archer_sync" in run.stderr
+
+
+def test_the_documented_command_line_passes_verls_checks_and_installs():
+    """verl's own Hydra config, with the overrides docs/guides/migrating.md gives (plus the
+    batch sizes every verl run sets): verl's validate_config accepts the top-level archer
+    section, and the loss resolves to Archer's reference recipe."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    doc = (ROOT / "docs" / "guides" / "migrating.md").read_text()
+    block = doc.split("python -m verl.trainer.main_ppo <your usual verl overrides> \\\n")[1]
+    overrides = block.split("```")[0].replace("\\\n", " ").split()
+    assert "trainer.v1.trainer_mode=archer_sync" in overrides
+    overrides += ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+                  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+                  "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+                  "actor_rollout_ref.rollout.name=vllm", "algorithm.adv_estimator=grpo",
+                  "trainer.n_gpus_per_node=1", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+                  "data.train_batch_size=16"]
+    config_dir = Path(core_algos.__file__).resolve().parents[1] / "config"
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg),
+                        use_critic=need_critic(cfg))
+    OmegaConf.resolve(cfg)  # as verl's TaskRunner does before building the trainer
+    trainer = SimpleNamespace(config=cfg, actor_rollout_wg=_WorkerGroup())
+    algo = archer_verl.install_archer_loss(trainer)
+    default = AlgoConfig()  # Archer's reference recipe
+    assert (algo.high, algo.low, algo.dual_clip_c, algo.loss_agg_mode, algo.kl_estimator,
+            algo.entropy_quantile, algo.kl_normalization) == (
+        default.high, default.low, default.dual_clip_c, default.loss_agg_mode,
+        default.kl_estimator, default.entropy_quantile, default.kl_normalization)
+    pickle.loads(pickle.dumps(trainer.actor_rollout_wg.loss_fns[0]))
