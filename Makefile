@@ -34,9 +34,15 @@ install: $(PY) system-deps
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e .
 
+# verl is the oracle of tests/algos/test_verl_oracle.py and the host of archer.integrations.verl;
+# --no-deps because its own pins (transformers among them) would break ours: the dev extra
+# lists what a --no-deps verl needs to import.
+VERL_VERSION ?= 0.9.1
+
 install-dev: $(PY) system-deps
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps verl==$(VERL_VERSION)
 
 demo: install
 	$(VENV)/bin/archer demo
