@@ -6,6 +6,7 @@
     archer grade math|code --input F --output F   grade outputs from anywhere (JSONL)
     archer train [--print-config] key=value ...   RL run composed with Hydra (experiments/conf)
     archer sft [--print-config] key=value ...     supervised warm-up -> HF model directory
+    archer export RUN|CKPT OUT [--step N|--best]  a checkpoint as an HF model directory
     archer eval --model DIR --benchmarks gsm8k,lcb_v5 --k 8 ...   evaluation (evals/)
     archer data fetch NAME           download a data set from its public hub id
     archer ablate STUDY [key=value ...]           a study (experiments/conf/study) on Ray
@@ -232,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("name", help="tiny | smollm2-135m")
     prep.add_argument("--cache-dir", default=None, help="default: $ARCHER_CACHE_DIR")
     prep.set_defaults(func=_cmd_model_prepare)
+
+    from archer.trainer import export_cli
+
+    export_cli.add_subparser(sub)
     return parser
 
 
