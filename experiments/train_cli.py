@@ -58,7 +58,7 @@ from archer.validation import (
     did_you_mean,
     unknown_keys,
 )
-from experiments.recipes import expand_recipe
+from experiments.recipes import expand_recipe, recipe_names
 from experiments.renamed_keys import check_renamed
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -231,14 +231,17 @@ def top_level_message(key: str, part: str, config_name: str, keys: list[str]) ->
     and the plain keys of ``config_name``'s root."""
     command = COMMANDS.get(config_name, config_name)
     rest = key.split(".")[1:]
-    hint = did_you_mean(part, keys, fmt=".".join(["{}", *rest]))
+    named = keys + (["recipe"] if config_name == "config" else [])  # recipe=X: a shorthand
+    hint = did_you_mean(part, named, fmt=".".join(["{}", *rest]))
     if not hint and part in GROUPS["config"]:
         hint = f" ({part!r} is a group of `archer train`; `{command}` has none)"
     groups = list(GROUPS[config_name])
     plain = [k for k in keys if k not in groups and k != "model"]
     return (f"unknown config key {key!r}{hint}; the top level of `{command}` has: "
             + ", ".join(_describe_group(g) for g in groups)
-            + f", model=<{'|'.join(_model_names())}|<directory>>, and the keys {plain}")
+            + f", model=<{'|'.join(_model_names())}|<directory>>"
+            + (f", recipe=<{'|'.join(recipe_names())}>" if config_name == "config" else "")
+            + f", and the keys {plain}")
 
 
 def _model_names() -> list[str]:

@@ -182,3 +182,10 @@ def write_recipe(tmp_path, monkeypatch):
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(content))
 
     return write
+
+
+def test_a_mistyped_recipe_key_names_recipe_and_the_recipes(capsys):
+    assert main(["train", "--print-config", "recipee=cpu"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown config key 'recipee' (did you mean 'recipe'?)" in err
+    assert f"recipe=<{'|'.join(recipe_names())}>" in err
