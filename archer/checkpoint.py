@@ -11,8 +11,9 @@ A checkpoint is a directory ``<out_dir>/checkpoints/step_000042`` holding
 The learning-rate schedule is a pure function of the step (see
 ``archer.trainer.optim.lr_factor``), so it is restored by the step. Writing is atomic:
 everything goes to a temporary sibling directory that is renamed into place last, so a crash
-never leaves a half-written checkpoint that ``latest_checkpoint`` would pick. Only the last
-``keep`` checkpoints are kept.
+never leaves a half-written checkpoint that ``latest_checkpoint`` would pick. The last
+``keep`` checkpoints are kept, and the best validation step's (:func:`best_checkpoint`:
+the highest ``val/reward_mean`` in its ``state.json``, ties to the latest), wherever it is.
 
 This module is the on-disk format; what a run saves, when, and how it resumes is
 :mod:`archer.trainer.checkpointing`.
@@ -33,6 +34,9 @@ import numpy as np
 import torch
 
 PREFIX = "step_"
+# the validation metric that ranks checkpoints (`archer export --best`, pruning): its value at
+# the step, as state.json's "metrics" holds it (the metrics the step logged)
+BEST_METRIC = "val/reward_mean"
 
 
 def checkpoint_root(out_dir: str | Path) -> Path:
@@ -107,9 +111,38 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step of checkpoint directory ``path`` (``step_000042`` -> 42)."""
+    return int(Path(path).name[len(PREFIX):])
+
+
+def validation_metric(path: str | Path, metric: str = BEST_METRIC) -> float | None:
+    """``metric`` as checkpoint ``path``'s step logged it (state.json), or None when the step
+    was not validated (or its state cannot be read)."""
+    value = read_state(path, strict=False, required=("step",)).get("metrics", {}).get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None  # (NaN never ranks)
+    return float(value)
+
+
+def best_checkpoint(out_dir: str | Path, metric: str = BEST_METRIC) -> Path | None:
+    """The checkpoint whose step has the highest ``metric``, the latest of equal ones; None
+    when no checkpoint's step was validated."""
+    scored = [(value, checkpoint_step(p), p) for p in list_checkpoints(out_dir)
+              if (value := validation_metric(p, metric)) is not None]
+    return max(scored, key=lambda t: (t[0], t[1]))[2] if scored else None
+
+
 def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
-    for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    """Remove all but the last ``keep`` checkpoints and the best one (:func:`best_checkpoint`);
+    ``keep`` 0 keeps them all."""
+    if keep <= 0:
+        return
+    found = list_checkpoints(out_dir)
+    kept = set(found[-keep:]) | {best_checkpoint(out_dir)}
+    for old in found:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 REQUIRED_STATE = ("step", "sampler", "run_id")  # what a resume reads from state.json
@@ -143,6 +176,11 @@ def read_state(path: str | Path, strict: bool = True,
             return {}
         raise ValueError(f"{file} is damaged: {err}") from None
     return state
+
+
+def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The policy's full state dict of checkpoint ``path`` (``model.pt``), on the CPU."""
+    return _load(Path(path) / "model.pt", map_location="cpu", weights_only=True)
 
 
 def load_checkpoint(

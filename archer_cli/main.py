@@ -9,6 +9,7 @@
     archer eval model=DIR benchmarks=gsm8k,lcb_v5 k=8 ...   evaluation (evals/)
     archer data fetch NAME... | --all [--dry-run] [data_dir=D]   fetch data sets by name
     archer data list [data_dir=D]                present / missing / stale data sets
+    archer export RUN|CKPT OUT [--step N|--best] a checkpoint as a Hugging Face directory
     archer ablate STUDY [key=value ...]          a study (experiments/conf/study) on Ray
     archer sweep SPACE [n_trials=N key=value ...]   an Optuna sweep (experiments/conf/sweep)
     archer study status NAME [out_dir=D]         trials of a study: status, step, metric
@@ -96,7 +97,22 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from evals.cli import run_eval
 
+    if args.recipe:  # the recipe's eval spec fills what the command line left unset
+        apply_recipe_eval(args)
     return run_eval(args)
+
+
+def apply_recipe_eval(args: argparse.Namespace) -> None:
+    """``archer eval recipe=X``: X's ``eval:`` settings (benchmarks, k, engine, dtype, ...)
+    for every setting not typed on the command line (typed ones win). Lives in the CLI
+    layer because recipes belong to experiments/, which evals/ may not import."""
+    from experiments.recipes import eval_settings
+
+    typed = {tok.partition("=")[0] for tok in args.tokens if "=" in tok}
+    typed |= {key for key, _ in getattr(args, "_from_flags", None) or []}
+    for key, value in eval_settings(args.recipe).items():
+        if key not in typed:
+            setattr(args, key.replace(".", "_"), value)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
@@ -176,6 +192,9 @@ def _add_utility_commands(sub) -> None:
     from archer.data.cli import add_subparser as add_data_subparser
 
     add_data_subparser(sub)  # data fetch | list (func: archer.data.cli.run)
+    from archer.trainer import export_cli
+
+    export_cli.add_subparser(sub)  # export (func: archer.trainer.export_cli.run)
     sub.add_parser("env", help="report Python, torch, CUDA, vLLM, the sandbox, Ray, MLflow, "
                    "Optuna, the data files and the tracking store, with the next command for "
                    "what is missing").set_defaults(func=_cmd_env)

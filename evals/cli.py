@@ -38,6 +38,8 @@ BENCHMARK_NAMES = ("aime2024, aime2025, amc23, math500, gsm8k, lcb_v5, lcb_v6, h
 EVAL_SETTINGS = (
     Setting("model", help="HF model directory or a prepared name (tiny, smollm2-135m)",
             deprecated=("--model",)),
+    Setting("recipe", help="take benchmarks, k, lengths, engine and dtype from this "
+            "recipe's eval spec (experiments/conf/recipe); typed settings win"),
     Setting("benchmarks", ["gsm8k"], "list", f"from: {BENCHMARK_NAMES}",
             deprecated=("--benchmarks",)),
     Setting("k", None, "int", "samples per problem (paper: per benchmark)", lo=1,

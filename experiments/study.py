@@ -49,11 +49,18 @@ from typing import Any
 import yaml
 
 from archer.validation import ConfigError, did_you_mean, unknown_name
+from experiments.recipes import (  # noqa: F401  (re-exported: the one recipe loader)
+    RECIPE_DIR,
+    check_required,
+    dedupe,
+    load_recipe,
+    recipe_names,
+    study_defaults,
+)
 from experiments.renamed_keys import check_renamed_key
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 STUDY_DIR = CONF_DIR / "study"
-RECIPE_DIR = CONF_DIR / "recipe"
 DEFAULT_ROOT = "runs/studies"
 
 STUDY_KEYS = {
@@ -68,15 +75,18 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "max_retries": 2, "experiment": None, "register_best": True, "system_metrics": False,
     "eval": None, "resources": {},
 }
-RECIPE_KEYS = ("overrides", "eval", "resources")
 EVAL_KEYS = ("benchmarks", "limit", "k", "max_new_tokens", "temperature", "top_p", "seed",
-             "batch_size")
+             "batch_size", "engine", "dtype", "gpu_memory_utilization")
+# the generation engine of a trial's evaluation (evals.runner.make_backend) and its dtype
+EVAL_CHOICES = {"engine": ("hf", "vllm"), "dtype": ("float32", "bfloat16", "float16")}
 # what the other eval keys allow (null: the benchmark contract's default; batch_size: 8)
 EVAL_INTS = {"k": (1, "samples per problem"), "max_new_tokens": (1, "tokens per sample"),
              "limit": (1, "the first N problems"), "batch_size": (1, "problems per batch"),
              "seed": (0, "the sampling seed")}
 EVAL_NUMBERS = {"temperature": (lambda v: v >= 0, ">= 0", "the sampling temperature"),
-                "top_p": (lambda v: 0 < v <= 1, "in (0, 1]", "nucleus sampling's top_p")}
+                "top_p": (lambda v: 0 < v <= 1, "in (0, 1]", "nucleus sampling's top_p"),
+                "gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]",
+                                           "the share of GPU memory vLLM may use")}
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom", "strategy", "procs_per_trial")
 # the mappings of a study (or sweep) file whose keys are fixed
 SUBKEYS = {"eval": EVAL_KEYS, "resources": RESOURCE_KEYS, "objective": ("metric", "direction")}
@@ -88,10 +98,6 @@ NOT_IDENTITY = (("out_dir",), ("progress",), ("tracking",))
 
 def study_names() -> list[str]:
     return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
 @dataclass(frozen=True)
@@ -314,17 +320,6 @@ def _compose_study_file(path: Path, overrides: list[str], group: str = "study",
     return data[group] if in_group and set(data) == {group} else data
 
 
-def load_recipe(name: str) -> dict[str, Any]:
-    path = RECIPE_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown recipe {name!r}; recipes: {recipe_names()}")
-    raw = read_yaml(path, "recipe")
-    unknown = sorted(set(raw) - set(RECIPE_KEYS))
-    if unknown:
-        raise ConfigError(f"recipe {name}: unknown key(s) {unknown}; keys: {list(RECIPE_KEYS)}")
-    return raw
-
-
 def check_keys(where: str, given: dict, allowed) -> None:
     allowed = list(allowed)
     for key in given:
@@ -364,6 +359,10 @@ def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
                                   or not math.isfinite(value) or not ok(value)):
             raise ConfigError(f"{where}.eval.{key}={value!r} is not allowed: {what}, a number "
                               f"{allowed} (or null for the default)")
+    for key, choices in EVAL_CHOICES.items():
+        if spec.get(key) is not None and spec[key] not in choices:
+            raise ConfigError(f"{where}.eval.{key}={spec[key]!r} is not allowed; choose one of "
+                              f"{list(choices)} (or null for {choices[0]})")
     return dict(spec)
 
 
@@ -470,7 +469,11 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     name = path.stem
     data = _compose_study_file(path, list(overrides or []))
     where = f"study {name}"
-    data = check_fields(where, data, STUDY_KEYS, STUDY_DEFAULTS)
+    # defaults: the schema's, then the recipe's `study:` block; the file and overrides win
+    recipe_name = data.get("recipe", STUDY_DEFAULTS["recipe"])
+    defaults = STUDY_DEFAULTS | (study_defaults(recipe_name, STUDY_KEYS)
+                                 if isinstance(recipe_name, str) else {})
+    data = check_fields(where, data, STUDY_KEYS, defaults)
     if data["name"] != name:
         raise ConfigError(f"{where}: name={data['name']!r} differs from the file name {name!r}")
     recipe = load_recipe(data["recipe"])
@@ -554,13 +557,6 @@ def _format_value(value: Any) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.=+-]+", "_", text)[:80]
-
-
-def dedupe(overrides: list[str]) -> list[str]:
-    """Keep only the last ``key=value`` of each key (the recipe's ``model=tiny`` gives way to
-    a command line's ``model=<dir>``), in the order of the kept ones."""
-    last = {ov.split("=", 1)[0]: i for i, ov in enumerate(overrides)}
-    return [ov for i, ov in enumerate(overrides) if last[ov.split("=", 1)[0]] == i]
 
 
 def identity_hash(config: dict[str, Any], evaluation: dict[str, Any] | None,
@@ -663,6 +659,7 @@ def expand_trials(spec: StudySpec, trial_overrides: list[str] | None = None,
                 name = _slug(f"t{number:03d}-" + "-".join(parts))
                 overrides = (list(spec.recipe_overrides) + list(spec.base) + list(vovs)
                              + axis_ovs + list(trial_overrides or []) + [f"seed={seed}"])
+                check_required(spec.recipe, overrides)
                 tags = {"archer.study": spec.name, "archer.trial_number": str(number),
                         "archer.variant": vname or "-",
                         "archer.axes": " ".join(axis_ovs) or "-"}

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.validation import ConfigError, did_you_mean
+from experiments.recipes import check_required, load_recipe, study_defaults
 from experiments.renamed_keys import check_renamed_key
 from experiments.scheduler import Scheduler, StudyState, TrialSource, objective_value
 from experiments.study import (
@@ -41,7 +42,6 @@ from experiments.study import (
     check_fields,
     check_keys,
     check_resources,
-    load_recipe,
     resolve_trial,
     split_overrides,
     study_path,
@@ -101,7 +101,11 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
     data = _compose_study_file(path, list(overrides or []), "sweep", SWEEP_KEYS,
                                SWEEP_DEFAULTS)
     where = f"sweep {name}"
-    data = check_fields(where, data, SWEEP_KEYS, SWEEP_DEFAULTS)
+    # defaults: the schema's, then the recipe's `study:` block; the file and overrides win
+    recipe_name = data.get("recipe", SWEEP_DEFAULTS["recipe"])
+    defaults = SWEEP_DEFAULTS | (study_defaults(recipe_name, SWEEP_KEYS)
+                                 if isinstance(recipe_name, str) else {})
+    data = check_fields(where, data, SWEEP_KEYS, defaults)
     if data["name"] != name:
         raise ConfigError(f"{where}: name={data['name']!r} differs from the file name {name!r}")
     if not data["params"]:
@@ -382,6 +386,7 @@ class SweepSource(TrialSource):
             f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items()))
         overrides = (list(self.spec.recipe_overrides) + list(self.spec.base) + ovs
                      + self.trial_overrides)
+        check_required(self.spec.raw["recipe"], overrides)
         tags = {"archer.study": self.spec.name, "archer.trial_number": str(number),
                 "optuna.study": self.spec.name, "optuna.trial_number": str(number),
                 "optuna.params": json.dumps(params, default=str)} | (tags or {})
@@ -599,9 +604,10 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
     probe = dict(spec.enqueued[0]) if spec.enqueued else {}
     for key, p in spec.params.items():
         probe.setdefault(key, p["choices"][0] if p["type"] == "categorical" else p["low"])
-    resolve_trial(0, "probe", list(spec.recipe_overrides) + list(spec.base)
-                  + [f"{k}={_format_value(v)}" for k, v in probe.items()] + trial_ovs,
-                  study_dir=study_dir, evaluation=spec.eval, resources=spec.resources, tags={})
+    probe_ovs = (list(spec.recipe_overrides) + list(spec.base)
+                 + [f"{k}={_format_value(v)}" for k, v in probe.items()] + trial_ovs)
+    check_required(spec.raw["recipe"], probe_ovs)
+    resolve_trial(0, "probe", probe_ovs, study_dir=study_dir, evaluation=spec.eval, resources=spec.resources, tags={})
     check_eval_data(f"sweep {spec.name}", spec.eval, ray_address)
     if spec.storage.startswith("sqlite:///"):
         Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

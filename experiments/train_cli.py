@@ -24,6 +24,19 @@ The full key set of the root comes from the dataclass (registered as ``_train_ba
 section is checked against its dataclass and unknown keys fail by name. A key of the old
 layout (``trainer.steps``, ``data.reward``, ``model.path``, ``sft.lr``) is refused with its
 new name (:mod:`experiments.renamed_keys`, docs/config-migration.md).
+
+Recipes (``experiments/conf/recipe/*.yaml``, loaded by :mod:`experiments.recipes`;
+docs/guides/recipes.md): ``recipe=archer_math_1p5b`` is not a key of the tree but a named list
+of overrides. The order of application, a later override of a key winning, is
+
+1. the recipe's ``overrides:`` (``archer train recipe=X``, ``archer ablate S recipe=X``, ...),
+2. a study's or sweep's overrides (``base``, then the variant / axis / param values; only
+   ``archer ablate`` and ``archer sweep`` have them),
+3. the command line's ``key=value`` overrides (then, in a study, the trial's seed).
+
+A recipe's ``model=???`` is required: without a later ``model=...`` the run is refused with
+``recipe X needs model=<hf dir or hub id>``; an unknown recipe is refused listing the recipes.
+``archer train --print-config recipe=X ...`` prints the result of all three.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from archer.validation import (
     did_you_mean,
     unknown_keys,
 )
+from experiments.recipes import expand_recipe, recipe_names
 from experiments.renamed_keys import check_renamed
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -123,13 +137,17 @@ def group_options(group: str) -> list[str]:
 
 
 def compose_config(overrides: list[str], config_name: str = "config") -> Composed:
-    """Compose ``experiments/conf/<config_name>.yaml`` with ``overrides``; resolve it."""
+    """Compose ``experiments/conf/<config_name>.yaml`` with ``overrides``; resolve it. For
+    ``archer train``, a ``recipe=X`` puts recipe X's overrides before the others."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     given = tuple(overrides)
+    recipe = None
+    if config_name == "config":
+        recipe, overrides = expand_recipe(list(overrides))
     check_renamed(list(overrides), config_name)
     register_configs(config_name)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="archer"):
@@ -139,6 +157,8 @@ def compose_config(overrides: list[str], config_name: str = "config") -> Compose
             raise ConfigError(_explain(err, config_name, list(overrides), compose)) from None
     choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items()
                if not k.startswith("hydra") and v is not None}
+    if recipe is not None:
+        choices["recipe"] = recipe
     with open_dict(cfg):
         del cfg["hydra"]
     try:
@@ -211,14 +231,17 @@ def top_level_message(key: str, part: str, config_name: str, keys: list[str]) ->
     and the plain keys of ``config_name``'s root."""
     command = COMMANDS.get(config_name, config_name)
     rest = key.split(".")[1:]
-    hint = did_you_mean(part, keys, fmt=".".join(["{}", *rest]))
+    named = keys + (["recipe"] if config_name == "config" else [])  # recipe=X: a shorthand
+    hint = did_you_mean(part, named, fmt=".".join(["{}", *rest]))
     if not hint and part in GROUPS["config"]:
         hint = f" ({part!r} is a group of `archer train`; `{command}` has none)"
     groups = list(GROUPS[config_name])
     plain = [k for k in keys if k not in groups and k != "model"]
     return (f"unknown config key {key!r}{hint}; the top level of `{command}` has: "
             + ", ".join(_describe_group(g) for g in groups)
-            + f", model=<{'|'.join(_model_names())}|<directory>>, and the keys {plain}")
+            + f", model=<{'|'.join(_model_names())}|<directory>>"
+            + (f", recipe=<{'|'.join(recipe_names())}>" if config_name == "config" else "")
+            + f", and the keys {plain}")
 
 
 def _model_names() -> list[str]:
@@ -429,7 +452,7 @@ def logger_factory(setup: TrainSetup, config_path: Path):
     options = {k: v for k, v in setup.tracking.items() if k != "backend"}
     backend = setup.tracking["backend"]
     choices = setup.composed.choices
-    tags = {f"archer.{g}": choices[g] for g in ("algo", "data") if g in choices}
+    tags = {f"archer.{g}": choices[g] for g in ("algo", "data", "recipe") if g in choices}
     tags["archer.model"] = setup.train.model
     tags["archer.overrides"] = " ".join(setup.composed.overrides)
     if backend == "mlflow":

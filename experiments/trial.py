@@ -100,29 +100,38 @@ def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
     from evals.scoring import score_samples
 
     batch_size = int(spec.get("batch_size") or 8)
-    backend, tokenizer = make_backend("hf", export_dir, batch_size=batch_size,
-                                      device="cuda" if _has_cuda() else "cpu", dtype="float32")
+    engine = spec.get("engine") or "hf"  # the spec's engine/dtype (a recipe's: vllm, bf16)
+    backend, tokenizer = make_backend(engine, export_dir, batch_size=batch_size,
+                                      device="cuda" if _has_cuda() else "cpu",
+                                      dtype=spec.get("dtype") or "float32",
+                                      gpu_memory_utilization=float(
+                                          spec.get("gpu_memory_utilization") or 0.9))
     overrides = {k: spec[k] for k in ("limit", "k", "max_new_tokens", "temperature", "top_p",
                                       "seed") if spec.get(k) is not None}
     results = []
-    for name in spec["benchmarks"]:
-        bdir = out_dir / name
-        extra: dict[str, Any] = {}
-        if BENCHMARKS.get(name).source == GYM_SOURCE:
-            if train is None:
-                raise ValueError("benchmark gym needs the trial's training config")
-            extra = {"data_config": gym_eval_data(train), "template": train.get("template")}
-        try:
-            contract = make_contract(name, tokenizer=tokenizer, **overrides, **extra)
-        except (ValueError, FileNotFoundError) as err:  # the spec (or its data) is wrong: not
-            raise ConfigError(f"eval benchmark {name}: {err}") from err  # worth a retry
-        problems = problems_for(contract)
-        generate_samples(contract, problems, backend, bdir / "samples.jsonl",
-                         tokenizer=tokenizer, batch_size=batch_size, model=str(export_dir),
-                         engine="hf", progress=False)
-        res = score_samples(bdir / "samples.jsonl")
-        res["_dir"] = str(bdir)
-        results.append(res)
+    try:
+        for name in spec["benchmarks"]:
+            bdir = out_dir / name
+            extra: dict[str, Any] = {}
+            if BENCHMARKS.get(name).source == GYM_SOURCE:
+                if train is None:
+                    raise ValueError("benchmark gym needs the trial's training config")
+                extra = {"data_config": gym_eval_data(train), "template": train.get("template")}
+            try:
+                contract = make_contract(name, tokenizer=tokenizer, **overrides, **extra)
+            except (ValueError, FileNotFoundError) as err:  # the spec (or its data) is wrong: not
+                raise ConfigError(f"eval benchmark {name}: {err}") from err  # worth a retry
+            problems = problems_for(contract)
+            generate_samples(contract, problems, backend, bdir / "samples.jsonl",
+                             tokenizer=tokenizer, batch_size=batch_size, model=str(export_dir),
+                             engine=engine, progress=False)
+            res = score_samples(bdir / "samples.jsonl")
+            res["_dir"] = str(bdir)
+            results.append(res)
+    finally:
+        close = getattr(backend, "close", None)  # a vLLM engine's processes and memory
+        if close is not None:
+            close()
     return results
 
 

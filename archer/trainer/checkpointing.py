@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from archer.checkpoint import (
     checkpoint_root,
     list_checkpoints,
     load_checkpoint,
+    load_model_state,
     read_state,
     rng_state,
     save_checkpoint,
@@ -269,16 +272,66 @@ def checkpoint_failed_step(ctx: TrainContext, begun: StepStart | None,
     return path
 
 
+def write_policy(model: torch.nn.Module, tokenizer: Any, out: str | Path,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """The one writer of a policy's Hugging Face directory, for ``final/`` and ``archer
+    export``: ``model.safetensors`` (the weights of ``state_dict`` when given, else the
+    model's own), ``config.json``, ``generation_config.json`` and the tokenizer's files,
+    loadable by ``transformers`` (``AutoModelForCausalLM.from_pretrained(out)``) as is."""
+    out = Path(out)
+    model.save_pretrained(out, state_dict=state_dict)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def export_policy(ctx: TrainContext) -> Path:
     """The final policy as an HF directory (FSDP: gathered, written by rank 0)."""
     out = Path(ctx.cfg.out_dir) / "final"
     if not ctx.dist.enabled:
-        ctx.model.save_pretrained(out)
+        write_policy(ctx.model, ctx.tokenizer, out)
     else:
         model_sd, _ = full_state_dicts(ctx.model, None)
         if ctx.dist.is_main:
-            ctx.model.save_pretrained(out, state_dict=model_sd)
+            write_policy(ctx.model, ctx.tokenizer, out, state_dict=model_sd)
         ctx.dist.barrier()
-    if ctx.dist.is_main:
-        ctx.tokenizer.save_pretrained(out)
     return out
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Checkpoint directory ``checkpoint`` (``<run>/checkpoints/step_N``) as an HF directory
+    ``out``, written by :func:`write_policy` as ``final/`` is: the run's model (its
+    architecture, tokenizer and generation config, from the ``model`` its state.json records,
+    or the run's ``final/`` when that directory is gone) loaded at the run's dtype, with the
+    checkpoint's full state dict (saved gathered, so no resharding) loaded exactly."""
+    from archer.models import load_policy_and_ref
+
+    checkpoint = Path(checkpoint)
+    config = read_state(checkpoint, required=("step",)).get("config") or {}
+    base = checkpoint_base_model(checkpoint, config)
+    model, _, tokenizer = load_policy_and_ref(base, need_ref=False,
+                                              dtype=config.get("dtype") or "float32")
+    state = load_model_state(checkpoint)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{checkpoint / 'model.pt'} does not fit the model {base}: "
+                         f"{str(err).splitlines()[0]}") from None
+    return write_policy(model, tokenizer, out)
+
+
+def checkpoint_base_model(checkpoint: Path, config: dict[str, Any]) -> str:
+    """The model a checkpoint's run trained (its ``model`` setting), or the run's exported
+    ``final/`` (same architecture and tokenizer) when that one cannot be found here."""
+    from archer.models import MODELS
+
+    run_dir = checkpoint.parent.parent
+    name = config.get("model")
+    if name is not None and (Path(str(name)).expanduser().is_dir() or str(name) in MODELS):
+        return str(name)
+    final = run_dir / "final"
+    if (final / "config.json").is_file():
+        return str(final)
+    raise ValueError(f"cannot export {checkpoint}: the run's model {name!r} (its architecture "
+                     f"and tokenizer) is not a directory here and {final} does not exist; run "
+                     "the export where the training model is (a relative model path is "
+                     "relative to the training's working directory)")
