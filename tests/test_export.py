@@ -19,11 +19,11 @@ from archer.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from archer_cli.main import main
 from archer.models import build_tiny_model
 from archer.rewards import REWARDS, register_reward
 from archer.train_config import TrainConfig
 from archer.trainer import fit
+from archer_cli.main import main
 from experiments.presets import load_preset
 
 if "test_parity_export" not in REWARDS:

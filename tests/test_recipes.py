@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from archer_cli.main import main
 from archer.models import build_tiny_model
 from archer.validation import ConfigError
+from archer_cli.main import main
 from experiments import recipes
 from experiments.recipes import (
     check_required,
