@@ -49,13 +49,13 @@ demo: install
 
 # ruff, the import-layer contracts (pyproject [tool.importlinter]), the docs site, the suite.
 test: install-dev
-	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench
+	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench docs/hooks
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(PY) -m pytest -q
 
 lint: install-dev
-	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench
+	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench docs/hooks
 	$(VENV)/bin/lint-imports
 
 docs: install-dev
