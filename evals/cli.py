@@ -73,6 +73,10 @@ EVAL_SETTINGS = (
     Setting("dtype", "float32", deprecated=("--dtype",)),
     Setting("gpu_memory_utilization", 0.9, "float", "engine=vllm: share of accelerator "
             "memory vLLM may use", lo=0, deprecated=("--gpu-memory-utilization",)),
+    Setting("vllm_tensor_parallel_size", 1, "int", "engine=vllm: GPUs the model is sharded "
+            "over (as the trainer's key)", lo=1),
+    Setting("vllm_max_model_len", None, "int", "engine=vllm: context length (default: the "
+            "model's own; as the trainer's key)", lo=1),
     Setting("workers", None, "int", "grader worker processes", lo=1, deprecated=("--workers",)),
     Setting("tracking", "mlflow", choices=("mlflow", "none"), help="log the results to MLflow",
             deprecated=("--tracking",)),
@@ -231,7 +235,9 @@ def _evaluate(args: argparse.Namespace, names: list[str], out_dir: Path) -> int:
                         backend, tokenizer = make_backend(
                             args.engine, args.model, batch_size=args.batch_size,
                             device=args.device, dtype=args.dtype,
-                            gpu_memory_utilization=args.gpu_memory_utilization)
+                            gpu_memory_utilization=args.gpu_memory_utilization,
+                            tensor_parallel_size=args.vllm_tensor_parallel_size,
+                            max_model_len=args.vllm_max_model_len)
                     _generate(name, args, bdir, backend, tokenizer)
                 if args.scorer == "evalplus":
                     from evals.evalplus_adapter import score_with_evalplus

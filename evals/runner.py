@@ -273,10 +273,13 @@ def __getattr__(name: str):
 
 def make_backend(engine: str, model_path: str | Path, *, batch_size: int = 8,
                  device: str = "cpu", dtype: str = "float32",
-                 gpu_memory_utilization: float = 0.9):
+                 gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None):
     """``(backend, tokenizer)`` for ``engine``: ``hf`` (Hugging Face generate on ``device``)
     or ``vllm`` (:class:`archer.rollout.vllm.VLLMRollout`, the ``vllm`` extra; vLLM picks the
-    device itself and batches internally, ``gpu_memory_utilization`` is its memory share)."""
+    device itself and batches internally, ``gpu_memory_utilization`` is its memory share,
+    ``tensor_parallel_size`` the GPUs it shards the model over and ``max_model_len`` its
+    context length, None = the model's own: the trainer's ``vllm_*`` settings)."""
     if engine == "hf":
         from archer.models import load_policy_and_ref
         policy, _, tokenizer = load_policy_and_ref(model_path, need_ref=False, dtype=dtype,
@@ -290,6 +293,8 @@ def make_backend(engine: str, model_path: str | Path, *, batch_size: int = 8,
         path = resolve_model_path(model_path)
         tokenizer = load_tokenizer(path)
         backend = VLLMRollout(path, dtype=dtype, tokenizer=tokenizer,
-                              gpu_memory_utilization=gpu_memory_utilization)
+                              gpu_memory_utilization=gpu_memory_utilization,
+                              tensor_parallel_size=tensor_parallel_size,
+                              max_model_len=max_model_len)
         return backend, tokenizer
     raise ValueError(f"unknown engine {engine!r}; allowed: hf, vllm, lm-eval")

@@ -76,13 +76,16 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "eval": None, "resources": {},
 }
 EVAL_KEYS = ("benchmarks", "limit", "k", "max_new_tokens", "temperature", "top_p", "seed",
-             "batch_size", "engine", "dtype", "gpu_memory_utilization")
+             "batch_size", "engine", "dtype", "gpu_memory_utilization",
+             "vllm_tensor_parallel_size", "vllm_max_model_len")
 # the generation engine of a trial's evaluation (evals.runner.make_backend) and its dtype
 EVAL_CHOICES = {"engine": ("hf", "vllm"), "dtype": ("float32", "bfloat16", "float16")}
 # what the other eval keys allow (null: the benchmark contract's default; batch_size: 8)
 EVAL_INTS = {"k": (1, "samples per problem"), "max_new_tokens": (1, "tokens per sample"),
              "limit": (1, "the first N problems"), "batch_size": (1, "problems per batch"),
-             "seed": (0, "the sampling seed")}
+             "seed": (0, "the sampling seed"),
+             "vllm_tensor_parallel_size": (1, "GPUs vLLM shards the model over"),
+             "vllm_max_model_len": (1, "vLLM's context length")}
 EVAL_NUMBERS = {"temperature": (lambda v: v >= 0, ">= 0", "the sampling temperature"),
                 "top_p": (lambda v: 0 < v <= 1, "in (0, 1]", "nucleus sampling's top_p"),
                 "gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]",

@@ -105,7 +105,10 @@ def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
                                       device="cuda" if _has_cuda() else "cpu",
                                       dtype=spec.get("dtype") or "float32",
                                       gpu_memory_utilization=float(
-                                          spec.get("gpu_memory_utilization") or 0.9))
+                                          spec.get("gpu_memory_utilization") or 0.9),
+                                      tensor_parallel_size=int(
+                                          spec.get("vllm_tensor_parallel_size") or 1),
+                                      max_model_len=spec.get("vllm_max_model_len"))
     overrides = {k: spec[k] for k in ("limit", "k", "max_new_tokens", "temperature", "top_p",
                                       "seed") if spec.get(k) is not None}
     results = []
@@ -151,6 +154,21 @@ def placement() -> dict[str, str]:
     except Exception:  # noqa: BLE001  (outside Ray: the hostname is all there is)
         pass
     return out
+
+
+def release_accelerator_memory() -> None:
+    """Before a trial's evaluation loads its engine: collect what the finished training left
+    (its policy, reference and sampler, whose vLLM engine ``fit`` has shut down) and hand the
+    cached CUDA blocks back, so the evaluation engine (vLLM sizes its KV cache from the free
+    memory) sees the GPU as the training found it. A no-op without CUDA."""
+    import gc
+
+    gc.collect()
+    if _has_cuda():
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 def _has_cuda() -> bool:
@@ -230,6 +248,7 @@ def _run_locked(payload: dict[str, Any], out: Path, lock_fd: int) -> dict[str, A
         if payload.get("eval"):
             if export_dir is None:
                 raise ValueError("evaluation needs the final policy: set export_final=true")
+            release_accelerator_memory()  # the trainer's models and sampler are gone
             results = evaluate(Path(export_dir), payload["eval"], out / "eval",
                                train=payload["train"])
             events.append({"op": "eval", "results": results, "time": time.time()})
