@@ -11,6 +11,7 @@ A study file states a grid of training runs in a few lines::
     variants: {}                        # or named override lists (one trial each)
     seeds: [0, 1, 2]                    # the trials' seed, an axis of its own
     objective: {metric: val/accuracy, direction: maximize}
+    reference_arm: null                 # optional: the arm `archer report` compares with
     max_concurrent: 2
     max_retries: 2
     resources: {num_cpus: 1, num_gpus: 0, custom: {}, strategy: DEFAULT,   # Ray, per trial
@@ -61,12 +62,13 @@ STUDY_KEYS = {
     "variants": dict, "seeds": list, "objective": dict, "max_concurrent": int,
     "max_retries": int, "eval": (dict, bool, type(None)), "resources": dict,
     "experiment": (str, type(None)), "register_best": bool, "system_metrics": bool,
+    "reference_arm": (str, type(None)),
 }
 STUDY_DEFAULTS: dict[str, Any] = {
     "description": "", "recipe": "cpu", "base": [], "axes": {}, "variants": {}, "seeds": [0],
     "objective": {"metric": "val/accuracy", "direction": "maximize"}, "max_concurrent": 2,
     "max_retries": 2, "experiment": None, "register_best": True, "system_metrics": False,
-    "eval": None, "resources": {},
+    "eval": None, "resources": {}, "reference_arm": None,
 }
 RECIPE_KEYS = ("overrides", "eval", "resources")
 EVAL_KEYS = ("benchmarks", "limit", "k", "max_new_tokens", "temperature", "top_p", "seed",
@@ -134,6 +136,8 @@ class StudySpec:
     register_best: bool
     system_metrics: bool
     raw: dict[str, Any]  # the composed study file (logged as the study's config)
+    # the arm `archer report` compares every other arm with (a preset or variant name)
+    reference_arm: str | None = None
 
     def size(self) -> int:
         n = max(1, len(self.variants))
@@ -505,6 +509,11 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     evaluation = None if data["eval"] is False else check_eval(
         where, data["eval"] if data["eval"] is not None else recipe.get("eval"))
     resources = check_resources(where, recipe.get("resources"), data["resources"])
+    ref = data["reference_arm"]
+    arm_names = [str(v) for values in axes.values() for v in values] + list(variants)
+    if ref is not None and ref not in arm_names:
+        raise ConfigError(f"{where}: reference_arm={ref!r} is not an arm of the study"
+                          f"{did_you_mean(ref, arm_names)}; arms: {arm_names}")
     spec = StudySpec(
         name=name, description=data["description"], recipe=data["recipe"],
         recipe_overrides=tuple(recipe.get("overrides") or ()), base=tuple(data["base"]),
@@ -512,7 +521,7 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
         max_concurrent=data["max_concurrent"], max_retries=data["max_retries"],
         eval=evaluation, resources=resources,
         experiment=data["experiment"] or f"study-{name}", register_best=data["register_best"],
-        system_metrics=data["system_metrics"], raw=data)
+        system_metrics=data["system_metrics"], raw=data, reference_arm=ref)
     if spec.size() == 0:
         raise ConfigError(f"{where}: the grid is empty (no trials)")
     return spec
