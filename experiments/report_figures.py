@@ -65,6 +65,9 @@ def write_figures(client, by_arm: dict[str, list[Any]], out_dir: Path) -> dict[s
                 if pts:
                     ax.plot(list(pts), list(pts.values()), marker="o", ms=3, label=arm,
                             color=f"C{j % 10}")
+            if not ax.get_lines():
+                ax.text(0.5, 0.5, "not logged", ha="center", va="center",
+                        transform=ax.transAxes, color="0.5")
             ax.set_title(sub_title, fontsize=10)
             ax.set_xlabel("step")
             if unit:
