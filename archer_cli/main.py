@@ -10,6 +10,7 @@
     archer data fetch NAME... | --all [--dry-run] [data_dir=D]   fetch data sets by name
     archer data list [data_dir=D]                present / missing / stale data sets
     archer export RUN|CKPT OUT [--step N|--best] a checkpoint as a Hugging Face directory
+    archer report STUDY [out_dir=docs/results]   a finished study's results page, from MLflow
     archer ablate STUDY [key=value ...]          a study (experiments/conf/study) on Ray
     archer sweep SPACE [n_trials=N key=value ...]   an Optuna sweep (experiments/conf/sweep)
     archer study status NAME [out_dir=D]         trials of a study: status, step, metric
@@ -195,6 +196,9 @@ def _add_utility_commands(sub) -> None:
     from archer.trainer import export_cli
 
     export_cli.add_subparser(sub)  # export (func: archer.trainer.export_cli.run)
+    from experiments import report_cli
+
+    report_cli.add_subparser(sub)  # report (func: experiments.report_cli.run)
     sub.add_parser("env", help="report Python, torch, CUDA, vLLM, the sandbox, Ray, MLflow, "
                    "Optuna, the data files and the tracking store, with the next command for "
                    "what is missing").set_defaults(func=_cmd_env)

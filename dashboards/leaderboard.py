@@ -21,15 +21,19 @@ Statistics (all from :mod:`evals.metrics`, nothing re-implemented here):
 
 - ``avg@K``: mean over seeds of each seed's avg@K; ``sd``: its standard deviation over
   seeds (training noise).
-- ``CI``: 95% percentile bootstrap over problems (:func:`evals.metrics.bootstrap_ci`, 10,000
-  resamples, seed 0) of the per-problem accuracy averaged over seeds; with one seed this is
-  exactly the CI the evaluation logged. It measures evaluation noise on this problem set,
-  not seed-to-seed variation (that is ``sd``).
+- ``CI``: 95% percentile bootstrap (10,000 resamples, seed 0) of the row's avg@K. With
+  several seeds it is hierarchical (:func:`evals.statistics.hierarchical_bootstrap_ci`:
+  seeds resampled, then problems within each seed), so it carries training noise as well as
+  evaluation noise; with one seed it is the bootstrap over problems
+  (:func:`evals.metrics.bootstrap_ci`), exactly the CI the evaluation logged.
 - ``pass@K``: mean over seeds of each seed's unbiased pass@K.
-- ``delta``: paired comparison against the baseline row on the same problems
-  (:func:`evals.metrics.paired_comparison` on seed-averaged per-problem accuracy): mean
-  difference, paired bootstrap CI and sign-flip permutation p-value; marks ``*`` p < 0.05,
-  ``**`` p < 0.01, ``***`` p < 0.001.
+- ``delta``: paired comparison against the baseline row. When the two rows share at least two
+  seeds: :func:`evals.statistics.seed_paired_comparison` (pairs = same seed and problem; mean
+  of the per-seed differences, hierarchical bootstrap CI, exact sign-flip p-value over the
+  seeds, whose smallest attainable value, ``2 / 2**seeds``, the footnote gives). Otherwise
+  :func:`evals.metrics.paired_comparison` over the problems of the seed-averaged per-problem
+  accuracy (seed variance not measured; said in the footnote). Column ``<bench> p_test``
+  names the test of each row. Marks ``*`` p < 0.05, ``**`` p < 0.01, ``***`` p < 0.001.
 
 Contract check: every number of one benchmark must have been measured under one evaluation
 contract (same hash); otherwise :class:`evals.contracts.ContractMismatch` names the fields
@@ -53,6 +57,7 @@ import pandas as pd
 
 from archer.tracking import reader as D
 from evals import metrics as M
+from evals import statistics as S
 from evals.contracts import ContractMismatch
 
 log = logging.getLogger(__name__)
@@ -291,11 +296,36 @@ class Leaderboard:
             cav = self.caveats.get(b, "-")
             lines.append(f"{b}: contract {self.contracts.get(b, '?')}"
                          + (f" ({cav})" if cav and cav != "-" else ""))
-        lines.append("avg@K: mean over seeds; CI: 95% bootstrap over problems of the "
-                     "seed-averaged per-problem accuracy; sd: over seeds. Δ: paired over "
-                     "problems; * p<0.05, ** p<0.01, *** p<0.001 (sign-flip test). Compute "
-                     "columns: mean per seed.")
+        lines.append("avg@K: mean over seeds; CI: 95% bootstrap (hierarchical: seeds, then "
+                     "problems, when a row has several seeds; over problems for one seed); "
+                     "sd: over seeds. Compute columns: mean per seed.")
+        lines += self.test_notes()
         return lines + list(dict.fromkeys(self.notes))
+
+    def test_notes(self) -> list[str]:
+        """Which test gave each benchmark's Δ p-values (and the smallest p it can give)."""
+        if self.baseline is None:
+            return []
+        out = []
+        for b in self.benchmarks:
+            col, pmin = f"{b} p_test", f"{b} p_min"
+            if col not in self.table:
+                continue
+            tests = sorted({t for t in self.table[col] if isinstance(t, str) and t})
+            for t in tests:
+                rows = self.table[self.table[col] == t]
+                if t == "seeds":
+                    floor = min(float(v) for v in rows[pmin])
+                    out.append(f"{b} Δ ({', '.join(rows['model'])}): paired by seed and "
+                               "problem; CI: hierarchical bootstrap; p: exact sign-flip test "
+                               f"over the per-seed differences (with these seeds the smallest "
+                               f"attainable p is {floor:.3g}); * p<0.05, ** p<0.01, *** p<0.001")
+                else:
+                    out.append(f"{b} Δ ({', '.join(rows['model'])}): paired over problems of "
+                               "the seed-averaged accuracy (fewer than 2 shared seeds: "
+                               "training noise not measured); p: sign-flip test over problems; "
+                               "* p<0.05, ** p<0.01, *** p<0.001")
+        return out
 
     def to_markdown(self) -> str:
         heads = self.headers()
@@ -379,7 +409,8 @@ def aggregate(entries: list[EvalEntry], *, baseline: str | None, n_boot: int = 1
     if baseline is not None and baseline not in name.values():
         raise ValueError(f"baseline {baseline!r} is not a leaderboard row; rows: "
                          f"{sorted(name.values())}")
-    pooled: dict[tuple, dict[str, dict[str, float] | None]] = {}
+    pooled: dict[tuple, dict[str, float] | None] = {}
+    by_seed: dict[tuple, dict[str, dict[str, float]]] = {}  # per-seed tables of each row
     rows = []
     for key in keys:
         row: dict[str, Any] = {"study": key[0], "model": name[key]}
@@ -403,7 +434,10 @@ def aggregate(entries: list[EvalEntry], *, baseline: str | None, n_boot: int = 1
             pp = _seed_average([e.per_problem for e in es], f"{b} {name[key]}")
             pooled[(key, b)] = pp
             if pp is not None:
-                lo, hi = M.bootstrap_ci(list(pp.values()), n_boot=n_boot, seed=0)
+                tables = {e.seed: e.per_problem for e in es}
+                by_seed[(key, b)] = tables
+                ci = S.hierarchical_bootstrap_ci(tables, n_boot=n_boot, seed=0)
+                lo, hi = ci["ci_low"], ci["ci_high"]
             elif len(es) == 1:
                 lo, hi = es[0].ci
             else:
@@ -419,15 +453,17 @@ def aggregate(entries: list[EvalEntry], *, baseline: str | None, n_boot: int = 1
             for b in benches:
                 a, ref = pooled.get((key, b)), pooled.get((base_key, b))
                 cols = {f"{b} {c}": float("nan") for c in
-                        ("delta", "delta_ci_low", "delta_ci_high", "p_value")}
-                cols[f"{b} sig"] = ""
+                        ("delta", "delta_ci_low", "delta_ci_high", "p_value", "p_min")}
+                cols[f"{b} sig"] = cols[f"{b} p_test"] = ""
                 if key != base_key and (key, b) in pooled and (base_key, b) in pooled:
                     k = ks[b]
                     cols[f"{b} delta"] = (table.at[i, f"{b} avg@{k}"]
                                           - table.loc[table["model"] == baseline,
                                                       f"{b} avg@{k}"].iloc[0])
                     if a is not None and ref is not None:
-                        cmp = M.paired_comparison(a, ref, n_boot=n_boot, seed=0)
+                        cmp, test = _paired_test(by_seed[(key, b)], by_seed[(base_key, b)],
+                                                 a, ref, n_boot)
+                        cols[f"{b} p_test"], cols[f"{b} p_min"] = test, cmp["p_min"]
                         cols[f"{b} delta"] = cmp["diff"]
                         cols[f"{b} delta_ci_low"] = cmp["ci_low"]
                         cols[f"{b} delta_ci_high"] = cmp["ci_high"]
@@ -444,6 +480,18 @@ def aggregate(entries: list[EvalEntry], *, baseline: str | None, n_boot: int = 1
         first = f"{benches[0]} avg@{ks[benches[0]]}"
         table = table.sort_values(first, ascending=False, na_position="last", kind="stable")
     return table.reset_index(drop=True), ks
+
+
+def _paired_test(a_seeds: dict[str, dict[str, float]], ref_seeds: dict[str, dict[str, float]],
+                 a_avg: dict[str, float], ref_avg: dict[str, float], n_boot: int
+                 ) -> tuple[dict[str, Any], str]:
+    """The seed-aware paired test when the rows share two seeds or more, else the test over
+    the problems of the seed-averaged accuracy; returns its result and ``"seeds"`` or
+    ``"problems"``."""
+    if len(set(a_seeds) & set(ref_seeds)) >= 2:
+        return S.seed_paired_comparison(a_seeds, ref_seeds, n_boot=n_boot, seed=0), "seeds"
+    cmp = M.paired_comparison(a_avg, ref_avg, n_boot=n_boot, seed=0)
+    return cmp | {"p_min": 0.0}, "problems"
 
 
 def _seed_average(tables: list[dict[str, float] | None], what: str) -> dict[str, float] | None:

@@ -11,7 +11,9 @@ Pages (``build_site(tracking_uri, out_dir)``):
   ``leaderboard.md`` / ``.csv`` / ``.html`` beside it.
 - ``study-<name>.html`` per study: the study's metrics (objective, per-benchmark avg@K)
   against each ablation axis (every ``archer.axes`` key and the variant that takes more than
-  one value; mean over seeds with the standard deviation as error bars, each seed as a dot),
+  one value; mean over seeds with its 95% t-interval over seeds as error bars, each seed as
+  a dot; accuracies on a 0..1 axis, other non-negative metrics from 0, and an axis zoomed to
+  the data says so in its title),
   and training curves per token class (entropy, clip fraction, KL, PG contribution of the
   high- and low-entropy tokens; repetition ratio, response length, reward), mean over seeds.
 - ``optuna-<name>.html`` per Optuna study in the storage: optimisation history and
@@ -113,13 +115,47 @@ def _sort_values(values: list[str]) -> list[str]:
     return sorted(values, key=key)
 
 
+_RATE_RE = re.compile(r"accuracy|avg_at_|pass_at_|maj_at_|^objective$")
+
+
+def seed_mean_ci(values: list[float], level: float = 0.95) -> tuple[float | None, float]:
+    """Mean over seeds and the half-width of its ``level`` t-interval (0 for one seed: no
+    seed variance measured)."""
+    if not values:
+        return None, 0.0
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, 0.0
+    from scipy.stats import t
+
+    sem = float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    return mean, float(t.ppf(0.5 + level / 2, len(values) - 1)) * sem
+
+
+def y_baseline(metric: str, values: list[float]) -> str:
+    """How a metric's y-axis starts: ``"rate"`` (an accuracy-like fraction: the axis is
+    0..1), ``"zero"`` (non-negative: the axis starts at 0) or ``"zoomed"`` (the axis follows
+    the data, and the subplot's title says so)."""
+    finite = [v for v in values if _finite(v)]
+    if finite and _RATE_RE.search(metric) and 0.0 <= min(finite) and max(finite) <= 1.0:
+        return "rate"
+    if finite and min(finite) >= 0.0:
+        return "zero"
+    return "zoomed"
+
+
 def axis_figure(trials: pd.DataFrame, axis: str, metrics: list[str]):
     """Each metric (one subplot) against ``axis``; one trace per combination of the other
-    axes; mean over seeds with sd error bars, seeds as dots."""
+    axes; mean over seeds with its 95% t-interval over seeds as error bars, seeds as dots.
+    Accuracies are drawn on a 0..1 axis, other non-negative metrics from 0; an axis that
+    follows the data says so in its title."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
+    bases = {m: y_baseline(m, list(trials[m])) for m in metrics}
+    titles = [m + (" (y-axis zoomed to the data)" if bases[m] == "zoomed" else "")
+              for m in metrics]
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=titles)
     others = sorted({k for ax in trials["axes"] for k in ax if k != axis})
     xs = _sort_values(sorted({ax.get(axis, "-") for ax in trials["axes"]}))
     numeric = all(_finite(_float_or_none(x)) for x in xs)  # a line only between numbers
@@ -130,26 +166,35 @@ def axis_figure(trials: pd.DataFrame, axis: str, metrics: list[str]):
         color = _COLORS[gi % len(_COLORS)]
         sub = trials.loc[idx]
         for mi, metric in enumerate(metrics):
-            means, sds, sx, sy = [], [], [], []
+            means, half, sx, sy = [], [], [], []
             for x in xs:
                 vals = [v for ax, v in zip(sub["axes"], sub[metric])
                         if ax.get(axis, "-") == x and _finite(v)]
-                means.append(float(np.mean(vals)) if vals else None)
-                sds.append(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+                mean, h = seed_mean_ci(vals)
+                means.append(mean)
+                half.append(h)
                 sx += [x] * len(vals)
                 sy += vals
             fig.add_trace(go.Scatter(
-                x=xs, y=means, mode="lines+markers" if numeric else "markers", name=gname, legendgroup=gname,
-                showlegend=mi == 0, line={"color": color},
-                error_y={"type": "data", "array": sds, "visible": True}),
+                x=xs, y=means, mode="lines+markers" if numeric else "markers", name=gname,
+                legendgroup=gname, showlegend=mi == 0, line={"color": color},
+                error_y={"type": "data", "array": half, "visible": True},
+                hovertemplate="%{x}: %{y:.4g} ± %{error_y.array:.3g} (95% CI over seeds)"
+                              "<extra></extra>"),
                 row=1, col=mi + 1)
             fig.add_trace(go.Scatter(
                 x=sx, y=sy, mode="markers", name=f"{gname} (seeds)", legendgroup=gname,
                 showlegend=False, marker={"color": color, "size": 6, "opacity": 0.45},
                 hovertemplate="%{x}: %{y:.4g} (one seed)<extra></extra>"),
                 row=1, col=mi + 1)
+    for mi, metric in enumerate(metrics):
+        if bases[metric] == "rate":
+            fig.update_yaxes(range=[0, 1], row=1, col=mi + 1)
+        elif bases[metric] == "zero":
+            fig.update_yaxes(rangemode="tozero", row=1, col=mi + 1)
     fig.update_xaxes(type="category", title_text=axis)
-    fig.update_layout(height=380, margin={"t": 50, "b": 40}, title=f"against {axis}")
+    fig.update_layout(height=380, margin={"t": 50, "b": 40},
+                      title=f"against {axis} (mean over seeds, 95% CI over seeds; dots: seeds)")
     return fig
 
 

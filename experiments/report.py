@@ -1,0 +1,354 @@
+"""``archer report <study>``: the results of a finished study, from MLflow, never by hand.
+
+Writes ``<out_dir>/<study>.md`` (the page), ``<out_dir>/<study>.json`` (the numbers) and PNG
+figures ``<out_dir>/<study>/*.png`` (:mod:`experiments.report_figures`). Everything is read
+through :mod:`archer.tracking.reader` from the runs :class:`archer.tracking.hierarchy.
+StudyTracker` wrote: the study's parent run (``archer.kind=study``, params ``n_trials``,
+``seeds``, ``objective``, ``trial_overrides``; artifact ``study.yaml``), one child run per
+trial (tags ``archer.preset``/``archer.variant``/``archer.axes``/``archer.seed``, per-step
+trainer metrics, ``eval/<bench>/avg_at_K``) and the evaluation runs nested under each trial
+(artifact ``<bench>_per_problem.csv``).
+
+Arms: the trials that differ only in their seed (named like the leaderboard's rows: the
+preset plus the variant and non-``algo`` axis values). The metric of an arm is the first
+benchmark's ``avg_at_K`` when the study evaluated its trials (per-problem tables give the
+problems of each seed), else the study's objective metric (one value per seed).
+
+Statistics (:mod:`evals.statistics`): an arm's ``mean`` is the mean over seeds of each
+seed's metric and ``ci95`` its hierarchical-bootstrap interval (seeds, then problems);
+``paired`` compares every arm with the reference arm (the study's ``reference_arm``, else
+``grpo`` when it is an arm, else the first arm; ``reference=NAME`` chooses), paired by seed
+and problem, with the sign-flip p-value over seeds and its smallest attainable value.
+Training summaries per arm (mean over seeds): ``clipfrac_low`` / ``clipfrac_high`` = mean
+over the training steps of the class's lower + upper clip fractions, ``kl_ref_low`` = the
+last logged ``actor/kl_low_entropy``, ``high_token_fraction`` = mean ``actor/frac_high_entropy``.
+
+A study that is not finished (its run not FINISHED, or fewer finished trials than it has) is
+refused, naming how many trials are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from archer.tracking import reader as D
+from archer.validation import ConfigError, unknown_name
+from evals.statistics import hierarchical_bootstrap_ci, seed_paired_comparison
+
+log = logging.getLogger(__name__)
+
+_AVG_RE = re.compile(r"^eval/([^/]+)/avg_at_(\d+)$")
+CLIP_KEYS = {cls: (f"actor/clipfrac_{cls}_entropy_lower", f"actor/clipfrac_{cls}_entropy_upper")
+             for cls in ("low", "high")}
+ALPHA = 0.05
+
+
+class StudyNotFinished(ValueError):
+    """The study has trials left to run (or its run did not finish)."""
+
+
+@dataclass
+class Trial:
+    """One finished trial run: its arm, seed, metric and (when evaluated) problem table."""
+
+    run_id: str
+    arm: str
+    seed: str
+    metric: float
+    per_problem: dict[str, float] | None = None
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def arm_name(tags: dict[str, Any], run_name: str = "") -> str:
+    """The preset plus what distinguishes the trial apart from its seed."""
+    preset = tags.get("archer.preset")
+    if not preset:
+        return run_name or "?"
+    extras = []
+    variant = tags.get("archer.variant")
+    if variant and variant != "-":
+        extras.append(str(variant))
+    for item in str(tags.get("archer.axes") or "").split():
+        if item != "-" and not item.startswith("algo="):
+            extras.append(item)
+    return str(preset) + (f" [{', '.join(extras)}]" if extras else "")
+
+
+# ------------------------------------------------------------------------------------------
+# reading the study
+# ------------------------------------------------------------------------------------------
+
+
+def study_run(runs, study: str, uri: str):
+    """The study's parent run (the latest when there are several); an unknown name is refused
+    with the closest study in the store."""
+    kind = runs.get("tags.archer.kind")
+    names = sorted(set(runs.loc[kind == "study", "tags.archer.study"].dropna())) \
+        if kind is not None else []
+    if study not in names:
+        raise unknown_name("study", study, names, f" (studies logged to {uri})")
+    sel = runs[(kind == "study") & (runs["tags.archer.study"] == study)]
+    return sel.sort_values("start_time").iloc[-1]
+
+
+def study_trial_runs(runs, parent):
+    """The finished trial runs under the study run, the latest run of each trial identity;
+    refuses an unfinished study (see the module docstring)."""
+    params = D.prefixed(parent, "params")
+    expected = int(float(params.get("n_trials", 0)))
+    sel = runs[(runs.get("tags.archer.kind") == "trial")
+               & (runs["parent_run_id"] == parent["run_id"])]
+    sel = sel.sort_values("start_time").drop_duplicates("tags.archer.config_hash", keep="last")
+    done = sel[sel["status"] == "FINISHED"]
+    missing = expected - len(done)
+    study = parent["tags.archer.study"]
+    if missing > 0 or parent["status"] != "FINISHED":
+        states = ", ".join(f"{r['run_name']}: {r['status']}" for _, r in sel.iterrows()
+                           if r["status"] != "FINISHED")
+        raise StudyNotFinished(
+            f"study {study} is unfinished: {max(missing, 0)} of {expected} trials missing "
+            f"(study run {parent['status']}{'; ' + states if states else ''}); finish it with "
+            f"`archer ablate {study}` (it resumes) before reporting it")
+    return done
+
+
+def trial_metric(run) -> tuple[str, str | None]:
+    """``(metric, benchmark)``: the first benchmark's ``eval/<b>/avg_at_K`` (largest K) the
+    trial run logged, else its objective (``objective``, then ``val/accuracy``)."""
+    metrics = D.prefixed(run, "metrics")
+    found = sorted((m.group(1), -int(m.group(2)), key) for key in metrics
+                   if (m := _AVG_RE.match(key)))
+    if found:
+        return found[0][2], found[0][0]
+    for key in ("objective", "val/accuracy"):
+        if key in metrics:
+            return key, None
+    raise ValueError(f"trial run {run['run_id']} ({run['run_name']}) logged no evaluation "
+                     "metric and no objective: nothing to report")
+
+
+def training_summary(client, run_id: str) -> dict[str, float]:
+    """The per-trial training numbers of the module docstring (NaN when not logged)."""
+    def mean_of(keys: tuple[str, ...]) -> float:
+        hists = [D.metric_history(client, run_id, k) for k in keys]
+        steps = sorted(set.intersection(*(set(h) for h in hists))) if all(hists) else []
+        return float(np.mean([sum(h[s] for h in hists) for s in steps])) if steps else np.nan
+
+    kl = D.metric_history(client, run_id, "actor/kl_low_entropy")
+    return {"clipfrac_low": mean_of(CLIP_KEYS["low"]), "clipfrac_high": mean_of(CLIP_KEYS["high"]),
+            "kl_ref_low": float(list(kl.values())[-1]) if kl else np.nan,
+            "high_token_fraction": mean_of(("actor/frac_high_entropy",))}
+
+
+def read_trials(client, runs, trial_runs) -> tuple[list[Trial], str]:
+    """Every finished trial with its metric, problem table and training summary."""
+    metric, bench = trial_metric(trial_runs.iloc[0])
+    out = []
+    for _, run in trial_runs.iterrows():
+        tags = D.prefixed(run, "tags")
+        value = D.prefixed(run, "metrics").get(metric)
+        if value is None:
+            raise ValueError(f"trial run {run['run_id']} ({run['run_name']}) has no metric "
+                             f"{metric!r} (the first trial's); the trials were not measured "
+                             "alike")
+        table = None
+        if bench is not None:
+            evals = runs[(runs.get("tags.archer.kind") == "eval")
+                         & (runs["parent_run_id"] == run["run_id"])]
+            for _, ev in evals.sort_values("start_time").iterrows():
+                table = D.per_problem_accuracy(client, ev["run_id"], bench) or table
+        out.append(Trial(run_id=run["run_id"], arm=arm_name(tags, run["run_name"]),
+                         seed=str(tags.get("archer.seed", run["run_id"])), metric=float(value),
+                         per_problem=table, summary=training_summary(client, run["run_id"])))
+    return out, metric
+
+
+# ------------------------------------------------------------------------------------------
+# statistics
+# ------------------------------------------------------------------------------------------
+
+
+def _tables(trials: list[Trial]) -> dict[str, Any]:
+    """Seed -> per-problem scores (the problem table, or the trial's metric alone)."""
+    if all(t.per_problem for t in trials):
+        return {t.seed: t.per_problem for t in trials}
+    return {t.seed: [t.metric] for t in trials}
+
+
+def arm_stats(name: str, trials: list[Trial], metric: str, n_boot: int) -> dict[str, Any]:
+    ci = hierarchical_bootstrap_ci(_tables(trials), n_boot=n_boot, alpha=ALPHA, seed=0)
+    summary = {k: float(np.nanmean([t.summary[k] for t in trials]))
+               if any(np.isfinite(t.summary[k]) for t in trials) else None
+               for k in ("clipfrac_low", "clipfrac_high", "kl_ref_low", "high_token_fraction")}
+    return {"name": name, "seeds": sorted(t.seed for t in trials), "metric": metric,
+            "mean": float(np.mean([t.metric for t in trials])),
+            "ci95": [ci["ci_low"], ci["ci_high"]], "ci_method": ci["method"],
+            "per_seed": {t.seed: t.metric for t in sorted(trials, key=lambda t: t.seed)},
+            **summary, "run_ids": [t.run_id for t in trials]}
+
+
+def paired_stats(arm: str, trials: list[Trial], ref: str, ref_trials: list[Trial],
+                 n_boot: int) -> dict[str, Any]:
+    a, b = _tables(trials), _tables(ref_trials)
+    if isinstance(next(iter(a.values())), list) != isinstance(next(iter(b.values())), list):
+        a, b = ({t.seed: [t.metric] for t in ts} for ts in (trials, ref_trials))
+    c = seed_paired_comparison(a, b, n_boot=n_boot, seed=0, alpha=ALPHA)
+    return {"arm": arm, "vs": ref, "diff": c["diff"], "ci95": [c["ci_low"], c["ci_high"]],
+            "p": c["p_value"], "p_min": c["p_min"], "test": c["p_value_method"],
+            "per_seed": c["per_seed"], "n_seeds": c["n_seeds"], "n_pairs": c["n_problems"],
+            "unpaired_seeds": c["unpaired_seeds"], "significant": c["p_value"] < ALPHA}
+
+
+def pick_reference(arms: list[str], asked: str | None, declared: str | None) -> str:
+    for name in (asked, declared):
+        if name is not None:
+            if name not in arms:
+                raise unknown_name("reference arm", name, arms)
+            return name
+    return "grpo" if "grpo" in arms else arms[0]
+
+
+def declared_reference(client, parent) -> str | None:
+    """``reference_arm`` of the study file as the study logged it (artifact ``study.yaml``)."""
+    import tempfile
+
+    import yaml
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(client.download_artifacts(parent["run_id"], "study.yaml", tmp))
+            data = yaml.safe_load(path.read_text()) or {}
+    except Exception as err:  # noqa: BLE001  (no artifact: a study from before the key)
+        log.info("study run %s: no study.yaml artifact (%s)", parent["run_id"], err)
+        return None
+    return (data.get("study") or {}).get("reference_arm")
+
+
+# ------------------------------------------------------------------------------------------
+# the report
+# ------------------------------------------------------------------------------------------
+
+
+def build_report(study: str, *, tracking_uri: str | None = None, reference: str | None = None,
+                 n_boot: int = 10000) -> tuple[dict[str, Any], dict[str, list[Trial]], Any]:
+    """The report's JSON document, the trials of each arm and the MLflow client."""
+    client = D.open_client(tracking_uri)
+    uri = D.resolve_uri(tracking_uri)
+    runs = D.search_runs_frame(client, D.experiment_ids(client))
+    if runs.empty:
+        raise unknown_name("study", study, [], f" (studies logged to {uri})")
+    parent = study_run(runs, study, uri)
+    trials, metric = read_trials(client, runs, study_trial_runs(runs, parent))
+    by_arm: dict[str, list[Trial]] = {}
+    for t in trials:
+        by_arm.setdefault(t.arm, []).append(t)
+    arms = list(by_arm)
+    ref = pick_reference(arms, reference, declared_reference(client, parent))
+    params = D.prefixed(parent, "params")
+    seeds = params.get("seeds", "")
+    command = " ".join(x for x in (f"archer ablate {study}",
+                                   f"study.seeds={seeds.replace(' ', '')}" if seeds else "",
+                                   params.get("trial_overrides", "")) if x)
+    doc = {"study": study, "commit": str(parent.get("tags.archer.code_version") or "unknown"),
+           "command": command, "tracking_uri": uri, "study_run_id": parent["run_id"],
+           "metric": metric, "reference_arm": ref, "alpha": ALPHA,
+           "arms": [arm_stats(a, by_arm[a], metric, n_boot) for a in arms],
+           "paired": [paired_stats(a, by_arm[a], ref, by_arm[ref], n_boot)
+                      for a in arms if a != ref]}
+    return doc, by_arm, client
+
+
+def significance_sentence(doc: dict[str, Any]) -> str:
+    """What the paired tests show, plainly."""
+    paired = doc["paired"]
+    if not paired:
+        return "Only one arm: nothing is compared."
+    sig = [p for p in paired if p["significant"]]
+    floor = min(p["p_min"] for p in paired)
+    if sig:
+        return ("Significant at the 5% level against " + doc["reference_arm"] + ": "
+                + ", ".join(f"{p['arm']} ({_pts(p['diff'])} points, p={p['p']:.3g})" for p in sig)
+                + ". Every other difference is not significant.")
+    text = (f"No difference from {doc['reference_arm']} is significant at the 5% level "
+            "(seed-aware test: sign-flip over seeds).")
+    if floor >= ALPHA:
+        n = max(p["n_seeds"] for p in paired)
+        text += (f" With {n} seed{'s' if n != 1 else ''} the smallest attainable p is "
+                 f"{floor:.3g}, so this design cannot reach p < 0.05: run more seeds.")
+    return text
+
+
+def _pts(x: float | None) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{100 * x:+.1f}"
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def to_markdown(doc: dict[str, Any], figures: dict[str, Path], out_dir: Path) -> str:
+    m = doc["metric"]
+    lines = [f"# Study `{doc['study']}`", "",
+             f"Written by `archer report {doc['study']}` from MLflow ({doc['tracking_uri']}, "
+             f"study run `{doc['study_run_id']}`); do not edit by hand.", "",
+             f"- commit: `{doc['commit']}`", f"- command: `{doc['command']}`",
+             f"- metric: `{m}`; reference arm: `{doc['reference_arm']}`", "",
+             f"**{significance_sentence(doc)}**", "", "## Arms", "",
+             "| arm | seeds | mean % [95% CI] | per seed % | clipfrac low | clipfrac high | "
+             "KL(ref) low, final | high-entropy token fraction |", "|---|---|---|---|---|---|---|---|"]
+    for a in doc["arms"]:
+        per_seed = ", ".join(f"{s}: {100 * v:.1f}" for s, v in a["per_seed"].items())
+        lines.append(f"| {a['name']} | {len(a['seeds'])} | {100 * a['mean']:.1f} "
+                     f"[{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}] | {per_seed} | "
+                     f"{_num(a['clipfrac_low'])} | {_num(a['clipfrac_high'])} | "
+                     f"{_num(a['kl_ref_low'])} | {_num(a['high_token_fraction'])} |")
+    lines += ["", f"CI: {doc['arms'][0]['ci_method']} (95%, percentile).", ""]
+    if doc["paired"]:
+        lines += [f"## Against {doc['reference_arm']}", "",
+                  "| arm | Δ (points) [95% CI] | p | smallest attainable p | Δ per seed "
+                  "(points) |", "|---|---|---|---|---|"]
+        for p in doc["paired"]:
+            per_seed = ", ".join(f"{s}: {_pts(d)}" for s, d in p["per_seed"].items())
+            lines.append(f"| {p['arm']} | {_pts(p['diff'])} [{_pts(p['ci95'][0])}, "
+                         f"{_pts(p['ci95'][1])}] | {p['p']:.3g} | {p['p_min']:.3g} | "
+                         f"{per_seed} |")
+        lines += ["", f"Test: {doc['paired'][0]['test']}; pairs are (seed, problem) both arms "
+                  "have; CI: hierarchical bootstrap (seeds, then problems).", ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for title, path in figures.items():
+            lines += [f"![{title}]({path.relative_to(out_dir).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def write_report(study: str, out_dir: str | Path = "docs/results", *,
+                 tracking_uri: str | None = None, reference: str | None = None,
+                 n_boot: int = 10000, figures: bool = True) -> dict[str, Path]:
+    """Build and write the report; returns ``{"md", "json", <figure name>...: path}``."""
+    from experiments.report_figures import write_figures
+
+    doc, by_arm, client = build_report(study, tracking_uri=tracking_uri, reference=reference,
+                                       n_boot=n_boot)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir={str(out)!r} is an existing file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    figs = write_figures(client, by_arm, out / study) if figures else {}
+    md = out / f"{study}.md"
+    md.write_text(to_markdown(doc, figs, out))
+    js = out / f"{study}.json"
+    js.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    return {"md": md, "json": js} | figs
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
