@@ -51,11 +51,11 @@ CONFIG_CLASSES = (
 CONFIG_PREFIX = {
     "AlgoConfig": "`algo.KEY=value`",
     "TokenClassConfig": "`algo.high.KEY=value` and `algo.low.KEY=value`",
-    "TrainConfig": "`trainer.KEY=value` (`trainer.steps` sets `total_steps`)",
+    "TrainConfig": "`KEY=value` at the root (the composed config is a TrainConfig)",
     "DataConfig": "`data.KEY=value`",
-    "DistributedConfig": "`trainer.distributed.KEY=value`",
+    "DistributedConfig": "`distributed.KEY=value`",
 }
-PARSER_BUILDERS = ("archer_cli.main:build_parser", "archer.cli:build_parser")
+PARSER_BUILDERS = ("archer_cli.main:build_parser",)
 
 
 # --------------------------------------------------------------------------------------
