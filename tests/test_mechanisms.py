@@ -67,9 +67,9 @@ def preset(name: str, **changes) -> AlgoConfig:
     return replace(load_preset(name).algo, **changes)
 
 
-def rollout(tiny_path, tmp_path):
+def rollout(tiny_path, tmp_path, **overrides):
     """The first step's kept groups and rewards (sampled once, shared by the compared runs)."""
-    cfg = make_cfg(tiny_path, tmp_path / "rollout", preset("archer"))
+    cfg = make_cfg(tiny_path, tmp_path / "rollout", preset("archer"), **overrides)
     setup_torch(cfg)
     batch, rewards, _ = collect_rollouts(build_context(cfg), PhaseTimer())
     assert batch is not None, "no informative group in the first step"
@@ -243,15 +243,17 @@ def test_low_entropy_kl_falls_as_its_weight_rises(tiny_path, tmp_path):
 # --- the entropy split -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rho", [0.8, 0.5])
 def test_high_entropy_count_per_response_follows_the_quantile_rule(tiny_path, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, rho):
     """response scope: a response's high-entropy tokens are exactly those whose entropy is
     above the rho-quantile (linear interpolation) of its own valid tokens' entropies, checked
-    with numpy on the entropies the trainer computed for the real rollout."""
+    with numpy on the entropies the trainer computed for the real rollout (16-token
+    responses, so the quantile falls between tokens and on one)."""
     events = record_losses(monkeypatch)
-    batch, rewards = rollout(tiny_path, tmp_path)
-    algo = preset("archer")
-    update_on(tiny_path, tmp_path, batch, rewards, algo)
+    batch, rewards = rollout(tiny_path, tmp_path, max_new_tokens=16)
+    algo = preset("archer", entropy_quantile=rho)
+    update_on(tiny_path, tmp_path, batch, rewards, algo, max_new_tokens=16)
     inputs = [e for e in events if e != "step"]
     assert inputs
     checked = 0
@@ -264,8 +266,9 @@ def test_high_entropy_count_per_response_follows_the_quantile_rule(tiny_path, tm
             if values.size == 0:
                 assert not high[row].any()
                 continue
-            tau = np.quantile(values, algo.entropy_quantile)
+            tau = np.quantile(values, rho)
             assert int(high[row].sum()) == int((values > tau).sum())
+            assert high[row][valid[row]].tolist() == (values > tau).tolist()
             assert not (high[row] & ~valid[row]).any()
             checked += 1
     assert checked >= 16
