@@ -72,7 +72,7 @@ def main() -> None:
             arms[monitor] = build_context(cfg)
         rng = {m: None for m in arms}  # each arm continues its own random stream
         seconds: dict[bool, list[float]] = {False: [], True: []}
-        kl = []
+        kl, clip = [], []
         for i in range(args.warmup + args.steps):
             for monitor, ctx in arms.items():
                 if rng[monitor] is not None:
@@ -87,6 +87,7 @@ def main() -> None:
                         raise SystemExit(f"step {i} had no informative group: nothing to time")
                     if monitor:
                         kl.append(metrics["actor/kl_low_entropy"])
+                        clip.append(metrics["actor/clipfrac"])
     off, on = (statistics.median(seconds[m]) for m in (False, True))
     print(json.dumps({
         "setting": f"recipe cpu + {' '.join(extra)}", "steps": args.steps,
@@ -94,7 +95,7 @@ def main() -> None:
         "ratio_on_over_off": round(on / off, 3),
         "all_s_off": [round(s, 3) for s in seconds[False]],
         "all_s_on": [round(s, 3) for s in seconds[True]],
-        "kl_low_entropy_logged": kl[-1] if kl else None}, indent=1))
+        "kl_low_entropy_last": kl[-1], "clipfrac_mean": statistics.mean(clip)}))
 
 
 if __name__ == "__main__":
