@@ -10,7 +10,9 @@ character codes (``bench_parity``, about half the responses): every step updates
 reward's cost (negligible) is the same for both runs. The two runs share seed and weights and stay bit-identical (the monitor
 adds no gradient), so every step does the same rollout and update work in both; their steps
 are interleaved (off, on, off, on, ...) so machine load hits both alike. Prints the median
-seconds per step of each and their ratio (after ``--warmup`` steps each, not timed).
+seconds per step of each and their ratio (after ``--warmup`` steps each, not timed), and the
+median ``time/old_logprob`` of each (the old-policy pass, plus the reference pass with the
+monitor): their difference is the monitor's own cost, less noisy than the whole step.
 
     .venv/bin/python bench/kl_monitor_cost.py [--steps 8] [--warmup 1] [--algo grpo]
         [--model tiny] [--reward bench_parity] [override ...]
@@ -72,6 +74,7 @@ def main() -> None:
             arms[monitor] = build_context(cfg)
         rng = {m: None for m in arms}  # each arm continues its own random stream
         seconds: dict[bool, list[float]] = {False: [], True: []}
+        passes: dict[bool, list[float]] = {False: [], True: []}  # old (+ reference) pass
         kl, clip = [], []
         for i in range(args.warmup + args.steps):
             for monitor, ctx in arms.items():
@@ -83,6 +86,7 @@ def main() -> None:
                 rng[monitor] = torch.get_rng_state()
                 if i >= args.warmup:
                     seconds[monitor].append(took)
+                    passes[monitor].append(metrics["time/old_logprob"])
                     if metrics["train/step_skipped"]:
                         raise SystemExit(f"step {i} had no informative group: nothing to time")
                     if monitor:
@@ -93,6 +97,8 @@ def main() -> None:
         "setting": f"recipe cpu + {' '.join(extra)}", "steps": args.steps,
         "s_per_step_off": round(off, 4), "s_per_step_on": round(on, 4),
         "ratio_on_over_off": round(on / off, 3),
+        "old_logprob_s_off": round(statistics.median(passes[False]), 4),
+        "old_logprob_s_on": round(statistics.median(passes[True]), 4),
         "all_s_off": [round(s, 3) for s in seconds[False]],
         "all_s_on": [round(s, 3) for s in seconds[True]],
         "kl_low_entropy_last": kl[-1], "clipfrac_mean": statistics.mean(clip)}))
