@@ -141,6 +141,37 @@ def test_kl_monitor_logs_the_kl_and_leaves_training_bit_identical(tiny_path, tmp
         assert all(m["actor/kl_loss"] == 0.0 for m in m_on)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_monitored_kl_is_a_metric_only_in_the_loss(fused):
+    """With every KL weight 0, giving the loss the reference log-probs adds the per-class KL
+    metrics and changes neither the loss value nor its gradient (bit for bit)."""
+    from archer.algos import LossInputs, dual_token_clip_loss
+
+    g = torch.Generator().manual_seed(0)
+    old = -torch.rand(6, 7, generator=g) * 3
+    logp = old + 0.3 * torch.randn(6, 7, generator=g)
+    mask = torch.arange(7)[None] < torch.tensor([7, 5, 3, 7, 1, 6])[:, None]
+    high = torch.rand(6, 7, generator=g) > 0.7
+    adv = torch.randn(6, generator=g)
+    ref = old + 0.2 * torch.randn(6, 7, generator=g)
+    cfg = preset("grpo", kl_monitor=True)
+    outs = {}
+    for with_ref in (False, True):
+        lp = logp.clone().requires_grad_(True)
+        out = dual_token_clip_loss(LossInputs(lp, old, adv, mask, high, ref if with_ref
+                                              else None), cfg, fused=fused)
+        (grad,) = torch.autograd.grad(out.loss, lp)
+        outs[with_ref] = (out, grad)
+    (plain, g_plain), (monitored, g_mon) = outs[False], outs[True]
+    assert torch.equal(plain.loss, monitored.loss) and torch.equal(g_plain, g_mon)
+    assert float(monitored.kl_loss.detach()) == 0.0
+    for cls, m in zip(CLASSES, (high & mask, ~high & mask), strict=True):
+        assert f"actor/kl_{cls}" not in plain.metrics
+        d = ref - logp  # k3 = exp(d) - d - 1, averaged over the class's valid tokens
+        expected = ((torch.exp(d) - d - 1)[m]).mean()
+        torch.testing.assert_close(monitored.metrics[f"actor/kl_{cls}"], expected)
+
+
 def test_kl_monitor_loads_the_reference_only_when_asked(tiny_path, tmp_path):
     grpo = preset("grpo")
     assert not grpo.needs_reference and not grpo.loads_reference
