@@ -82,6 +82,8 @@ class AlgoConfig:
     # --- KL to the reference model -----------------------------------------------------------
     kl_estimator: str = "k3"  # k1 (log-ratio), k2 (squared), k3 (low-variance, "low_var_kl")
     kl_normalization: str = "per_class"  # each class averaged over its own tokens, or all_tokens
+    kl_monitor: bool = False  # load the reference and log each class's KL to it (actor/kl_*)
+    #   even when every KL weight is 0; the loss and its gradient are unchanged
     # --- aggregation ------------------------------------------------------------------------
     loss_agg_mode: str = "seq-mean-token-mean"  # how token losses become one scalar
     loss_norm_length: int | None = None  # constant divisor for seq-mean-token-sum-norm (None: T)
@@ -152,6 +154,12 @@ class AlgoConfig:
     def needs_reference(self) -> bool:
         """True when some KL weight is positive, i.e. the reference model must be loaded."""
         return self.high.kl_weight > 0 or self.low.kl_weight > 0
+
+    @property
+    def loads_reference(self) -> bool:
+        """True when the reference model is loaded: a KL term (needs_reference) or the
+        monitor (kl_monitor) uses it."""
+        return self.needs_reference or self.kl_monitor
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlgoConfig:

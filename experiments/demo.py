@@ -54,7 +54,7 @@ def demo_train_config(model: str, algo, out_dir: Path, steps: int, seed: int, **
         model=model, algo=algo, reward="reasoning_gym",
         data=DataConfig(task=TASK, size=DATA_SIZE, seed=seed, task_config=dict(TASK_CONFIG)),
         template="none", prompts_per_step=32, group_size=8, max_new_tokens=MAX_NEW_TOKENS,
-        ppo_epochs=1, mini_batch_prompts=32, micro_batch_size=256, lr=RL_LR,
+        ppo_epochs=3, mini_batch_prompts=16, micro_batch_size=256, lr=RL_LR,
         warmup_steps=0, total_steps=steps, seed=seed, val_every=steps, val_size=VAL_SIZE,
         val_temperature=algo.temperature, val_samples=VAL_K, ckpt_every=0,
         out_dir=str(out_dir), rollout_batch_size=64, num_threads=2, resume=False,

@@ -174,6 +174,10 @@ def per_token_loss(inp: LossInputs, cfg: AlgoConfig, token_terms, pg_grad,
     the per-token quantities (differentiable in ``logp`` when it requires grad);
     ``pg_grad(terms, adv, c)`` their closed-form ``d L_pg / d logp`` (B, T) for the fused
     path. See :func:`dual_token_clip_loss` for the arguments and errors.
+
+    ``ref_logprobs`` given while every KL weight is 0 (``algo.kl_monitor``): the per-class KL
+    is computed for the metrics (``actor/kl_{high,low}_entropy``) only; the loss, its value
+    and its gradient have no KL term.
     """
     valid = inp.response_mask.bool()
     if inp.token_mask is not None:

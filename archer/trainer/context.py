@@ -90,7 +90,7 @@ def build_context(cfg: TrainConfig, dist: DistInfo | None = None) -> TrainContex
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     check_policy_loss(cfg.algo)
     model, ref, tokenizer = load_policy_and_ref(
-        cfg.model, need_ref=cfg.algo.needs_reference, dtype=cfg.dtype, device=device,
+        cfg.model, need_ref=cfg.algo.loads_reference, dtype=cfg.dtype, device=device,
         ref_dtype=cfg.ref_dtype)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -76,7 +76,7 @@ class UpdateBatch:
     advantages: torch.Tensor  # (N,) per response, or (N, R) after Lopti reweighting
     old_logprobs: torch.Tensor | None  # (N, R) before this step's update; None: on-policy
     old_entropy: torch.Tensor | None  # (N, R) entropy of the old policy; None: on-policy
-    ref_logprobs: torch.Tensor | None  # (N, R) under the frozen reference, if KL is used
+    ref_logprobs: torch.Tensor | None  # (N, R) under the frozen reference (KL or kl_monitor)
 
     @property
     def num_rows(self) -> int:
@@ -104,8 +104,8 @@ def prepare_update_batch(ctx: TrainContext, batch: RolloutBatch,
             old_lp, old_ent = forward_tokens_batched(
                 ctx.model, batch, algo.temperature, cfg.micro_batch_size, cfg.entropy_chunk_size,
                 prompt_cache=cfg.prompt_cache)
-    ref_lp = None
-    if algo.needs_reference:
+    ref_lp = None  # with kl_monitor only, the loss logs the KL to it and adds no KL term
+    if algo.loads_reference:
         with full_params(ctx.ref):
             ref_lp, _ = forward_tokens_batched(ctx.ref, batch, algo.temperature,
                                                cfg.micro_batch_size, cfg.entropy_chunk_size,
