@@ -457,3 +457,17 @@ def test_a_decaying_schedule_resumed_longer_says_how_it_is_stretched(tmp_path, c
     assert "total_steps 2 -> 4 with lr_schedule=cosine: the remaining decay is rescaled to " \
            "the new length; the lr of step 3 is 0.0005 (it would have been 0)" in caplog.text
     assert longer.metrics[0]["actor/lr"] == pytest.approx(5e-4)
+
+
+def test_a_checkpoint_from_before_kl_monitor_and_answer_format_existed_resumes():
+    # Saved before the two keys existed: RL never reads answer_format, and the KL monitor
+    # only logs; nothing else may pass unnoticed.
+    from archer.train_config import TrainConfig
+    from archer.trainer.checkpointing import config_changes
+
+    now = TrainConfig().to_dict()
+    saved = TrainConfig().to_dict()
+    del saved["algo"]["kl_monitor"], saved["data"]["answer_format"]
+    assert config_changes(saved, now) == []
+    saved["algo"]["entropy_quantile"] = 0.7
+    assert config_changes(saved, now) == ["algo.entropy_quantile: 0.7 -> 0.8"]

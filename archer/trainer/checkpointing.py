@@ -92,7 +92,8 @@ RESUME_MAY_CHANGE = (
     "vllm_tensor_parallel_size", "vllm_enforce_eager", "distributed.backend",
     "distributed.timeout_s", "distributed.reshard_after_forward",
     "distributed.mixed_precision",
-    "data.answer_format")  # how SFT writes a reference answer; RL never reads it
+    "data.answer_format",  # how SFT writes a reference answer; RL never reads it
+    "algo.kl_monitor")  # logs the KL to the reference; the loss and its gradient are the same
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any],
