@@ -83,9 +83,9 @@ def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tm
     state = run_study("baselines", ["study.seeds=[0]", evaluation, *tiny_overrides(tiny_model)],
                       root=tmp_path / "studies", tracking_uri=uri, ray_address=ray_address,
                       progress=False)
-    presets = ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti", "archer"]
+    presets = ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti", "archer", "aspo"]
     trials = state.shown()
-    assert [t.status for t in trials] == ["finished"] * 6, study_status("baselines",
+    assert [t.status for t in trials] == ["finished"] * 7, study_status("baselines",
                                                                         tmp_path / "studies")
     assert all(t.step == 2 and t.attempts == 1 and len(t.eval_run_ids) == 1 for t in trials)
     runs = runs_of(uri, "study-baselines")
@@ -95,9 +95,9 @@ def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tm
     assert sorted(by_kind) == ["eval", "study", "trial"]
     (parent,) = by_kind["study"]
     assert parent.info.run_id == state.parent_run_id and parent.info.status == "FINISHED"
-    assert parent.data.params["n_trials"] == "6"
+    assert parent.data.params["n_trials"] == "7"
     trial_runs = {r.data.tags["archer.trial_number"]: r for r in by_kind["trial"]}
-    assert sorted(trial_runs) == [str(i) for i in range(6)]
+    assert sorted(trial_runs) == [str(i) for i in range(7)]
     for number, run in trial_runs.items():
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id
@@ -110,7 +110,7 @@ def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tm
         assert steps_of(uri, run.info.run_id) == [1, 2]
         arts = [a.path for a in client_for(uri).list_artifacts(run.info.run_id)]
         assert "config.yaml" in arts
-    assert len(by_kind["eval"]) == 6
+    assert len(by_kind["eval"]) == 7
     for ev in by_kind["eval"]:
         tags = ev.data.tags
         parent_trial = trial_runs[tags["archer.trial_number"]]
@@ -127,7 +127,7 @@ def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tm
                       root=tmp_path / "studies", tracking_uri=uri, ray_address=ray_address,
                       progress=False)
     assert all(len(starts(t.out_dir)) == 1 for t in again.shown())
-    assert "finished 6" in study_status("baselines", tmp_path / "studies")
+    assert "finished 7" in study_status("baselines", tmp_path / "studies")
 
 
 def test_sigkilled_trial_is_retried_and_resumes_from_its_checkpoint(
