@@ -79,7 +79,7 @@ def check_torch() -> list[Check]:
 def check_vllm() -> Check:
     """vLLM without importing it (that takes many seconds and may touch the GPU)."""
     if importlib.util.find_spec("vllm") is None:
-        return Check("vllm", "missing", "optional: rollout.backend=vllm and engine=vllm",
+        return Check("vllm", "missing", "optional: rollout_backend=vllm and engine=vllm",
                      "pip install -e '.[vllm]'")
     return Check("vllm", "ok", importlib.metadata.version("vllm"))
 
