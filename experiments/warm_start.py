@@ -255,3 +255,43 @@ def _build(train: dict[str, Any], settings: WarmStartSettings, target: WarmStart
     log(f"warm start {target.hash[:HASH_CHARS]}: {result.steps} SFT steps, held-out greedy "
         f"accuracy {accuracy}")
     return WarmStart(target.hash, target.dir, True, accuracy, result.steps)
+
+
+# --------------------------------------------------------------------------------------------
+# A study's trials on their warm start
+# --------------------------------------------------------------------------------------------
+
+
+def plan_warm_starts(trials, settings: WarmStartSettings | None,
+                     root: str | Path | None = None) -> dict[str, WarmStart]:
+    """The warm start each trial starts from, by trial hash (built or not; empty without
+    ``settings``). Trials that share data and budget share one: the trial seed is not in its
+    key."""
+    if settings is None:
+        return {}
+    return {t.hash: locate(t.train, settings, root) for t in trials}
+
+
+def on_warm_starts(trials, settings: WarmStartSettings | None, root: str | Path | None = None,
+                   log: Callable[[str], None] = print) -> tuple[list, list[WarmStart]]:
+    """The trials re-resolved with ``model=<their warm start>`` (each distinct warm start
+    built once, or reused), and the warm starts used, in first-use order. Without
+    ``settings`` the trials are returned as they are."""
+    if settings is None:
+        return list(trials), []
+    from experiments.study import resolve_trial
+
+    built: dict[str, WarmStart] = {}
+    out = []
+    for t in trials:
+        digest = warm_start_hash(warm_start_key(t.train, settings))
+        if digest not in built:
+            built[digest] = prepare_warm_start(t.train, settings, root, log)
+        warm = built[digest]
+        tags = {k: v for k, v in t.tags.items() if k != "archer.model"}
+        tags["archer.warm_start"] = digest[:HASH_CHARS]
+        study_dir = Path(t.out_dir).parent.parent  # <root>/<study>/trials/<name>-<hash>
+        out.append(resolve_trial(t.number, t.name, list(t.overrides) + [
+            f"model={warm.model_dir}"], study_dir=study_dir, evaluation=t.eval,
+            resources=t.resources, tags=tags))
+    return out, list(built.values())
