@@ -75,8 +75,9 @@ def varied_keys(trains: list[dict[str, Any]]) -> set[str]:
             and len({repr(f.get(k)) for f in flats}) > 1}
 
 
-def _named(keys: Iterable[str]) -> str:
-    return ", ".join(sorted(keys))
+def _named(keys: Iterable[str], flats: list[dict]) -> str:
+    """The keys and how they are set: varied (several trials), or set off the default."""
+    return ", ".join(sorted(keys)) + (" varied" if len(flats) > 1 else " set (not the default)")
 
 
 def clip_never_binds(flats: list[dict], varied: set[str]) -> str | None:
@@ -86,7 +87,7 @@ def clip_never_binds(flats: list[dict], varied: set[str]) -> str | None:
     if not hit or not single:
         return None
     f = flats[0]
-    return (f"{_named(hit)} varied, but every trial takes one pass over its rollouts "
+    return (f"{_named(hit, flats)}, but every trial takes one pass over its rollouts "
             f"(ppo_epochs=1, mini_batch_prompts={f['mini_batch_prompts']} >= "
             f"prompts_per_step={f['prompts_per_step']}, update_mode={f['algo.update_mode']}): "
             "the policy ratio is exactly 1, so the clip bounds never bind; use ppo_epochs > 1 "
@@ -97,7 +98,7 @@ def masked_class(flats: list[dict], varied: set[str]) -> str | None:
     hit = varied & set(LOW_CLASS_KEYS)
     if not hit or not all(f["algo.update_mode"] == "mask" for f in flats):
         return None
-    return (f"{_named(hit)} varied under update_mode=mask: the mask mode updates the "
+    return (f"{_named(hit, flats)} under update_mode=mask: the mask mode updates the "
             "high-entropy tokens only and drops the low-entropy ones from the PG and the KL "
             "terms, so low-entropy settings have no effect")
 
@@ -106,7 +107,7 @@ def no_high_tokens(flats: list[dict], varied: set[str]) -> str | None:
     hit = varied & set(HIGH_CLASS_KEYS)
     if not hit or not all(f["algo.entropy_quantile"] >= 1.0 for f in flats):
         return None
-    return (f"{_named(hit)} varied with algo.entropy_quantile=1: a token is high-entropy when "
+    return (f"{_named(hit, flats)} with algo.entropy_quantile=1: a token is high-entropy when "
             "its entropy exceeds the quantile and none exceeds the maximum, so no token is in "
             "the high-entropy class")
 
@@ -125,7 +126,7 @@ def split_unused(flats: list[dict], varied: set[str]) -> str | None:
     hit = varied & set(SPLIT_KEYS)
     if not hit or any(_split_used(f) for f in flats):
         return None
-    return (f"{_named(hit)} varied, but the entropy split is unused: both token classes have "
+    return (f"{_named(hit, flats)}, but the entropy split is unused: both token classes have "
             "the same clips, PG and KL weights, no KL term is normalised per class and the "
             f"update mode ({flats[0]['algo.update_mode']}) does not select tokens by entropy")
 
@@ -134,15 +135,16 @@ def async_unused(flats: list[dict], varied: set[str]) -> str | None:
     hit = varied & set(ASYNC_KEYS)
     if not hit or any(f["algo.update_mode"] == "async" for f in flats):
         return None
-    return f"{_named(hit)} varied, but no trial uses update_mode=async, the only mode reading them"
+    return (f"{_named(hit, flats)}, but no trial uses update_mode=async, the only mode "
+            "reading them")
 
 
 def overlong_unused(flats: list[dict], varied: set[str]) -> str | None:
     if "algo.overlong_penalty_factor" not in varied or any(
             f["algo.overlong_buffer_len"] > 0 for f in flats):
         return None
-    return ("algo.overlong_penalty_factor varied with algo.overlong_buffer_len=0: the overlong "
-            "penalty is off")
+    return (f"{_named(['algo.overlong_penalty_factor'], flats)} with "
+            "algo.overlong_buffer_len=0: the overlong penalty is off")
 
 
 def random_model(flats: list[dict], varied: set[str]) -> str | None:

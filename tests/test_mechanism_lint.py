@@ -3,7 +3,10 @@ quiet where the mechanism acts."""
 
 from __future__ import annotations
 
+import pytest
+
 from archer.config import AlgoConfig, TokenClassConfig
+from archer.models import build_tiny_model
 from archer.train_config import TrainConfig
 from experiments.mechanism_lint import (
     flatten,
@@ -126,3 +129,28 @@ def test_random_model_and_warm_start_without_signal():
 
 def test_the_default_archer_run_gets_no_warning():
     assert lint_trials([run(model=WARM, prompts_per_step=8, mini_batch_prompts=8)]) == []
+
+
+def test_archer_train_lints_its_config_at_start(monkeypatch, tmp_path, capsys):
+    import archer.trainer
+    from experiments.train_cli import run_train
+
+    class Started(Exception):
+        pass
+
+    def fit(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(archer.trainer, "fit", fit)
+    common = ["tracking=none", f"out_dir={tmp_path / 'run'}", "prompts_per_step=8",
+              "mini_batch_prompts=8"]
+    with pytest.raises(Started):
+        run_train(common + ["model=tiny", "algo.dual_clip_c=3.0"])
+    err = capsys.readouterr().err
+    assert "WARNING: archer train: [clip_never_binds] algo.dual_clip_c set (not the default)" in err
+    assert "WARNING: archer train: [random_model]" in err
+    model = tmp_path / "model"
+    build_tiny_model(model, hidden=16, layers=1, heads=2)
+    with pytest.raises(Started):
+        run_train(common + [f"model={model}", "ppo_epochs=2", "algo.dual_clip_c=3.0"])
+    assert "WARNING" not in capsys.readouterr().err
