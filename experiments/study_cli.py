@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from archer.cli_settings import Setting, add_settings
 from archer.validation import did_you_mean
+from experiments import warm_start as ws
 from experiments.mechanism_lint import lint_trials, lint_warm_start, print_warnings
 from experiments.scheduler import (
     STATE,
@@ -43,9 +45,9 @@ from experiments.study import (
     check_eval_data,
     expand_trials,
     load_study,
+    resolve_trial,
     split_overrides,
 )
-from experiments.warm_start import on_warm_starts, plan_warm_starts
 
 
 def pick_best(states, direction: str):
@@ -120,6 +122,45 @@ def run_study(name: str, overrides: list[str] | None = None, *, root: str | Path
             state.registered = f"archer-{spec.name}/{version}"
     sched.save()
     return state
+
+
+# --------------------------------------------------------------------------------------------
+# A study's trials on their warm start (experiments.warm_start)
+# --------------------------------------------------------------------------------------------
+
+
+def plan_warm_starts(trials, settings: ws.WarmStartSettings | None,
+                     root: str | Path | None = None) -> dict[str, ws.WarmStart]:
+    """The warm start each trial starts from, by trial hash (built or not; empty without
+    ``settings``). Trials that share data and budget share one: the trial seed is not in its
+    key."""
+    if settings is None:
+        return {}
+    return {t.hash: ws.locate(t.train, settings, root) for t in trials}
+
+
+def on_warm_starts(trials, settings: ws.WarmStartSettings | None,
+                   root: str | Path | None = None,
+                   log: Callable[[str], None] = print) -> tuple[list, list[ws.WarmStart]]:
+    """The trials re-resolved with ``model=<their warm start>`` (each distinct warm start
+    built once, or reused), and the warm starts used, in first-use order. Without
+    ``settings`` the trials are returned as they are."""
+    if settings is None:
+        return list(trials), []
+    built: dict[str, ws.WarmStart] = {}
+    out = []
+    for t in trials:
+        digest = ws.warm_start_hash(ws.warm_start_key(t.train, settings))
+        if digest not in built:
+            built[digest] = ws.prepare_warm_start(t.train, settings, root, log)
+        warm = built[digest]
+        tags = {k: v for k, v in t.tags.items() if k != "archer.model"}
+        tags["archer.warm_start"] = digest[:ws.HASH_CHARS]
+        study_dir = Path(t.out_dir).parent.parent  # <root>/<study>/trials/<name>-<hash>
+        out.append(resolve_trial(t.number, t.name, list(t.overrides) + [
+            f"model={warm.model_dir}"], study_dir=study_dir, evaluation=t.eval,
+            resources=t.resources, tags=tags))
+    return out, list(built.values())
 
 
 def planned_trains(trials, plan: dict) -> list[dict]:
@@ -203,7 +244,7 @@ def lint_sweep(space: str, overrides: list[str] | None = None,
                root: str | Path = DEFAULT_ROOT) -> list[str]:
     """The mechanism lint of a sweep: its trials at each parameter's ends (a categorical's
     choices, a range's low and high), the others at their first value."""
-    from experiments.study import _format_value, resolve_trial
+    from experiments.study import _format_value
     from experiments.sweep import load_sweep
 
     sweep_ovs, trial_ovs = split_overrides(

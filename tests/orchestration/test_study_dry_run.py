@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pytest
 
@@ -25,15 +26,20 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "warm_starts"
 
 
-def fake_warm_start(study: str, accuracy: float, root) -> ws.WarmStart:
-    """A verified cache entry for the study's warm start (its manifest and file hashes)."""
+def fake_warm_start(study: str, accuracy: float, root, model_files=None) -> ws.WarmStart:
+    """A verified cache entry for the study's warm start (its manifest and file hashes):
+    a copy of ``model_files`` (a model directory), else a lone config.json."""
     spec = load_study(study, ["seeds=[0]"])
     trial = expand_trials(spec, [], root)[0]
     target = ws.locate(trial.train, spec.warm_start)
     model = target.model_dir
-    model.mkdir(parents=True)
-    (model / "config.json").write_text("{}")
-    files = {"config.json": hashlib.sha256(b"{}").hexdigest()}
+    if model_files is not None:
+        shutil.copytree(model_files, model)
+        files = ws.file_hashes(model)
+    else:
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
+        files = {"config.json": hashlib.sha256(b"{}").hexdigest()}
     (target.dir / ws.MANIFEST).write_text(json.dumps(
         {"hash": target.hash, "heldout_accuracy": accuracy, "sft_steps": 100,
          "files": files}))
@@ -119,3 +125,33 @@ def test_unknown_study_and_recipe_names_say_did_you_mean(cache, tmp_path):
     (tmp_path / "ablate_kl" / "study.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="did you mean 'ablate_kl'"):
         study_status("ablate_k", tmp_path)
+
+
+def test_a_study_runs_every_trial_from_its_warm_start_and_logs_it(cache, tmp_path, tiny_model,
+                                                                   monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from experiments.scheduler import Scheduler
+    from experiments.study_cli import run_study
+
+    root = tmp_path / "studies"
+    warm = fake_warm_start("ablate_kl", 0.3, root, model_files=tiny_model)
+    seen = {}
+
+    def run(self, source):  # the trials as the scheduler would get them; nothing runs
+        seen["trials"] = list(source.queue)
+        return self.state
+
+    monkeypatch.setattr(Scheduler, "run", run)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = run_study("ablate_kl", ["study.seeds=[0,1]"], root=root, tracking_uri=uri,
+                      progress=False)
+    trials = seen["trials"]
+    assert len(trials) == 6
+    assert {t.train["model"] for t in trials} == {str(warm.model_dir)}  # every seed, one model
+    assert {t.tags["archer.warm_start"] for t in trials} == {warm.hash[:16]}
+    assert "reusing the warm start" in capsys.readouterr().out
+    run_data = MlflowClient(uri).get_run(state.parent_run_id).data
+    assert run_data.tags["warm_start/hash"] == warm.hash
+    assert run_data.metrics["warm_start/heldout_accuracy"] == 0.3
+    assert run_data.params["warm_start"] == warm.hash[:16]
