@@ -201,11 +201,17 @@ FULL_PRESETS = ("grpo", "dapo", "archer")
 FULL_STUDY = "baselines"
 FULL_EXPERIMENT = "archer-demo-baselines"
 WARM_LABEL = "sft warm start"  # the warm start's row in the leaderboard
-# The full demo's shared warm start (experiments.warm_start): the quickstart's supervised
-# warm-up budget, with the warm start's own seed 0, so every trial seed starts from the same
-# model. The time budget is a safety net (800 steps take about 140 s on 2 idle cores).
-DEMO_WARM_START = dict(steps=SFT_STEPS, target=SFT_TARGET, lr=3e-3, batch_size=128,
-                       eval_every=25, seed=0, max_seconds=SFT_MAX_SECONDS)
+
+
+def demo_warm_start_settings():
+    """The full demo's shared warm start (experiments.warm_start): the quickstart's
+    supervised warm-up budget with the warm start's own seed 0, so every trial seed starts
+    from the same model; the time budget is a safety net (800 steps take about 140 s on 2
+    idle cores)."""
+    from experiments.warm_start import WarmStartSettings
+
+    return WarmStartSettings(steps=SFT_STEPS, target=SFT_TARGET, lr=3e-3, batch_size=128,
+                             eval_every=25, seed=0, max_seconds=SFT_MAX_SECONDS)
 
 
 def prepare_warm_start(out: Path, train: dict, log=print) -> tuple[Path, dict]:
@@ -216,10 +222,9 @@ def prepare_warm_start(out: Path, train: dict, log=print) -> tuple[Path, dict]:
     under ``$ARCHER_CACHE_DIR/warm_starts`` and reused (:mod:`experiments.warm_start`).
     Returns the model directory and a summary (``hash``, ``sft_steps``, ``sft_accuracy``)."""
     from archer.models import build_tiny_model
-    from experiments.warm_start import WarmStartSettings
     from experiments.warm_start import prepare_warm_start as shared_warm_start
 
-    settings = WarmStartSettings(**DEMO_WARM_START)
+    settings = demo_warm_start_settings()
     tiny = build_tiny_model(out / "tiny_model", hidden=128, layers=2, heads=4,
                             seed=settings.seed)
     warm = shared_warm_start(train | {"model": str(tiny), "num_threads": None}, settings,

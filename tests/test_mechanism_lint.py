@@ -154,3 +154,19 @@ def test_archer_train_lints_its_config_at_start(monkeypatch, tmp_path, capsys):
     with pytest.raises(Started):
         run_train(common + [f"model={model}", "ppo_epochs=2", "algo.dual_clip_c=3.0"])
     assert "WARNING" not in capsys.readouterr().err
+
+
+def test_a_sweep_is_linted_at_its_parameters_ends(tmp_path):
+    from experiments.study_cli import lint_sweep
+
+    found = rules_of(lint_sweep("archer_clip_kl", [], tmp_path))
+    assert "clip_never_binds" in found  # algo.high.clip_high over one pass
+    assert "random_model" in found  # a sweep trains the recipe's model as given
+    model = build_tiny_model(tmp_path / "model", hidden=16, layers=1, heads=2)
+    found = rules_of(lint_sweep("archer_clip_kl", ["ppo_epochs=2", f"model={model}"],
+                                tmp_path))
+    assert "clip_never_binds" not in found and "random_model" not in found
+
+
+def rules_of(warnings: list[str]) -> list[str]:
+    return [w.split("]")[0].lstrip("[") for w in warnings]
