@@ -29,6 +29,7 @@ removes; a build never resumes from one.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -136,12 +137,21 @@ def base_model_identity(model: str) -> dict[str, str]:
 
     path = Path(model).expanduser()
     if path.is_dir():
-        text = json.dumps(file_hashes(path), sort_keys=True)
-        return {"sha256": hashlib.sha256(text.encode()).hexdigest()}
+        stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                      for p in sorted(path.rglob("*")) if p.is_file())
+        return {"sha256": _directory_sha256(str(path.resolve()), stats)}
     if model in MODELS:
         return {"name": model}
     raise ConfigError(f"warm start: model={model!r} is neither a directory nor a model name "
                       f"{MODELS.names()}")
+
+
+@functools.lru_cache(maxsize=32)
+def _directory_sha256(path: str, stats: tuple) -> str:
+    """sha256 of a directory's file hashes; cached by the files' names, sizes and mtimes, so a
+    study's trials hash a large base model once."""
+    text = json.dumps(file_hashes(Path(path)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def warm_start_key(train: dict[str, Any], settings: WarmStartSettings) -> dict[str, Any]:
