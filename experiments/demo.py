@@ -211,39 +211,38 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
 FULL_PRESETS = ("grpo", "dapo", "archer")
 FULL_STUDY = "baselines"
 FULL_EXPERIMENT = "archer-demo-baselines"
-WARM_MARKER = "warm_start.json"
 WARM_LABEL = "sft warm start"  # the warm start's row in the leaderboard
 
 
-def prepare_warm_start(out: Path, train: dict, seed: int = 0, log=print) -> tuple[Path, dict]:
-    """The tiny model after its supervised warm-up on the training split of ``train`` (a
-    trial's TrainConfig dict: its data, held-out split, template and response budget), so
-    the warm-up never sees the problems the trials are evaluated on. Cached: a warm start
-    made in ``out`` for the same data and settings is reused. Returns the model directory
-    and the warm-up's summary."""
-    import json
+def demo_warm_start_settings():
+    """The full demo's shared warm start (experiments.warm_start): the quickstart's
+    supervised warm-up budget with the warm start's own seed 0, so every trial seed starts
+    from the same model; the time budget is a safety net (800 steps take about 140 s on 2
+    idle cores)."""
+    from experiments.warm_start import WarmStartSettings
 
+    return WarmStartSettings(steps=SFT_STEPS, target=SFT_TARGET, lr=3e-3, batch_size=128,
+                             eval_every=25, seed=0, max_seconds=SFT_MAX_SECONDS)
+
+
+def prepare_warm_start(out: Path, train: dict, log=print) -> tuple[Path, dict]:
+    """The demo's tiny model (hidden 128, built with the warm start's seed) after the shared
+    supervised warm start on the training split of ``train`` (a trial's TrainConfig dict:
+    its data, held-out split, template and response budget; the trial seed is not used),
+    so the warm-up never sees the problems the trials are evaluated on. Cached by content
+    under ``$ARCHER_CACHE_DIR/warm_starts`` and reused (:mod:`experiments.warm_start`).
+    Returns the model directory and a summary (``hash``, ``sft_steps``, ``sft_accuracy``)."""
     from archer.models import build_tiny_model
-    from archer.train_config import TrainConfig
+    from experiments.warm_start import prepare_warm_start as shared_warm_start
 
-    key = {"data": train["data"], "val_size": train["val_size"], "template": train["template"],
-           "max_new_tokens": train["max_new_tokens"], "seed": seed, "sft_steps": SFT_STEPS,
-           "sft_target": SFT_TARGET}
-    marker = out / WARM_MARKER
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        if info.get("key") == key and Path(info["model_dir"]).is_dir():
-            log(f"      reusing the warm start in {info['model_dir']} (delete {out} to redo it)")
-            return Path(info["model_dir"]), info
-    torch.manual_seed(seed)
-    tiny = build_tiny_model(out / "tiny_model", hidden=128, layers=2, heads=4, seed=seed)
-    cfg = TrainConfig.from_dict(train | {"model": str(tiny), "seed": seed, "num_threads": None,
-                                         "out_dir": str(out / "cfg")})
-    res = supervised_warmup(cfg, out)
-    info = {"model_dir": str(res.model_dir.resolve()), "sft_steps": res.steps,
-            "sft_accuracy": res.accuracy, "key": key}
-    marker.write_text(json.dumps(info, indent=1) + "\n")
-    return Path(info["model_dir"]), info
+    settings = demo_warm_start_settings()
+    tiny = build_tiny_model(out / "tiny_model", hidden=128, layers=2, heads=4,
+                            seed=settings.seed)
+    warm = shared_warm_start(train | {"model": str(tiny), "num_threads": None}, settings,
+                             log=lambda line: log("      " + line))
+    info = {"model_dir": str(warm.model_dir), "hash": warm.hash, "sft_steps": warm.sft_steps,
+            "sft_accuracy": warm.heldout_accuracy}
+    return warm.model_dir, info
 
 
 def evaluate_warm_start(trial, warm_dir: Path, out: Path, tracking_uri: str, seed: int):
@@ -323,7 +322,7 @@ def run_demo_study(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str 
     probe = trials_for("tiny")[0]  # the trials' data, split and budget (model aside)
     print(f"[1/6] prepare a model: tiny char-level Llama + supervised warm-up on reasoning-gym "
           f"{probe.train['data']['task']} {probe.train['data']['task_config']}")
-    warm_dir, info = prepare_warm_start(out / "warm_start", probe.train, seed)
+    warm_dir, info = prepare_warm_start(out / "warm_start", probe.train)
     print(f"      warm start: {info['sft_steps']} SFT steps, held-out greedy accuracy "
           f"{info['sft_accuracy']:.3f} ({time.perf_counter() - start:.0f} s)")
     trials = trials_for(str(warm_dir))

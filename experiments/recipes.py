@@ -22,7 +22,7 @@ from typing import Any
 from archer.validation import ConfigError, unknown_keys, unknown_name
 
 RECIPE_DIR = Path(__file__).resolve().parent / "conf" / "recipe"
-RECIPE_KEYS = ("overrides", "eval", "resources", "study")
+RECIPE_KEYS = ("overrides", "eval", "resources", "study", "warm_start")
 # the study (and sweep) file keys whose default a recipe may set (`study:`); a sweep takes
 # those of its own schema (it registers no model, so it ignores register_best)
 RECIPE_STUDY_KEYS = ("register_best", "max_concurrent", "max_retries", "system_metrics")

@@ -16,6 +16,9 @@ A study file states a grid of training runs in a few lines::
     max_retries: 2
     resources: {num_cpus: 1, num_gpus: 0, custom: {}, strategy: DEFAULT,   # Ray, per trial
                 procs_per_trial: 1}     # training processes (torchrun) inside the trial's task
+    warm_start: recipe                  # the recipe's shared warm start (the default), null
+                                        # (none: a random model stays random) or settings
+                                        # {steps, target, lr, batch_size, eval_every, seed}
 
 Trials = variants x axes x seeds, numbered in that order. Every trial is composed with
 ``experiments.train_cli`` (the same composition as ``archer train``: recipe, then ``base``,
@@ -77,13 +80,16 @@ STUDY_KEYS = {
     "max_retries": int, "eval": (dict, bool, type(None)), "resources": dict,
     "experiment": (str, type(None)), "register_best": bool, "system_metrics": bool,
     "reference_arm": (str, type(None)),
+    "warm_start": (dict, bool, type(None), str),
 }
 STUDY_DEFAULTS: dict[str, Any] = {
     "description": "", "recipe": "cpu", "base": [], "axes": {}, "variants": {}, "seeds": [0],
     "objective": {"metric": "val/accuracy", "direction": "maximize"}, "max_concurrent": 2,
     "max_retries": 2, "experiment": None, "register_best": True, "system_metrics": False,
-    "eval": None, "resources": {}, "reference_arm": None,
+    "eval": None, "resources": {}, "reference_arm": None, "warm_start": "recipe",
 }
+# warm_start (experiments.warm_start): a mapping of settings, null = none (a random model
+# stays random), in a recipe; a study's "recipe" (the default) takes its recipe's
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "custom", "strategy", "procs_per_trial")
 # the mappings of a study (or sweep) file whose keys are fixed
 SUBKEYS = {"eval": EVAL_KEYS, "resources": RESOURCE_KEYS, "objective": ("metric", "direction")}
@@ -139,6 +145,7 @@ class StudySpec:
     raw: dict[str, Any]  # the composed study file (logged as the study's config)
     # the arm `archer report` compares every other arm with (a preset or variant name)
     reference_arm: str | None = None
+    warm_start: Any = None  # experiments.warm_start.WarmStartSettings, or None: no warm start
 
     def size(self) -> int:
         n = max(1, len(self.variants))
@@ -154,7 +161,8 @@ class StudySpec:
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     """Command-line overrides -> (study-level without the ``study.`` prefix, trial-level).
-    ``recipe=X`` is a shorthand of ``study.recipe=X``; Hydra's ``+study.<key>`` (add) and
+    ``recipe=X`` and ``warm_start=...`` are shorthands of ``study.recipe=X`` and
+    ``study.warm_start=...``; Hydra's ``+study.<key>`` (add) and
     ``~study.<key>`` (delete) keep their sign."""
     study, trial = [], []
     for ov in overrides:
@@ -162,7 +170,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
             study.append(ov[len("study."):])
         elif ov.startswith(("+study.", "~study.")):
             study.append(ov[0] + ov[len("+study."):])
-        elif ov.startswith("recipe="):
+        elif ov.startswith(("recipe=", "warm_start=")):
             study.append(ov)
         else:
             trial.append(ov)
@@ -421,6 +429,17 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
     if ref is not None and ref not in arm_names:
         raise ConfigError(f"{where}: reference_arm={ref!r} is not an arm of the study"
                           f"{did_you_mean(ref, arm_names)}; arms: {arm_names}")
+
+    from experiments.warm_start import WarmStartSettings
+
+    warm = data["warm_start"]
+    if warm == "recipe":
+        warm, warm_where = recipe.get("warm_start"), f"recipe {data['recipe']}: warm_start"
+    elif isinstance(warm, str):
+        raise ConfigError(f"{where}: warm_start={warm!r}; give a mapping of warm-start "
+                          "settings, null (none) or 'recipe' (the recipe's)")
+    else:
+        warm_where = f"{where}: warm_start"
     spec = StudySpec(
         name=name, description=data["description"], recipe=data["recipe"],
         recipe_overrides=tuple(recipe.get("overrides") or ()), base=tuple(data["base"]),
@@ -428,7 +447,8 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
         max_concurrent=data["max_concurrent"], max_retries=data["max_retries"],
         eval=evaluation, resources=resources,
         experiment=data["experiment"] or f"study-{name}", register_best=data["register_best"],
-        system_metrics=data["system_metrics"], raw=data, reference_arm=ref)
+        system_metrics=data["system_metrics"], raw=data, reference_arm=ref,
+        warm_start=WarmStartSettings.from_spec(warm, warm_where))
     if spec.size() == 0:
         raise ConfigError(f"{where}: the grid is empty (no trials)")
     return spec

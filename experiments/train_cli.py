@@ -488,6 +488,10 @@ def run_train(overrides: list[str], print_config: bool = False) -> int:
     out = Path(setup.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     main_rank = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 reports
+    if main_rank:  # settings under which a mechanism cannot act (experiments.mechanism_lint)
+        from experiments.mechanism_lint import lint_trials, print_warnings
+
+        print_warnings(lint_trials([setup.train.to_dict()]), "archer train")
     try:
         result = fit(setup.train, logger=logger_factory(setup, out / "config.yaml"),
                      progress=setup.progress)

@@ -79,6 +79,7 @@ def test_full_demo_runs_the_study_and_prints_the_leaderboard(tmp_path, monkeypat
     local Ray, every trial evaluated under the warm start's contract, MLflow hierarchy,
     leaderboard printed, dashboard written."""
     monkeypatch.setattr(demo, "SFT_STEPS", 6)
+    monkeypatch.setenv("ARCHER_CACHE_DIR", str(tmp_path / "cache"))  # the shared warm start
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     toy = ["data.size=120", "val_size=8", "prompts_per_step=2",
            "group_size=4", "mini_batch_prompts=2", "micro_batch_size=8",

@@ -101,6 +101,17 @@ class StudyTracker:
         self.loggers["__study__"] = logger
         return logger.run_id
 
+    def log_warm_start(self, digest: str, heldout_accuracy: float | None, model_dir: str,
+                       index: int = 0) -> None:
+        """The study's shared warm start on its parent run: tags ``warm_start/hash`` and
+        ``warm_start/path``, metric ``warm_start/heldout_accuracy`` (the ``index``-th of a
+        study whose trials use several: ``warm_start/<index>/...``)."""
+        logger = self.loggers["__study__"]
+        prefix = "warm_start" if index == 0 else f"warm_start/{index}"
+        logger.set_tags({f"{prefix}/hash": digest, f"{prefix}/path": model_dir})
+        if heldout_accuracy is not None:
+            logger.log_metrics({f"{prefix}/heldout_accuracy": float(heldout_accuracy)}, step=0)
+
     def finish_study(self, status: str, summary: dict[str, float]) -> None:
         logger = self.loggers.pop("__study__", None)
         if logger is not None:

@@ -34,9 +34,11 @@ def _tiny_overrides(model: Path, steps: int = 2) -> list[str]:
 
 
 def _write_study(directory: Path, name: str, **fields) -> Path:
-    """A study file ``<directory>/<name>.yaml`` (name set, everything else as given)."""
+    """A study file ``<directory>/<name>.yaml`` (name set, no warm start unless given: the
+    tests' tiny model trains as it is, everything else as given)."""
     path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name} | fields, sort_keys=False))
+    path.write_text(yaml.safe_dump({"name": name, "warm_start": None} | fields,
+                                   sort_keys=False))
     return path
 
 

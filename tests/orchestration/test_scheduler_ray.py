@@ -80,7 +80,8 @@ def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tm
                                                                    tiny_model, tiny_overrides):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     evaluation = "study.eval={benchmarks:[gsm8k],limit:2,k:1,max_new_tokens:8}"
-    state = run_study("baselines", ["study.seeds=[0]", evaluation, *tiny_overrides(tiny_model)],
+    state = run_study("baselines", ["study.seeds=[0]", evaluation, "warm_start=null",
+                                    *tiny_overrides(tiny_model)],
                       root=tmp_path / "studies", tracking_uri=uri, ray_address=ray_address,
                       progress=False)
     presets = ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti", "archer", "aspo"]
@@ -122,7 +123,7 @@ def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tm
     assert state.registered == "archer-baselines/1"
     assert state.trials[state.best].objective is not None
     # running the study again skips all six (same identity hashes)
-    again = run_study("baselines", ["study.seeds=[0]", evaluation,
+    again = run_study("baselines", ["study.seeds=[0]", evaluation, "warm_start=null",
                                     *tiny_overrides(tiny_model)],
                       root=tmp_path / "studies", tracking_uri=uri, ray_address=ray_address,
                       progress=False)

@@ -29,7 +29,8 @@ def test_shipped_studies_load_with_their_grids():
     assert spec.seeds == (0,) and spec.max_concurrent == 3 and spec.size() == 7
     assert spec.axes["algo"] == ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti",
                                  "archer", "aspo"]
-    assert spec.experiment == "study-baselines" and spec.eval["benchmarks"] == ["gsm8k"]
+    assert spec.experiment == "study-baselines" and spec.eval["benchmarks"] == ["gym"]
+    assert spec.warm_start is not None and spec.warm_start.seed == 0  # the cpu recipe's
 
 
 def test_split_overrides_separates_study_and_trial_keys():
@@ -121,7 +122,7 @@ def test_bad_eval_override_refuses_the_study_before_any_trial(tmp_path, capsys, 
                               ("{benchmarks:[gsm9k],k:1}", "unknown benchmark 'gsm9k'; choose "
                                "from ['aime2024'")):
         rc = main(["ablate", "baselines", "study.seeds=[0]", f"study.eval={evaluation}",
-                   *tiny_overrides(tiny_model), f"out_dir={root}", "progress=false"])
+                   *tiny_overrides(tiny_model), "warm_start=null", f"out_dir={root}", "progress=false"])
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("archer: error: ") and named in err, err
         assert "Traceback" not in err
@@ -139,7 +140,7 @@ def test_missing_benchmark_data_refuses_a_local_study_before_any_trial(
     monkeypatch.setenv("ARCHER_DATA_DIR", str(empty))
     root = tmp_path / "studies"
     rc = main(["ablate", "baselines", "study.seeds=[0]", "study.eval={benchmarks:[gsm8k],k:1}",
-               *tiny_overrides(tiny_model), f"out_dir={root}", "progress=false"])
+               *tiny_overrides(tiny_model), "warm_start=null", f"out_dir={root}", "progress=false"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("archer: error: study baselines.eval: benchmark gsm8k: "
                                       f"data file {empty}/") and "does not exist" in err, err
@@ -168,10 +169,10 @@ def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
 @pytest.mark.parametrize("overrides, named", [
     (["eval.k=3"], "study baselines: cannot set 'study.eval.k': the study file sets no "
                    "study.eval mapping (its trials use recipe cpu's evaluation, {benchmarks:"
-                   "[gsm8k],limit:16,k:1,max_new_tokens:32,temperature:0.8}); give the whole "
-                   "mapping, e.g. 'study.eval={benchmarks:[gsm8k],limit:16,k:3,max_new_tokens:"
-                   "32,temperature:0.8}' (keys of study.eval: ['batch_size', 'benchmarks', 'dtype', "
-                   "'engine', 'gpu_memory_utilization', 'k', "),
+                   "[gym],k:4,max_new_tokens:8,temperature:0.8,batch_size:64}); give the whole "
+                   "mapping, e.g. 'study.eval={benchmarks:[gym],k:3,max_new_tokens:8,"
+                   "temperature:0.8,batch_size:64}' (keys of study.eval: ['batch_size', "
+                   "'benchmarks', 'dtype', 'engine', 'gpu_memory_utilization', 'k', "),
     (["eval.kk=3"], "study baselines: unknown key 'study.eval.kk' (did you mean "
                     "'study.eval.k'?); keys of study.eval: ['batch_size', 'benchmarks', 'dtype', "
                     "'engine', 'gpu_memory_utilization', 'k', "),
@@ -222,7 +223,7 @@ def test_nested_study_overrides_that_can_work_do(tmp_path, write_study):
     assert spec.axes == {"algo": ["grpo"], "lr": [0.1, 0.2]}
     assert load_study("ablate_kl", ["axes.algo.low.kl_weight=[0.1]"]).axes == {
         "algo.low.kl_weight": [0.1]}  # a dotted key of the file's axes
-    assert spec.eval["limit"] == 16  # the file's eval deleted: the recipe's
+    assert spec.eval["benchmarks"] == ["gym"] and spec.eval["k"] == 4  # the recipe's
 
 
 def test_overrides_may_follow_the_options(tmp_path, capsys, write_study, tiny_model,
@@ -359,7 +360,7 @@ def test_trials_take_the_users_files_as_absolute_paths(tiny_model, tiny_override
     (tmp_path / "mine.jsonl").write_text(json.dumps({"prompt": "1+1=", "answer": 2}) + "\n")
     (tmp_path / "score.py").write_text("def fn(completions, **_):\n    return [0.0] * "
                                        "len(completions)\n")
-    spec = load_study("ablate_kl", ["seeds=[0]"])
+    spec = load_study("ablate_kl", ["seeds=[0]", "eval=false"])  # (gym needs a gym task)
     trials = expand_trials(spec, tiny_overrides(tiny_model) + [
         "data.task=null", "data.file=mine.jsonl", "reward=./score.py:fn"], tmp_path / "s")
     for t in trials:
