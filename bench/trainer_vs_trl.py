@@ -473,12 +473,13 @@ def report(s: Setup, out: dict) -> None:
               f"per-step ratios {out[f'ratio_{name}_vs_grpo_paired']:.3f}; CPU seconds "
               f"{out[f'cpu_ratio_{name}_vs_grpo']:.3f}; per response token "
               f"{out[f'token_ratio_{name}_vs_grpo']:.3f}"
-              + ("; target <= 1.05)" if name.startswith("archer") else ")"))
+              + ("; target <= 1.05 at GPU scale only, reported on the tiny CPU model)"
+                 if name.startswith("archer") else ")"))
     if "ratio_archer_vs_grpo_kl" in out:
         print(f"ratio archer / grpo+KL  = {out['ratio_archer_vs_grpo_kl']:.3f} (median of "
               f"per-step ratios {out['ratio_archer_vs_grpo_kl_paired']:.3f}; CPU seconds "
               f"{out['cpu_ratio_archer_vs_grpo_kl']:.3f}; both with a reference pass: the "
-              f"cost of archer's split, per-class clip and KL)")
+              f"cost of archer's split, per-class clip and KL; target <= 1.03 at every size)")
     for name in ("trl", "grpo"):
         if f"profile_{name}" in out:
             print(f"cProfile of the timed {name} steps (cumulative):")
