@@ -76,16 +76,11 @@ def significance(p: float | None) -> str:
 
 def row_label(tags: dict[str, Any], run_name: str = "") -> str:
     """Preset plus what distinguishes the trial apart from its seed (see module docstring)."""
-    preset = tags.get("archer.preset")
-    if preset:
-        extras = []
-        variant = tags.get("archer.variant")
-        if variant and variant != "-":
-            extras.append(str(variant))
-        for item in str(tags.get("archer.axes") or "").split():
-            if item != "-" and not item.startswith("algo="):
-                extras.append(item)
-        return str(preset) + (f" [{', '.join(extras)}]" if extras else "")
+    from archer.tracking.reader import arm_label
+
+    label = arm_label(tags)
+    if label:
+        return label
     model = tags.get("archer.model")
     return Path(str(model)).name if model else (run_name or "?")
 

@@ -68,17 +68,9 @@ class Trial:
 
 def arm_name(tags: dict[str, Any], run_name: str = "") -> str:
     """The preset plus what distinguishes the trial apart from its seed."""
-    preset = tags.get("archer.preset")
-    if not preset:
-        return run_name or "?"
-    extras = []
-    variant = tags.get("archer.variant")
-    if variant and variant != "-":
-        extras.append(str(variant))
-    for item in str(tags.get("archer.axes") or "").split():
-        if item != "-" and not item.startswith("algo="):
-            extras.append(item)
-    return str(preset) + (f" [{', '.join(extras)}]" if extras else "")
+    from archer.tracking.reader import arm_label
+
+    return arm_label(tags) or run_name or "?"
 
 
 # ------------------------------------------------------------------------------------------

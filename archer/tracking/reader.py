@@ -188,3 +188,20 @@ def per_problem_accuracy(client, run_id: str, bench: str) -> dict[str, float] | 
         path = Path(client.download_artifacts(run_id, name, tmp))
         with path.open(newline="", encoding="utf-8") as f:
             return {r["problem_id"]: float(r["accuracy"]) for r in csv.DictReader(f)}
+
+
+def arm_label(tags: dict) -> str | None:
+    """A trial's arm, as leaderboards and results pages name it: its preset plus what sets it
+    apart from the study's other trials besides its seed (its variant and non-``algo`` axis
+    values), e.g. ``archer [algo.low.kl_weight=0.005]``; None for a run with no preset tag."""
+    preset = tags.get("archer.preset")
+    if not preset:
+        return None
+    extras = []
+    variant = tags.get("archer.variant")
+    if variant and variant != "-":
+        extras.append(str(variant))
+    for item in str(tags.get("archer.axes") or "").split():
+        if item != "-" and not item.startswith("algo="):
+            extras.append(item)
+    return str(preset) + (f" [{', '.join(extras)}]" if extras else "")
