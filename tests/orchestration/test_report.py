@@ -11,25 +11,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import yaml
 
 from archer.validation import ConfigError
 from archer_cli.main import main, parse_args
 
 ARMS = ["grpo", "archer"]
-
-
-def _tiny_overrides(model: Path, steps: int = 2) -> list[str]:
-    return [f"model={model}", f"total_steps={steps}", "data.size=24",
-            "prompts_per_step=2", "group_size=4", "mini_batch_prompts=2",
-            "micro_batch_size=8", "max_new_tokens=4", "val_every=1",
-            "val_size=4", "ckpt_every=1", "num_threads=1"]
-
-
-def _write_study(directory: Path, name: str, **fields) -> Path:
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name} | fields, sort_keys=False))
-    return path
 
 
 def _report(study, out, uri, *settings):
@@ -43,7 +29,7 @@ def _settings(tokens):
 
 
 @pytest.fixture(scope="module")
-def real_study(tmp_path_factory):
+def real_study(tmp_path_factory, tiny_overrides, write_study):
     """The study ``rep`` (algo grpo/archer x seeds 0, 1; 2 steps; gsm8k on 2 problems) run
     through the scheduler on a local Ray into a SQLite store."""
     pytest.importorskip("ray")
@@ -60,12 +46,12 @@ def real_study(tmp_path_factory):
     reward.write_text("def reward(completions, **columns):\n"
                       "    return [float(i % 2) for i in range(len(completions))]\n")
     uri = f"sqlite:///{root}/mlflow.db"
-    path = _write_study(root, "rep", recipe="cpu", axes={"algo": ARMS}, seeds=[0, 1],
+    path = write_study(root, "rep", recipe="cpu", axes={"algo": ARMS}, seeds=[0, 1],
                         reference_arm="archer", register_best=False, max_concurrent=2,
                         eval={"benchmarks": ["gsm8k"], "limit": 2, "k": 1,
                               "max_new_tokens": 8})
     try:
-        state = run_study(path, [*_tiny_overrides(model), f"reward={reward}:reward"],
+        state = run_study(path, [*tiny_overrides(model), f"reward={reward}:reward"],
                           root=root / "studies",
                           tracking_uri=uri, num_cpus=2, progress=False)
     finally:
@@ -209,13 +195,13 @@ def test_settings_are_key_value_with_did_you_mean():
         _settings(["figures=maybe"])
 
 
-def test_reference_arm_of_the_study_spec(tmp_path):
+def test_reference_arm_of_the_study_spec(tmp_path, write_study):
     from experiments.study import load_study
 
-    ok = _write_study(tmp_path, "withref", axes={"algo": ARMS}, reference_arm="grpo")
+    ok = write_study(tmp_path, "withref", axes={"algo": ARMS}, reference_arm="grpo")
     assert load_study(ok).reference_arm == "grpo"
-    assert load_study(_write_study(tmp_path, "noref", axes={"algo": ARMS})).reference_arm is None
-    bad = _write_study(tmp_path, "badref", axes={"algo": ARMS}, reference_arm="grpp")
+    assert load_study(write_study(tmp_path, "noref", axes={"algo": ARMS})).reference_arm is None
+    bad = write_study(tmp_path, "badref", axes={"algo": ARMS}, reference_arm="grpp")
     with pytest.raises(ConfigError, match=r"reference_arm='grpp' is not an arm of the study "
                                           r"\(did you mean 'grpo'\?\)"):
         load_study(bad)
