@@ -13,13 +13,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import shared_rewards  # noqa: F401  (registers test_parity, test_const)
 import torch
 
 import archer.trainer.update as update
 from archer.algos import compute_policy_loss
 from archer.config import AlgoConfig, TokenClassConfig
 from archer.models import build_tiny_model
-from archer.rewards import REWARDS, register_reward
 from archer.train_config import TrainConfig
 from archer.trainer import (
     PhaseTimer,
@@ -33,14 +33,6 @@ from archer.trainer import (
     update_policy,
 )
 from experiments.presets import load_preset
-
-if "test_parity" not in REWARDS:
-
-    @register_reward("test_parity")
-    def parity_reward(completions, **columns):
-        """1.0 when the sum of character codes is even (about half of random responses)."""
-        return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
-
 
 CLASSES = ("high_entropy", "low_entropy")
 

@@ -246,16 +246,11 @@ def test_archer_eval_engine_vllm_end_to_end(tiny_path, tmp_path, monkeypatch):
 @needs_vllm
 @pytest.mark.slow
 def test_two_training_steps_with_the_vllm_backend(tiny_path, tmp_path, monkeypatch):
-    from archer.rewards import REWARDS, register_reward
+    import shared_rewards  # noqa: F401  (registers test_parity)
+
     from archer.train_config import TrainConfig
     from archer.trainer import STEP_METRICS, fit
     from experiments.presets import load_preset
-
-    if "test_parity" not in REWARDS:
-
-        @register_reward("test_parity")
-        def parity_reward(completions, **columns):
-            return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the CPU default wants ~50% RAM
     algo = load_preset("archer").algo

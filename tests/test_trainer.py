@@ -11,11 +11,11 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+import shared_rewards  # noqa: F401  (registers test_parity, test_const)
 import torch
 
 from archer.config import AlgoConfig, ConfigError
 from archer.models import build_tiny_model
-from archer.rewards import REWARDS, register_reward
 from archer.train_config import TrainConfig
 from archer.trainer import (
     STEP_METRICS,
@@ -30,17 +30,6 @@ from archer.trainer import (
     train_step,
 )
 from experiments.presets import load_preset
-
-if "test_parity" not in REWARDS:
-
-    @register_reward("test_parity")
-    def parity_reward(completions, **columns):
-        """1.0 when the sum of character codes is even (about half of random responses)."""
-        return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
-
-    @register_reward("test_const")
-    def const_reward(completions, **columns):
-        return [1.0 for _ in completions]
 
 
 @pytest.fixture(scope="module")

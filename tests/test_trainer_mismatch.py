@@ -7,20 +7,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import shared_rewards  # noqa: F401  (registers test_parity, test_const)
 
 from archer.config import AlgoConfig
 from archer.models import build_tiny_model
-from archer.rewards import REWARDS, register_reward
 from archer.train_config import TrainConfig
 from archer.trainer import build_context, is_on_policy, setup_torch, train_step
 from experiments.presets import load_preset
-
-if "test_parity" not in REWARDS:  # the same reward as tests/test_trainer.py
-
-    @register_reward("test_parity")
-    def parity_reward(completions, **columns):
-        """1.0 when the sum of character codes is even (about half of random responses)."""
-        return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
 
 
 @pytest.fixture(scope="module")
