@@ -57,3 +57,19 @@ def cache_dir() -> Path:
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "archer"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as a page may print it: under the cache directory as ``$ARCHER_CACHE_DIR/...``,
+    under the home directory as ``~/...``, otherwise unchanged (a results page names no
+    machine's own directories).
+
+    >>> display_path(Path.home() / "models" / "m")
+    '~/models/m'
+    """
+    text = str(path)
+    for root, shown in ((cache_dir(), f"${CACHE_DIR_ENV}"), (Path.home(), "~")):
+        prefix = str(root).rstrip(os.sep) + os.sep
+        if text.startswith(prefix):
+            return f"{shown}/{text[len(prefix):]}"
+    return text

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,19 @@ def score_samples(samples_path: str | Path, *, data_dir: str | Path | None = Non
     return result
 
 
+NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+
+
+def numeric_answer_frac(answers: list[list[str | None]]) -> float:
+    """The share of samples whose extracted answer is one number and nothing else: the
+    well-formed answers of an arithmetic task ("Reply with only the final number"), right or
+    wrong. It tells learning the answer format apart from learning the arithmetic."""
+    flat = [a for row in answers for a in row]
+    if not flat:
+        return float("nan")
+    return sum(a is not None and NUMBER.fullmatch(a.strip()) is not None for a in flat) / len(flat)
+
+
 def build_result(contract: EvalContract, problems: Sequence[EvalProblem],
                  graded: list[list[dict]], *, model: str, engine: str) -> dict[str, Any]:
     """Metrics, breakdowns and the per-problem table from per-sample verdicts."""
@@ -126,6 +140,8 @@ def build_result(contract: EvalContract, problems: Sequence[EvalProblem],
     answers = [[r.get("answer") for r in row] for row in graded] if is_math else None
     n_min = min(len(r) for r in correct)
     metrics = M.summarize(correct, k_list=range(1, n_min + 1), answers=answers, seed=0)
+    if contract.grader == "gym":
+        metrics["numeric_answer_frac"] = numeric_answer_frac(answers)
     per_problem = []
     for p, row in zip(problems, graded):
         c = [r["correct"] for r in row]

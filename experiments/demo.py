@@ -248,37 +248,12 @@ def prepare_warm_start(out: Path, train: dict, log=print) -> tuple[Path, dict]:
 def evaluate_warm_start(trial, warm_dir: Path, out: Path, tracking_uri: str, seed: int):
     """The warm start evaluated under exactly the trials' evaluation contract (the same code
     as a trial's evaluation), logged as the leaderboard's "sft warm start" row. A rerun
-    reuses the samples and the MLflow run when the contract and store are the same."""
-    import json
+    reuses the samples and the MLflow run when the contract and store are the same
+    (:func:`experiments.start_eval.evaluate_start`)."""
+    from experiments.start_eval import evaluate_start
 
-    from evals.tracking import log_eval
-    from experiments.trial import evaluate
-
-    results = evaluate(warm_dir, trial.eval, out, train=trial.train)
-    record = out / "mlflow_run.json"
-    key = {"uri": tracking_uri, "contracts": [r["contract_hash"] for r in results]}
-    if record.is_file():
-        logged = json.loads(record.read_text())
-        if logged.get("key") == key and _run_exists(tracking_uri, logged.get("run_id")):
-            return results, logged["run_id"]
-    tags = {"archer.study": trial.tags["archer.study"], "archer.preset": WARM_LABEL,
-            "archer.seed": str(seed)}
-    run_id = log_eval(results, out, tracking_uri=tracking_uri, run_name="eval-warm-start",
-                      experiment=FULL_EXPERIMENT, tags=tags)
-    record.write_text(json.dumps({"key": key, "run_id": run_id}) + "\n")
-    return results, run_id
-
-
-def _run_exists(tracking_uri: str, run_id: str | None) -> bool:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    if not run_id:
-        return False
-    try:
-        return MlflowClient(tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
-    except MlflowException:
-        return False
+    return evaluate_start(trial, out, tracking_uri, model_dir=warm_dir, label=WARM_LABEL,
+                          experiment=FULL_EXPERIMENT, tags={"archer.seed": str(seed)})
 
 
 @dataclass(frozen=True)

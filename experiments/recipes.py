@@ -25,7 +25,8 @@ RECIPE_DIR = Path(__file__).resolve().parent / "conf" / "recipe"
 RECIPE_KEYS = ("overrides", "eval", "resources", "study", "warm_start")
 # the study (and sweep) file keys whose default a recipe may set (`study:`); a sweep takes
 # those of its own schema (it registers no model, so it ignores register_best)
-RECIPE_STUDY_KEYS = ("register_best", "max_concurrent", "max_retries", "system_metrics")
+RECIPE_STUDY_KEYS = ("register_best", "max_concurrent", "max_retries", "system_metrics",
+                     "eval_start")
 REQUIRED = "???"  # an override `key=???`: the run must give key
 REQUIRED_HINTS = {"model": "<hf dir or hub id>"}
 

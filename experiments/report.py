@@ -38,9 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from archer.paths import display_path
 from archer.tracking import reader as D
 from archer.validation import ConfigError, unknown_name
 from evals.statistics import hierarchical_bootstrap_ci, seed_paired_comparison
+from experiments.start_eval import START_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +158,44 @@ def read_trials(client, runs, trial_runs) -> tuple[list[Trial], str]:
                          & (runs["parent_run_id"] == run["run_id"])]
             for _, ev in evals.sort_values("start_time").iterrows():
                 table = D.per_problem_accuracy(client, ev["run_id"], bench) or table
+        summary = training_summary(client, run["run_id"])
+        summary["numeric_answer_frac"] = _numeric_frac(D.prefixed(run, "metrics"),
+                                                       f"eval/{bench}/")
         out.append(Trial(run_id=run["run_id"], arm=arm_name(tags, run["run_name"]),
                          seed=str(tags.get("archer.seed", run["run_id"])), metric=float(value),
-                         per_problem=table, summary=training_summary(client, run["run_id"])))
+                         per_problem=table, summary=summary))
     return out, metric
+
+
+def _numeric_frac(metrics: dict[str, Any], prefix: str) -> float:
+    """The run's share of well-formed (one-number) answers (evals.scoring), NaN if not logged."""
+    value = metrics.get(f"{prefix}numeric_answer_frac")
+    return float(value) if value is not None else np.nan
+
+
+def read_start(client, runs, parent, metric: str) -> dict[str, Any] | None:
+    """The study's ``eval_start`` evaluation (experiments.start_eval): the latest evaluation
+    run under the study run tagged ``archer.role=start``, with its value of ``metric``, its
+    problem table and its share of well-formed answers; None when the study has none."""
+    role = runs.get("tags.archer.role")
+    if role is None:
+        return None
+    sel = runs[(runs.get("tags.archer.kind") == "eval") & (role == "start")
+               & (runs["parent_run_id"] == parent["run_id"]) & (runs["status"] == "FINISHED")]
+    if sel.empty:
+        return None
+    run = sel.sort_values("start_time").iloc[-1]
+    m = _AVG_RE.match(metric)
+    if m is None:  # a study measured by its objective: the start has no such number
+        return None
+    metrics = D.prefixed(run, "metrics")
+    value = metrics.get(metric[len("eval/"):])
+    if value is None:
+        return None
+    model = display_path(D.prefixed(run, "tags").get("archer.model", ""))
+    return {"run_id": run["run_id"], "model": model,
+            "metric": float(value), "numeric_answer_frac": _numeric_frac(metrics, f"{m.group(1)}/"),
+            "per_problem": D.per_problem_accuracy(client, run["run_id"], m.group(1))}
 
 
 # ------------------------------------------------------------------------------------------
@@ -178,7 +214,8 @@ def arm_stats(name: str, trials: list[Trial], metric: str, n_boot: int) -> dict[
     ci = hierarchical_bootstrap_ci(_tables(trials), n_boot=n_boot, alpha=ALPHA, seed=0)
     summary = {k: float(np.nanmean([t.summary[k] for t in trials]))
                if any(np.isfinite(t.summary[k]) for t in trials) else None
-               for k in ("clipfrac_low", "clipfrac_high", "kl_ref_low", "high_token_fraction")}
+               for k in ("clipfrac_low", "clipfrac_high", "kl_ref_low", "high_token_fraction",
+                         "numeric_answer_frac")}
     return {"name": name, "seeds": sorted(t.seed for t in trials), "metric": metric,
             "mean": float(np.mean([t.metric for t in trials])),
             "ci95": [ci["ci_low"], ci["ci_high"]], "ci_method": ci["method"],
@@ -196,6 +233,34 @@ def paired_stats(arm: str, trials: list[Trial], ref: str, ref_trials: list[Trial
             "p": c["p_value"], "p_min": c["p_min"], "test": c["p_value_method"],
             "per_seed": c["per_seed"], "n_seeds": c["n_seeds"], "n_pairs": c["n_problems"],
             "unpaired_seeds": c["unpaired_seeds"], "significant": c["p_value"] < ALPHA}
+
+
+def start_stats(start: dict[str, Any], by_arm: dict[str, list[Trial]],
+                n_boot: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The starting model's row and every arm's gain over it, paired by problem; the start
+    was evaluated once, so each seed of an arm is paired with that one evaluation (the test
+    is over the arm's seeds)."""
+    table = start["per_problem"] or [start["metric"]]
+    ci = hierarchical_bootstrap_ci({"start": table}, n_boot=n_boot, alpha=ALPHA, seed=0)
+    row = {"name": START_LABEL, "model": start["model"], "run_id": start["run_id"],
+           "mean": start["metric"], "ci95": [ci["ci_low"], ci["ci_high"]],
+           "numeric_answer_frac": (start["numeric_answer_frac"]
+                                   if np.isfinite(start["numeric_answer_frac"]) else None)}
+    gains = []
+    for arm, trials in by_arm.items():
+        a = _tables(trials)
+        if start["per_problem"] is None or isinstance(next(iter(a.values())), list):
+            a = {t.seed: [t.metric] for t in trials}
+            b = {t.seed: [start["metric"]] for t in trials}
+        else:
+            b = {t.seed: start["per_problem"] for t in trials}
+        c = seed_paired_comparison(a, b, n_boot=n_boot, seed=0, alpha=ALPHA)
+        gains.append({"arm": arm, "vs": START_LABEL, "diff": c["diff"],
+                      "ci95": [c["ci_low"], c["ci_high"]], "p": c["p_value"],
+                      "p_min": c["p_min"], "test": c["p_value_method"],
+                      "per_seed": c["per_seed"], "n_seeds": c["n_seeds"],
+                      "significant": c["p_value"] < ALPHA})
+    return row, gains
 
 
 def pick_reference(arms: list[str], asked: str | None, declared: str | None) -> str:
@@ -254,6 +319,9 @@ def build_report(study: str, *, tracking_uri: str | None = None, reference: str 
            "arms": [arm_stats(a, by_arm[a], metric, n_boot) for a in arms],
            "paired": [paired_stats(a, by_arm[a], ref, by_arm[ref], n_boot)
                       for a in arms if a != ref]}
+    start = read_start(client, runs, parent, metric)
+    if start is not None:
+        doc["start"], doc["vs_start"] = start_stats(start, by_arm, n_boot)
     return doc, by_arm, client
 
 
@@ -285,6 +353,10 @@ def _num(x: float | None, digits: int = 4) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
+
+
 def to_markdown(doc: dict[str, Any], figures: dict[str, Path], out_dir: Path) -> str:
     m = doc["metric"]
     lines = [f"# Study `{doc['study']}`", "",
@@ -292,32 +364,80 @@ def to_markdown(doc: dict[str, Any], figures: dict[str, Path], out_dir: Path) ->
              f"study run `{doc['study_run_id']}`); do not edit by hand.", "",
              f"- commit: `{doc['commit']}`", f"- command: `{doc['command']}`",
              f"- metric: `{m}`; reference arm: `{doc['reference_arm']}`", "",
-             f"**{significance_sentence(doc)}**", "", "## Arms", "",
-             "| arm | seeds | mean % [95% CI] | per seed % | clipfrac low | clipfrac high | "
-             "KL(ref) low, final | high-entropy token fraction |", "|---|---|---|---|---|---|---|---|"]
-    for a in doc["arms"]:
-        per_seed = ", ".join(f"{s}: {100 * v:.1f}" for s, v in a["per_seed"].items())
-        lines.append(f"| {a['name']} | {len(a['seeds'])} | {100 * a['mean']:.1f} "
-                     f"[{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}] | {per_seed} | "
-                     f"{_num(a['clipfrac_low'])} | {_num(a['clipfrac_high'])} | "
-                     f"{_num(a['kl_ref_low'])} | {_num(a['high_token_fraction'])} |")
-    lines += ["", f"CI: {doc['arms'][0]['ci_method']} (95%, percentile).", ""]
+             f"**{significance_sentence(doc)}**", ""]
+    if doc.get("start"):
+        lines += [f"**{start_sentence(doc)}**", ""]
+    lines += arms_table(doc)
+    if doc.get("start"):
+        lines += start_table(doc)
     if doc["paired"]:
-        lines += [f"## Against {doc['reference_arm']}", "",
-                  "| arm | Δ (points) [95% CI] | p | smallest attainable p | Δ per seed "
-                  "(points) |", "|---|---|---|---|---|"]
-        for p in doc["paired"]:
-            per_seed = ", ".join(f"{s}: {_pts(d)}" for s, d in p["per_seed"].items())
-            lines.append(f"| {p['arm']} | {_pts(p['diff'])} [{_pts(p['ci95'][0])}, "
-                         f"{_pts(p['ci95'][1])}] | {p['p']:.3g} | {p['p_min']:.3g} | "
-                         f"{per_seed} |")
-        lines += ["", f"Test: {doc['paired'][0]['test']}; pairs are (seed, problem) both arms "
-                  "have; CI: hierarchical bootstrap (seeds, then problems).", ""]
+        lines += [f"## Against {doc['reference_arm']}", ""] + paired_table(doc["paired"])
     if figures:
         lines += ["## Figures", ""]
         for title, path in figures.items():
             lines += [f"![{title}]({path.relative_to(out_dir).as_posix()})", ""]
     return "\n".join(lines)
+
+
+def arms_table(doc: dict[str, Any]) -> list[str]:
+    """Every arm's metric over seeds and its training summaries (and, for a task with
+    numeric answers, its share of well-formed answers)."""
+    formed = any(a.get("numeric_answer_frac") is not None for a in doc["arms"])
+    head = ("| arm | seeds | mean % [95% CI] | per seed % | clipfrac low | clipfrac high | "
+            "KL(ref) low, final | high-entropy token fraction |"
+            + (" well-formed answers % |" if formed else ""))
+    lines = ["## Arms", "", head, "|---" * (8 + formed) + "|"]
+    for a in doc["arms"]:
+        per_seed = ", ".join(f"{s}: {100 * v:.1f}" for s, v in a["per_seed"].items())
+        lines.append(f"| {a['name']} | {len(a['seeds'])} | {100 * a['mean']:.1f} "
+                     f"[{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}] | {per_seed} | "
+                     f"{_num(a['clipfrac_low'])} | {_num(a['clipfrac_high'])} | "
+                     f"{_num(a['kl_ref_low'])} | {_num(a['high_token_fraction'])} |"
+                     + (f" {_pct(a.get('numeric_answer_frac'))} |" if formed else ""))
+    return lines + ["", f"CI: {doc['arms'][0]['ci_method']} (95%, percentile).", ""]
+
+
+def start_table(doc: dict[str, Any]) -> list[str]:
+    st = doc["start"]
+    return ["## Against the starting model", "",
+            f"The trials start from `{st['model']}`, evaluated once under the trials' "
+            f"evaluation: {100 * st['mean']:.1f}% [{100 * st['ci95'][0]:.1f}, "
+            f"{100 * st['ci95'][1]:.1f}] (CI over problems); well-formed answers "
+            f"{_pct(st['numeric_answer_frac'])}%.", ""] + paired_table(doc["vs_start"])
+
+
+def paired_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| arm | Δ (points) [95% CI] | p | smallest attainable p | Δ per seed (points) |",
+             "|---|---|---|---|---|"]
+    for p in rows:
+        per_seed = ", ".join(f"{s}: {_pts(d)}" for s, d in p["per_seed"].items())
+        lines.append(f"| {p['arm']} | {_pts(p['diff'])} [{_pts(p['ci95'][0])}, "
+                     f"{_pts(p['ci95'][1])}] | {p['p']:.3g} | {p['p_min']:.3g} | {per_seed} |")
+    return lines + ["", f"Test: {rows[0]['test']}; pairs are (seed, problem) both sides "
+                    "have; CI: hierarchical bootstrap (seeds, then problems).", ""]
+
+
+def start_sentence(doc: dict[str, Any]) -> str:
+    """Which arms beat the starting model, plainly."""
+    gains = doc["vs_start"]
+    sig = [g for g in gains if g["significant"]]
+    if not sig:
+        return ("No arm differs significantly from the starting model at the 5% level "
+                f"(smallest attainable p {min(g['p_min'] for g in gains):.3g}).")
+    up = [g for g in sig if g["diff"] > 0]
+    down = [g for g in sig if g["diff"] < 0]
+    parts = []
+    if up:
+        parts.append("better than the starting model at the 5% level: " + ", ".join(
+            f"{g['arm']} ({_pts(g['diff'])} points, p={g['p']:.3g})" for g in up))
+    if down:
+        parts.append("worse than the starting model: " + ", ".join(
+            f"{g['arm']} ({_pts(g['diff'])} points, p={g['p']:.3g})" for g in down))
+    rest = len(gains) - len(sig)
+    text = "; ".join(parts)
+    return (text[0].upper() + text[1:] + "."
+            + (f" {rest} arm{'s' if rest != 1 else ''} not significantly different." if rest
+               else ""))
 
 
 def write_report(study: str, out_dir: str | Path = "docs/results", *,

@@ -19,6 +19,10 @@ A study file states a grid of training runs in a few lines::
     warm_start: recipe                  # the recipe's shared warm start (the default), null
                                         # (none: a random model stays random) or settings
                                         # {steps, target, lr, batch_size, eval_every, seed}
+    eval_start: false                   # also evaluate the model the trials start from (the
+                                        # warm start or the given model) under the trials'
+                                        # evaluation, once, in the driver: `archer report`'s
+                                        # "start" row and each arm's gain over it
 
 Trials = variants x axes x seeds, numbered in that order. Every trial is composed with
 ``experiments.train_cli`` (the same composition as ``archer train``: recipe, then ``base``,
@@ -80,13 +84,14 @@ STUDY_KEYS = {
     "max_retries": int, "eval": (dict, bool, type(None)), "resources": dict,
     "experiment": (str, type(None)), "register_best": bool, "system_metrics": bool,
     "reference_arm": (str, type(None)),
-    "warm_start": (dict, bool, type(None), str),
+    "warm_start": (dict, bool, type(None), str), "eval_start": bool,
 }
 STUDY_DEFAULTS: dict[str, Any] = {
     "description": "", "recipe": "cpu", "base": [], "axes": {}, "variants": {}, "seeds": [0],
     "objective": {"metric": "val/accuracy", "direction": "maximize"}, "max_concurrent": 2,
     "max_retries": 2, "experiment": None, "register_best": True, "system_metrics": False,
     "eval": None, "resources": {}, "reference_arm": None, "warm_start": "recipe",
+    "eval_start": False,
 }
 # warm_start (experiments.warm_start): a mapping of settings, null = none (a random model
 # stays random), in a recipe; a study's "recipe" (the default) takes its recipe's
@@ -146,6 +151,7 @@ class StudySpec:
     # the arm `archer report` compares every other arm with (a preset or variant name)
     reference_arm: str | None = None
     warm_start: Any = None  # experiments.warm_start.WarmStartSettings, or None: no warm start
+    eval_start: bool = False  # evaluate the trials' starting model (experiments.start_eval)
 
     def size(self) -> int:
         n = max(1, len(self.variants))
@@ -448,7 +454,8 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
         eval=evaluation, resources=resources,
         experiment=data["experiment"] or f"study-{name}", register_best=data["register_best"],
         system_metrics=data["system_metrics"], raw=data, reference_arm=ref,
-        warm_start=WarmStartSettings.from_spec(warm, warm_where))
+        warm_start=WarmStartSettings.from_spec(warm, warm_where),
+        eval_start=bool(data["eval_start"]) and evaluation is not None)
     if spec.size() == 0:
         raise ConfigError(f"{where}: the grid is empty (no trials)")
     return spec

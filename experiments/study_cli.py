@@ -14,7 +14,8 @@ stay pending, and the same command resumes them.
 A study whose recipe (or study file) has a ``warm_start`` starts every trial from that one
 shared warm start (:mod:`experiments.warm_start`, built before any trial and logged on the
 study's MLflow run: tag ``warm_start/hash``, metric ``warm_start/heldout_accuracy``);
-``warm_start=null`` trains the model as given. At launch the mechanism lint
+``warm_start=null`` trains the model as given. With ``eval_start: true`` the starting model
+is evaluated once under the trials' evaluation, before the trials (:mod:`experiments.start_eval`). At launch the mechanism lint
 (:mod:`experiments.mechanism_lint`) warns about an axis that cannot act under the trials'
 settings. ``archer ablate STUDY --dry-run`` prints the trials, the warm start and a cost
 estimate (:mod:`experiments.study_plan`) without starting anything.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from archer.cli_settings import Setting, add_settings
 from archer.validation import did_you_mean
+from evals.summary import summary_line
 from experiments import warm_start as ws
 from experiments.mechanism_lint import lint_trials, lint_warm_start, print_warnings
 from experiments.scheduler import (
@@ -104,6 +106,8 @@ def run_study(name: str, overrides: list[str] | None = None, *, root: str | Path
                       stream=stream)
     for i, w in enumerate(warm):
         sched.tracker.log_warm_start(w.hash, w.heldout_accuracy, str(w.model_dir), i)
+    if spec.eval_start:
+        evaluate_study_start(spec, trials, sched)
     sched.state.current = [t.hash for t in trials]
     state = sched.run(StudySource(trials, spec.objective["metric"]))
     for t in state.shown():
@@ -122,6 +126,25 @@ def run_study(name: str, overrides: list[str] | None = None, *, root: str | Path
             state.registered = f"archer-{spec.name}/{version}"
     sched.save()
     return state
+
+
+def evaluate_study_start(spec, trials, sched) -> None:
+    """``eval_start``: the model the trials start from, evaluated once under their evaluation
+    and logged under the study's run (:mod:`experiments.start_eval`); cached in the study's
+    directory, so a resumed study does not measure it again."""
+    from experiments.start_eval import evaluate_start
+
+    models = {str(t.train["model"]) for t in trials}
+    if len(models) > 1:
+        print(f"study {spec.name}: eval_start skipped: the trials start from {len(models)} "
+              "different models", file=sys.stderr)
+        return
+    print(f"study {spec.name}: evaluating the starting model {models.pop()}", file=sys.stderr)
+    results, _ = evaluate_start(trials[0], sched.dir / "start_eval", sched.tracker.uri,
+                                parent_run_id=sched.state.parent_run_id,
+                                experiment=spec.experiment)
+    for res in results:
+        print(f"study {spec.name}: start: {summary_line(res)}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------

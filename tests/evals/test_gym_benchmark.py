@@ -86,3 +86,14 @@ def test_scoring_uses_the_gyms_checker_with_full_credit(tmp_path):
     reasons = res["per_problem"][0]["reasons"]
     assert reasons == ["correct", "wrong", "no_answer"]
     assert res["per_problem"][0]["gold"] == problems[0].gold["answer"]
+    # well-formed answers (one number, right or wrong): 2 of 3 in problems 0-5, 1 of 3 after
+    assert m["numeric_answer_frac"] == pytest.approx((6 * 2 + 6 * 1) / 36)
+
+
+@pytest.mark.parametrize("answer,numeric", [
+    ("7", True), ("-12", True), ("+3", True), (" 4.50 ", True), ("7 apples", False),
+    ("3+4", False), ("", False), (None, False), ("1,000", False)])
+def test_a_numeric_answer_is_one_number_and_nothing_else(answer, numeric):
+    from evals.scoring import numeric_answer_frac
+
+    assert numeric_answer_frac([[answer]]) == float(numeric)
