@@ -159,7 +159,7 @@ def test_archer_train_lints_its_config_at_start(monkeypatch, tmp_path, capsys):
 def test_a_sweep_is_linted_at_its_parameters_ends(tmp_path):
     from experiments.study_cli import lint_sweep
 
-    on_policy = ["ppo_epochs=1", "mini_batch_prompts=8"]  # one pass over each rollout
+    on_policy = ["ppo_epochs=1", "mini_batch_prompts=16"]  # one pass over each rollout
     found = rules_of(lint_sweep("archer_clip_kl", on_policy, tmp_path))
     assert "clip_never_binds" in found  # algo.high.clip_high over one pass
     assert "random_model" in found  # a sweep trains the recipe's model as given

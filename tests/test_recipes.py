@@ -139,8 +139,8 @@ def test_eval_settings_are_the_recipes_checked_eval_spec():
     assert eval_settings("archer_math_1gpu") == {
         "benchmarks": ["math500", "amc23", "aime2024"], "max_new_tokens": 3072,
         "engine": "vllm", "dtype": "bfloat16", "gpu_memory_utilization": 0.45}
-    assert eval_settings("cpu") == {"benchmarks": ["gym"], "k": 4, "max_new_tokens": 8,
-                                    "temperature": 0.8, "batch_size": 64}
+    assert eval_settings("cpu") == {"benchmarks": ["gym"], "k": 4, "max_new_tokens": 5,
+                                    "temperature": 1.0, "batch_size": 64}
     assert eval_settings("archer_math_1p5b")["engine"] == "vllm"
 
 

@@ -123,7 +123,23 @@ def test_report_of_a_real_study(real_study, tmp_path, capsys):
     assert paired["ci95"][0] <= paired["diff"] <= paired["ci95"][1]
     # two seeds: the sign-flip test over seeds cannot go below 0.5, so nothing is significant
     assert paired["p"] >= 0.5 and not paired["significant"]
+    # the starting model (the recipe's eval_start), evaluated once under the trials' contract
+    (start_run,) = client.search_runs(
+        [client.get_run(rids[0]).info.experiment_id],
+        f"tags.`archer.role` = 'start' and tags.`mlflow.parentRunId` = '{doc['study_run_id']}'")
+    start = start_run.data.metrics["gsm8k/avg_at_1"]
+    assert doc["start"]["mean"] == pytest.approx(start, abs=1e-12)
+    assert doc["start"]["ci95"][0] <= start <= doc["start"]["ci95"][1]
+    assert start_run.data.tags["archer.preset"] == "start"
+    gains = {g["arm"]: g for g in doc["vs_start"]}
+    assert sorted(gains) == sorted(ARMS)
+    for name, g in gains.items():  # same problems: a seed's gain is its mean minus the start's
+        want = {s: arms[name]["per_seed"][s] - start for s in ("0", "1")}
+        assert g["per_seed"] == pytest.approx(want, abs=1e-12) and g["vs"] == "start"
+        assert g["p"] >= 0.5 and not g["significant"]  # two seeds
     md = (out / "rep.md").read_text()
+    assert "## Against the starting model" in md
+    assert "No arm differs significantly from the starting model" in md
     assert "No difference from archer is significant at the 5% level" in md
     assert "cannot reach p < 0.05" in md or paired["p_min"] == 1.0
     for stem in ("reward", "heldout_accuracy", "entropy", "clipfrac", "kl"):

@@ -59,14 +59,14 @@ def test_dry_run_lists_trials_warm_start_and_cost(cache, tmp_path, capsys):
     for value in ("0.0", "0.001", "0.005"):
         for seed in (0, 1):
             assert f"algo.low.kl_weight={value} seed={seed}" in out
-    assert "every trial: model=tiny data=gym_arith" in out
+    assert "every trial: model=tiny data=gym_chain_sum3" in out
     spec = load_study("ablate_kl")
     trial = expand_trials(spec, [], root)[0]
     digest = ws.warm_start_hash(ws.warm_start_key(trial.train, spec.warm_start))
     assert f"warm start: {digest[:16]} at {cache / digest[:16] / 'model'} (absent: will be " \
-           "built (600 SFT steps at most))" in out
+           "built (800 SFT steps at most))" in out
     assert "CPU-hours" in out and "GPU-hours" not in out and "assumptions:" in out
-    assert "s per training step at 8 prompts x 8 samples x 8 new tokens" in out
+    assert "s per training step at 16 prompts x 8 samples x 5 new tokens" in out
     assert "WARNING" not in out  # the KL axis acts (sync mode, the split is used)
     assert not root.exists()  # nothing written: no study state, no trial directories
     assert not cache.exists()
@@ -93,7 +93,7 @@ def test_dry_run_warns_about_axes_that_cannot_act(cache, tmp_path):
 
     root = tmp_path / "studies"
     # one on-policy pass per rollout (one mini-batch, one epoch): the clips never bind
-    out = dry_run("ablate_clip", ["study.seeds=[0]", "ppo_epochs=1", "mini_batch_prompts=8"],
+    out = dry_run("ablate_clip", ["study.seeds=[0]", "ppo_epochs=1", "mini_batch_prompts=16"],
                   root)
     assert "[clip_never_binds]" in out and "ratio is exactly 1" in out
     out = dry_run("ablate_clip", ["study.seeds=[0]"], root)  # the cpu recipe: 4 x 3 passes

@@ -23,8 +23,9 @@ def test_shipped_studies_load_with_their_grids():
                              "ablate_update_mode", "baselines"]
     sizes = {name: load_study(name).size() for name in study_names()}
     # 7 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
-    assert sizes == {"baselines": 21, "ablate_entropy_quantile": 18, "ablate_clip": 15,
-                     "ablate_kl": 9, "ablate_update_mode": 12}
+    # x 8 seeds for baselines, 6 for each ablation
+    assert sizes == {"baselines": 56, "ablate_entropy_quantile": 36, "ablate_clip": 30,
+                     "ablate_kl": 18, "ablate_update_mode": 24}
     spec = load_study("baselines", ["seeds=[0]", "max_concurrent=3"])
     assert spec.seeds == (0,) and spec.max_concurrent == 3 and spec.size() == 7
     assert spec.axes["algo"] == ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti",
@@ -169,16 +170,16 @@ def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
 @pytest.mark.parametrize("overrides, named", [
     (["eval.k=3"], "study baselines: cannot set 'study.eval.k': the study file sets no "
                    "study.eval mapping (its trials use recipe cpu's evaluation, {benchmarks:"
-                   "[gym],k:4,max_new_tokens:8,temperature:0.8,batch_size:64}); give the whole "
-                   "mapping, e.g. 'study.eval={benchmarks:[gym],k:3,max_new_tokens:8,"
-                   "temperature:0.8,batch_size:64}' (keys of study.eval: ['batch_size', "
+                   "[gym],k:4,max_new_tokens:5,temperature:1.0,batch_size:64}); give the whole "
+                   "mapping, e.g. 'study.eval={benchmarks:[gym],k:3,max_new_tokens:5,"
+                   "temperature:1.0,batch_size:64}' (keys of study.eval: ['batch_size', "
                    "'benchmarks', 'dtype', 'engine', 'gpu_memory_utilization', 'k', "),
     (["eval.kk=3"], "study baselines: unknown key 'study.eval.kk' (did you mean "
                     "'study.eval.k'?); keys of study.eval: ['batch_size', 'benchmarks', 'dtype', "
                     "'engine', 'gpu_memory_utilization', 'k', "),
     (["resources.num_gpu=1"], "unknown key 'study.resources.num_gpu' (did you mean "
                               "'study.resources.num_gpus'?)"),
-    (["seeds.x=1"], "cannot set 'study.seeds.x': study.seeds is [0,1,2], which has no keys; set "
+    (["seeds.x=1"], "cannot set 'study.seeds.x': study.seeds is [0,1,2,3,4,5,6,7], which has no keys; set "
                     "it whole: 'study.seeds=...'"),
     (["axes.distributed.backend=[gloo]"], "cannot set 'study.axes.distributed.backend': "
                                           "study.axes has no key 'distributed.backend' (keys "
