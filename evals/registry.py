@@ -322,11 +322,14 @@ def make_contract(
     data_dir: str | Path | None = None,
     data_file: str | Path | None = None,
     data_config: dict | None = None,
+    gym_answer: str = "strict",
     **overrides: Any,
 ) -> EvalContract:
     """The benchmark's paper contract (docs/method.md, section 5), with ``overrides`` applied and
     recorded. ``tokenizer`` fixes the chat template part (its template's hash, or "plain").
-    ``data_config`` (``gym`` only) names the reasoning-gym task and split."""
+    ``data_config`` (``gym`` only) names the reasoning-gym task and split; ``gym_answer``
+    (``gym`` only) how an answer is read (``archer.data.datasets.GYM_ANSWERS``: ``strict``, or
+    ``last_number`` as the ``reasoning_gym_last_number`` reward reads it)."""
     b = BENCHMARKS.get(bench) if isinstance(bench, str) else bench
     gym_config: dict[str, Any] = {}
     if b.source == GYM_SOURCE:
@@ -356,6 +359,13 @@ def make_contract(
                          "fallbacks": list(b.math_fallbacks)}
     elif b.kind == "gym":
         grader_config = {"credit": "full"}  # correct only when the gym scores 1.0
+        if gym_answer != "strict":  # (the strict default stays out: older contracts' hashes)
+            from archer.data.datasets import GYM_ANSWERS
+
+            if gym_answer not in GYM_ANSWERS:
+                raise ValueError(f"gym_answer={gym_answer!r}; choose one of "
+                                 f"{sorted(GYM_ANSWERS)}")
+            grader_config["answer"] = gym_answer
     base = EvalContract(
         benchmark=b.name,
         data_file=data_name,

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evals import metrics as M
 from evals.contracts import EvalContract, check_comparable
 from evals.registry import BENCHMARKS, EvalProblem, problems_for
@@ -64,15 +66,17 @@ def grade_texts(contract: EvalContract, problems: Sequence[EvalProblem],
                     answer = v.extracted
             out.append({"correct": int(v.correct), "reason": v.reason, "answer": answer})
     elif contract.grader == "gym":
-        from archer.data.datasets import extract_answer, gym_reward
+        from archer.data.datasets import GYM_ANSWERS, extract_answer, gym_reward
 
-        scores = gym_reward(flat_t, [problems[i].gold["entry"] for i in owners])
+        how = contract.grader_config.get("answer", "strict")
+        scores = gym_reward(flat_t, [problems[i].gold["entry"] for i in owners], answer=how)
         for text, score in zip(flat_t, scores):
-            answer = extract_answer(text)
+            answer = GYM_ANSWERS[how](text)
             correct = score == 1.0  # full credit only, as the trainer's val/accuracy
             reason = "correct" if correct else ("no_answer" if answer is None else "wrong")
             out.append({"correct": int(correct), "reason": reason, "answer": answer,
-                        "score": float(score)})
+                        "score": float(score), "well_formed": is_one_number(
+                            extract_answer(text))})
     else:
         from archer.rewards.code import CodeGrader, to_problem
         from archer.rewards.sandbox import SandboxConfig
@@ -122,14 +126,18 @@ def score_samples(samples_path: str | Path, *, data_dir: str | Path | None = Non
 NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 
 
+def is_one_number(answer: str | None) -> bool:
+    """Whether an extracted answer is one number and nothing else: a well-formed answer to an
+    arithmetic task ("Reply with only the final number"), right or wrong. Their share
+    (``numeric_answer_frac``) tells learning the answer format apart from learning the
+    arithmetic."""
+    return answer is not None and NUMBER.fullmatch(answer.strip()) is not None
+
+
 def numeric_answer_frac(answers: list[list[str | None]]) -> float:
-    """The share of samples whose extracted answer is one number and nothing else: the
-    well-formed answers of an arithmetic task ("Reply with only the final number"), right or
-    wrong. It tells learning the answer format apart from learning the arithmetic."""
+    """The share of answers that are one number (:func:`is_one_number`); NaN for none."""
     flat = [a for row in answers for a in row]
-    if not flat:
-        return float("nan")
-    return sum(a is not None and NUMBER.fullmatch(a.strip()) is not None for a in flat) / len(flat)
+    return sum(map(is_one_number, flat)) / len(flat) if flat else float("nan")
 
 
 def build_result(contract: EvalContract, problems: Sequence[EvalProblem],
@@ -141,7 +149,8 @@ def build_result(contract: EvalContract, problems: Sequence[EvalProblem],
     n_min = min(len(r) for r in correct)
     metrics = M.summarize(correct, k_list=range(1, n_min + 1), answers=answers, seed=0)
     if contract.grader == "gym":
-        metrics["numeric_answer_frac"] = numeric_answer_frac(answers)
+        metrics["numeric_answer_frac"] = float(np.mean(
+            [r["well_formed"] for row in graded for r in row])) if n_min else float("nan")
     per_problem = []
     for p, row in zip(problems, graded):
         c = [r["correct"] for r in row]

@@ -89,6 +89,11 @@ def gym_eval_data(train: dict[str, Any]) -> dict[str, Any]:
                                                                      or {})}
 
 
+def gym_answer(train: dict[str, Any]) -> str:
+    """How benchmark gym reads answers for a trial: as its training reward reads them."""
+    return "last_number" if train.get("reward") == "reasoning_gym_last_number" else "strict"
+
+
 def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
              train: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Evaluate the trial's final policy with the evaluation harness (``evals/``): per
@@ -119,7 +124,8 @@ def evaluate(export_dir: Path, spec: dict[str, Any], out_dir: Path,
             if BENCHMARKS.get(name).source == GYM_SOURCE:
                 if train is None:
                     raise ValueError("benchmark gym needs the trial's training config")
-                extra = {"data_config": gym_eval_data(train), "template": train.get("template")}
+                extra = {"data_config": gym_eval_data(train), "template": train.get("template"),
+                         "gym_answer": gym_answer(train)}
             try:
                 contract = make_contract(name, tokenizer=tokenizer, **overrides, **extra)
             except (ValueError, FileNotFoundError) as err:  # the spec (or its data) is wrong: not

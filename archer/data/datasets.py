@@ -568,26 +568,64 @@ def _gym_scorer(source_dataset: str) -> Callable[[str | None, dict], float]:
     return reasoning_gym.get_score_answer_fn(source_dataset)
 
 
+NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+
+
+def extract_last_number(completion: str) -> str | None:
+    """The answer for a numeric task read leniently: :func:`extract_answer`'s when it is one
+    number, else the last number in the text (after any ``</think>``), else None. A small
+    instruct model writes "The answer is 6." more often than "6" or "Answer: 6".
+
+    >>> extract_last_number("The final answer to the problem is -4.")
+    '-4'
+    >>> extract_last_number("Answer: 12")
+    '12'
+    """
+    strict = extract_answer(completion)
+    if strict is not None and NUMBER.fullmatch(strict.strip()):
+        return strict.strip()
+    numbers = NUMBER.findall(completion.rsplit("</think>", 1)[-1])
+    return numbers[-1] if numbers else None
+
+
+# how a reasoning-gym reward reads the answer out of a response (evals' gym grader too)
+GYM_ANSWERS: dict[str, Callable[[str], str | None]] = {
+    "strict": extract_answer, "last_number": extract_last_number}
+
+
 @register_reward("reasoning_gym")
-def gym_reward(completions: list[str], entry: list[dict] | dict, **columns: Any) -> list[float]:
+def gym_reward(completions: list[str], entry: list[dict] | dict, *, answer: str = "strict",
+               **columns: Any) -> list[float]:
     """reasoning-gym's own checker on the extracted answer (a float in [0, 1] per sample).
 
     ``entry`` is the column of gym entries aligned with ``completions`` (a single dict is
-    used for every completion).
+    used for every completion); ``answer`` names the extraction (:data:`GYM_ANSWERS`).
 
     >>> e = load_reasoning_gym("chain_sum", 1, seed=1)[0]["entry"]  # doctest: +SKIP
     >>> gym_reward([f"Answer: {e['answer']}", "Answer: nope"], [e, e])  # doctest: +SKIP
     [1.0, 0.0]
     """
+    if answer not in GYM_ANSWERS:
+        raise ValueError(f"unknown answer extraction {answer!r}; choose one of "
+                         f"{sorted(GYM_ANSWERS)}")
+    extract = GYM_ANSWERS[answer]
     entries = [entry] * len(completions) if isinstance(entry, dict) else list(entry)
     if len(entries) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(entries)} entries")
     scores = []
     for text, e in zip(completions, entries):
-        answer = extract_answer(text)
-        if answer is None:
+        found = extract(text)
+        if found is None:
             scores.append(0.0)
             continue
         scorer = _gym_scorer(e["metadata"]["source_dataset"])
-        scores.append(float(scorer(answer, e)))
+        scores.append(float(scorer(found, e)))
     return scores
+
+
+@register_reward("reasoning_gym_last_number")
+def gym_reward_last_number(completions: list[str], entry: list[dict] | dict,
+                           **columns: Any) -> list[float]:
+    """:func:`gym_reward` with the lenient extraction (:func:`extract_last_number`): for
+    numeric tasks asked of a model that answers in a sentence."""
+    return gym_reward(completions, entry, answer="last_number")

@@ -30,6 +30,7 @@ BUILTIN_REWARD_MODULES = {
     "math": "archer.rewards.math",
     "code": "archer.rewards.code",
     "reasoning_gym": "archer.data.datasets",
+    "reasoning_gym_last_number": "archer.data.datasets",
 }
 
 

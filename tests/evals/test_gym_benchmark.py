@@ -97,3 +97,30 @@ def test_a_numeric_answer_is_one_number_and_nothing_else(answer, numeric):
     from evals.scoring import numeric_answer_frac
 
     assert numeric_answer_frac([[answer]]) == float(numeric)
+
+
+def test_the_lenient_answer_reads_the_last_number_and_the_contract_records_it(tmp_path):
+    from archer.data.datasets import extract_last_number, gym_reward
+
+    assert extract_last_number("The answer to the problem 3 + 4 is 7.") == "7"
+    assert extract_last_number("Answer: -2") == "-2"
+    assert extract_last_number("<think>1 2 3</think> no digits") is None
+    e = problems_for(make_contract("gym", data_config=DATA, k=1))[0].gold["entry"]
+    said = f"The final answer is {e['answer']}."
+    assert gym_reward([said], e)[0] < 1.0  # strict: the whole sentence is the answer
+    assert gym_reward([said], e, answer="last_number") == [1.0]
+    strict, lenient = (make_contract("gym", data_config=DATA, k=1, gym_answer=a)
+                       for a in ("strict", "last_number"))
+    assert "answer" not in strict.grader_config  # older contracts keep their hash
+    assert lenient.grader_config["answer"] == "last_number" and lenient.hash != strict.hash
+    with pytest.raises(ValueError, match="gym_answer='first'; choose one of"):
+        make_contract("gym", data_config=DATA, gym_answer="first")
+    # scored under the lenient contract: correct, but not well-formed (a sentence)
+    rows = [{"type": "header", "contract": lenient.to_dict(), "contract_hash": lenient.hash,
+             "model": "hand", "batch_size": 8}]
+    rows += [{"type": "sample", "problem_id": p.problem_id, "problem_index": i,
+              "sample_index": 0, "text": f"It is {p.gold['answer']}.", "truncated": False,
+              "n_tokens": 1} for i, p in enumerate(problems_for(lenient))]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = score_samples(tmp_path / "samples.jsonl", workers=1)["metrics"]
+    assert m["avg_at_1"] == 1.0 and m["numeric_answer_frac"] == 0.0
