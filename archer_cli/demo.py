@@ -89,6 +89,9 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
     paths = build_site(uri, dashboard_dir, experiments=[FULL_EXPERIMENT])
     print("[6/6] leaderboard (delta: paired against the warm start on the same problems)\n")
     print(board.to_markdown())
+    print("\nthe mechanisms, per arm (means over the training steps; KL to the reference "
+          "model, last step):\n")
+    print(mechanism_table(FULL_STUDY, uri))
     print(f"dashboard: {Path(paths['index']).resolve()}")
     print(f"serve it:  archer dashboard serve out_dir={dashboard_dir}   (then open "
           "http://127.0.0.1:8765)")
@@ -96,3 +99,38 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
         print(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
     print(f"total {time.perf_counter() - study.started:.0f} s")
     return 0
+
+
+def mechanism_table(study: str, uri: str) -> str:
+    """Per arm of the finished ``study``: how often each token class's clip bound bound
+    (lower + upper), the KL to the reference on each class, and the share of high-entropy
+    tokens, as ``archer report`` reads them from MLflow (:mod:`experiments.report`)."""
+    from experiments.report import build_report
+
+    doc, by_arm, client = build_report(study, tracking_uri=uri, n_boot=200)
+    rows = ["| arm | clipfrac low-entropy % | clipfrac high-entropy % | KL(ref) low | "
+            "KL(ref) high | high-entropy tokens % |", "|---|---|---|---|---|---|"]
+    for arm in doc["arms"]:
+        kl_high = [_last(client, t.run_id, "actor/kl_high_entropy") for t in by_arm[arm["name"]]]
+        rows.append(f"| {arm['name']} | {_pct(arm['clipfrac_low'])} | "
+                    f"{_pct(arm['clipfrac_high'])} | {_num(arm['kl_ref_low'])} | "
+                    f"{_num(_mean(kl_high))} | {_pct(arm['high_token_fraction'])} |")
+    return "\n".join(rows)
+
+
+def _last(client, run_id: str, key: str) -> float | None:
+    history = client.get_metric_history(run_id, key)
+    return max(history, key=lambda m: m.step).value if history else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"

@@ -69,7 +69,8 @@ def grade_texts(contract: EvalContract, problems: Sequence[EvalProblem],
         from archer.data.datasets import GYM_ANSWERS, extract_answer, gym_reward
 
         how = contract.grader_config.get("answer", "strict")
-        scores = gym_reward(flat_t, [problems[i].gold["entry"] for i in owners], answer=how)
+        scores = gym_reward(flat_t, [problems[i].gold["entry"] for i in owners],
+                            extraction=how)
         for text, score in zip(flat_t, scores):
             answer = GYM_ANSWERS[how](text)
             correct = score == 1.0  # full credit only, as the trainer's val/accuracy

@@ -88,10 +88,17 @@ def test_full_demo_runs_the_study_and_prints_the_leaderboard(tmp_path, monkeypat
                  f"tracking.uri={uri}", f"dashboard.out_dir={tmp_path / 'dash'}",
                  *toy]) == 0
     out = capsys.readouterr().out
-    table = out.split("[6/6]")[1]
+    table, mechanisms = out.split("[6/6]")[1].split("the mechanisms, per arm")
     rows = [line.split("|")[1].strip() for line in table.splitlines()
             if line.startswith("|") and not line.startswith("|-")]
     assert sorted(rows[1:]) == ["archer", "dapo", "grpo", "sft warm start"], table
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in mechanisms.splitlines()
+             if line.startswith("|") and not line.startswith(("|-", "| arm"))}
+    assert sorted(cells) == ["archer", "dapo", "grpo"], mechanisms
+    for arm, values in cells.items():  # clip fractions, KL on both classes (the monitor)
+        assert len(values) == 5 and all(v != "-" for v in values), (arm, values)
+        assert all(float(v) >= 0 for v in values)
     assert (tmp_path / "dash" / "index.html").is_file()
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(demo.FULL_EXPERIMENT)

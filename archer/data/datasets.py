@@ -594,21 +594,22 @@ GYM_ANSWERS: dict[str, Callable[[str], str | None]] = {
 
 
 @register_reward("reasoning_gym")
-def gym_reward(completions: list[str], entry: list[dict] | dict, *, answer: str = "strict",
-               **columns: Any) -> list[float]:
+def gym_reward(completions: list[str], entry: list[dict] | dict, *,
+               extraction: str = "strict", **columns: Any) -> list[float]:
     """reasoning-gym's own checker on the extracted answer (a float in [0, 1] per sample).
 
     ``entry`` is the column of gym entries aligned with ``completions`` (a single dict is
-    used for every completion); ``answer`` names the extraction (:data:`GYM_ANSWERS`).
+    used for every completion); ``extraction`` names how the answer is read
+    (:data:`GYM_ANSWERS`). The other columns (the record's ``answer``...) are not used.
 
     >>> e = load_reasoning_gym("chain_sum", 1, seed=1)[0]["entry"]  # doctest: +SKIP
     >>> gym_reward([f"Answer: {e['answer']}", "Answer: nope"], [e, e])  # doctest: +SKIP
     [1.0, 0.0]
     """
-    if answer not in GYM_ANSWERS:
-        raise ValueError(f"unknown answer extraction {answer!r}; choose one of "
+    if extraction not in GYM_ANSWERS:
+        raise ValueError(f"unknown answer extraction {extraction!r}; choose one of "
                          f"{sorted(GYM_ANSWERS)}")
-    extract = GYM_ANSWERS[answer]
+    extract = GYM_ANSWERS[extraction]
     entries = [entry] * len(completions) if isinstance(entry, dict) else list(entry)
     if len(entries) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(entries)} entries")
@@ -628,4 +629,4 @@ def gym_reward_last_number(completions: list[str], entry: list[dict] | dict,
                            **columns: Any) -> list[float]:
     """:func:`gym_reward` with the lenient extraction (:func:`extract_last_number`): for
     numeric tasks asked of a model that answers in a sentence."""
-    return gym_reward(completions, entry, answer="last_number")
+    return gym_reward(completions, entry, extraction="last_number")

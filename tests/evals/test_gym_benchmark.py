@@ -100,7 +100,7 @@ def test_a_numeric_answer_is_one_number_and_nothing_else(answer, numeric):
 
 
 def test_the_lenient_answer_reads_the_last_number_and_the_contract_records_it(tmp_path):
-    from archer.data.datasets import extract_last_number, gym_reward
+    from archer.data.datasets import extract_last_number, gym_reward, gym_reward_last_number
 
     assert extract_last_number("The answer to the problem 3 + 4 is 7.") == "7"
     assert extract_last_number("Answer: -2") == "-2"
@@ -108,7 +108,9 @@ def test_the_lenient_answer_reads_the_last_number_and_the_contract_records_it(tm
     e = problems_for(make_contract("gym", data_config=DATA, k=1))[0].gold["entry"]
     said = f"The final answer is {e['answer']}."
     assert gym_reward([said], e)[0] < 1.0  # strict: the whole sentence is the answer
-    assert gym_reward([said], e, answer="last_number") == [1.0]
+    assert gym_reward([said], e, extraction="last_number") == [1.0]
+    # as the trainer calls a reward: every record column, the reference `answer` among them
+    assert gym_reward_last_number([said], [e], answer=[e["answer"]], index=[0]) == [1.0]
     strict, lenient = (make_contract("gym", data_config=DATA, k=1, gym_answer=a)
                        for a in ("strict", "last_number"))
     assert "answer" not in strict.grader_config  # older contracts keep their hash
