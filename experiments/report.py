@@ -457,7 +457,40 @@ def write_report(study: str, out_dir: str | Path = "docs/results", *,
     md.write_text(to_markdown(doc, figs, out))
     js = out / f"{study}.json"
     js.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
-    return {"md": md, "json": js} | figs
+    index = write_index(out)
+    return {"md": md, "json": js, "index": index} | figs
+
+
+INDEX_HEAD = """# Results
+
+Every page here is written by `archer report <study>` from the study's MLflow runs (never by
+hand); each names the commit its study ran at and the command that reproduces it. This index
+is rewritten by the same command from the pages' JSON files.
+
+| study | commit | arms x seeds | what the tests show |
+|---|---|---|---|
+"""
+
+
+def write_index(out: Path) -> Path:
+    """``<out>/index.md``: one row per ``<study>.json`` in ``out`` (its headline sentences)."""
+    rows = []
+    for path in sorted(out.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict) or not {"study", "arms", "paired"} <= set(doc):
+            continue
+        seeds = max((len(a["seeds"]) for a in doc["arms"]), default=0)
+        headline = significance_sentence(doc)
+        if doc.get("start"):
+            headline += " " + start_sentence(doc)
+        rows.append(f"| [{doc['study']}]({doc['study']}.md) | `{str(doc['commit'])[:10]}` | "
+                    f"{len(doc['arms'])} x {seeds} | {headline} |")
+    index = out / "index.md"
+    index.write_text(INDEX_HEAD + "\n".join(rows) + "\n")
+    return index
 
 
 def _json_default(x: Any) -> Any:

@@ -138,6 +138,8 @@ def test_report_of_a_real_study(real_study, tmp_path, capsys):
         assert g["per_seed"] == pytest.approx(want, abs=1e-12) and g["vs"] == "start"
         assert g["p"] >= 0.5 and not g["significant"]  # two seeds
     md = (out / "rep.md").read_text()
+    index = (out / "index.md").read_text()  # rewritten from every page's JSON
+    assert "| [rep](rep.md) | `" in index and "2 x 2" in index
     assert "## Against the starting model" in md
     assert "No arm differs significantly from the starting model" in md
     assert "No difference from archer is significant at the 5% level" in md
