@@ -436,16 +436,6 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
         raise ConfigError(f"{where}: reference_arm={ref!r} is not an arm of the study"
                           f"{did_you_mean(ref, arm_names)}; arms: {arm_names}")
 
-    from experiments.warm_start import WarmStartSettings
-
-    warm = data["warm_start"]
-    if warm == "recipe":
-        warm, warm_where = recipe.get("warm_start"), f"recipe {data['recipe']}: warm_start"
-    elif isinstance(warm, str):
-        raise ConfigError(f"{where}: warm_start={warm!r}; give a mapping of warm-start "
-                          "settings, null (none) or 'recipe' (the recipe's)")
-    else:
-        warm_where = f"{where}: warm_start"
     spec = StudySpec(
         name=name, description=data["description"], recipe=data["recipe"],
         recipe_overrides=tuple(recipe.get("overrides") or ()), base=tuple(data["base"]),
@@ -454,11 +444,25 @@ def load_study(name: str | Path, overrides: list[str] | None = None) -> StudySpe
         eval=evaluation, resources=resources,
         experiment=data["experiment"] or f"study-{name}", register_best=data["register_best"],
         system_metrics=data["system_metrics"], raw=data, reference_arm=ref,
-        warm_start=WarmStartSettings.from_spec(warm, warm_where),
+        warm_start=warm_start_settings(where, data["warm_start"], data["recipe"], recipe),
         eval_start=bool(data["eval_start"]) and evaluation is not None)
     if spec.size() == 0:
         raise ConfigError(f"{where}: the grid is empty (no trials)")
     return spec
+
+
+def warm_start_settings(where: str, warm: Any, recipe_name: str, recipe: dict[str, Any]):
+    """A study or sweep file's ``warm_start`` (``recipe``: its recipe's; null: none; or a
+    mapping of settings) as :class:`experiments.warm_start.WarmStartSettings` or None."""
+    from experiments.warm_start import WarmStartSettings
+
+    if warm == "recipe":
+        return WarmStartSettings.from_spec(recipe.get("warm_start"),
+                                           f"recipe {recipe_name}: warm_start")
+    if isinstance(warm, str):
+        raise ConfigError(f"{where}: warm_start={warm!r}; give a mapping of warm-start "
+                          "settings, null (none) or 'recipe' (the recipe's)")
+    return WarmStartSettings.from_spec(warm, f"{where}: warm_start")
 
 
 def _check_presets(where: str, axes: dict[str, list], variants: dict[str, list[str]],

@@ -283,6 +283,9 @@ def lint_sweep(space: str, overrides: list[str] | None = None,
                             + trial_ovs, study_dir=Path(root) / spec.name,
                             evaluation=spec.eval, resources=spec.resources, tags={}).train
               for point in points]
+    if spec.warm_start is not None:  # every trial starts from the (planned) warm start
+        warm = ws.locate(trains[0], spec.warm_start)
+        trains = [t | {"model": str(warm.model_dir)} for t in trains]
     return lint_trials(trains)
 
 

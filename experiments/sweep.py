@@ -45,6 +45,7 @@ from experiments.study import (
     resolve_trial,
     split_overrides,
     study_path,
+    warm_start_settings,
 )
 
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
@@ -54,13 +55,14 @@ SWEEP_KEYS = {
     "sampler": str, "pruner": (dict, type(None)), "seed": int, "max_concurrent": int,
     "max_retries": int, "storage": (str, type(None)), "eval": (dict, bool, type(None)),
     "resources": dict, "experiment": (str, type(None)), "system_metrics": bool,
+    "warm_start": (dict, bool, type(None), str),
 }
 SWEEP_DEFAULTS: dict[str, Any] = {
     "description": "", "recipe": "cpu", "base": [], "enqueue_presets": [], "enqueue": [],
     "objective": {"metric": "val/accuracy", "direction": "maximize"},
     "compute_objective": False, "sampler": "tpe", "pruner": None, "seed": 0,
     "max_concurrent": 2, "max_retries": 1, "storage": None, "eval": None, "resources": {},
-    "experiment": None, "system_metrics": False,
+    "experiment": None, "system_metrics": False, "warm_start": "recipe",
 }
 OWNER, HEARTBEAT, INVOCATION = "archer.owner", "archer.heartbeat", "archer.invocation"
 HEARTBEAT_S = 30.0  # how often a driver refreshes the heartbeat of its running trials
@@ -92,6 +94,7 @@ class SweepSpec:
     resources: dict[str, Any]
     experiment: str
     system_metrics: bool
+    warm_start: Any = None  # experiments.warm_start.WarmStartSettings, or None: none
 
 
 def load_sweep(name: str | Path, overrides: list[str] | None = None,
@@ -161,7 +164,8 @@ def load_sweep(name: str | Path, overrides: list[str] | None = None,
         eval=None if data["eval"] is False else check_eval(
             where, data["eval"] if data["eval"] is not None else recipe.get("eval")),
         resources=resources,
-        experiment=data["experiment"] or f"sweep-{name}", system_metrics=data["system_metrics"])
+        experiment=data["experiment"] or f"sweep-{name}", system_metrics=data["system_metrics"],
+        warm_start=warm_start_settings(where, data["warm_start"], data["recipe"], recipe))
 
 
 def _check_param(where: str, key: str, spec: Any) -> dict[str, Any]:
@@ -584,6 +588,26 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# what a warm start depends on (experiments.warm_start.warm_start_key): a sweep may not vary it
+WARM_START_INPUTS = ("model", "data", "val_size", "reward", "template", "max_new_tokens")
+
+
+def sweep_warm_start(spec: SweepSpec, probe):
+    """The sweep's shared warm start (built once, or reused), from its first trial's
+    config; None without one. A parameter the warm start depends on is refused: its trials
+    would need different warm starts."""
+    if spec.warm_start is None:
+        return None
+    from experiments.warm_start import prepare_warm_start
+
+    varied = [k for k in spec.params
+              if k.split(".")[0] in WARM_START_INPUTS or k in WARM_START_INPUTS]
+    if varied:
+        raise ConfigError(f"sweep {spec.name}: {varied} change what the warm start is built "
+                          f"from ({list(WARM_START_INPUTS)}); set warm_start=null or fix them")
+    return prepare_warm_start(probe.train, spec.warm_start)
+
+
 def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
               root: str | Path = DEFAULT_ROOT, storage: str | None = None,
               tracking_uri: str | None = None, ray_address: str | None = None,
@@ -607,8 +631,12 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
     probe_ovs = (list(spec.recipe_overrides) + list(spec.base)
                  + [f"{k}={_format_value(v)}" for k, v in probe.items()] + trial_ovs)
     check_required(spec.raw["recipe"], probe_ovs)
-    resolve_trial(0, "probe", probe_ovs, study_dir=study_dir, evaluation=spec.eval, resources=spec.resources, tags={})
+    probe_trial = resolve_trial(0, "probe", probe_ovs, study_dir=study_dir,
+                                evaluation=spec.eval, resources=spec.resources, tags={})
     check_eval_data(f"sweep {spec.name}", spec.eval, ray_address)
+    warm = sweep_warm_start(spec, probe_trial)
+    if warm is not None:  # every trial starts from it: the model given last wins
+        trial_ovs = trial_ovs + [f"model={warm.model_dir}"]
     if spec.storage.startswith("sqlite:///"):
         Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     directions = [spec.objective["direction"]] + (["minimize"] if spec.compute_objective else [])
@@ -632,6 +660,8 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
                       study_params=params, observer=observer,
                       study_config=yaml.safe_dump({"sweep": spec.raw,
                                                    "trial_overrides": trial_ovs}))
+    if warm is not None:
+        sched.tracker.log_warm_start(warm.hash, warm.heldout_accuracy, str(warm.model_dir))
     source.start(sched)
     sched.state.current = [h for h in source.hashes if h in sched.state.trials]
     state = sched.run(source)

@@ -162,7 +162,9 @@ def test_a_sweep_is_linted_at_its_parameters_ends(tmp_path):
     on_policy = ["ppo_epochs=1", "mini_batch_prompts=16"]  # one pass over each rollout
     found = rules_of(lint_sweep("archer_clip_kl", on_policy, tmp_path))
     assert "clip_never_binds" in found  # algo.high.clip_high over one pass
-    assert "random_model" in found  # a sweep trains the recipe's model as given
+    assert "random_model" not in found  # the recipe's shared warm start
+    found = rules_of(lint_sweep("archer_clip_kl", on_policy + ["warm_start=null"], tmp_path))
+    assert "random_model" in found  # the random tiny model as given
     model = build_tiny_model(tmp_path / "model", hidden=16, layers=1, heads=2)
     found = rules_of(lint_sweep("archer_clip_kl", [f"model={model}"], tmp_path))  # 4 x 3
     assert "clip_never_binds" not in found and "random_model" not in found

@@ -270,7 +270,7 @@ def test_sigkilled_sweep_rerun_resumes_its_running_trial_and_keeps_the_budget(
     storage = f"sqlite:///{tmp_path}/optuna.db"
     root = tmp_path / "s"
     steps = 30  # long enough for the poll below to catch trial 1 mid-run
-    overrides = ["sweep.sampler=random", "sweep.eval=false", "sweep.pruner=null",
+    overrides = ["sweep.sampler=random", "sweep.eval=false", "sweep.pruner=null", "warm_start=null",
                  "sweep.max_concurrent=1", *tiny_overrides(tiny_model, steps=steps)]
     cmd = [sys.executable, "-m", "archer_cli", "sweep", "archer_clip_kl", *overrides,
            "n_trials=3", f"out_dir={root}", f"optuna.storage={storage}", f"tracking.uri={uri}",
@@ -357,7 +357,7 @@ def test_optuna_sweep_of_three_trials_recorded_in_optuna_and_mlflow(
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = f"sqlite:///{tmp_path}/optuna.db"
     state, study = run_sweep(
-        "archer_clip_kl", 3, ["sweep.sampler=random", "sweep.eval=false",
+        "archer_clip_kl", 3, ["sweep.sampler=random", "sweep.eval=false", "warm_start=null",
                               "sweep.pruner.min_steps=1", *tiny_overrides(tiny_model)],
         root=tmp_path / "s", storage=storage, tracking_uri=uri, ray_address=ray_address,
         progress=False)

@@ -20,12 +20,14 @@ from experiments.sweep import load_sweep
 
 def test_shipped_studies_load_with_their_grids():
     assert study_names() == ["ablate_clip", "ablate_entropy_quantile", "ablate_kl",
-                             "ablate_update_mode", "baselines"]
+                             "ablate_update_mode", "baselines", "baselines_smollm2"]
     sizes = {name: load_study(name).size() for name in study_names()}
     # 7 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
-    # x 8 seeds for baselines, 6 for each ablation
+    # x 8 seeds for baselines, 6 for each ablation; 3 methods x 3 seeds on SmolLM2
     assert sizes == {"baselines": 56, "ablate_entropy_quantile": 36, "ablate_clip": 30,
-                     "ablate_kl": 18, "ablate_update_mode": 24}
+                     "ablate_kl": 18, "ablate_update_mode": 24, "baselines_smollm2": 9}
+    smol = load_study("baselines_smollm2")
+    assert smol.warm_start is None and smol.eval_start and smol.reference_arm == "grpo"
     spec = load_study("baselines", ["seeds=[0]", "max_concurrent=3"])
     assert spec.seeds == (0,) and spec.max_concurrent == 3 and spec.size() == 7
     assert spec.axes["algo"] == ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti",
@@ -404,3 +406,18 @@ def test_a_sweep_param_on_an_old_key_is_refused_with_its_new_name():
         load_sweep("archer_clip_kl", ["+params={trainer.lr:{type:float,low:0.1,high:0.2}}"])
     spec = load_sweep("archer_clip_kl", ["+params={lr:{type:float,low:0.1,high:0.2}}"])
     assert spec.params["lr"] == {"type": "float", "low": 0.1, "high": 0.2}
+
+
+def test_a_sweep_starts_from_the_recipes_warm_start_and_may_not_vary_its_inputs():
+    from dataclasses import replace
+
+    from experiments.sweep import sweep_warm_start
+
+    spec = load_sweep("archer_clip_kl")
+    assert spec.warm_start is not None  # the cpu recipe's
+    assert load_sweep("archer_clip_kl", ["warm_start=null"]).warm_start is None
+    for key in ("data.size", "max_new_tokens", "model"):
+        bad = replace(spec, params={key: {"type": "categorical", "choices": [1, 2]}})
+        with pytest.raises(ConfigError, match=rf"\['{key}'\] change what the warm start"):
+            sweep_warm_start(bad, probe=None)
+    assert sweep_warm_start(replace(spec, warm_start=None), probe=None) is None
