@@ -52,7 +52,9 @@ def demo_train_config(model: str, algo, out_dir: Path, steps: int, seed: int, **
 
     base = dict(
         model=model, algo=algo, reward="reasoning_gym",
-        data=DataConfig(task=TASK, size=DATA_SIZE, seed=seed, task_config=dict(TASK_CONFIG)),
+        # the problems and their held-out split do not depend on the seed (the warm start is
+        # shared by every seed); the seed changes the sampling and the RL run
+        data=DataConfig(task=TASK, size=DATA_SIZE, seed=0, task_config=dict(TASK_CONFIG)),
         template="none", prompts_per_step=32, group_size=8, max_new_tokens=MAX_NEW_TOKENS,
         ppo_epochs=3, mini_batch_prompts=16, micro_batch_size=256, lr=RL_LR,
         warmup_steps=0, total_steps=steps, seed=seed, val_every=steps, val_size=VAL_SIZE,
@@ -61,22 +63,6 @@ def demo_train_config(model: str, algo, out_dir: Path, steps: int, seed: int, **
     )
     base.update(overrides)
     return TrainConfig(**base)
-
-
-def supervised_warmup(cfg, out_dir: Path, max_seconds: float | None = None,
-                      target_accuracy: float | None = None, steps: int | None = None):
-    """Teacher-force ``prompt -> answer`` on the training split (``archer.sft``) for at most
-    ``steps`` steps / ``max_seconds``, stopping at ``target_accuracy`` held-out accuracy."""
-    from archer.sft import SFTConfig, supervised_finetune
-
-    sft = SFTConfig(
-        model=cfg.model, data=cfg.data, reward=cfg.reward, template=cfg.template,
-        out_dir=str(out_dir / "warmup_sft"),  # the target: cfg.data.answer_format
-        steps=steps or SFT_STEPS, max_seconds=max_seconds or SFT_MAX_SECONDS,
-        target_accuracy=target_accuracy or SFT_TARGET, eval_every=25,
-        batch_size=128, lr=3e-3, weight_decay=0.0, val_size=cfg.val_size,
-        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, num_threads=cfg.num_threads)
-    return supervised_finetune(sft, log=print)
 
 
 def heldout_accuracy(cfg, per_problem: dict[str, list[float]] | None = None
@@ -146,7 +132,6 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
              algo: str = "archer", tracking_uri: str | None = None) -> int:
     """The quickstart (``archer demo --quick``): one RL run of the method preset ``algo``
     between two held-out measurements of its warm start."""
-    from archer.models import build_tiny_model
     from archer.trainer import fit
     from experiments.presets import load_preset
     from experiments.tracking import MlflowLogger, resolve_tracking_uri
@@ -157,12 +142,14 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, seed: int = 0
     start = time.perf_counter()
     torch.manual_seed(seed)
     preset, algo = algo, load_preset(algo).algo
-    print(f"[1/5] tiny char-level Llama -> {out / 'tiny_model'}")
-    tiny = build_tiny_model(out / "tiny_model", hidden=128, layers=2, heads=4, seed=seed)
-    print(f"[2/5] supervised warm-up on reasoning-gym {TASK} {TASK_CONFIG}")
-    warm = supervised_warmup(demo_train_config(str(tiny), algo, out / "warmup", steps, seed),
-                             out)
-    cfg = demo_train_config(str(warm.model_dir), algo, out / preset, steps, seed)
+    print(f"[1/5] tiny char-level Llama (hidden 128, seed {demo_warm_start_settings().seed})")
+    print(f"[2/5] the shared supervised warm start on reasoning-gym {TASK} {TASK_CONFIG} "
+          "(the same for every seed; cached)")
+    probe = demo_train_config("tiny", algo, out / "warmup", steps, seed)
+    warm_dir, info = prepare_warm_start(Path(out_dir) / "warm_start", probe.to_dict())
+    print(f"      warm start {info['hash'][:16]}: {info['sft_steps']} SFT steps, held-out "
+          f"greedy accuracy {info['sft_accuracy']:.3f}")
+    cfg = demo_train_config(str(warm_dir), algo, out / preset, steps, seed)
     print(f"[3/5] held-out accuracy of the warm start ({VAL_SIZE} problems)")
     before_pp: dict[str, list[float]] = {}
     before = heldout_accuracy(cfg, before_pp)

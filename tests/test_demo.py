@@ -4,6 +4,7 @@ RL logged to a local MLflow store, held-out accuracy before and after."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from mlflow import MlflowClient
@@ -16,12 +17,14 @@ from archer_cli.main import main
 def test_demo_runs_end_to_end_and_leaves_an_mlflow_run(tmp_path, monkeypatch, capsys):
     for name, value in {"SFT_STEPS": 6, "DATA_SIZE": 120, "VAL_SIZE": 8}.items():
         monkeypatch.setattr(demo, name, value)
+    monkeypatch.setenv("ARCHER_CACHE_DIR", str(tmp_path / "cache"))  # the shared warm start
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["demo", "--quick", f"out_dir={tmp_path / 'demo'}", "steps=2",
                  "seed=3", f"tracking.uri={uri}"]) == 0
     out = capsys.readouterr().out
+    warm = re.search(r"warm start ([0-9a-f]{16}):", out).group(1)
     for row in ("greedy", "avg@4", "pass@4"):
-        assert row in out.split("warm start")[1], out
+        assert row in out.split("[5/5]")[1], out
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("archer-demo")
     (run,) = client.search_runs([exp.experiment_id])
@@ -42,6 +45,13 @@ def test_demo_runs_end_to_end_and_leaves_an_mlflow_run(tmp_path, monkeypatch, ca
     assert before == pytest.approx(sum(held["before"]["greedy"]) / 8, abs=5e-4)
     assert after == pytest.approx(sum(held["after"]["greedy"]) / 8, abs=5e-4)
     assert "paired over the held-out problems" in out and "(8 problem pairs)" in out
+    # another seed starts from the same warm start (reused, not rebuilt) and problems
+    assert main(["demo", "--quick", f"out_dir={tmp_path / 'demo'}", "steps=1",
+                 "seed=4", f"tracking.uri={uri}"]) == 0
+    again = capsys.readouterr().out
+    assert f"reusing the warm start {warm}" in again and f"warm start {warm}:" in again
+    held4 = json.loads((tmp_path / "demo" / "seed4" / "heldout.json").read_text())
+    assert held4["before"]["greedy"] == held["before"]["greedy"]  # same model, same problems
 
 
 def test_pooled_report_pairs_every_seed_problem(tmp_path, capsys):
