@@ -148,6 +148,7 @@ class RolloutPipeline:
         ctx = self.ctx
         done = ctx.state.step - 1
         if ctx.dist.is_main:
+            Path(ctx.cfg.out_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(ctx.cfg.out_dir) / PROMPT_LOG, "a") as f:
                 f.write(json.dumps({"step": done, "rounds": self.rounds}) + "\n")
         self.rounds = []
