@@ -20,11 +20,12 @@ from experiments.sweep import load_sweep
 
 def test_shipped_studies_load_with_their_grids():
     assert study_names() == ["ablate_clip", "ablate_entropy_quantile", "ablate_kl",
-                             "ablate_update_mode", "baselines"]
+                             "ablate_staleness", "ablate_update_mode", "baselines"]
     sizes = {name: load_study(name).size() for name in study_names()}
-    # 7 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
-    assert sizes == {"baselines": 21, "ablate_entropy_quantile": 18, "ablate_clip": 15,
-                     "ablate_kl": 9, "ablate_update_mode": 12}
+    # 7 methods x 5 seeds; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes;
+    # 3 staleness levels x 2 methods
+    assert sizes == {"baselines": 35, "ablate_entropy_quantile": 18, "ablate_clip": 15,
+                     "ablate_kl": 9, "ablate_update_mode": 12, "ablate_staleness": 18}
     spec = load_study("baselines", ["seeds=[0]", "max_concurrent=3"])
     assert spec.seeds == (0,) and spec.max_concurrent == 3 and spec.size() == 7
     assert spec.axes["algo"] == ["grpo", "dapo", "dr_grpo", "high_entropy_only", "ar_lopti",
