@@ -184,6 +184,8 @@ def test_sigterm_and_resume_skip_no_prompt_and_repeat_none(tiny_path, tmp_path, 
     with pytest.raises(TrainingInterrupted):
         fit(cfg, TermAt(cfg.out_dir), progress=False)
     assert [row["step"] for row in read_prompt_log(cfg.out_dir)] == [0, 1]
+    with pytest.raises(ValueError, match="resume it with max_staleness >= 1"):
+        fit(replace(cfg, max_staleness=0), progress=False)  # its prompts would be skipped
     resumed = fit(cfg, progress=False)
     assert [m["rollout/staleness_max"] for m in resumed.metrics] == [0.0, 1.0]  # re-queued
     log = read_prompt_log(cfg.out_dir)

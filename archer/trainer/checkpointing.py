@@ -170,6 +170,10 @@ def resume(ctx: TrainContext) -> bool:
         if failed:
             log.warning("resumed from %s; unreadable newer checkpoint(s): %s", path.name,
                         "; ".join(failed))
+        if state.get("pending_prompts") and not cfg.max_staleness:
+            raise ValueError(f"{path} holds {len(state['pending_prompts'])} prompt batches "
+                             "drawn ahead by asynchronous rollouts; resume it with "
+                             "max_staleness >= 1, or they would be skipped")
         ctx.sampler.load_state_dict(state["sampler"])
         ctx.state = TrainState(step=state["step"], run_id=state["run_id"],
                                updates_skipped=state["updates_skipped"],
