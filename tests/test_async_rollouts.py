@@ -13,6 +13,7 @@ import shared_rewards  # noqa: F401  (registers test_parity)
 import torch
 
 import archer.trainer.pipeline as pipeline_mod
+from archer.checkpoint import list_checkpoints, read_state
 from archer.config import AlgoConfig, ConfigError
 from archer.models import build_tiny_model
 from archer.tracking import JsonlLogger
@@ -129,6 +130,8 @@ def test_staleness_is_bounded_and_prompts_follow_the_data_order(tiny_path, tmp_p
     assert [row["rounds"][0]["version"] for row in log] == [max(s - k, 0) for s in range(STEPS)]
     assert sampled_prompts(tmp_path) == expected_order(cfg, STEPS * PROMPTS)  # no skip, no dup
     assert all(m["rollout/worker_restarts"] == 0.0 for m in result.metrics)
+    final = read_state(list_checkpoints(cfg.out_dir)[-1])
+    assert final["pending_prompts"] == []  # nothing was generated past the last step
 
 
 def test_refill_rounds_run_in_process_at_the_current_policy(tiny_path, tmp_path, local_ray):
@@ -162,6 +165,17 @@ def test_dead_worker_is_restarted_and_the_run_is_unchanged(tiny_path, tmp_path, 
     for (name, pa), (_, pb) in zip(clean.model.named_parameters(),
                                    crashed.model.named_parameters()):
         assert torch.equal(pa, pb), name
+
+
+@pytest.mark.slow
+def test_a_finished_run_extended_on_resume_draws_the_same_prompts(tiny_path, tmp_path,
+                                                                   local_ray):
+    whole = make_cfg(tiny_path, tmp_path / "whole", max_staleness=2)
+    fit(whole, progress=False)
+    short = make_cfg(tiny_path, tmp_path / "extended", max_staleness=2, total_steps=2)
+    fit(short, progress=False)
+    fit(replace(short, total_steps=STEPS), progress=False)
+    assert sampled_prompts(short.out_dir) == sampled_prompts(whole.out_dir)
 
 
 class TermAt(JsonlLogger):

@@ -82,14 +82,15 @@ class RolloutPipeline:
 
     def start(self, pending: list[list] | None) -> None:
         """Spawn the worker, publish the current policy, and submit the steps up to ``k``
-        ahead: a checkpoint's ``pending`` prompts first (in order), then new ones."""
+        ahead (up to the last step): a checkpoint's ``pending`` prompts first (in order), then
+        new ones."""
         ctx = self.ctx
         self.worker = spawn_worker(ctx.cfg)
         self.publisher.publish(ctx.state.step, ctx.model)
         for step, indices in pending or []:
             self.submit(int(step), [int(i) for i in indices])
         nxt = max([ctx.state.step - 1, *self.requests]) + 1
-        while nxt <= ctx.state.step + self.k:
+        while nxt <= min(ctx.state.step + self.k, ctx.cfg.total_steps - 1):
             self.submit(nxt, ctx.sampler.next(ctx.cfg.prompts_per_step))
             nxt += 1
 
@@ -144,7 +145,7 @@ class RolloutPipeline:
 
     def after_step(self) -> None:
         """The step is done: log its rounds, publish the new policy, forget what is trained
-        and submit the step ``k`` ahead."""
+        and submit the step ``k`` ahead (when the run has it)."""
         ctx = self.ctx
         done = ctx.state.step - 1
         if ctx.dist.is_main:
@@ -156,7 +157,9 @@ class RolloutPipeline:
         self.publisher.publish(ctx.state.step, ctx.model)
         self.publisher.release_before(min([ctx.state.step] +
                                           [r.version for r in self.requests.values()]))
-        self.submit(ctx.state.step + self.k, ctx.sampler.next(ctx.cfg.prompts_per_step))
+        ahead = ctx.state.step + self.k
+        if ahead < ctx.cfg.total_steps:  # nothing is generated past the last step
+            self.submit(ahead, ctx.sampler.next(ctx.cfg.prompts_per_step))
 
     def state_dict(self) -> list[list]:
         """The in-flight steps' prompts, ``[[step, indices], ...]`` in order (their batches
