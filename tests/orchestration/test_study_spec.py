@@ -179,7 +179,7 @@ def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
                     "'engine', 'gpu_memory_utilization', 'k', "),
     (["resources.num_gpu=1"], "unknown key 'study.resources.num_gpu' (did you mean "
                               "'study.resources.num_gpus'?)"),
-    (["seeds.x=1"], "cannot set 'study.seeds.x': study.seeds is [0,1,2], which has no keys; set "
+    (["seeds.x=1"], "cannot set 'study.seeds.x': study.seeds is [0,1,2,3,4], which has no keys; set "
                     "it whole: 'study.seeds=...'"),
     (["axes.distributed.backend=[gloo]"], "cannot set 'study.axes.distributed.backend': "
                                           "study.axes has no key 'distributed.backend' (keys "
