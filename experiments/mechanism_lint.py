@@ -27,6 +27,9 @@ Rules (:data:`RULES`):
   does not select by entropy (sync, or async split by probability): the split changes nothing.
 - ``async_unused``: ``algo.async_*`` varied while no trial uses ``update_mode=async``.
 - ``overlong_unused``: ``algo.overlong_penalty_factor`` varied with ``overlong_buffer_len=0``.
+- ``staleness_compounds``: a trial with asynchronous rollouts (``max_staleness >= 1``) and
+  ``update_mode=async``: its second pass trains on a policy one pass ahead of an already
+  stale batch, so the two compound the staleness (the trainer warns at run time too).
 - ``random_model``: a trial trains a randomly initialised model (``model=tiny``) without a warm
   start: its held-out accuracy is 0, every reward 0 and every group's advantage 0.
 - ``no_reward_signal`` (:func:`lint_warm_start`, once the warm start exists): its held-out
@@ -147,6 +150,16 @@ def overlong_unused(flats: list[dict], varied: set[str]) -> str | None:
             "algo.overlong_buffer_len=0: the overlong penalty is off")
 
 
+def staleness_compounds(flats: list[dict], varied: set[str]) -> str | None:
+    hit = sorted({f.get("max_staleness", 0) for f in flats
+                  if f.get("max_staleness", 0) >= 1 and f["algo.update_mode"] == "async"})
+    if not hit:
+        return None
+    return (f"max_staleness={', '.join(map(str, hit))} with algo.update_mode=async: the second "
+            "pass trains on a policy one pass ahead of an already stale batch, so the two "
+            "compound the staleness")
+
+
 def random_model(flats: list[dict], varied: set[str]) -> str | None:
     random = sorted({str(f["model"]) for f in flats if str(f["model"]) in RANDOM_MODELS})
     if not random:
@@ -161,7 +174,7 @@ RULES: dict[str, Callable[[list[dict], set[str]], str | None]] = {
     "clip_never_binds": clip_never_binds, "masked_class": masked_class,
     "no_high_tokens": no_high_tokens, "split_unused": split_unused,
     "async_unused": async_unused, "overlong_unused": overlong_unused,
-    "random_model": random_model,
+    "staleness_compounds": staleness_compounds, "random_model": random_model,
 }
 
 

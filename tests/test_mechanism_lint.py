@@ -118,6 +118,14 @@ def test_async_and_overlong_settings_unused():
     assert "overlong_unused" not in rules(trains)
 
 
+def test_staleness_with_the_async_update_mode_compounds():
+    trains = [run(max_staleness=k, algo={"update_mode": "async"}) for k in (0, 2)]
+    text = next(w for w in lint_trials(trains) if w.startswith("[staleness_compounds]"))
+    assert "max_staleness=2 with algo.update_mode=async" in text
+    assert "staleness_compounds" not in rules([run(max_staleness=2)])  # sync update
+    assert "staleness_compounds" not in rules([run(algo={"update_mode": "async"})])  # k = 0
+
+
 def test_random_model_and_warm_start_without_signal():
     text = next(w for w in lint_trials([run(model="tiny")]) if w.startswith("[random_model]"))
     assert "model=tiny" in text and "every reward is 0" in text

@@ -62,7 +62,8 @@ def mismatch_metrics(sampler_logprobs: torch.Tensor, trainer_logprobs: torch.Ten
         out = {"rollout/mismatch_kl": 0.0, "rollout/mismatch_kl_k1": 0.0,
                "rollout/mismatch_abs_max": 0.0}
         if tis_cap is not None:
-            out |= {"rollout/tis_weight_mean": 1.0, "rollout/tis_capped_frac": 0.0}
+            out |= {"rollout/tis_weight_mean": 1.0, "rollout/tis_weight_max": 1.0,
+                    "rollout/tis_capped_frac": 0.0}
         return out
     # kl_k3(logprobs, ref) estimates KL(policy || ref) on policy samples: policy = sampler.
     out = {"rollout/mismatch_kl": kl_k3(lp_s, lp_t).mean().item(),
@@ -72,5 +73,6 @@ def mismatch_metrics(sampler_logprobs: torch.Tensor, trainer_logprobs: torch.Ten
         w = truncated_is_weights(lp_t, lp_s, tis_cap)
         ratio = torch.exp((lp_t - lp_s).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
         out["rollout/tis_weight_mean"] = w.mean().item()
+        out["rollout/tis_weight_max"] = w.max().item()
         out["rollout/tis_capped_frac"] = (ratio > tis_cap).float().mean().item()
     return out

@@ -22,6 +22,10 @@ The package, one concern per module:
 - :mod:`.validation`: held-out reward, accuracy and pass@k;
 - :mod:`.checkpointing`: save, resume, a failed step's checkpoint, the policy export;
 - :mod:`.stopping`: stopping on request or by a signal;
+- :mod:`.pipeline`: asynchronous rollouts (``max_staleness >= 1``): batches requested k steps
+  ahead within the staleness bound, weights published per step, prompts kept across a
+  checkpoint; :mod:`.rollout_actor`: the Ray rollout worker that generates them (never
+  imported when ``max_staleness=0``);
 - :mod:`.step`: :func:`train_step`; :mod:`.loop`: :func:`fit`.
 
 Monkeypatch a function in the module that calls it (e.g. ``archer.trainer.update.is_on_policy``,

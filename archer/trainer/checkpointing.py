@@ -62,6 +62,8 @@ def save(ctx: TrainContext, metrics: dict[str, float] | None = None) -> Path:
              "updates_skipped": ctx.state.updates_skipped,
              "steps_skipped": ctx.state.steps_skipped, "metrics": dict(metrics or {}),
              "config": ctx.cfg.to_dict()}
+    if ctx.pipeline is not None:  # the in-flight batches' prompts, re-queued on resume
+        state["pending_prompts"] = ctx.pipeline.state_dict()
     dist = ctx.dist
     if not dist.enabled:
         return save_checkpoint(ctx.cfg.out_dir, ctx.state.step, ctx.model, ctx.optimizer, state,
@@ -89,7 +91,7 @@ RESUME_MAY_CHANGE = (
     "deterministic", "micro_batch_size", "entropy_chunk_size", "prompt_cache", "ref_dtype",
     "gradient_checkpointing", "length_bucketing", "rollout_batch_size", "rollout_backend",
     "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode", "vllm_max_model_len",
-    "vllm_tensor_parallel_size", "vllm_enforce_eager", "distributed.backend",
+    "vllm_tensor_parallel_size", "vllm_enforce_eager", "max_staleness", "distributed.backend",
     "distributed.timeout_s", "distributed.reshard_after_forward",
     "distributed.mixed_precision",
     "data.answer_format",  # how SFT writes a reference answer; RL never reads it
@@ -168,11 +170,16 @@ def resume(ctx: TrainContext) -> bool:
         if failed:
             log.warning("resumed from %s; unreadable newer checkpoint(s): %s", path.name,
                         "; ".join(failed))
+        if state.get("pending_prompts") and not cfg.max_staleness:
+            raise ValueError(f"{path} holds {len(state['pending_prompts'])} prompt batches "
+                             "drawn ahead by asynchronous rollouts; resume it with "
+                             "max_staleness >= 1, or they would be skipped")
         ctx.sampler.load_state_dict(state["sampler"])
         ctx.state = TrainState(step=state["step"], run_id=state["run_id"],
                                updates_skipped=state["updates_skipped"],
                                steps_skipped=state["steps_skipped"],
-                               last_metrics=state.get("metrics", {}))
+                               last_metrics=state.get("metrics", {}),
+                               pending_prompts=state.get("pending_prompts"))
         sync_rollout_weights(ctx)  # a separate engine still holds the initial weights
         return True
     if failed:

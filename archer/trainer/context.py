@@ -36,6 +36,8 @@ class TrainState:
     last_metrics: dict[str, float] = field(default_factory=dict)  # metrics of the saved step
     updating: bool = False  # the step under way is in its update
     changed: bool = False  # ... and has stepped the optimizer (the parameters moved)
+    pending_prompts: list | None = None  # max_staleness >= 1: the checkpoint's in-flight
+    #   prompts, [[step, indices], ...], submitted again first on resume
 
 
 @dataclass
@@ -54,6 +56,7 @@ class TrainContext:
     state: TrainState = field(default_factory=TrainState)
     dist: DistInfo = SINGLE  # data-parallel rank / world size (FSDP2 when world_size > 1)
     columns: tuple[str, ...] | None = None  # the reward's columns: every field of any record
+    pipeline: Any = None  # max_staleness >= 1: the RolloutPipeline (None: synchronous loop)
 
     def __post_init__(self) -> None:
         if self.columns is None:

@@ -157,6 +157,8 @@ class Run:
         leave it open)."""
         self.bar.close()
         self.ctx.rollout.close()
+        if self.ctx.pipeline is not None:
+            self.ctx.pipeline.close()
         if status is not None:
             self.logger.finish(status)
 
@@ -177,6 +179,10 @@ def _fit(cfg: TrainConfig, dist: DistInfo, logger, progress,
         run.logger = open_logger(cfg, logger, ctx.state.run_id)
         try:
             start_run(run)
+            if cfg.max_staleness:  # k = 0 never builds (or imports) the pipeline
+                from archer.trainer.pipeline import build_pipeline
+
+                ctx.pipeline = build_pipeline(ctx)
             while ctx.state.step < cfg.total_steps:
                 run_step(run, signals, stop)
         except TrainingStopped:  # stopped on request or by a signal, the last step saved

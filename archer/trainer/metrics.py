@@ -99,11 +99,13 @@ def reduce_mismatch_metrics(dist: DistInfo, metrics: dict[str, float],
     """The rollout/train mismatch over all ranks: token-weighted means, the global max."""
     if not dist.enabled:
         return metrics
-    keys = sorted(k for k in metrics if k != "rollout/mismatch_abs_max")
+    maxima = [k for k in ("rollout/mismatch_abs_max", "rollout/tis_weight_max") if k in metrics]
+    keys = sorted(k for k in metrics if k not in maxima)
     sums = dist.all_reduce([metrics[k] * n_tokens for k in keys] + [n_tokens])
     total = sums[-1]
     out = {k: (v / total if total else metrics[k]) for k, v in zip(keys, sums[:-1])}
-    out["rollout/mismatch_abs_max"] = dist.max(metrics["rollout/mismatch_abs_max"])
+    for k in maxima:
+        out[k] = dist.max(metrics[k])
     return out
 
 

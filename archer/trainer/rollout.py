@@ -39,14 +39,23 @@ def collect_rollouts(ctx: TrainContext, timer: PhaseTimer):
     kept, kept_rewards, seen = [], [], []
     share = shard_slice(cfg.prompts_per_step, dist)
     n_kept, width = 0, 0  # kept groups over all ranks so far; response width of their rounds
+    staleness = []  # asynchronous rollouts: (kept rows, steps behind) per round
     for r in range(rounds):
-        records = [ctx.train_records[i] for i in ctx.sampler.next(cfg.prompts_per_step)][share]
-        # HFRollout seeds its k-th generate() call with seed + k: offsetting by the calls of
-        # the lower ranks gives the single-process samples when rollout_batch_size divides
-        # the per-rank prompt count.
-        offset = dist.rank * math.ceil(len(records) / cfg.rollout_batch_size)
-        with timer("rollout"), full_params(ctx.model):
-            batch = generate(ctx, records, seed=rollout_seed(cfg, ctx.state.step, r) + offset)
+        if r == 0 and ctx.pipeline is not None:  # generated ahead by the rollout worker
+            with timer("rollout"):
+                records, batch, behind = take_ahead(ctx)
+        else:
+            indices = ctx.sampler.next(cfg.prompts_per_step)
+            records = [ctx.train_records[i] for i in indices][share]
+            # HFRollout seeds its k-th generate() call with seed + k: offsetting by the calls
+            # of the lower ranks gives the single-process samples when rollout_batch_size
+            # divides the per-rank prompt count.
+            offset = dist.rank * math.ceil(len(records) / cfg.rollout_batch_size)
+            with timer("rollout"), full_params(ctx.model):
+                batch = generate(ctx, records, seed=rollout_seed(cfg, ctx.state.step, r) + offset)
+            if ctx.pipeline is not None:  # a refill round: the current policy, in process
+                ctx.pipeline.record(indices, ctx.state.step)
+                behind = 0
         with timer("reward"):
             raw = score(ctx, batch, records, cfg.group_size)
         shaped = raw + overlong_penalty(batch.response_lengths, cfg.max_new_tokens,
@@ -72,15 +81,37 @@ def collect_rollouts(ctx: TrainContext, timer: PhaseTimer):
         part.group_index = gid[rows].to(part.group_index.device)
         kept.append(part)
         kept_rewards.append(shaped[rows])
+        if ctx.pipeline is not None:
+            staleness.append((len(rows), behind))
         if n_kept >= cfg.prompts_per_step:
             break
     metrics = reduce_rollout_metrics(dist, rollout_metrics(seen, len(seen)))
+    if ctx.pipeline is not None:
+        metrics |= staleness_metrics(staleness)
     metrics["groups/kept"] = float(min(n_kept, limit))
     if n_kept == 0:
         return None, None, metrics
     batch = pad_responses(RolloutBatch.concat(kept, ctx.rollout.pad_id), width,
                           ctx.rollout.pad_id)
     return batch, torch.cat(kept_rewards), metrics
+
+
+def take_ahead(ctx: TrainContext) -> tuple[list[dict], RolloutBatch, int]:
+    """The step's first round from the pipeline: (records, batch on the policy's device,
+    steps the generating policy is behind), recorded in the prompt log."""
+    indices, batch, version = ctx.pipeline.take(ctx.state.step)
+    ctx.pipeline.record(indices, version)
+    if batch.response_ids.device != ctx.device:
+        batch = batch.to(ctx.device)
+    return [ctx.train_records[i] for i in indices], batch, ctx.state.step - version
+
+
+def staleness_metrics(rounds: list[tuple[int, int]]) -> dict[str, float]:
+    """``rollout/staleness_mean`` / ``_max``: steps between the policy that generated each
+    trained response and the one it trains (0 when nothing was kept)."""
+    rows = sum(n for n, _ in rounds)
+    return {"rollout/staleness_mean": sum(n * b for n, b in rounds) / rows if rows else 0.0,
+            "rollout/staleness_max": float(max((b for n, b in rounds if n), default=0))}
 
 
 def pad_responses(batch: RolloutBatch, width: int, pad_id: int) -> RolloutBatch:

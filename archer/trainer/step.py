@@ -28,6 +28,10 @@ def train_step(ctx: TrainContext) -> dict[str, float]:
     else:
         metrics |= learn(ctx, batch, rewards, timer)
     ctx.state.step += 1
+    if ctx.pipeline is not None:  # asynchronous rollouts: publish, request k steps ahead
+        with timer("weight_sync"):
+            ctx.pipeline.after_step()
+        metrics["rollout/worker_restarts"] = float(ctx.pipeline.restarts)
     return metrics | step_costs(ctx, timer, start)
 
 

@@ -48,6 +48,7 @@ def test_truncated_is_weights_by_hand():
     out = mismatch_metrics(SAMPLER, TRAINER, MASK, tis_cap=2.0)
     assert out["rollout/tis_weight_mean"] == pytest.approx((0.5 + 1.0 + 2.0) / 3)  # 1.166667
     assert out["rollout/tis_capped_frac"] == pytest.approx(1 / 3)  # only the ratio-4 token
+    assert out["rollout/tis_weight_max"] == pytest.approx(2.0)  # the capped weight
     with pytest.raises(ValueError, match="cap"):
         truncated_is_weights(TRAINER, SAMPLER, cap=0.0)
 

@@ -72,6 +72,27 @@ def test_dry_run_lists_trials_warm_start_and_cost(cache, tmp_path, capsys):
     assert not cache.exists()
 
 
+def test_staleness_study_dry_run_fits_an_hour_on_two_cores(cache, tmp_path, capsys):
+    import re
+
+    from archer_cli.main import main
+
+    root = tmp_path / "studies"
+    assert main(["ablate", "ablate_staleness", "--dry-run", f"out_dir={root}"]) == 0
+    out = capsys.readouterr().out
+    assert "18 trials = 6 arm(s) x 3 seed(s) [0, 1, 2]" in out
+    for algo in ("archer", "grpo"):
+        for k in (0, 1, 2):
+            assert f"algo={algo} max_staleness={k} seed=2" in out
+    hours = float(re.search(r"estimate: ([0-9.]+) CPU-hours", out).group(1))
+    assert hours <= 2 * 1.0  # 2 trials at a time on 2 cores: at most 60 min of wall time
+    spec = load_study("ablate_staleness")
+    trials = expand_trials(spec, [], root)
+    assert {t.train["max_staleness"] for t in trials} == {0, 1, 2}
+    # one shared warm start for every arm (staleness is not part of its key)
+    assert len({ws.locate(t.train, spec.warm_start).hash for t in trials}) == 1
+
+
 def test_dry_run_reuses_a_present_warm_start_and_lints_its_accuracy(cache, tmp_path):
     from experiments.study_cli import dry_run
 

@@ -20,12 +20,15 @@ from experiments.sweep import load_sweep
 
 def test_shipped_studies_load_with_their_grids():
     assert study_names() == ["ablate_clip", "ablate_entropy_quantile", "ablate_kl",
-                             "ablate_update_mode", "baselines", "baselines_smollm2"]
+                             "ablate_staleness", "ablate_update_mode", "baselines",
+                             "baselines_smollm2"]
     sizes = {name: load_study(name).size() for name in study_names()}
     # 7 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
-    # x 8 seeds for baselines, 6 for each ablation; 3 methods x 3 seeds on SmolLM2
+    # x 8 seeds for baselines, 6 for each ablation; 3 methods x 3 seeds on SmolLM2;
+    # 3 staleness levels x 2 methods x 3 seeds
     assert sizes == {"baselines": 56, "ablate_entropy_quantile": 36, "ablate_clip": 30,
-                     "ablate_kl": 18, "ablate_update_mode": 24, "baselines_smollm2": 9}
+                     "ablate_kl": 18, "ablate_update_mode": 24, "baselines_smollm2": 9,
+                     "ablate_staleness": 18}
     smol = load_study("baselines_smollm2")
     assert smol.warm_start is None and smol.eval_start and smol.reference_arm == "grpo"
     spec = load_study("baselines", ["seeds=[0]", "max_concurrent=3"])
@@ -181,7 +184,8 @@ def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
                     "'engine', 'gpu_memory_utilization', 'k', "),
     (["resources.num_gpu=1"], "unknown key 'study.resources.num_gpu' (did you mean "
                               "'study.resources.num_gpus'?)"),
-    (["seeds.x=1"], "cannot set 'study.seeds.x': study.seeds is [0,1,2,3,4,5,6,7], which has no keys; set "
+    (["seeds.x=1"], "cannot set 'study.seeds.x': study.seeds is [0,1,2,3,4,5,6,7], which has no "
+                    "keys; set "
                     "it whole: 'study.seeds=...'"),
     (["axes.distributed.backend=[gloo]"], "cannot set 'study.axes.distributed.backend': "
                                           "study.axes has no key 'distributed.backend' (keys "
