@@ -263,6 +263,19 @@ def start_stats(start: dict[str, Any], by_arm: dict[str, list[Trial]],
     return row, gains
 
 
+def paired_within_methods(by_arm: dict[str, list[Trial]], n_boot: int) -> list[dict[str, Any]]:
+    """With several methods each run at several settings of another axis (e.g. archer and
+    grpo at staleness 0/1/2): every arm against its own method's first setting, so each
+    setting's cost is measured within the method. Empty otherwise."""
+    methods: dict[str, list[str]] = {}
+    for arm in by_arm:
+        methods.setdefault(arm.split(" [", 1)[0], []).append(arm)
+    if len(methods) < 2 or not any(len(arms) > 1 for arms in methods.values()):
+        return []
+    return [paired_stats(arm, by_arm[arm], arms[0], by_arm[arms[0]], n_boot)
+            for arms in methods.values() for arm in arms[1:]]
+
+
 def pick_reference(arms: list[str], asked: str | None, declared: str | None) -> str:
     for name in (asked, declared):
         if name is not None:
@@ -319,6 +332,9 @@ def build_report(study: str, *, tracking_uri: str | None = None, reference: str 
            "arms": [arm_stats(a, by_arm[a], metric, n_boot) for a in arms],
            "paired": [paired_stats(a, by_arm[a], ref, by_arm[ref], n_boot)
                       for a in arms if a != ref]}
+    within = paired_within_methods(by_arm, n_boot)
+    if within:
+        doc["paired_within"] = within
     start = read_start(client, runs, parent, metric)
     if start is not None:
         doc["start"], doc["vs_start"] = start_stats(start, by_arm, n_boot)
@@ -372,6 +388,9 @@ def to_markdown(doc: dict[str, Any], figures: dict[str, Path], out_dir: Path) ->
         lines += start_table(doc)
     if doc["paired"]:
         lines += [f"## Against {doc['reference_arm']}", ""] + paired_table(doc["paired"])
+    if doc.get("paired_within"):
+        lines += ["## Within each method, against its first setting", ""]
+        lines += paired_table(doc["paired_within"], with_reference=True)
     if figures:
         lines += ["## Figures", ""]
         for title, path in figures.items():
@@ -406,12 +425,14 @@ def start_table(doc: dict[str, Any]) -> list[str]:
             f"{_pct(st['numeric_answer_frac'])}%.", ""] + paired_table(doc["vs_start"])
 
 
-def paired_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| arm | Δ (points) [95% CI] | p | smallest attainable p | Δ per seed (points) |",
-             "|---|---|---|---|---|"]
+def paired_table(rows: list[dict[str, Any]], with_reference: bool = False) -> list[str]:
+    ref = " vs |" if with_reference else ""
+    lines = [f"| arm |{ref} Δ (points) [95% CI] | p | smallest attainable p | Δ per seed "
+             "(points) |", "|---" * (5 + with_reference) + "|"]
     for p in rows:
         per_seed = ", ".join(f"{s}: {_pts(d)}" for s, d in p["per_seed"].items())
-        lines.append(f"| {p['arm']} | {_pts(p['diff'])} [{_pts(p['ci95'][0])}, "
+        vs = f" {p['vs']} |" if with_reference else ""
+        lines.append(f"| {p['arm']} |{vs} {_pts(p['diff'])} [{_pts(p['ci95'][0])}, "
                      f"{_pts(p['ci95'][1])}] | {p['p']:.3g} | {p['p_min']:.3g} | {per_seed} |")
     return lines + ["", f"Test: {rows[0]['test']}; pairs are (seed, problem) both sides "
                     "have; CI: hierarchical bootstrap (seeds, then problems).", ""]

@@ -223,3 +223,25 @@ def test_reference_arm_of_the_study_spec(tmp_path, write_study):
     with pytest.raises(ConfigError, match=r"reference_arm='grpp' is not an arm of the study "
                                           r"\(did you mean 'grpo'\?\)"):
         load_study(bad)
+
+
+def test_each_method_is_compared_with_its_own_first_setting():
+    from experiments.report import Trial, paired_within_methods
+
+    def arm(name, values):  # one trial per seed, its metric alone
+        return [Trial(run_id=f"{name}{s}", arm=name, seed=str(s), metric=v)
+                for s, v in enumerate(values)]
+
+    by_arm = {"archer [max_staleness=0]": arm("a0", [0.5, 0.6, 0.7]),
+              "archer [max_staleness=1]": arm("a1", [0.4, 0.5, 0.7]),
+              "grpo [max_staleness=0]": arm("g0", [0.3, 0.3, 0.3]),
+              "grpo [max_staleness=1]": arm("g1", [0.4, 0.4, 0.5])}
+    rows = {r["arm"]: r for r in paired_within_methods(by_arm, n_boot=200)}
+    assert sorted(rows) == ["archer [max_staleness=1]", "grpo [max_staleness=1]"]
+    assert rows["archer [max_staleness=1]"]["vs"] == "archer [max_staleness=0]"
+    assert rows["archer [max_staleness=1]"]["diff"] == pytest.approx((-0.1 - 0.1 + 0) / 3)
+    assert rows["grpo [max_staleness=1]"]["per_seed"] == pytest.approx(
+        {"0": 0.1, "1": 0.1, "2": 0.2})
+    # one method, or one setting per method: nothing to compare within
+    assert paired_within_methods({k: v for k, v in by_arm.items() if "grpo" in k}, 200) == []
+    assert paired_within_methods({"archer": arm("a", [1]), "grpo": arm("g", [1])}, 200) == []
