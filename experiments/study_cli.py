@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from archer.cli_settings import Setting, add_settings
+from archer.extras import require
 from archer.validation import did_you_mean
 from experiments import warm_start as ws
 from experiments.mechanism_lint import lint_trials, lint_warm_start, print_warnings
@@ -217,6 +218,7 @@ def run_sweep_cli(args) -> int:
     """``archer sweep SPACE [key=value ...]``: ``n_trials`` more Optuna trials on Ray."""
     from experiments.sweep import run_sweep
 
+    require("optuna", "sweeps", "archer sweep")  # before any warning about the trials
     print_warnings(lint_sweep(args.space, args.overrides, args.out_dir),
                    f"sweep {args.space}")
     try:
