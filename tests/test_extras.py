@@ -175,3 +175,18 @@ def test_env_lists_each_extra_with_its_pip_command(monkeypatch, capsys):
     dash = next(i for i, line in enumerate(lines) if line.startswith("extra [dashboards]"))
     assert lines[dash].split()[2] == "missing" and "lacks plotly" in lines[dash]
     assert lines[dash + 1].strip() == "-> pip install 'archer-rlvr[dashboards]'"
+
+
+def test_the_demo_without_plotly_skips_its_pages_and_names_the_extra(monkeypatch, tmp_path,
+                                                                      capsys):
+    """`archer demo` (a base command) keeps its leaderboard; only the pages need plotly."""
+    from archer_cli.demo import build_demo_pages
+
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    monkeypatch.setitem(sys.modules, "plotly.offline", None)
+    site = tmp_path / "dashboard"
+    assert build_demo_pages(f"sqlite:///{tmp_path / 'm.db'}", str(site)) is None
+    assert capsys.readouterr().out.strip() == (
+        "dashboards: skipped; plotly is not installed: pip install 'archer-rlvr[dashboards]' "
+        "(needed for archer dashboard)")
+    assert not site.exists()
