@@ -17,7 +17,10 @@ if [[ "${1:-}" == "--cpu" ]]; then
   # prompts that do not fit the tiny model's 1024-token context are dropped; the code reward
   # runs every response's tests in the sandbox. rollout_batch_size covers each rank's share
   # of the held-out prompts in one generate call.
-  torchrun --nproc_per_node=2 -m archer_cli train recipe=archer_code_1p5b model=tiny \
+  # the model prepared once before torchrun, as a downloaded checkpoint would be (ranks
+  # that each prepare a named model into a cold cache race on its files)
+  MODEL_DIR=$(archer model prepare tiny | tail -n 1)
+  torchrun --nproc_per_node=2 -m archer_cli train recipe=archer_code_1p5b model="$MODEL_DIR" \
     rollout_backend=hf dtype=float32 vllm_enable_sleep_mode=false \
     distributed.backend=gloo distributed.mixed_precision=none gradient_checkpointing=false \
     max_prompt_tokens=1000 overlong_prompts=drop total_steps=2 prompts_per_step=2 \
