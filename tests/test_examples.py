@@ -68,6 +68,7 @@ def test_every_example_has_a_readme_a_run_script_with_a_cpu_form_and_a_check():
         words = " ".join(readme.replace("*", "").split()).lower()
         assert "not yet run on a gpu" in words, f"{name}: say that the GPU form is unrun"
         assert f"({name}/README.md)" in (EXAMPLES / "README.md").read_text(), name
+        assert f"| `{name}` |" in (ROOT / "docs" / "examples.md").read_text(), name
 
 
 def run_cpu_form(name: str, out: Path, timeout: float = 240) -> subprocess.CompletedProcess:
