@@ -104,7 +104,7 @@ BLOCKED_RUN = textwrap.dedent("""
             failed[mod] = f"{{type(err).__name__}}: {{err}}"
     from archer_cli.main import main
     codes, out = {{}}, io.StringIO()
-    for argv in (["--help"], ["train", "--help"], ["eval", "--help"], ["env"]):
+    for argv in (["--help"], ["train", "--help"], ["eval", "--help"], ["env"], *{runs!r}):
         with contextlib.redirect_stdout(out):
             try:
                 codes[" ".join(argv)] = main(argv)
@@ -118,14 +118,24 @@ BLOCKED_RUN = textwrap.dedent("""
 def test_the_base_install_imports_and_runs_without_any_extra(tmp_path):
     modules = _base_modules()
     assert "experiments.sweep" in modules and "dashboards.site" in modules
-    code = BLOCKED_RUN.format(blocked=OPTIONAL, modules=modules)
+    # a real (1-step) training run and an HF-engine evaluation, not only their --help
+    runs = [["train", "model=tiny", "data=gym_arith", "total_steps=1", "prompts_per_step=2",
+             "group_size=2", "mini_batch_prompts=1", "max_new_tokens=4", "val_every=0",
+             "num_threads=1", "tracking=jsonl", f"out_dir={tmp_path / 'train'}"],
+            ["eval", "model=tiny", "benchmarks=gsm8k", "limit=2", "k=1", "max_new_tokens=4",
+             "tracking=none", "progress=false", f"out_dir={tmp_path / 'eval'}"]]
+    code = BLOCKED_RUN.format(blocked=OPTIONAL, modules=modules, runs=runs)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=tmp_path, timeout=300,
-                          env={**env.os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**env.os.environ, "PYTHONPATH": str(ROOT),
+                               "ARCHER_CACHE_DIR": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["failed"] == {}, report["failed"]
-    assert report["codes"] == {"--help": 0, "train --help": 0, "eval --help": 0, "env": 0}
+    assert report["codes"] == {"--help": 0, "train --help": 0, "eval --help": 0, "env": 0,
+                               **{" ".join(argv): 0 for argv in runs}}
+    assert (tmp_path / "train" / "final" / "config.json").is_file()
+    assert (tmp_path / "eval" / "gsm8k" / "results.json").is_file()
     out = report["out"]
     for extra in EXTRAS:
         line = next(line for line in out.splitlines() if line.startswith(f"extra [{extra}]"))
