@@ -68,7 +68,6 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
     """``make demo``: the study (:func:`experiments.demo.run_demo_study`, steps 1-4), then its
     leaderboard against the warm start and the dashboards (steps 5-6)."""
     from dashboards.leaderboard import build_leaderboard
-    from dashboards.site import build_site
     from experiments.demo import (
         FULL_EXPERIMENT,
         FULL_PRESETS,
@@ -86,15 +85,16 @@ def run_full_demo(out_dir: str = "runs/demo", seed: int = 0, tracking_uri: str |
     print("[5/6] leaderboard and dashboards")
     board = build_leaderboard(uri, studies=[FULL_STUDY], experiments=[FULL_EXPERIMENT],
                               baseline=WARM_LABEL)
-    paths = build_site(uri, dashboard_dir, experiments=[FULL_EXPERIMENT])
+    index = build_demo_pages(uri, dashboard_dir)
     print("[6/6] leaderboard (delta: paired against the warm start on the same problems)\n")
     print(board.to_markdown())
     print("\nthe mechanisms, per arm (means over the training steps; KL to the reference "
           "model, last step):\n")
     print(mechanism_table(FULL_STUDY, uri))
-    print(f"dashboard: {Path(paths['index']).resolve()}")
-    print(f"serve it:  archer dashboard serve out_dir={dashboard_dir}   (then open "
-          "http://127.0.0.1:8765)")
+    if index is not None:
+        print(f"dashboard: {index}")
+        print(f"serve it:  archer dashboard serve out_dir={dashboard_dir}   (then open "
+              "http://127.0.0.1:8765)")
     if uri.startswith("sqlite:///"):
         print(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
     print(f"total {time.perf_counter() - study.started:.0f} s")
@@ -134,3 +134,18 @@ def _pct(x: float | None) -> str:
 
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+def build_demo_pages(uri: str, dashboard_dir: str) -> Path | None:
+    """The demo's dashboard pages; their index, or None (saying so, with the pip command)
+    when plotly, the ``dashboards`` extra, is not installed: the leaderboard needs none."""
+    from archer.extras import MissingExtraError
+    from dashboards.site import build_site
+    from experiments.demo import FULL_EXPERIMENT
+
+    try:
+        paths = build_site(uri, dashboard_dir, experiments=[FULL_EXPERIMENT])
+    except MissingExtraError as err:
+        print(f"dashboards: skipped; {err}")
+        return None
+    return Path(paths["index"]).resolve()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import importlib.util
 import os
 import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from archer.extras import EXTRAS, extras_status, install_command
 
 INSTALL = "pip install -e ."  # the core dependencies (pyproject.toml)
 
@@ -76,12 +77,41 @@ def check_torch() -> list[Check]:
     return checks
 
 
-def check_vllm() -> Check:
-    """vLLM without importing it (that takes many seconds and may touch the GPU)."""
-    if importlib.util.find_spec("vllm") is None:
-        return Check("vllm", "missing", "optional: rollout_backend=vllm and engine=vllm",
-                     "pip install -e '.[vllm]'")
-    return Check("vllm", "ok", importlib.metadata.version("vllm"))
+# what each extra is for, and the extra step before it (verl itself: no pip dependencies)
+EXTRA_USES = {
+    "vllm": "vLLM rollouts and evaluation (a CUDA build)",
+    "eval": "archer eval engine=lm-eval, scorer=evalplus, mbpp_plus",
+    "sweeps": "archer sweep, optuna-dashboard",
+    "dashboards": "archer dashboard",
+    "verl": "archer.integrations.verl (verl's trainer)",
+    "bench": "bench/trainer_vs_trl.py",
+}
+VERL_FIRST = "pip install --no-deps verl==0.9.1 && "  # its own pins would break ours
+
+
+def _version(module: str) -> str:
+    """The installed version of the distribution named like ``module``, without importing
+    it (vLLM's import alone takes seconds and may touch the GPU); ``?`` if unknown."""
+    try:
+        return importlib.metadata.version(module)
+    except Exception:  # no distribution of that name (or broken metadata)
+        return "?"
+
+
+def check_extras() -> list[Check]:
+    """One line per optional extra (pyproject.toml): installed, or what it lacks and the pip
+    command. Looks the packages up only, imports none."""
+    checks = []
+    for extra, missing in extras_status().items():
+        name, use = f"extra [{extra}]", EXTRA_USES.get(extra, "")
+        if not missing:
+            versions = ", ".join(f"{m} {_version(m)}" for m in EXTRAS[extra])
+            checks.append(Check(name, "ok", f"{use}; {versions}"))
+            continue
+        fix = (VERL_FIRST if extra == "verl" and "verl" in missing else "") + \
+            install_command(extra)
+        checks.append(Check(name, "missing", f"{use}; lacks {', '.join(missing)}", fix))
+    return checks
 
 
 def check_sandbox() -> Check:
@@ -145,9 +175,10 @@ def check_tracking() -> Check:
 
 
 CHECKS: tuple[Callable[[], Check | list[Check]], ...] = (
-    check_python, check_torch, check_vllm, check_sandbox,
+    check_python, check_torch, check_sandbox,
     lambda: check_package("ray", "ray"), lambda: check_package("mlflow", "mlflow"),
-    lambda: check_package("optuna", "optuna"), check_data, check_tracking,
+    lambda: check_package("optuna", "optuna", install_command("sweeps")), check_extras,
+    check_data, check_tracking,
 )
 
 

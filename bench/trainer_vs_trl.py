@@ -520,10 +520,12 @@ def main(argv=None) -> dict:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.group_size < 2:
         ap.error("--group-size must be >= 2 (TRL's GRPO needs at least 2 generations)")
+    from archer.extras import MissingExtraError, require
+
     try:
-        import trl  # noqa: F401
-    except ModuleNotFoundError:
-        sys.exit("trl is not installed: pip install -e '.[bench]' (the bench extra)")
+        require("trl", "bench", "bench/trainer_vs_trl.py")
+    except MissingExtraError as err:
+        sys.exit(str(err))
     s = Setup(prompts=args.prompts, group_size=args.group_size,
               max_new_tokens=args.max_new_tokens, steps=args.steps, threads=args.threads,
               hidden=args.hidden, layers=args.layers, sync_weights=args.sync_weights,

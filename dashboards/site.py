@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from archer.extras import require
 from archer.tracking import reader as D
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,13 @@ def _sort_values(values: list[str]) -> list[str]:
 _RATE_RE = re.compile(r"accuracy|avg_at_|pass_at_|maj_at_|^objective$")
 
 
+def _need(module: str):
+    """An optional package a page needs, imported: plotly (the ``dashboards`` extra) or
+    optuna (``sweeps``); missing, an error naming the extra."""
+    extra = "sweeps" if module.split(".")[0] == "optuna" else "dashboards"
+    return require(module, extra, "archer dashboard")
+
+
 def seed_mean_ci(values: list[float], level: float = 0.95) -> tuple[float | None, float]:
     """Mean over seeds and the half-width of its ``level`` t-interval (0 for one seed: no
     seed variance measured)."""
@@ -149,8 +157,8 @@ def axis_figure(trials: pd.DataFrame, axis: str, metrics: list[str]):
     axes; mean over seeds with its 95% t-interval over seeds as error bars, seeds as dots.
     Accuracies are drawn on a 0..1 axis, other non-negative metrics from 0; an axis that
     follows the data says so in its title."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    go = _need("plotly.graph_objects")
+    make_subplots = _need("plotly.subplots").make_subplots
 
     bases = {m: y_baseline(m, list(trials[m])) for m in metrics}
     titles = [m + (" (y-axis zoomed to the data)" if bases[m] == "zoomed" else "")
@@ -200,8 +208,8 @@ def axis_figure(trials: pd.DataFrame, axis: str, metrics: list[str]):
 
 def curves_figure(curves: dict[str, dict[str, dict[int, float]]]):
     """Training curves per token class: ``curves[label][metric] = {step: mean over seeds}``."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    go = _need("plotly.graph_objects")
+    make_subplots = _need("plotly.subplots").make_subplots
 
     rows = math.ceil(len(CURVE_PANELS) / 2)
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[p[0] for p in CURVE_PANELS],
@@ -346,17 +354,16 @@ def optuna_file_problem(storage: str) -> str | None:
 def optuna_studies(storage: str | None) -> list[str]:
     if not storage or optuna_file_problem(storage):
         return []
-    import optuna
-
+    optuna = _need("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
 
 
 def build_optuna_page(storage: str, name: str, out_dir: Path,
                       nav: list[tuple[str, str]]) -> Path:
-    import optuna
-    import optuna.visualization as vis
-    from optuna.importance import FanovaImportanceEvaluator
+    optuna = _need("optuna")
+    vis = _need("optuna.visualization")
+    FanovaImportanceEvaluator = _need("optuna.importance").FanovaImportanceEvaluator
 
     study = optuna.load_study(study_name=name, storage=storage)
     multi = len(study.directions) > 1
@@ -397,8 +404,8 @@ def build_optuna_page(storage: str, name: str, out_dir: Path,
 
 def leaderboard_figure(board):
     """avg@K with its 95% CI per benchmark, one bar per row."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    go = _need("plotly.graph_objects")
+    make_subplots = _need("plotly.subplots").make_subplots
 
     fig = make_subplots(rows=1, cols=len(board.benchmarks),
                         subplot_titles=[f"{b} avg@{board.ks[b]} (95% CI)"
@@ -426,7 +433,7 @@ def build_site(tracking_uri: str | None, out_dir: str | Path, *,
     """Write every page into ``out_dir``; returns ``{page name: path}`` (``index``,
     ``leaderboard_md``/``_csv``/``_html`` when there is a leaderboard, ``study-<name>``,
     ``optuna-<name>``)."""
-    import plotly.offline
+    plotly_offline = _need("plotly.offline")
 
     from dashboards.leaderboard import build_leaderboard
 
@@ -434,7 +441,7 @@ def build_site(tracking_uri: str | None, out_dir: str | Path, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js = out / PLOTLY_JS
-    plotly_js = plotly.offline.get_plotlyjs()
+    plotly_js = plotly_offline.get_plotlyjs()
     if not js.is_file() or js.stat().st_size != len(plotly_js.encode()):
         js.write_text(plotly_js)
     runs = D.search_runs_frame(client, D.experiment_ids(client, experiments))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.cli_settings import Setting, add_settings
+from archer.extras import require
 from evals.summary import summary_line
 
 __all__ = ["EVAL_SETTINGS", "add_eval_arguments", "run_eval", "summary_line"]
@@ -209,7 +210,8 @@ def _evaluate(args: argparse.Namespace, names: list[str], out_dir: Path) -> int:
         from archer.distributed import resolve_device
 
         args.device = resolve_device(args.device, "device")
-    if args.scorer == "evalplus":
+    if args.scorer == "evalplus":  # a missing extra before any generation, not after it
+        require("evalplus", "eval", "archer eval scorer=evalplus")
         from evals.evalplus_adapter import EVALPLUS_DATASETS
 
         other = [n for n in names if n not in EVALPLUS_DATASETS]
@@ -217,6 +219,7 @@ def _evaluate(args: argparse.Namespace, names: list[str], out_dir: Path) -> int:
             raise ValueError(f"scorer=evalplus scores {sorted(EVALPLUS_DATASETS)}, not "
                              f"{other}")
     if args.engine == "lm-eval":
+        require("lm_eval", "eval", "archer eval engine=lm-eval")
         from evals.lm_eval_adapter import run_lm_eval
 
         results = run_lm_eval(args.model, names, out_dir, overrides=_overrides(args),

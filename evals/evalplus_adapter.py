@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from archer.extras import require
 from evals.contracts import file_sha256
 from evals.registry import EvalProblem, read_humaneval
 from evals.runner import read_samples
@@ -194,6 +195,7 @@ def score_with_evalplus(samples_path: str | Path, out_dir: str | Path, *,
     """
     from archer.rewards.code import build_program, extract_code, humaneval_problem
 
+    require("evalplus", "eval", "scoring with evalplus")  # it runs in a sandboxed child
     sf = read_samples(samples_path)
     contract = sf.contract
     if contract.benchmark not in EVALPLUS_DATASETS:

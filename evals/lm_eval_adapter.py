@@ -37,6 +37,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from archer.extras import require
 from evals.contracts import PAPER_MAX_NEW_TOKENS, PAPER_TEMPERATURE, PAPER_TOP_P
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
@@ -188,12 +189,17 @@ def run_lm_eval(model: str, benchmarks: list[str], out_dir: str | Path, *,
     return results
 
 
+def _lm_eval(module: str):
+    """lm-eval's ``module``; missing, an error naming the ``eval`` extra."""
+    return require(module, "eval", "archer eval of lm-eval tasks")
+
+
 def _harness(path: Path, *, batch_size: int, device: str, dtype: str) -> tuple[Any, Any]:
     """lm-eval's HF model (loaded once for every chunk and benchmark) and a task manager
     without lm-eval's built-in task index (our tasks come as config dicts; indexing the
     built-ins takes seconds per ``simple_evaluate`` call otherwise)."""
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+    HFLM = _lm_eval("lm_eval.models.huggingface").HFLM
+    TaskManager = _lm_eval("lm_eval.tasks").TaskManager
 
     lm = HFLM(pretrained=str(path), dtype=dtype, device=device, batch_size=batch_size)
     return lm, TaskManager(include_defaults=False)
@@ -203,8 +209,7 @@ def _run_chunk(harness: tuple[Any, Any], cfg: dict[str, Any], contract: Any,
                problems: list, idx: list[int], *, seed: int, chat: bool) -> list[dict]:
     """One ``simple_evaluate`` over documents ``idx`` (seeded with ``seed``): the sample
     lines of those problems, each with the document's lm-eval metrics."""
-    import lm_eval
-
+    lm_eval = _lm_eval("lm_eval")
     lm, task_manager = harness
     name = cfg["task"]
     out = lm_eval.simple_evaluate(
@@ -245,7 +250,8 @@ def lm_eval_metrics(sf: Any, problems: list) -> dict[str, Any]:
     lm-eval's ``mean`` aggregation computes them in one uninterrupted run (so the
     document-weighted mean of the per-chunk aggregates), plus ``sample_len`` documents.
     Files written before chunking kept lm-eval's aggregate in the header instead."""
-    from lm_eval.api.metrics import mean, mean_stderr
+    metrics = _lm_eval("lm_eval.api.metrics")
+    mean, mean_stderr = metrics.mean, metrics.mean_stderr
 
     per_doc = [sf.samples[(p.problem_id, 0)].get("lm_eval_metrics") for p in problems]
     if any(m is None for m in per_doc):

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from archer.cli_settings import Setting, add_settings
+from archer.extras import require
 from archer.validation import did_you_mean
 from evals.summary import summary_line
 from experiments import warm_start as ws
@@ -240,6 +241,7 @@ def run_sweep_cli(args) -> int:
     """``archer sweep SPACE [key=value ...]``: ``n_trials`` more Optuna trials on Ray."""
     from experiments.sweep import run_sweep
 
+    require("optuna", "sweeps", "archer sweep")  # before any warning about the trials
     print_warnings(lint_sweep(args.space, args.overrides, args.out_dir),
                    f"sweep {args.space}")
     try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from archer.extras import require
 from archer.validation import ConfigError, did_you_mean
 from experiments.recipes import check_required, load_recipe, study_defaults
 from experiments.renamed_keys import check_renamed_key
@@ -208,7 +209,7 @@ def _preset_params(where: str, preset: str, params: dict[str, dict]) -> dict[str
 
 
 def distributions(spec: SweepSpec) -> dict[str, Any]:
-    import optuna.distributions as d
+    d = require("optuna.distributions", "sweeps", "archer sweep")
 
     out = {}
     for key, p in spec.params.items():
@@ -226,7 +227,7 @@ def distributions(spec: SweepSpec) -> dict[str, Any]:
 def make_sampler(spec: SweepSpec, offset: int = 0):
     """The sweep's sampler, seeded ``seed + offset``: a rerun passes the number of trials the
     study has, so a seeded sampler does not replay the points its first invocation drew."""
-    import optuna
+    optuna = require("optuna", "sweeps", "archer sweep")
 
     seed = spec.seed + offset
     if spec.sampler == "grid":
@@ -238,7 +239,7 @@ def make_sampler(spec: SweepSpec, offset: int = 0):
 
 
 def make_pruner(spec: SweepSpec):
-    import optuna
+    optuna = require("optuna", "sweeps", "archer sweep")
 
     if spec.pruner is None:
         return optuna.pruners.NopPruner()
@@ -324,7 +325,7 @@ class SweepSource(TrialSource):
 
     def __init__(self, spec: SweepSpec, study, trial_overrides: list[str], study_dir: Path,
                  n_trials: int) -> None:
-        import optuna
+        optuna = require("optuna", "sweeps", "archer sweep")
 
         self.spec, self.study = spec, study
         self.trial_overrides = list(trial_overrides)
@@ -399,7 +400,7 @@ class SweepSource(TrialSource):
 
     def _take_over(self, frozen) -> None:
         """A RUNNING trial whose driver is dead: resume it, or fail and enqueue it again."""
-        import optuna
+        optuna = require("optuna", "sweeps", "archer sweep")
 
         from archer.checkpoint import latest_checkpoint
 
@@ -474,7 +475,7 @@ class SweepSource(TrialSource):
         return not self.resume and self.asked >= self.budget + self.requeued
 
     def next_trial(self):
-        import optuna
+        optuna = require("optuna", "sweeps", "archer sweep")
 
         while self.resume:
             frozen, trial = self.resume.pop(0)
@@ -546,7 +547,7 @@ class SweepSource(TrialSource):
         the study state saying how it ended: the rerun takes it over, finds it known and tells
         Optuna, without logging the objective again (told first, a kill there would lose the
         logged objective, or leave the MLflow run RUNNING, for good)."""
-        import optuna
+        optuna = require("optuna", "sweeps", "archer sweep")
 
         otrial = self.open.pop(trial.hash, None)
         if otrial is None:
@@ -614,7 +615,7 @@ def run_sweep(space: str, n_trials: int, overrides: list[str] | None = None, *,
               num_cpus: int | None = None, progress: bool | None = None,
               observer=None) -> tuple[StudyState, Any]:
     """Run ``n_trials`` more trials of the sweep; returns (scheduler state, Optuna study)."""
-    import optuna
+    optuna = require("optuna", "sweeps", "archer sweep")
     import yaml
 
     if n_trials < 1:

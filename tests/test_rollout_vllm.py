@@ -56,12 +56,13 @@ def test_missing_vllm_fails_naming_the_extra(monkeypatch, tmp_path):
     from evals.runner import make_backend
 
     monkeypatch.setattr(vllm_backend, "vllm_available", lambda: False)
-    with pytest.raises(vllm_backend.VLLMNotInstalledError, match="`vllm` extra"):
+    NAMES_THE_EXTRA = r"vllm is not installed: pip install 'archer-rlvr\[vllm\]'"
+    with pytest.raises(vllm_backend.VLLMNotInstalledError, match=NAMES_THE_EXTRA):
         vllm_backend.VLLMRollout(tmp_path)
     cfg = TrainConfig(rollout_backend="vllm", model=str(tmp_path))
-    with pytest.raises(ImportError, match="`vllm` extra"):
+    with pytest.raises(ImportError, match=NAMES_THE_EXTRA):
         build_rollout(cfg, model=None, tokenizer=None)
-    with pytest.raises(ValueError, match="`vllm` extra"):  # `archer eval` prints ValueErrors
+    with pytest.raises(ValueError, match=NAMES_THE_EXTRA):  # `archer eval` prints ValueErrors
         make_backend("vllm", tmp_path)
 
 

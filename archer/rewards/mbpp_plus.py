@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from archer.extras import require
+
 # evalplus 0.3 (evalplus/eval/_special_oracle.py): tasks whose outputs are compared as sets,
 # and tasks where only "the output is not None" is checked
 SET_EQ_TASKS = ("similar_elements", "find_char_long", "common_in_nested_lists",
@@ -62,9 +64,8 @@ def py_literal(value: Any) -> str:
 def deserialize_inputs(task_id: str, inputs: list) -> list:
     """evalplus's MBPP+ input deserialisation (JSON lists back to tuples/sets/complex for
     the tasks that take them)."""
-    from evalplus.data.mbpp import mbpp_deserialize_inputs
-
-    return mbpp_deserialize_inputs(task_id, inputs)
+    mbpp = require("evalplus.data.mbpp", "eval", "the MBPP+ benchmark and reward")
+    return mbpp.mbpp_deserialize_inputs(task_id, inputs)
 
 
 # The judge-side comparison; {name}s are filled in by check_code. Kept as plain source so the

