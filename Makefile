@@ -32,7 +32,7 @@ system-deps:
 # Creates or refreshes .venv; torch is pinned below 2.14 so the local CPU wheel is used.
 install: $(PY) system-deps
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[dashboards]"
 
 # verl is the oracle of tests/algos/test_verl_oracle.py and the host of archer.integrations.verl;
 # --no-deps because its own pins (transformers among them) would break ours: the dev extra
@@ -49,13 +49,13 @@ demo: install
 
 # ruff, the import-layer contracts (pyproject [tool.importlinter]), the docs site, the suite.
 test: install-dev
-	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench docs/hooks
+	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench docs/hooks examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 	$(PY) -m pytest -q
 
 lint: install-dev
-	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench docs/hooks
+	$(VENV)/bin/ruff check archer archer_cli experiments evals dashboards tests bench docs/hooks examples
 	$(VENV)/bin/lint-imports
 
 docs: install-dev
