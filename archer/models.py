@@ -314,16 +314,26 @@ def prepare_model(name: str, cache_dir: str | os.PathLike | None = None) -> Path
 
 
 def _prepared(target: Path, build: Callable[[Path], None], info: dict) -> Path:
-    """Build into a temporary sibling, then move into place and write the marker."""
+    """Build into a temporary sibling, then move into place and write the marker. Processes
+    preparing the same model at once (the ranks of a torchrun job) take turns on a lock
+    file, and the ones that wait find it prepared: none removes a directory another one
+    has finished and is loading."""
+    import fcntl
+
     if (target / MARKER).is_file():
         return target
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    build(tmp)
-    (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
-    shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier attempt
-    os.replace(tmp, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / MARKER).is_file():  # prepared while this process waited
+            return target
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier attempt
+        os.replace(tmp, target)
     return target
 
 

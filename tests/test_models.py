@@ -130,6 +130,27 @@ def test_prepare_model_registry(tmp_path, monkeypatch):
         resolve_model_path(tmp_path / "missing")
 
 
+def _prepare_and_load(cache: str) -> int:
+    """In a fresh process: prepare ``tiny`` and load it at once (what each torchrun rank does)."""
+    path = prepare_model("tiny", cache_dir=cache)
+    AutoModelForCausalLM.from_pretrained(path)
+    return len(list(path.iterdir()))
+
+
+@pytest.mark.slow
+def test_processes_preparing_one_model_at_once_all_load_it(tmp_path):
+    """Ranks of one job preparing the same named model together: each waits for the one that
+    builds it, and none removes the directory another has finished and is loading (before the
+    lock, a late rank's cleanup broke an early rank's load)."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(3) as pool:
+        counts = pool.map(_prepare_and_load, [str(tmp_path)] * 3)
+    assert len(set(counts)) == 1  # the same complete directory for everyone
+    leftovers = [p.name for p in (tmp_path / "models").iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
+
+
 def test_a_directory_that_is_no_model_is_named_with_what_it_lacks(tiny_path, tmp_path):
     import shutil
 
