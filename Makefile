@@ -8,7 +8,7 @@ export ARCHER_DATA_DIR ?= $(abspath ../shared/data)
 # mkdocs-material prints an end-of-life banner on every build
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv install install-dev system-deps demo test test-vllm lint docs bench clean
+.PHONY: venv install install-dev lock system-deps demo test test-vllm lint docs bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,14 @@ VERL_VERSION ?= 0.9.1
 
 install-dev: $(PY) system-deps
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev]" -c constraints-dev.txt
 	$(PIP) install -q --no-deps verl==$(VERL_VERSION)
+
+# constraints-dev.txt from the current dev venv (torch as a range: the local CPU wheel)
+lock:
+	{ sed -n '1,3p' constraints-dev.txt; $(PIP) freeze --exclude-editable | \
+	  grep -v -i -E '^(verl|archer)' | grep -v ' @ ' | \
+	  sed 's/^torch==.*/torch<2.14/'; } > constraints-dev.tmp && mv constraints-dev.tmp constraints-dev.txt
 
 demo: install
 	$(VENV)/bin/archer demo
