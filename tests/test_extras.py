@@ -50,6 +50,8 @@ def test_the_extras_and_the_pyproject_name_the_same_sets():
 
 def test_require_returns_the_module_or_names_the_extra(monkeypatch):
     assert require("json", "eval", "a test") is json
+    for name in [m for m in sys.modules if m == "optuna" or m.startswith("optuna.")]:
+        monkeypatch.delitem(sys.modules, name)  # imported by an earlier test: forget it
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now fails
     with pytest.raises(MissingExtraError) as info:
         require("optuna.distributions", "sweeps", "archer sweep")
