@@ -111,8 +111,13 @@ def test_baselines_study_trains_evaluates_and_logs_the_hierarchy(ray_address, tm
         assert steps_of(uri, run.info.run_id) == [1, 2]
         arts = [a.path for a in client_for(uri).list_artifacts(run.info.run_id)]
         assert "config.yaml" in arts
-    assert len(by_kind["eval"]) == 7
-    for ev in by_kind["eval"]:
+    # the cpu recipe's eval_start: the starting model once, under the study run
+    (start,) = [ev for ev in by_kind["eval"] if ev.data.tags.get("archer.role") == "start"]
+    assert start.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert start.data.tags["archer.preset"] == "start" and "gsm8k/avg_at_1" in start.data.metrics
+    trial_evals = [ev for ev in by_kind["eval"] if ev is not start]
+    assert len(trial_evals) == 7
+    for ev in trial_evals:
         tags = ev.data.tags
         parent_trial = trial_runs[tags["archer.trial_number"]]
         assert tags["mlflow.parentRunId"] == parent_trial.info.run_id
