@@ -15,7 +15,8 @@ A study whose recipe (or study file) has a ``warm_start`` starts every trial fro
 shared warm start (:mod:`experiments.warm_start`, built before any trial and logged on the
 study's MLflow run: tag ``warm_start/hash``, metric ``warm_start/heldout_accuracy``);
 ``warm_start=null`` trains the model as given. With ``eval_start: true`` the starting model
-is evaluated once under the trials' evaluation, before the trials (:mod:`experiments.start_eval`). At launch the mechanism lint
+is evaluated once under the trials' evaluation, before the trials
+(:mod:`experiments.start_eval`). At launch the mechanism lint
 (:mod:`experiments.mechanism_lint`) warns about an axis that cannot act under the trials'
 settings. ``archer ablate STUDY --dry-run`` prints the trials, the warm start and a cost
 estimate (:mod:`experiments.study_plan`) without starting anything.

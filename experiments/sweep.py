@@ -589,20 +589,15 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-# what a warm start depends on (experiments.warm_start.warm_start_key): a sweep may not vary it
-WARM_START_INPUTS = ("model", "data", "val_size", "reward", "template", "max_new_tokens")
-
-
 def sweep_warm_start(spec: SweepSpec, probe):
     """The sweep's shared warm start (built once, or reused), from its first trial's
     config; None without one. A parameter the warm start depends on is refused: its trials
     would need different warm starts."""
     if spec.warm_start is None:
         return None
-    from experiments.warm_start import prepare_warm_start
+    from experiments.warm_start import WARM_START_INPUTS, prepare_warm_start
 
-    varied = [k for k in spec.params
-              if k.split(".")[0] in WARM_START_INPUTS or k in WARM_START_INPUTS]
+    varied = [k for k in spec.params if k.split(".")[0] in WARM_START_INPUTS]
     if varied:
         raise ConfigError(f"sweep {spec.name}: {varied} change what the warm start is built "
                           f"from ({list(WARM_START_INPUTS)}); set warm_start=null or fix them")

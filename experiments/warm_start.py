@@ -154,13 +154,16 @@ def _directory_sha256(path: str, stats: tuple) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# the TrainConfig keys a warm start depends on (a sweep may not vary them)
+WARM_START_INPUTS = ("model", "data", "val_size", "reward", "template", "max_new_tokens")
+
+
 def warm_start_key(train: dict[str, Any], settings: WarmStartSettings) -> dict[str, Any]:
     """What the warm start depends on, from a trial's TrainConfig dict (its seed is not in
     it: the warm start is the same for every trial seed)."""
-    return {"model": base_model_identity(str(train["model"])), "data": train["data"],
-            "val_size": train["val_size"], "reward": train["reward"],
-            "template": train["template"], "max_new_tokens": train["max_new_tokens"],
-            "settings": asdict(settings)}
+    key = {k: train[k] for k in WARM_START_INPUTS}
+    key["model"] = base_model_identity(str(train["model"]))
+    return key | {"settings": asdict(settings)}
 
 
 def warm_start_hash(key: dict[str, Any]) -> str:
