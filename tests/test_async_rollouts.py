@@ -159,7 +159,10 @@ def test_dead_worker_is_restarted_and_the_run_is_unchanged(tiny_path, tmp_path, 
 
     monkeypatch.setattr(pipeline_mod.RolloutPipeline, "after_step", kill_after_step_1)
     crashed = fit(make_cfg(tiny_path, tmp_path / "crashed", max_staleness=1), progress=False)
-    assert [m["rollout/worker_restarts"] for m in crashed.metrics] == [0.0, 0.0, 1.0, 1.0]
+    restarts = [m["rollout/worker_restarts"] for m in crashed.metrics]
+    # the restart shows at step 3, or at step 4 when step 3's batch was finished (and kept in
+    # Ray's object store) before the kill landed: the worker is replaced exactly once
+    assert restarts in ([0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]), restarts
     assert sampled_prompts(tmp_path / "crashed") == sampled_prompts(tmp_path / "clean")
     # the in-flight requests were submitted again with their own policy versions
     for (name, pa), (_, pb) in zip(clean.model.named_parameters(),

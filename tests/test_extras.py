@@ -171,7 +171,10 @@ def test_a_dashboard_without_plotly_names_the_dashboards_extra(monkeypatch, tmp_
 def test_evalplus_scoring_and_mbpp_plus_without_evalplus_name_the_eval_extra(monkeypatch):
     from archer.rewards.mbpp_plus import deserialize_inputs
 
-    monkeypatch.setitem(sys.modules, "evalplus", None)
+    # every evalplus module, not just the package: an earlier test may have imported
+    # evalplus.data.mbpp, and the import system returns a cached submodule without its parent
+    for name in ["evalplus", *[m for m in sys.modules if m.startswith("evalplus.")]]:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingExtraError, match=r"evalplus is not installed: pip install "
                        r"'archer-rlvr\[eval\]' \(needed for the MBPP\+ benchmark"):
         deserialize_inputs("Mbpp/2", [[1]])
