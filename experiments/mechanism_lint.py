@@ -30,6 +30,10 @@ Rules (:data:`RULES`):
 - ``staleness_compounds``: a trial with asynchronous rollouts (``max_staleness >= 1``) and
   ``update_mode=async``: its second pass trains on a policy one pass ahead of an already
   stale batch, so the two compound the staleness (the trainer warns at run time too).
+- ``quantile_indistinct``: trials that differ only in ``algo.entropy_quantile`` at
+  ``entropy_scope=response`` whose quantiles give the same high-entropy token count at every
+  response length up to ``max_new_tokens`` (:func:`high_token_count`): with 5-token responses
+  rho 0.8 and 0.9 both mark one token, so their arms are one experiment run twice.
 - ``random_model``: a trial trains a randomly initialised model (``model=tiny``) without a warm
   start: its held-out accuracy is 0, every reward 0 and every group's advantage 0.
 - ``no_reward_signal`` (:func:`lint_warm_start`, once the warm start exists): its held-out
@@ -38,6 +42,7 @@ Rules (:data:`RULES`):
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -160,6 +165,39 @@ def staleness_compounds(flats: list[dict], varied: set[str]) -> str | None:
             "compound the staleness")
 
 
+def high_token_count(length: int, rho: float) -> int:
+    """High-entropy tokens of a ``length``-token response with distinct entropies, split at
+    its own rho-quantile (archer.algos.split): the tokens above sorted position
+    ``rho * (length - 1)``, i.e. ``length - 1 - floor(rho * (length - 1))``."""
+    return length - 1 - math.floor(rho * (length - 1)) if length > 0 else 0
+
+
+def quantile_indistinct(flats: list[dict], varied: set[str]) -> str | None:
+    if "algo.entropy_quantile" not in varied:
+        return None
+    same_but_rho: dict[str, dict[float, tuple[int, ...]]] = {}
+    for f in flats:
+        if f["algo.entropy_scope"] != "response":
+            continue
+        rest = repr(sorted((k, repr(v)) for k, v in f.items()
+                           if k != "algo.entropy_quantile" and k.split(".")[0] not in NOT_COMPARED))
+        rho = float(f["algo.entropy_quantile"])
+        counts = tuple(high_token_count(n, rho) for n in range(1, int(f["max_new_tokens"]) + 1))
+        same_but_rho.setdefault(rest, {})[rho] = counts
+    for by_rho in same_but_rho.values():
+        seen: dict[tuple[int, ...], float] = {}
+        for rho in sorted(by_rho):
+            if by_rho[rho] in seen:
+                return (f"algo.entropy_quantile={seen[by_rho[rho]]:g} and {rho:g} at "
+                        "algo.entropy_scope=response mark the same number of high-entropy "
+                        "tokens in every response of up to max_new_tokens="
+                        f"{len(by_rho[rho])} tokens, so their trials are the same experiment; "
+                        "use entropy_scope=batch (or group), longer responses, or quantiles "
+                        "that differ at these lengths")
+            seen[by_rho[rho]] = rho
+    return None
+
+
 def random_model(flats: list[dict], varied: set[str]) -> str | None:
     random = sorted({str(f["model"]) for f in flats if str(f["model"]) in RANDOM_MODELS})
     if not random:
@@ -174,7 +212,8 @@ RULES: dict[str, Callable[[list[dict], set[str]], str | None]] = {
     "clip_never_binds": clip_never_binds, "masked_class": masked_class,
     "no_high_tokens": no_high_tokens, "split_unused": split_unused,
     "async_unused": async_unused, "overlong_unused": overlong_unused,
-    "staleness_compounds": staleness_compounds, "random_model": random_model,
+    "staleness_compounds": staleness_compounds, "quantile_indistinct": quantile_indistinct,
+    "random_model": random_model,
 }
 
 

@@ -10,6 +10,7 @@ from archer.models import build_tiny_model
 from archer.train_config import TrainConfig
 from experiments.mechanism_lint import (
     flatten,
+    high_token_count,
     lint_trials,
     lint_warm_start,
     varied_keys,
@@ -124,6 +125,42 @@ def test_staleness_with_the_async_update_mode_compounds():
     assert "max_staleness=2 with algo.update_mode=async" in text
     assert "staleness_compounds" not in rules([run(max_staleness=2)])  # sync update
     assert "staleness_compounds" not in rules([run(algo={"update_mode": "async"})])  # k = 0
+
+
+def test_high_token_count_by_hand_and_against_the_split():
+    import torch
+
+    from archer.algos.split import split_by_entropy
+
+    # 5 tokens: sorted position rho*4 = 2.8 / 3.2 / 3.6 -> 2, 1, 1 tokens above it
+    assert [high_token_count(5, r) for r in (0.7, 0.8, 0.9)] == [2, 1, 1]
+    # 11 tokens: positions 8.0 and 9.0 -> 2 and 1 (0.8 and 0.9 first differ here)
+    assert [high_token_count(11, r) for r in (0.8, 0.9)] == [2, 1]
+    assert high_token_count(1, 0.5) == 0 and high_token_count(4, 1.0) == 0
+    gen = torch.Generator().manual_seed(0)
+    for length in range(1, 13):
+        entropy = torch.rand(1, length, generator=gen, dtype=torch.float64)
+        for rho in (0.1, 0.25, 0.5, 0.7, 0.75, 0.8, 0.9, 1.0):
+            split = split_by_entropy(entropy, torch.ones(1, length, dtype=torch.bool), rho)
+            assert int(split.high_entropy_mask.sum()) == high_token_count(length, rho)
+
+
+def test_response_scope_quantiles_that_mark_the_same_tokens_are_one_experiment():
+    def arm(rho, scope="response", tokens=5):
+        return run(max_new_tokens=tokens, algo={"entropy_quantile": rho, "entropy_scope": scope,
+                                                "low": low()})
+
+    grid = [arm(r, s) for r in (0.7, 0.8, 0.9) for s in ("response", "batch")]
+    warning = next(w for w in lint_trials(grid) if w.startswith("[quantile_indistinct]"))
+    assert "algo.entropy_quantile=0.8 and 0.9 at algo.entropy_scope=response" in warning
+    assert "max_new_tokens=5" in warning
+    assert "quantile_indistinct" not in rules([arm(0.7), arm(0.8)])  # 2 vs 1 tokens at 5
+    assert "quantile_indistinct" not in rules([arm(r, "batch") for r in (0.8, 0.9)])
+    assert "quantile_indistinct" not in rules([arm(r, tokens=11) for r in (0.8, 0.9)])
+    # the same quantiles in arms that differ in something else are not duplicates
+    other = [arm(0.8), run(max_new_tokens=5, lr=3e-4, algo={"entropy_quantile": 0.9,
+                                                          "low": low()})]
+    assert "quantile_indistinct" not in rules(other)
 
 
 def test_random_model_and_warm_start_without_signal():

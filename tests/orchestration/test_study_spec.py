@@ -18,15 +18,30 @@ from experiments.study import (
 from experiments.sweep import load_sweep
 
 
+def test_every_shipped_study_passes_the_mechanism_lint(tmp_path):
+    """No shipped study varies something that cannot act under its settings (the lint the
+    dry run and the launch print), e.g. two response-scope quantiles that mark the same
+    tokens of 5-token responses."""
+    from experiments.mechanism_lint import lint_trials
+    from experiments.study_cli import plan_warm_starts, planned_trains
+
+    for name in study_names():
+        spec = load_study(name)
+        trials = expand_trials(spec, [], tmp_path / name)
+        assert lint_trials(planned_trains(trials, plan_warm_starts(trials, spec.warm_start))) \
+            == [], name
+
+
 def test_shipped_studies_load_with_their_grids():
     assert study_names() == ["ablate_clip", "ablate_entropy_quantile", "ablate_kl",
                              "ablate_staleness", "ablate_update_mode", "baselines",
                              "baselines_smollm2"]
     sizes = {name: load_study(name).size() for name in study_names()}
-    # 7 methods; 3 rho x 2 scopes; 5 clip settings (the paper's table); 3 KL; 4 update modes
+    # 7 methods; 3 rho at batch scope + the per-response default; 5 clip settings (the
+    # paper's table); 3 KL; 4 update modes
     # x 8 seeds for baselines, 6 for each ablation; 3 methods x 3 seeds on SmolLM2;
     # 3 staleness levels x 2 methods x 3 seeds
-    assert sizes == {"baselines": 56, "ablate_entropy_quantile": 36, "ablate_clip": 30,
+    assert sizes == {"baselines": 56, "ablate_entropy_quantile": 24, "ablate_clip": 30,
                      "ablate_kl": 18, "ablate_update_mode": 24, "baselines_smollm2": 9,
                      "ablate_staleness": 18}
     smol = load_study("baselines_smollm2")
