@@ -3,9 +3,10 @@
 The cost model (:func:`estimate_cost`) is a per-step rate times the work, with its assumptions
 printed beside the numbers:
 
-- a training step costs ``s_per_step`` seconds of one trial's resources for the recipe's
-  reference shape (:data:`STEP_RATES`: measured for ``cpu``, the tiny model on one thread),
-  scaled linearly by sampled tokens, ``prompts_per_step x group_size x max_new_tokens``,
+- a training step costs ``s_per_step`` seconds of one trial's resources for a reference shape:
+  the trials' model's rate where one is measured (:data:`MODEL_RATES`, e.g. SmolLM2-135M,
+  whose steps cost about 200 times the tiny model's), else the recipe's (:data:`STEP_RATES`:
+  measured for ``cpu``, the tiny model on one thread), scaled linearly by sampled tokens, ``prompts_per_step x group_size x max_new_tokens``,
   relative to that shape (rollout dominates at these sizes);
 - the trainer's validations (every ``val_every`` steps and at the end) and the per-trial
   evaluation (``eval.k`` samples of each of ``val_size`` held-out problems) cost the step rate
@@ -25,6 +26,12 @@ from typing import Any
 STEP_RATES: dict[str, tuple[float, tuple[int, int, int], str]] = {
     "cpu": (0.25, (16, 8, 5), "measured: the warm-started tiny model, 1 thread, two trials "
             "at once on a 2-core machine: 60 steps in 15 s"),
+}
+# prepared model name -> its rate on CPU (as STEP_RATES), whatever the recipe
+MODEL_RATES: dict[str, tuple[float, tuple[int, int, int], str]] = {
+    "smollm2-135m": (50.0, (8, 8, 16), "measured: baselines_smollm2, median time/step 49 s "
+                     "over its 9 trials (dapo's refill rounds up to 118 s), two trials at once "
+                     "on a loaded 2-core machine"),
 }
 GPU_RATE = (30.0, (32, 8, 1024), "assumed, not measured: a 1.5B model on one GPU")
 SFT_S_PER_STEP = 0.12  # warm-start SFT step, tiny model: 0.08 s measured at batch 64, 1.5x assumed at 128
@@ -56,19 +63,33 @@ def trial_seconds(train: dict[str, Any], evaluation: dict[str, Any] | None,
     return steps * s_step + val_s + eval_s
 
 
+def step_rate(recipe: str, models: set[str], resources: dict[str, Any]
+              ) -> tuple[tuple[float, tuple[int, int, int], str], str]:
+    """(rate, what it is the rate of) for trials of ``models`` under ``recipe``: a CPU
+    model's measured rate, else the recipe's, else the cpu recipe's (a CPU recipe) or the
+    GPU guess."""
+    gpu = bool(resources.get("num_gpus"))
+    known = sorted(m for m in models if m in MODEL_RATES)
+    if known and not gpu:
+        slowest = max(known, key=lambda m: MODEL_RATES[m][0])
+        return MODEL_RATES[slowest], f"model {slowest}"
+    if recipe in STEP_RATES:
+        return STEP_RATES[recipe], f"recipe {recipe}"
+    rate = GPU_RATE if gpu else STEP_RATES["cpu"]
+    return (rate[0], rate[1], rate[2] + f" (recipe {recipe} has no rate of its own)"), \
+        f"recipe {recipe}"
+
+
 def estimate_cost(recipe: str, trials, resources: dict[str, Any], warm_to_build: int,
                   warm_steps: int) -> CostEstimate:
-    rate = STEP_RATES.get(recipe)
-    if rate is None:  # a CPU recipe: the cpu recipe's rate (a tiny model); else the GPU guess
-        rate = STEP_RATES["cpu"] if not resources.get("num_gpus") else GPU_RATE
-        rate = (rate[0], rate[1], rate[2] + f" (recipe {recipe} has no rate of its own)")
+    rate, source = step_rate(recipe, {str(t.train["model"]) for t in trials}, resources)
     seconds = [trial_seconds(t.train, t.eval, rate) for t in trials]
     warm_s = warm_to_build * warm_steps * SFT_S_PER_STEP
     cpus, gpus = float(resources.get("num_cpus", 1)), float(resources.get("num_gpus", 0))
     s_ref, (p0, g0, t0), note = rate
     assumptions = [
         f"{s_ref:g} s per training step at {p0} prompts x {g0} samples x {t0} new tokens "
-        f"(recipe {recipe}: {note}), scaled by sampled tokens",
+        f"({source}: {note}), scaled by sampled tokens",
         "validation and evaluation cost the step rate per sampled response",
         f"warm start: {SFT_S_PER_STEP:g} s per SFT step (measured, tiny model), "
         f"{warm_to_build} to build",

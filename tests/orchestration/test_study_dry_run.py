@@ -93,6 +93,24 @@ def test_staleness_study_dry_run_fits_an_hour_on_two_cores(cache, tmp_path, caps
     assert len({ws.locate(t.train, spec.warm_start).hash for t in trials}) == 1
 
 
+def test_a_smollm2_study_is_estimated_at_that_models_measured_rate(cache, tmp_path):
+    import re
+
+    from experiments.study_cli import dry_run
+
+    out = dry_run("baselines_smollm2", [], tmp_path / "studies")
+    assert "9 trials = 3 arm(s) x 3 seed(s)" in out
+    assert "50 s per training step at 8 prompts x 8 samples x 16 new tokens (model " \
+           "smollm2-135m: measured" in out
+    minutes = [float(m) for m in re.findall(r"\(~([0-9.]+) min\)", out)]
+    # 12 steps x 50 s, one validation of 200 and 200 x 4 evaluation samples at 50/64 s each:
+    # 600 + 156.25 + 625 s = 23.0 min (the run at ca2051d: 7.4 to 29 min, median 19)
+    assert minutes == [23.0] * 9
+    # the tiny model's rate would have said a few seconds per trial
+    tiny = dry_run("baselines", ["study.seeds=[0]"], tmp_path / "studies")
+    assert "(recipe cpu: measured" in tiny
+
+
 def test_dry_run_reuses_a_present_warm_start_and_lints_its_accuracy(cache, tmp_path):
     from experiments.study_cli import dry_run
 
