@@ -149,6 +149,10 @@ def run(mode: str, model: str, path: str, pairs: list[str]) -> None:
         run_update(ctx, out, path)
     elif mode == "step":
         out["metrics"] = train_step(ctx)
+    elif mode == "validate":  # held-out shares of unequal size (or none) per rank
+        from archer.trainer.validation import validate
+
+        out["metrics"] = validate(ctx)
     elif mode == "ckpt":
         out["metrics"] = train_step(ctx)
         save(ctx, out["metrics"])

@@ -176,6 +176,22 @@ def test_fsdp_train_step_equals_single_process(tiny_path, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("val_size", [5, 1])
+def test_fsdp_validation_with_unequal_shares_equals_single_process(tiny_path, tmp_path,
+                                                                    val_size):
+    """5 held-out prompts over 2 ranks at rollout_batch_size=2: 3 and 2 prompts, so 2 and 1
+    generate calls; 1 prompt: rank 1 has none. Greedy, so the 2-process scores are the single
+    process's (transformers' synced_gpus would make each generation step a collective and
+    desynchronise the ranks)."""
+    one = run_worker("validate", tiny_path, tmp_path / "one.pt", 1, val_size=val_size)
+    two = run_worker("validate", tiny_path, tmp_path / "two.pt", 2, val_size=val_size)
+    assert two["failure"] is None
+    assert two["metrics"] == pytest.approx(one["metrics"], rel=1e-6)
+    assert set(one["metrics"]) == {"val/reward_mean", "val/accuracy",
+                                   "val/response_length_mean"}
+
+
+@pytest.mark.slow
 def test_fsdp_checkpoint_round_trip(tiny_path, tmp_path):
     out = run_worker("ckpt", tiny_path, tmp_path / "ckpt.pt", 2)
     assert out["resumed"] and out["step"] == 1

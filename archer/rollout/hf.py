@@ -121,8 +121,14 @@ class HFRollout(RolloutBackend):
         config = self._generation_config(params)
         config.output_scores = with_scores
         with _seeded(seed, device):
+            # synced_gpus=False: transformers turns it on for an FSDP module under torch
+            # distributed, and then every generation step is an all-reduce, so ranks making
+            # different numbers of calls (a held-out share of 3 prompts beside one of 2)
+            # desynchronise. The trainer generates inside distributed.full_params, where
+            # every unit is gathered and a forward needs no collective.
             out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                      generation_config=config, **prefilled)
+                                      generation_config=config, synced_gpus=False,
+                                      **prefilled)
         response_ids = out.sequences[:, prompt_ids.shape[1] :]  # (b*n, R)
         return prompt_ids, prompt_mask, out, response_ids
 
