@@ -55,7 +55,14 @@ def start(temp: Path, num_cpus: int) -> str:
 def head_pids(temp: Path) -> set[int]:
     """The head's processes (command line naming ``temp`` or its GCS port) and descendants."""
     port_file = temp / "gcs_port"
-    marks = [str(temp)] + ([f":{port_file.read_text()}\0"] if port_file.is_file() else [])
+    return marked_pids([str(temp)] + ([f":{port_file.read_text()}"] if port_file.is_file()
+                                      else []))
+
+
+def marked_pids(marks: list[str]) -> set[int]:
+    """The processes whose command line contains one of ``marks`` (a port mark ``":N"``
+    matches at the end of an argument), and their descendants; never this process."""
+    marks = [m + "\0" if m.startswith(":") else m for m in marks]
     table: dict[int, tuple[int, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -32,16 +32,20 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def load_local_head():
+    """examples/ray_cluster/local_head.py (a standalone script, not a package): its
+    ``free_ports`` and ``marked_pids`` serve this test's cluster too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "local_head", REPO / "examples" / "ray_cluster" / "local_head.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+local_head = load_local_head()
+free_ports = local_head.free_ports
 
 
 class LocalRayCluster:
@@ -98,27 +102,8 @@ class LocalRayCluster:
     def pids(self) -> set[int]:
         """Processes of this cluster (their command line names its temp dir or GCS port) and
         their descendants (the workers raylets start)."""
-        marks = [str(self.temp)] + ([f":{self.port}\0"] if self.port else [])
-        table: dict[int, tuple[int, str]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            table[int(entry)] = (ppid, cmd + "\0")
-        hit = {p for p, (_, cmd) in table.items()
-               if p != os.getpid() and any(m in cmd for m in marks)}
-        grew = True
-        while grew:
-            grew = False
-            for pid, (ppid, _) in table.items():
-                if ppid in hit and pid not in hit:
-                    hit.add(pid)
-                    grew = True
-        return hit
+        return local_head.marked_pids([str(self.temp)] + ([f":{self.port}"] if self.port
+                                                          else []))
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
