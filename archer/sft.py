@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -250,17 +251,93 @@ def heldout_accuracy(model, tokenizer, prompts: list[str], records: list[dict], 
     return heldout_scores(batch, records, 1, reward_fn, "held-out reward").accuracy
 
 
+@dataclass
+class _Progress:
+    """A warm-up's state as it runs (what a resume restores)."""
+
+    start: float  # perf_counter() at the start, less the time before a resumed stop
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    first_loss: float = math.nan
+    last_loss: float = math.nan
+    accuracy: float = math.nan
+    stopped: str = "steps"
+
+
+@dataclass
+class _Parts:
+    """What one warm-up trains and scores: the model, its optimiser and sampler, the pairs."""
+
+    model: torch.nn.Module
+    tok: Any
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    prompts: list[str]
+    targets: list[str]
+    val_prompts: list[str]
+    val: list[dict]
+    reward_fn: Callable
+
+
 def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
     """Run the warm-up described in the module docstring; returns where the model went."""
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    parts = _build_parts(cfg)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path, resume_path = out / "sft_log.jsonl", out / RESUME_FILE
+    resumed = load_resume_state(resume_path, cfg) if cfg.resume and resume_path.is_file() \
+        else None
+    run = _Progress(start=time.perf_counter())
+    if resumed is None:
+        log_path.unlink(missing_ok=True)
+    else:
+        _restore(run, parts, resumed, log_path)
+        log(f"resuming the warm-up stopped after step {run.step} ({resume_path}; "
+            "resume=false starts over)")
+
+    def evaluate() -> float:
+        if not parts.val:
+            return math.nan
+        return heldout_accuracy(parts.model, parts.tok, parts.val_prompts, parts.val,
+                                parts.reward_fn, cfg.max_new_tokens)
+
+    _train(cfg, run, parts, evaluate, log_path, log)
+    evaluated, acc_evaluated = list(run.history), run.accuracy  # what a resume goes on from
+    if not run.history or run.history[-1]["step"] != run.step:  # (a signal: no evaluation)
+        held = math.nan if run.stopped in ("SIGINT", "SIGTERM") else evaluate()
+        run.accuracy = _record(run.history, log_path, run.step, run.last_loss, held, run.start,
+                               log, parts.opt.param_groups[0]["lr"])
+    model_dir = out / "model"
+    parts.model.save_pretrained(model_dir)
+    parts.tok.save_pretrained(model_dir)
+    if run.stopped in ("SIGINT", "SIGTERM"):  # the same command goes on from here
+        save_resume_state(resume_path, cfg, parts.model, parts.opt, parts.gen, {
+            "step": run.step, "history": evaluated, "first_loss": run.first_loss,
+            "last_loss": run.last_loss, "accuracy": acc_evaluated,
+            "seconds": time.perf_counter() - run.start})
+    else:
+        resume_path.unlink(missing_ok=True)
+    result = SFTResult(model_dir=model_dir, steps=run.step, first_loss=run.first_loss,
+                       last_loss=run.last_loss, accuracy=run.accuracy, stopped=run.stopped,
+                       history=run.history)
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    summary["config"] = asdict(cfg)
+    (out / "sft_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return result
+
+
+def _build_parts(cfg: SFTConfig) -> _Parts:
+    """The records (checked first: data errors are quick), the model, its optimiser and the
+    (prompt, target) pairs."""
     from archer.data.templates import format_prompt
     from archer.distributed import resolve_device
     from archer.models import load_policy_and_ref
-    from archer.trainer import StopOnSignal, load_records, lr_factor, resolve_reward
+    from archer.trainer import load_records, resolve_reward
 
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    train, val = load_records(cfg.records_config())  # before the model: data errors are quick
+    train, val = load_records(cfg.records_config())
     # training records need the answer to learn, held-out ones to score the accuracy
     missing = sorted(r.get("index", -1) for r in train + val if r.get("answer") is None)
     if missing:
@@ -269,95 +346,67 @@ def supervised_finetune(cfg: SFTConfig, log: Callable[[str], None] = print) -> S
                          "an 'answer' field in every record")
     model, _, tok = load_policy_and_ref(cfg.model, need_ref=False, dtype=cfg.dtype,
                                         device=device)
-    prompts = [format_prompt(r, cfg.template, tok) for r in train]
-    targets = [cfg.data.answer_format.format(answer=r["answer"]) for r in train]
-    val_prompts = [format_prompt(r, cfg.template, tok) for r in val]
-    reward_fn = resolve_reward(cfg.reward)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "sft_log.jsonl"
-    resume_path = out / RESUME_FILE
-    resumed = load_resume_state(resume_path, cfg) if cfg.resume and resume_path.is_file() \
-        else None
-    if resumed is None:
-        log_path.unlink(missing_ok=True)
+    return _Parts(model=model, tok=tok, opt=opt, gen=torch.Generator().manual_seed(cfg.seed),
+                  prompts=[format_prompt(r, cfg.template, tok) for r in train],
+                  targets=[cfg.data.answer_format.format(answer=r["answer"]) for r in train],
+                  val_prompts=[format_prompt(r, cfg.template, tok) for r in val], val=val,
+                  reward_fn=resolve_reward(cfg.reward))
 
-    def evaluate() -> float:
-        if not val:
-            return math.nan
-        return heldout_accuracy(model, tok, val_prompts, val, reward_fn, cfg.max_new_tokens)
 
-    start = time.perf_counter()
-    history: list[dict[str, float]] = []
-    first_loss = last_loss = math.nan
-    acc, stopped, step = math.nan, "steps", 0
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        opt.load_state_dict(resumed["optimizer"])
-        gen.set_state(resumed["generator"])
-        torch.set_rng_state(resumed["torch_rng"])
-        step, history = int(resumed["step"]), list(resumed["history"])
-        first_loss, last_loss, acc = (float(resumed[k]) for k in ("first_loss", "last_loss",
-                                                                  "accuracy"))
-        start -= float(resumed["seconds"])  # max_seconds counts the time before the stop
-        log(f"resuming the warm-up stopped after step {step} ({resume_path}; "
-            "resume=false starts over)")
-        log_path.unlink(missing_ok=True)  # the log as the run had it, without the stop's row
-        for row in history:
-            _write_row(log_path, row)
-    model.train()
-    # Ctrl-C / SIGTERM: stop after this step and save the model so far
+def _restore(run: _Progress, parts: _Parts, resumed: dict, log_path: Path) -> None:
+    """A stopped warm-up's state back: weights, optimiser, sampler, RNG, clock and log."""
+    parts.model.load_state_dict(resumed["model"])
+    parts.opt.load_state_dict(resumed["optimizer"])
+    parts.gen.set_state(resumed["generator"])
+    torch.set_rng_state(resumed["torch_rng"])
+    run.step, run.history = int(resumed["step"]), list(resumed["history"])
+    run.first_loss, run.last_loss, run.accuracy = (
+        float(resumed[k]) for k in ("first_loss", "last_loss", "accuracy"))
+    run.start -= float(resumed["seconds"])  # max_seconds counts the time before the stop
+    log_path.unlink(missing_ok=True)  # the log as the run had it, without the stop's row
+    for row in run.history:
+        _write_row(log_path, row)
+
+
+def _train(cfg: SFTConfig, run: _Progress, parts: _Parts, evaluate: Callable[[], float],
+           log_path: Path, log: Callable[[str], None]) -> None:
+    """Optimizer steps until ``steps``, ``max_seconds``, ``target_accuracy`` or a signal
+    (Ctrl-C / SIGTERM: stop after this step; the caller saves the model so far)."""
+    from archer.trainer import StopOnSignal, lr_factor
+
+    parts.model.train()
     signals = StopOnSignal(say=log, action="saving the model so far")
     with signals:
-        while step < cfg.steps:
+        while run.step < cfg.steps:
             if signals.received is not None:
-                stopped = signal.Signals(signals.received).name
-                break
-            if cfg.max_seconds is not None and time.perf_counter() - start >= cfg.max_seconds:
-                stopped = "time"
-                break
-            idx = torch.randint(len(prompts), (cfg.batch_size,), generator=gen).tolist()
-            loss = sft_loss(model, tok, [prompts[i] for i in idx], [targets[i] for i in idx],
-                            share_prefix=cfg.share_prefix)
-            opt.zero_grad(set_to_none=True)
+                run.stopped = signal.Signals(signals.received).name
+                return
+            if cfg.max_seconds is not None and \
+                    time.perf_counter() - run.start >= cfg.max_seconds:
+                run.stopped = "time"
+                return
+            idx = torch.randint(len(parts.prompts), (cfg.batch_size,),
+                                generator=parts.gen).tolist()
+            loss = sft_loss(parts.model, parts.tok, [parts.prompts[i] for i in idx],
+                            [parts.targets[i] for i in idx], share_prefix=cfg.share_prefix)
+            parts.opt.zero_grad(set_to_none=True)
             loss.backward()
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.lr_schedule,
+            for group in parts.opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(run.step, cfg.warmup_steps, cfg.lr_schedule,
                                                  cfg.steps, cfg.min_lr_ratio)
-            opt.step()
-            step += 1
-            last_loss = loss.item()
-            first_loss = last_loss if step == 1 else first_loss
-            if step % cfg.eval_every == 0:
-                acc = _record(history, log_path, step, last_loss, evaluate(), start, log,
-                              opt.param_groups[0]["lr"])
-                if cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
-                    stopped = "target"
-                    break
-    evaluated, acc_evaluated = list(history), acc  # what a resume goes on from
-    if not history or history[-1]["step"] != step:  # (stopped by a signal: no evaluation)
-        held = math.nan if stopped in ("SIGINT", "SIGTERM") else evaluate()
-        acc = _record(history, log_path, step, last_loss, held, start, log,
-                      opt.param_groups[0]["lr"])
-    model_dir = out / "model"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    if stopped in ("SIGINT", "SIGTERM"):  # the same command goes on from here
-        save_resume_state(resume_path, cfg, model, opt, gen, {
-            "step": step, "history": evaluated, "first_loss": first_loss,
-            "last_loss": last_loss, "accuracy": acc_evaluated,
-            "seconds": time.perf_counter() - start})
-    else:
-        resume_path.unlink(missing_ok=True)
-    result = SFTResult(model_dir=model_dir, steps=step, first_loss=first_loss,
-                       last_loss=last_loss, accuracy=acc, stopped=stopped, history=history)
-    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
-    summary["config"] = asdict(cfg)
-    (out / "sft_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    return result
+            parts.opt.step()
+            run.step += 1
+            run.last_loss = loss.item()
+            run.first_loss = run.last_loss if run.step == 1 else run.first_loss
+            if run.step % cfg.eval_every == 0:
+                run.accuracy = _record(run.history, log_path, run.step, run.last_loss,
+                                       evaluate(), run.start, log,
+                                       parts.opt.param_groups[0]["lr"])
+                if cfg.target_accuracy is not None and run.accuracy >= cfg.target_accuracy:
+                    run.stopped = "target"
+                    return
 
 
 def _record(history, log_path: Path, step: int, loss: float, acc: float, start: float,
