@@ -277,12 +277,31 @@ def paired_within_methods(by_arm: dict[str, list[Trial]], n_boot: int) -> list[d
 
 
 def pick_reference(arms: list[str], asked: str | None, declared: str | None) -> str:
+    """The arm named by ``reference=`` (``asked``), else by the study's ``reference_arm``
+    (``declared``), else grpo, else the first. A name is an arm's full name, or what the
+    study file calls it: a variant (``archer [batch_rho0.8]`` is variant ``batch_rho0.8``) or
+    an axis value (``archer [algo.low.kl_weight=0.0]`` is value ``0.0``), when one arm has it."""
     for name in (asked, declared):
-        if name is not None:
-            if name not in arms:
-                raise unknown_name("reference arm", name, arms)
+        if name is None:
+            continue
+        if name in arms:
             return name
+        hits = [arm for arm in arms if name in _arm_parts(arm)]
+        if len(hits) > 1:
+            raise ConfigError(f"reference arm {name!r} is ambiguous: it names {hits}; give "
+                              "one arm's full name")
+        if not hits:
+            raise unknown_name("reference arm", name, arms)
+        return hits[0]
     return "grpo" if "grpo" in arms else arms[0]
+
+
+def _arm_parts(arm: str) -> set[str]:
+    """What distinguishes an arm in its study file: ``archer [a=1, v]`` -> {a=1, 1, v}."""
+    if " [" not in arm or not arm.endswith("]"):
+        return set()
+    parts = arm.split(" [", 1)[1][:-1].split(", ")
+    return set(parts) | {p.split("=", 1)[1] for p in parts if "=" in p}
 
 
 def declared_reference(client, parent) -> str | None:

@@ -225,6 +225,25 @@ def test_reference_arm_of_the_study_spec(tmp_path, write_study):
         load_study(bad)
 
 
+def test_a_reference_arm_is_named_as_the_study_file_names_it():
+    from experiments.report import pick_reference
+
+    arms = ["archer [batch_rho0.7]", "archer [batch_rho0.8]", "archer [response_rho0.8]"]
+    assert pick_reference(arms, None, "response_rho0.8") == "archer [response_rho0.8]"
+    assert pick_reference(arms, "archer [batch_rho0.7]", "response_rho0.8") == arms[0]
+    axes = ["archer [algo.low.kl_weight=0.0]", "archer [algo.low.kl_weight=0.001]"]
+    assert pick_reference(axes, None, "0.001") == axes[1]  # an axis value
+    assert pick_reference(["grpo", "archer"], None, "grpo") == "grpo"
+    assert pick_reference(["dapo", "grpo"], None, None) == "grpo"
+    grid = ["archer [a=0.8, b=response]", "archer [a=0.8, b=batch]"]
+    with pytest.raises(ConfigError, match=r"reference arm '0.8' is ambiguous"):
+        pick_reference(grid, None, "0.8")
+    assert pick_reference(grid, None, "batch") == grid[1]
+    with pytest.raises(ConfigError, match=r"unknown reference arm 'batch_rho0.9'.*did you "
+                       r"mean 'archer \[batch_rho0.8\]'"):
+        pick_reference(arms, "batch_rho0.9", None)
+
+
 def test_each_method_is_compared_with_its_own_first_setting():
     from experiments.report import Trial, paired_within_methods
 
