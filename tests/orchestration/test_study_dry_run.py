@@ -80,10 +80,10 @@ def test_staleness_study_dry_run_fits_an_hour_on_two_cores(cache, tmp_path, caps
     root = tmp_path / "studies"
     assert main(["ablate", "ablate_staleness", "--dry-run", f"out_dir={root}"]) == 0
     out = capsys.readouterr().out
-    assert "18 trials = 6 arm(s) x 3 seed(s) [0, 1, 2]" in out
+    assert "36 trials = 6 arm(s) x 6 seed(s) [0, 1, 2, 3, 4, 5]" in out
     for algo in ("archer", "grpo"):
         for k in (0, 1, 2):
-            assert f"algo={algo} max_staleness={k} seed=2" in out
+            assert f"algo={algo} max_staleness={k} seed=5" in out
     hours = float(re.search(r"estimate: ([0-9.]+) CPU-hours", out).group(1))
     assert hours <= 2 * 1.0  # 2 trials at a time on 2 cores: at most 60 min of wall time
     spec = load_study("ablate_staleness")

@@ -40,10 +40,10 @@ def test_shipped_studies_load_with_their_grids():
     # 7 methods; 3 rho at batch scope + the per-response default; 5 clip settings (the
     # paper's table); 3 KL; 4 update modes
     # x 8 seeds for baselines, 6 for each ablation; 3 methods x 3 seeds on SmolLM2;
-    # 3 staleness levels x 2 methods x 3 seeds
+    # 3 staleness levels x 2 methods x 6 seeds
     assert sizes == {"baselines": 56, "ablate_entropy_quantile": 24, "ablate_clip": 30,
                      "ablate_kl": 18, "ablate_update_mode": 24, "baselines_smollm2": 9,
-                     "ablate_staleness": 18}
+                     "ablate_staleness": 36}
     smol = load_study("baselines_smollm2")
     assert smol.warm_start is None and smol.eval_start and smol.reference_arm == "grpo"
     spec = load_study("baselines", ["seeds=[0]", "max_concurrent=3"])
