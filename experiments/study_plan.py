@@ -111,9 +111,14 @@ def format_plan(spec, trials, common: list[str], warm: list, cost: CostEstimate,
         lines.append(f"  {t.name:44s} {' '.join(own) or '-'}  (~{seconds / 60:.1f} min)")
     if not warm:
         lines.append("warm start: none (warm_start=null): the trials train the model as given")
+    from experiments.warm_start import cut_short
+
     for w in warm:
         state = (f"present, reused (held-out accuracy {w.heldout_accuracy})" if w.present
                  else f"absent: will be built ({spec.warm_start.steps} SFT steps at most)")
+        if cut_short(w, spec.warm_start):
+            state += (f"; it stopped on its time budget after {w.sft_steps} of "
+                      f"{spec.warm_start.steps} steps: delete it to build it again")
         lines.append(f"warm start: {w.hash[:16]} at {w.model_dir} ({state})")
     lines.append(f"estimate: {cost.cpu_hours:.2f} CPU-hours"
                  + (f", {cost.gpu_hours:.2f} GPU-hours" if cost.gpu_hours else "")

@@ -216,6 +216,7 @@ def prepare_warm_start(train: dict[str, Any], settings: WarmStartSettings,
     found = locate(train, settings, root)
     if found.present:
         log(f"reusing the warm start {found.hash[:HASH_CHARS]} in {found.dir}")
+        _warn_if_cut_short(found, settings, log)
         return found
     with _locked(found.dir.with_name(found.dir.name + ".lock")):
         again = locate(train, settings, root)  # built by another process meanwhile?
@@ -231,6 +232,24 @@ def prepare_warm_start(train: dict[str, Any], settings: WarmStartSettings,
                 "differs): rebuilding it")
             shutil.rmtree(found.dir)
         return _build(train, settings, found, log)
+
+
+def cut_short(warm: WarmStart, settings: WarmStartSettings) -> bool:
+    """Whether the entry stopped on its ``max_seconds`` budget before its steps or target:
+    then it depends on how fast the machine that built it was, which its hash does not say."""
+    manifest = read_manifest(warm.dir) if warm.present else None
+    return bool(manifest) and manifest.get("stopped") == "time" and \
+        (warm.sft_steps or 0) < settings.steps
+
+
+def _warn_if_cut_short(warm: WarmStart, settings: WarmStartSettings,
+                       log: Callable[[str], None]) -> None:
+    if cut_short(warm, settings):
+        log(f"WARNING: the warm start {warm.hash[:HASH_CHARS]} stopped on its time budget "
+            f"(max_seconds={settings.max_seconds:g}) after {warm.sft_steps} of "
+            f"{settings.steps} steps (held-out greedy accuracy {warm.heldout_accuracy}): a "
+            "slower or busier machine gives a weaker warm start under the same hash; delete "
+            f"{warm.dir} to build it again")
 
 
 def _build(train: dict[str, Any], settings: WarmStartSettings, target: WarmStart,
@@ -267,5 +286,7 @@ def _build(train: dict[str, Any], settings: WarmStartSettings, target: WarmStart
     os.replace(tmp, target.dir)  # the atomic publish
     log(f"warm start {target.hash[:HASH_CHARS]}: {result.steps} SFT steps, held-out greedy "
         f"accuracy {accuracy}")
-    return WarmStart(target.hash, target.dir, True, accuracy, result.steps)
+    built = WarmStart(target.hash, target.dir, True, accuracy, result.steps)
+    _warn_if_cut_short(built, settings, log)
+    return built
 

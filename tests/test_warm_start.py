@@ -103,6 +103,23 @@ def test_build_then_reuse_then_rebuild_a_corrupt_entry(cache):
     assert not ws.locate(train, SETTINGS).present
 
 
+def test_a_build_cut_short_by_its_time_budget_says_so_when_built_and_reused(cache):
+    train = train_dict()
+    budget = replace(SETTINGS, max_seconds=1e-9)  # spent before the first step
+    logs: list[str] = []
+    built = ws.prepare_warm_start(train, budget, log=logs.append)
+    assert built.present and built.sft_steps == 0 and ws.cut_short(built, budget)
+    warning = next(line for line in logs if line.startswith("WARNING"))
+    assert "stopped on its time budget (max_seconds=1e-09) after 0 of 4 steps" in warning
+    assert f"delete {built.dir} to build it again" in warning
+    logs.clear()
+    again = ws.prepare_warm_start(train, budget, log=logs.append)
+    assert again == built and logs[0].startswith("reusing") and logs[1].startswith("WARNING")
+    # a build that finished its steps (or met its target) within the budget is not cut short
+    full = ws.prepare_warm_start(train, SETTINGS, log=lambda _: None)
+    assert full.sft_steps == 4 and not ws.cut_short(full, SETTINGS)
+
+
 def test_an_interrupted_build_is_cleaned_and_rebuilt(cache):
     train = train_dict()
     target = ws.locate(train, SETTINGS)
