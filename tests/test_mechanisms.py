@@ -329,6 +329,41 @@ def test_async_mode_takes_two_passes_per_minibatch_in_order(tiny_path, tmp_path,
     assert metrics["actor/optimizer_steps"] == len(phases)
 
 
+def test_per_class_metrics_count_only_the_phases_that_train_the_class(tiny_path, tmp_path,
+                                                                       monkeypatch):
+    """async split by entropy: each phase trains one class, so a step's clip fraction of a
+    class is the mean over the phases that train it (not halved by the other class's
+    phases); mask mode trains no low-entropy token, so it logs no low clip fraction, while
+    the monitor still measures that class's KL to the reference (it drifts with the shared
+    weights)."""
+    batch, rewards = rollout(tiny_path, tmp_path)
+    losses = []
+    original = update.compute_policy_loss
+
+    def keep(name, inputs, cfg, with_metrics=True, scales=None):
+        out = original(name, inputs, cfg, with_metrics, scales)
+        losses.append({k: float(v) for k, v in out.metrics.items()})
+        return out
+
+    monkeypatch.setattr(update, "compute_policy_loss", keep)
+    algo = preset("ar_lopti", async_split="entropy", async_first="high_entropy",
+                  kl_monitor=True)
+    _, metrics = update_on(tiny_path, tmp_path, batch, rewards, algo)
+    for name in CLASSES:
+        key = f"actor/clipfrac_{name}_upper"
+        trained = [m[key] for m in losses if key in m]
+        assert 0 < len(trained) == len(losses) // 2  # one phase in two trains the class
+        assert metrics[key] == pytest.approx(float(np.mean(trained)), rel=1e-9)
+        kls = [m[f"actor/kl_{name}"] for m in losses]  # measured in every phase
+        assert len(kls) == len(losses) and max(kls) > 0
+    losses.clear()
+    _, masked = update_on(tiny_path, tmp_path, batch, rewards,
+                          preset("high_entropy_only", kl_monitor=True))
+    assert all("actor/clipfrac_low_entropy_upper" not in m for m in losses)
+    assert "actor/clipfrac_low_entropy_upper" not in masked
+    assert masked["actor/kl_low_entropy"] > 0 and masked["actor/clipfrac_high_entropy_upper"] >= 0
+
+
 def test_mask_mode_gives_low_entropy_tokens_exactly_zero_gradient(tiny_path, tmp_path,
                                                                  monkeypatch):
     """update_mode=mask: the gradient of the loss w.r.t. every low-entropy token's log-prob

@@ -253,26 +253,41 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
                                                             device=x.device)
 
 
+def _where_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ``mask`` (non-empty), ignoring whatever ``x`` holds elsewhere."""
+    return torch.where(mask, x, 0.0).sum() / mask.sum()
+
+
 @torch.no_grad()
 def _diagnostics(inp, cfg, t: _TokenTerms, adv, w_pg, high, low, valid):
-    """Per-class clip fractions (each side), KL, PG contribution, counts; ratio statistics."""
+    """Per-class clip fractions (each side), KL, PG contribution, counts; ratio statistics.
+
+    Clip fractions describe the tokens this loss trains (``token_mask`` applied); KL to the
+    reference and entropy describe every response token of the class, trained here or not
+    (the mask mode's low-entropy tokens drift with the shared weights, and the monitor is
+    there to see it). A mean over a class without a token in this micro-batch is left out
+    (never a 0), so averages over micro-batches and phases count only those that have it."""
     out: dict[str, torch.Tensor] = {}
     pos, neg = adv > 0, adv < 0
-    upper = (t.clipped & pos).float()  # ratio above 1 + eps_high with A > 0
-    lower = (t.clipped & neg).float()  # ratio below 1 - eps_low with A < 0
+    upper = t.clipped & pos  # ratio above 1 + eps_high with A > 0
+    lower = t.clipped & neg  # ratio below 1 - eps_low with A < 0
     pg_weighted = t.pg.detach() * w_pg  # contributions add up to pg_loss
-    for name, mask in zip(CLASSES, (high, low)):
-        m = mask.float()
-        out[f"actor/tokens_{name}"] = m.sum()
-        out[f"actor/clipfrac_{name}_upper"] = _masked_mean(upper, m)
-        out[f"actor/clipfrac_{name}_lower"] = _masked_mean(lower, m)
-        if t.dual is not None:
-            out[f"actor/dual_clipfrac_{name}"] = _masked_mean(t.dual.float(), m)
+    responses = inp.response_mask.bool()
+    high_all = responses & inp.high_entropy_mask.bool() if inp.high_entropy_mask is not None \
+        else torch.zeros_like(responses)
+    for name, mask, every in zip(CLASSES, (high, low), (high_all, responses & ~high_all)):
+        out[f"actor/tokens_{name}"] = mask.float().sum()
         out[f"actor/pg_contrib_{name}"] = torch.where(mask, pg_weighted, 0.0).sum()
-        if t.kl is not None:
-            out[f"actor/kl_{name}"] = _masked_mean(t.kl.detach(), m)
-        if inp.entropy is not None:
-            out[f"actor/entropy_{name}"] = _masked_mean(inp.entropy.float(), m)
+        if mask.any():
+            out[f"actor/clipfrac_{name}_upper"] = _where_mean(upper.float(), mask)
+            out[f"actor/clipfrac_{name}_lower"] = _where_mean(lower.float(), mask)
+            if t.dual is not None:
+                out[f"actor/dual_clipfrac_{name}"] = _where_mean(t.dual.float(), mask)
+        if every.any():
+            if t.kl is not None:
+                out[f"actor/kl_{name}"] = _where_mean(t.kl.detach(), every)
+            if inp.entropy is not None:
+                out[f"actor/entropy_{name}"] = _where_mean(inp.entropy.float(), every)
     vf = valid.float()
     out["actor/clipfrac"] = _masked_mean(t.clipped.float(), vf)
     out["actor/ppo_kl"] = _masked_mean(-t.log_ratio.detach(), vf)

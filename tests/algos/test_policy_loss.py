@@ -508,6 +508,41 @@ def test_clip_fractions_per_class_and_side_hand_example():
     assert m["actor/ratio_min"].item() == pytest.approx(0.4, abs=1e-6)
 
 
+def test_a_class_the_loss_does_not_train_has_no_clip_fraction_but_its_kl_and_entropy():
+    """Mask mode trains the high-entropy tokens only: the low class has no clip fraction (not
+    a 0 that would pull averages down), while its KL to the reference and its entropy are
+    measured over all its tokens, since they drift with the shared weights."""
+    # one response, 4 tokens: high, high, low, low (the last one padded)
+    r = [1.6, 1.0, 1.4, 1.0]
+    high = [[T_, T_, F_, F_]]
+    mask = [[1, 1, 1, 0]]
+    ref_minus = [[0.0, 0.5, 0.25, 9.0]]
+    ent = torch.tensor([[2.0, 1.0, 0.5, 7.0]])
+    cfg = make_cfg(update_mode="mask", kl_monitor=True)
+    (phase,) = build_update_plan(cfg)
+    tm = phase_token_mask(phase, torch.tensor(mask).bool(), torch.tensor(high))
+    _, inp = make_inputs([[math.log(x) for x in r]], [1.0], high=high, mask=mask,
+                         ref_minus_logp=ref_minus, token_mask=tm, entropy=ent)
+    m = dual_token_clip_loss(inp, cfg).metrics
+    assert "actor/clipfrac_low_entropy_upper" not in m
+    assert "actor/clipfrac_low_entropy_lower" not in m
+    assert m["actor/tokens_low_entropy"].item() == 0  # trained tokens
+    assert m["actor/clipfrac_high_entropy_upper"].item() == pytest.approx(1 / 2)  # r 1.6 > 1.5
+    # k3 on the one valid low token, d = ref - logp = 0.25: e^d - d - 1
+    assert m["actor/kl_low_entropy"].item() == pytest.approx(math.exp(0.25) - 1.25, rel=1e-5)
+    assert m["actor/kl_high_entropy"].item() == pytest.approx(
+        (0.0 + math.exp(0.5) - 1.5) / 2, rel=1e-5)
+    assert m["actor/entropy_low_entropy"].item() == pytest.approx(0.5)  # padding excluded
+    assert m["actor/entropy_high_entropy"].item() == pytest.approx(1.5)
+    # a micro-batch without a high-entropy token reports no high-class means at all
+    _, none_high = make_inputs([[0.1, 0.2]], [1.0], high=[[F_, F_]], entropy=torch.ones(1, 2),
+                               ref_minus_logp=[[0.1, 0.1]])
+    m = dual_token_clip_loss(none_high, make_cfg(kl_monitor=True)).metrics
+    assert not any(k.startswith(("actor/clipfrac_high", "actor/kl_high", "actor/entropy_high"))
+                   for k in m)
+    assert m["actor/tokens_high_entropy"].item() == 0 and "actor/kl_low_entropy" in m
+
+
 def test_with_metrics_false_skips_diagnostics():
     old, log_ratio, adv, mask, high, _ = random_batch(2)
     _, inp = make_inputs(log_ratio, adv, high=high, mask=mask, old=old)
