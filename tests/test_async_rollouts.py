@@ -20,6 +20,7 @@ from archer.tracking import JsonlLogger
 from archer.train_config import TrainConfig
 from archer.trainer import fit
 from archer.trainer.pipeline import read_prompt_log
+from archer.trainer.publishers import ChannelPublisher, resolve_weight_sync
 from archer.trainer.records import PromptSampler, load_records
 from archer.trainer.stopping import TrainingInterrupted
 
@@ -79,9 +80,26 @@ def test_bad_staleness_is_refused_naming_the_key(tiny_path, tmp_path, bad):
         make_cfg(tiny_path, tmp_path, max_staleness=bad)
 
 
-def test_staleness_needs_the_hf_backend(tiny_path, tmp_path):
-    with pytest.raises(ConfigError, match="max_staleness=1 needs rollout_backend='hf'"):
-        make_cfg(tiny_path, tmp_path, max_staleness=1, rollout_backend="vllm")
+def test_staleness_with_the_vllm_backend_is_accepted_and_picks_the_collective(tiny_path,
+                                                                              tmp_path):
+    cfg = make_cfg(tiny_path, tmp_path, max_staleness=1, rollout_backend="vllm")
+    assert cfg.rollout_weight_sync == "auto" and resolve_weight_sync(cfg) == "collective"
+    assert resolve_weight_sync(make_cfg(tiny_path, tmp_path, max_staleness=1)) == "object_store"
+    for backend in ("hf", "vllm"):
+        for sync in ("object_store", "collective"):
+            cfg = make_cfg(tiny_path, tmp_path, max_staleness=1, rollout_backend=backend,
+                           rollout_weight_sync=sync)
+            assert resolve_weight_sync(cfg) == sync
+
+
+@pytest.mark.parametrize("bad", ["nccl", "objectstore", None, 1])
+def test_bad_weight_sync_is_refused_naming_the_key_and_the_choices(tiny_path, tmp_path, bad):
+    allowed = r"choose one of \['auto', 'object_store', 'collective'\]"
+    with pytest.raises(ConfigError, match=rf"rollout_weight_sync={bad!r} is invalid.*{allowed}"):
+        make_cfg(tiny_path, tmp_path, max_staleness=1, rollout_weight_sync=bad)
+    if bad == "objectstore":
+        with pytest.raises(ConfigError, match="did you mean 'object_store'"):
+            make_cfg(tiny_path, tmp_path, rollout_weight_sync=bad)
 
 
 def test_tis_cap_defaults_to_two_only_when_stale(tiny_path, tmp_path):
@@ -218,3 +236,111 @@ def test_update_mode_async_warns_that_staleness_compounds(tiny_path, tmp_path, l
     with caplog.at_level("WARNING", logger="archer.trainer.pipeline"):
         fit(cfg, progress=False)
     assert "compound the staleness" in caplog.text
+
+
+# --- the weight transport: a collective (gloo) channel into the HF worker ---------------------
+
+def spy_on_the_channel(monkeypatch) -> tuple[list[int], list[list[int]]]:
+    """(versions pushed to the worker, in order; the snapshots kept after each release)."""
+    pushed, kept = [], []
+    weights_for, release_before = ChannelPublisher.weights_for, ChannelPublisher.release_before
+
+    def record_push(self, worker, version):
+        if version != self.held:
+            pushed.append(version)
+        return weights_for(self, worker, version)
+
+    def record_release(self, version):
+        release_before(self, version)
+        kept.append(sorted(self.snapshots))
+
+    monkeypatch.setattr(ChannelPublisher, "weights_for", record_push)
+    monkeypatch.setattr(ChannelPublisher, "release_before", record_release)
+    return pushed, kept
+
+
+def test_the_collective_gives_the_object_store_run_bit_for_bit(tiny_path, tmp_path, local_ray,
+                                                              monkeypatch):
+    store = fit(make_cfg(tiny_path, tmp_path / "store", max_staleness=1), progress=False)
+    pushed, kept = spy_on_the_channel(monkeypatch)
+    cfg = make_cfg(tiny_path, tmp_path / "channel", max_staleness=1,
+                   rollout_weight_sync="collective")
+    channel = fit(cfg, progress=False)
+    for (name, pa), (_, pb) in zip(store.model.named_parameters(),
+                                   channel.model.named_parameters()):
+        assert torch.equal(pa, pb), name
+    assert read_prompt_log(tmp_path / "channel") == read_prompt_log(tmp_path / "store")
+    assert untimed(channel.metrics) == untimed(store.metrics)
+    # k = 1, 4 steps: steps 0, 1 from version 0, step s >= 2 from s - 1; each version once
+    assert pushed == [0, 1, 2]
+    # after step s, the versions a request in flight still needs and the new one
+    assert kept == [[0, 1], [1, 2], [2, 3], [4]]
+
+
+def test_a_version_never_received_is_refused(tiny_path, tmp_path):
+    from archer.rollout import SamplingParams
+    from archer.trainer.rollout_actor import RolloutWorker
+
+    worker = RolloutWorker(make_cfg(tiny_path, tmp_path))
+    with pytest.raises(RuntimeError, match="policy version 3 was requested but never received"):
+        worker.generate(3, [], ["User: 1+1?\nAssistant:"], SamplingParams(n=1))
+
+
+@pytest.mark.slow
+def test_dead_worker_is_restarted_with_a_fresh_channel_and_the_run_is_unchanged(
+        tiny_path, tmp_path, local_ray, monkeypatch):
+    import ray
+
+    clean = fit(make_cfg(tiny_path, tmp_path / "clean", max_staleness=1), progress=False)
+    after_step = pipeline_mod.RolloutPipeline.after_step
+    connected = []
+    connect = ChannelPublisher.connect
+
+    def record_connect(self, worker):
+        connect(self, worker)
+        connected.append(self.sender)
+
+    def kill_after_step_1(self):
+        after_step(self)
+        if self.ctx.state.step == 2:  # requests for steps 2 and 3 are in flight
+            ray.kill(self.worker, no_restart=True)
+
+    monkeypatch.setattr(ChannelPublisher, "connect", record_connect)
+    monkeypatch.setattr(pipeline_mod.RolloutPipeline, "after_step", kill_after_step_1)
+    crashed = fit(make_cfg(tiny_path, tmp_path / "crashed", max_staleness=1,
+                           rollout_weight_sync="collective"), progress=False)
+    restarts = [m["rollout/worker_restarts"] for m in crashed.metrics]
+    assert restarts in ([0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]), restarts
+    assert len(connected) == 2 and connected[0] is not connected[1]  # one channel per worker
+    assert sampled_prompts(tmp_path / "crashed") == sampled_prompts(tmp_path / "clean")
+    for (name, pa), (_, pb) in zip(clean.model.named_parameters(),
+                                   crashed.model.named_parameters()):
+        assert torch.equal(pa, pb), name
+
+
+# --- the vLLM rollout worker, without vLLM ------------------------------------------------------
+
+def test_the_vllm_worker_without_vllm_names_the_extra(tiny_path, tmp_path, monkeypatch):
+    from archer.rollout import vllm as vllm_backend
+    from archer.trainer.rollout_actor import spawn_worker
+
+    monkeypatch.setattr(vllm_backend, "vllm_available", lambda: False)
+    names_the_extra = r"vllm is not installed: pip install 'archer-rlvr\[vllm\]'"
+    cfg = make_cfg(tiny_path, tmp_path, max_staleness=1, rollout_backend="vllm")
+    with pytest.raises(vllm_backend.VLLMNotInstalledError, match=names_the_extra):
+        spawn_worker(cfg)  # before any actor (or Ray) starts
+    with pytest.raises(vllm_backend.VLLMNotInstalledError, match=names_the_extra):
+        fit(cfg, progress=False)
+
+
+def test_the_rollout_gpus_are_the_visible_ones_after_the_trainers():
+    from archer.trainer.rollout_actor import rollout_gpus
+
+    assert rollout_gpus(["0", "1", "2", "3"], 0, 1) == ["1"]
+    assert rollout_gpus(["0", "1", "2", "3"], 0, 2) == ["1", "2"]
+    assert rollout_gpus(["4", "6", "7"], 1, 2) == ["4", "7"]  # CUDA_VISIBLE_DEVICES ids
+    with pytest.raises(ValueError, match="vllm_tensor_parallel_size=2 GPU.s. besides the "
+                                         "trainer's: 2 visible"):
+        rollout_gpus(["0", "1"], 0, 2)
+    with pytest.raises(ValueError, match="cuda:3 is not among the 2 visible"):
+        rollout_gpus(["0", "1"], 3, 1)

@@ -11,7 +11,10 @@ need 32, 64, 80, ...):
 - after ``update_weights``, samples come from the new weights (a token made overwhelmingly
   likely is sampled everywhere), and pushing the old weights back restores the old samples;
 - a 2-step training run with ``rollout_backend="vllm"`` logs finite losses and
-  ``rollout/mismatch_kl``.
+  ``rollout/mismatch_kl``;
+- asynchronous rollouts (``max_staleness=1``): the vLLM rollout worker (a Ray actor) samples
+  with the weights pushed over a gloo weight channel straight into its engine's worker process,
+  and a 3-step run completes with the data order's prompts and the fixed version schedule.
 
 The other tests need no vLLM: the module imports without it and every entry point fails with
 an error that names the ``vllm`` extra.
@@ -305,3 +308,114 @@ def test_an_exported_checkpoint_loads_in_vllm_unchanged(tmp_path):
     mask = batch.response_mask.bool()
     assert mask.any()
     assert (batch.sampler_logprobs[mask] - expected[mask]).abs().max().item() <= LOGPROB_ATOL
+
+
+# --- asynchronous rollouts: the vLLM rollout worker, weights over a gloo channel -------------
+
+
+@pytest.fixture(scope="module")
+def vllm_ray():
+    """A local Ray whose workers give vLLM's CPU engine a 1 GiB KV cache (see the training
+    test); the rollout worker actors start their engines in it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    yield
+    if started:
+        ray.shutdown()
+
+
+def async_cfg(tiny_path, out_dir, **overrides):
+    import shared_rewards  # noqa: F401  (registers test_parity)
+
+    from archer.config import AlgoConfig
+    from archer.train_config import TrainConfig
+
+    base = dict(model=str(tiny_path), algo=AlgoConfig(group_filter="none"),
+                reward="test_parity", data={"task": "chain_sum", "size": 40, "seed": 0},
+                prompts_per_step=4, group_size=4, max_new_tokens=5, mini_batch_prompts=2,
+                micro_batch_size=8, lr=1e-3, total_steps=3, val_size=4, out_dir=str(out_dir),
+                num_threads=1, export_final=False, rollout_backend="vllm", max_staleness=1,
+                vllm_enforce_eager=True, vllm_max_model_len=256)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_the_vllm_worker_samples_with_the_weights_pushed_into_its_engine(tiny_path, hf,
+                                                                         tmp_path, vllm_ray):
+    """Version 1 (the one-token weights) goes over a gloo channel straight into the engine's
+    worker process; its samples are all that token, and version 2 (the original weights)
+    gives back the samples of the weights vLLM loaded from disk."""
+    import ray
+
+    from archer.trainer.publishers import ChannelPublisher, resolve_weight_sync
+    from archer.trainer.rollout_actor import spawn_worker
+
+    model, tok = hf
+    cfg = async_cfg(tiny_path, tmp_path)
+    assert resolve_weight_sync(cfg) == "collective"
+    worker = spawn_worker(cfg)
+    publisher = ChannelPublisher()  # gloo, one receiver: the engine's (only) worker
+    try:
+        publisher.connect(worker)
+        params = SamplingParams(n=4, max_new_tokens=12, seed=11)
+        _, original = ray.get(worker.generate.remote(0, [dict(model.state_dict())], PROMPTS,
+                                                     params))
+        seven = tok.convert_tokens_to_ids("7")
+        changed, _, _ = load_policy_and_ref(tiny_path, need_ref=False)
+        changed.load_state_dict(_one_token_weights(model.state_dict(), seven))
+        for version, policy in ((1, changed), (2, model)):
+            publisher.publish(version, policy)
+        got = {}
+        for version in (1, 2):
+            weights = publisher.weights_for(worker, version)
+            assert weights == []  # the request carries no weights: they came over the channel
+            got[version] = ray.get(worker.generate.remote(version, weights, PROMPTS, params))
+        assert [v for v, _ in got.values()] == [1, 2]
+        pushed = got[1][1]
+        assert torch.all(pushed.response_ids[pushed.response_mask.bool()] == seven), pushed.texts
+        assert not torch.all(original.response_ids[original.response_mask.bool()] == seven)
+        assert torch.equal(got[2][1].response_ids, original.response_ids)
+        assert torch.equal(got[2][1].sampler_logprobs, original.sampler_logprobs)
+    finally:
+        publisher.close()
+        ray.kill(worker, no_restart=True)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_k1_run_with_the_vllm_worker_completes_with_the_right_prompt_log(tiny_path, tmp_path,
+                                                                          vllm_ray,
+                                                                          monkeypatch):
+    from archer.trainer import fit
+    from archer.trainer.pipeline import read_prompt_log
+    from archer.trainer.publishers import ChannelPublisher
+    from archer.trainer.records import PromptSampler, load_records
+
+    pushed = []
+    weights_for = ChannelPublisher.weights_for
+
+    def record_push(self, worker, version):
+        if version != self.held:
+            pushed.append((version, self.backend, self.receivers))
+        return weights_for(self, worker, version)
+
+    monkeypatch.setattr(ChannelPublisher, "weights_for", record_push)
+    cfg = async_cfg(tiny_path, tmp_path)
+    result = fit(cfg, progress=False)
+    assert pushed == [(0, "gloo", 1), (1, "gloo", 1)]  # steps 0, 1 from version 0; step 2: 1
+    assert [m["rollout/staleness_max"] for m in result.metrics] == [0.0, 1.0, 1.0]
+    assert all(m["rollout/worker_restarts"] == 0.0 for m in result.metrics)
+    assert all(math.isfinite(m["actor/pg_loss"]) for m in result.metrics
+               if m["train/step_skipped"] == 0.0)
+    log = read_prompt_log(tmp_path)
+    assert [row["step"] for row in log] == [0, 1, 2]
+    assert [row["rounds"][0]["version"] for row in log] == [0, 0, 1]
+    train, _ = load_records(cfg)
+    drawn = [i for row in log for rnd in row["rounds"] for i in rnd["prompts"]]
+    assert drawn == PromptSampler(len(train), cfg.seed).next(3 * cfg.prompts_per_step)

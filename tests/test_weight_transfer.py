@@ -64,3 +64,7 @@ def test_bad_backend_and_rank_are_refused():
         WeightChannel("127.0.0.1", free_port(), rank=0, backend="mpi")
     with pytest.raises(ValueError, match="rank=2 is invalid"):
         WeightChannel("127.0.0.1", free_port(), rank=2)
+    with pytest.raises(ValueError, match=r"rank=3 is invalid; allowed: 0 .* or 1..2"):
+        WeightChannel("127.0.0.1", free_port(), rank=3, receivers=2)
+    with pytest.raises(ValueError, match="receivers=0 is invalid; allowed: an integer >= 1"):
+        WeightChannel("127.0.0.1", free_port(), rank=0, receivers=0)

@@ -69,12 +69,36 @@ def require_vllm() -> None:
 
 
 class WeightSyncExtension:
-    """Mixed into vLLM's worker class (``worker_extension_cls``): receives weights as bytes."""
+    """Mixed into vLLM's worker class (``worker_extension_cls``): receives weights as bytes
+    (:meth:`archer_load_weights`), or over a weight channel whose receiving member lives in
+    this engine worker process (:meth:`archer_open_channel`, :meth:`archer_receive_weights`;
+    asynchronous rollouts, :mod:`archer.trainer.publishers`)."""
 
     def archer_load_weights(self, blob: bytes) -> int:
         """Load a ``torch.save``d {name: tensor} mapping in place; return how many tensors."""
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         self.reload_weights(weights_iterator=iter(state.items()))  # vLLM Worker method
+        return len(state)
+
+    def archer_open_channel(self, host: str, port: int, backend: str, receivers: int,
+                            timeout_s: float) -> int:
+        """Join the trainer's weight channel as rank ``1 + this worker's rank`` (one member per
+        tensor-parallel worker), on this worker's device with nccl, on CPU with gloo. Blocks
+        until every member joined; returns the rank."""
+        from archer.rollout.weight_transfer import WeightChannel
+
+        rank = 1 + int(getattr(self, "rank", 0))
+        device = self.device if backend == "nccl" else "cpu"  # vLLM Worker attribute
+        self.archer_channel = WeightChannel(host, port, rank=rank, backend=backend,
+                                            device=device, timeout_s=timeout_s,
+                                            receivers=receivers)
+        return rank
+
+    def archer_receive_weights(self, layout: list) -> int:
+        """Receive the tensors of ``layout`` (HF names) and load them in place; returns how
+        many."""
+        state = self.archer_channel.receive(layout)
+        self.reload_weights(weights_iterator=iter(state.items()))
         return len(state)
 
 
@@ -143,6 +167,22 @@ class VLLMRollout(RolloutBackend):
         torch.save({k: v.detach().to("cpu", self.dtype if v.is_floating_point() else v.dtype)
                     for k, v in state.items()}, buf)
         self.llm.collective_rpc("archer_load_weights", args=(buf.getvalue(),))
+        self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+
+    def open_weight_channel(self, host: str, port: int, backend: str,
+                            timeout_s: float = 300.0) -> None:
+        """Every engine worker joins the trainer's weight channel (ranks 1..TP; blocks until
+        the trainer, rank 0, joins too)."""
+        receivers = self.llm.llm_engine.vllm_config.parallel_config.world_size
+        self.llm.collective_rpc("archer_open_channel",
+                                args=(host, port, backend, receivers, timeout_s))
+
+    def receive_weights(self, layout: list) -> None:
+        """Load the weights the trainer sends over the channel next (in place, every engine
+        worker receiving the full tensors and loading its shard)."""
+        if self.asleep:
+            raise RuntimeError("receive_weights() while the engine sleeps; call wake_up() first")
+        self.llm.collective_rpc("archer_receive_weights", args=(layout,))
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 
     def sleep(self, level: int = 1) -> None:

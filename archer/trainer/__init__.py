@@ -24,8 +24,9 @@ The package, one concern per module:
 - :mod:`.stopping`: stopping on request or by a signal;
 - :mod:`.pipeline`: asynchronous rollouts (``max_staleness >= 1``): batches requested k steps
   ahead within the staleness bound, weights published per step, prompts kept across a
-  checkpoint; :mod:`.rollout_actor`: the Ray rollout worker that generates them (never
-  imported when ``max_staleness=0``);
+  checkpoint; :mod:`.rollout_actor`: the Ray rollout worker that generates them (HF or
+  vLLM); :mod:`.publishers`: how the weights reach it (Ray's object store or a collective
+  weight channel) (none imported when ``max_staleness=0``);
 - :mod:`.step`: :func:`train_step`; :mod:`.loop`: :func:`fit`.
 
 Monkeypatch a function in the module that calls it (e.g. ``archer.trainer.update.is_on_policy``,

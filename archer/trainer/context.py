@@ -152,14 +152,27 @@ def check_world_size(cfg: TrainConfig, dist: DistInfo) -> None:
 
 def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer) -> RolloutBackend:
     """``hf``: generates with the policy module itself. ``vllm``: an engine loaded from the
-    policy's model directory, at the training dtype (weights pushed after every update)."""
-    if cfg.rollout_backend == "hf":
+    policy's model directory, at the training dtype (weights pushed after every update).
+    With ``max_staleness >= 1`` the vLLM engine lives in the rollout worker
+    (:mod:`archer.trainer.rollout_actor`) and this process only samples refill rounds, with
+    HF on the policy module."""
+    if cfg.rollout_backend == "vllm":
+        from archer.rollout.vllm import require_vllm
+
+        require_vllm()  # a missing extra first, before resolving (and maybe preparing) the model
+    if cfg.rollout_backend == "hf" or cfg.max_staleness:
         return HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size,
                          share_prompts=cfg.prompt_cache)
+    return build_vllm_rollout(cfg, tokenizer)
+
+
+def build_vllm_rollout(cfg: TrainConfig, tokenizer=None) -> RolloutBackend:
+    """The run's vLLM engine (``vllm_*`` settings, the training dtype and seed), loaded from
+    the policy's model directory; ``tokenizer``: None loads the model's own."""
     from archer.models import resolve_model_path
     from archer.rollout.vllm import VLLMRollout, require_vllm
 
-    require_vllm()  # a missing extra first, before resolving (and maybe preparing) the model
+    require_vllm()
     return VLLMRollout(
         resolve_model_path(cfg.model), dtype=cfg.dtype, tokenizer=tokenizer, seed=cfg.seed,
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
