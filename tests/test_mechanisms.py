@@ -362,6 +362,14 @@ def test_per_class_metrics_count_only_the_phases_that_train_the_class(tiny_path,
     assert all("actor/clipfrac_low_entropy_upper" not in m for m in losses)
     assert "actor/clipfrac_low_entropy_upper" not in masked
     assert masked["actor/kl_low_entropy"] > 0 and masked["actor/clipfrac_high_entropy_upper"] >= 0
+    # the high-entropy share is the split's, over every response token, in every update mode
+    # (mask mode once logged 1, the share of trained tokens); the modes' later epochs split
+    # their own, differently updated policies, hence "near"
+    _, synced = update_on(tiny_path, tmp_path, batch, rewards, preset("archer"))
+    assert 0.1 < synced["actor/frac_high_entropy"] < 0.5
+    for other in (masked, metrics):
+        assert other["actor/frac_high_entropy"] == pytest.approx(
+            synced["actor/frac_high_entropy"], abs=0.03)
 
 
 def test_mask_mode_gives_low_entropy_tokens_exactly_zero_gradient(tiny_path, tmp_path,

@@ -140,7 +140,7 @@ def is_on_policy(ctx: TrainContext, num_groups: int) -> bool:
 def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
     """PPO epochs over mini-batches of whole groups; each plan phase = all micro-batches
     then one optimizer step. Also measures how the token split moves between epochs."""
-    records, changes, previous = [], [], None
+    records, changes, previous, high_counts = [], [], None, []
     valid = ub.batch.response_mask.bool()
     dist = ctx.dist
     # The trainer's old log-probs of the sampled tokens; on-policy they are the first
@@ -164,6 +164,7 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
                     trainer_old[rows] = sink
                 if i == 0:
                     high_this_epoch[rows] = high
+        high_counts.append(float((high_this_epoch & valid).sum()))
         if previous is not None and dist.enabled:
             moved, n = dist.all_reduce([float(((previous != high_this_epoch) & valid).sum()),
                                         float(valid.sum())])
@@ -175,9 +176,12 @@ def update_policy(ctx: TrainContext, ub: UpdateBatch) -> dict[str, float]:
     out["actor/split_change_frac"] = sum(changes) / len(changes) if changes else 0.0
     out["actor/optimizer_steps"] = sum(m["actor/optimizer_steps"] for m in records)
     out["actor/updates_skipped"] = sum(m["actor/updates_skipped"] for m in records)
-    high_n, low_n = out.get("actor/tokens_high_entropy", 0.0), out.get(
-        "actor/tokens_low_entropy", 0.0)
-    out["actor/frac_high_entropy"] = high_n / max(high_n + low_n, 1.0)
+    # the split's share of every response token (not of the trained ones: mask mode trains
+    # the high-entropy tokens only), over the epochs and all ranks
+    high_n, valid_n = sum(high_counts), float(valid.sum()) * len(high_counts)
+    if dist.enabled:
+        high_n, valid_n = dist.all_reduce([high_n, valid_n])
+    out["actor/frac_high_entropy"] = high_n / max(valid_n, 1.0)
     out |= reduce_mismatch_metrics(dist, mismatch_metrics(
         ub.batch.sampler_logprobs, trainer_old, valid, ctx.algo.tis_cap), float(valid.sum()))
     return out
