@@ -59,8 +59,13 @@ def test_two_steps_per_preset(tiny_path, tmp_path, preset):
     assert [r["step"] for r in rows] == [1, 2]
     updated = [r for r in rows if r["train/step_skipped"] == 0.0]
     assert updated, f"{preset}: both steps were skipped"
+    expected = set(STEP_METRICS)
+    if algo.update_mode == "mask":  # trains no low-entropy token: no clip fraction there
+        low_clips = {"actor/clipfrac_low_entropy_upper", "actor/clipfrac_low_entropy_lower"}
+        assert not low_clips & {k for row in rows for k in row}
+        expected -= low_clips
     for row in updated:
-        missing = sorted(set(STEP_METRICS) - set(row))
+        missing = sorted(expected - set(row))
         assert not missing, f"{preset}: metrics not logged: {missing}"
         for key in LOSSES:
             assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row[key])

@@ -17,7 +17,8 @@ import torch
 
 from archer.distributed import DistInfo
 
-# Metrics every completed update step logs (the smoke test checks them all).
+# Metrics every completed update step logs (the smoke test checks them all), except a class's
+# clip fractions where the update trains none of its tokens (update_mode=mask: the low class).
 STEP_METRICS = (
     "reward/mean", "reward/shaped_mean", "groups/solved_none_frac", "groups/solved_all_frac",
     "groups/kept", "groups/sampled", "rollout/rounds", "response/length_mean",
