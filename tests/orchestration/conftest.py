@@ -71,23 +71,27 @@ def reward(completions, **columns):
     if CALLS[0] == {at} and {rank_ok} and not marker.exists():
         marker.write_text(str(os.getpid()))
         {code}
+    time.sleep({pace_s})  # every call: a step cannot be faster than this
     return [0.0] * len(completions)
 """
 FAULTS = {"sigkill": ("the process SIGKILLs itself", "os.kill(os.getpid(), signal.SIGKILL)"),
-          "sleep40": ("the call lasts 40 s", "time.sleep(40)")}
+          "sleep40": ("the call lasts 40 s", "time.sleep(40)"),
+          "none": ("nothing", "pass")}
 
 
-def write_fault_reward(directory: Path, fault: str, at: int, rank: int | None = None
-                       ) -> tuple[str, Path]:
+def write_fault_reward(directory: Path, fault: str, at: int, rank: int | None = None,
+                       pace_s: float = 0.0) -> tuple[str, Path]:
     """A ``file.py:function`` reward that scores 0 and, in its ``at``-th call in a process
     (of training process ``rank``, if given), once, does ``fault`` (:data:`FAULTS`): the
-    moment a test needs does not then depend on the machine's speed. Returns the
-    ``reward=...`` override and the marker file (the pid of the process it hit)."""
+    moment a test needs does not then depend on the machine's speed. Every call also lasts
+    at least ``pace_s`` seconds (steps whose groups all score 0 are skipped and otherwise
+    take milliseconds). Returns the ``reward=...`` override and the marker file (the pid of
+    the process it hit)."""
     marker = directory / f"{fault}.marker"
     what, code = FAULTS[fault]
     path = directory / f"{fault}_reward.py"
     path.write_text(FAULT_REWARD.format(
-        at=at, marker=str(marker), action=what, code=code,
+        at=at, marker=str(marker), action=what, code=code, pace_s=float(pace_s),
         rank="any rank" if rank is None else f"rank {rank}",
         rank_ok="True" if rank is None else f'os.environ.get("RANK") == "{rank}"'))
     return f"reward={path}:reward", marker

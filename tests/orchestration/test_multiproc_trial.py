@@ -430,9 +430,13 @@ def test_ctrl_c_of_the_driver_checkpoints_a_multiprocess_trial_and_the_rerun_res
     steps = 200  # never reached: the signal comes once the trial is past its first step
     path = study(write_study, tmp_path, "sigrank", resources={"procs_per_trial": 2},
                  max_retries=0)
-    # slow_step: rank 0's third reward call lasts 40 s, and the stop comes meanwhile
-    slow, marker = fault_reward(tmp_path, "sleep40", at=3, rank=0)
-    extra = [slow] if slow_step else []
+    # slow_step: rank 0's third reward call lasts 40 s, and the stop comes meanwhile. Every
+    # reward call lasts 0.1 s: the tiny model's steps are all skipped (no reward) and would
+    # otherwise finish all 200 steps in seconds, before a stop sent on a loaded machine
+    # arrives
+    slow, marker = fault_reward(tmp_path, "sleep40" if slow_step else "none", at=3, rank=0,
+                                pace_s=0.1)
+    extra = [slow]
     cmd = [sys.executable, "-m", "archer_cli", "ablate", str(path), f"out_dir={root}",
            *tiny_overrides(tiny_model, steps=steps), "ckpt_every=1000", *extra,
            f"tracking.uri={uri}", f"ray.address={ray_address}", "progress=false"]
