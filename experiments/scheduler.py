@@ -311,7 +311,21 @@ def task_options(resources: dict[str, Any], name: str) -> dict[str, Any]:
 def _trial_task(payload: dict[str, Any]) -> dict[str, Any]:
     from experiments.trial import run_trial
 
+    interruptible()
     return run_trial(payload)
+
+
+def interruptible() -> None:
+    """Let ``ray.cancel`` stop this task (the study's Ctrl-C / SIGTERM): Ray raises
+    KeyboardInterrupt through ``_thread.interrupt_main``, which does nothing while SIGINT is
+    ignored, and a Ray started from a background job (``nohup ... &``, a CI runner) hands its
+    workers an ignored SIGINT. Python's own handler is put back (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 _REMOTE = None
