@@ -6,8 +6,8 @@ printed beside the numbers:
 - a training step costs ``s_per_step`` seconds of one trial's resources for a reference shape:
   the trials' model's rate where one is measured (:data:`MODEL_RATES`, e.g. SmolLM2-135M,
   whose steps cost about 200 times the tiny model's), else the recipe's (:data:`STEP_RATES`:
-  measured for ``cpu``, the tiny model on one thread), scaled linearly by sampled tokens, ``prompts_per_step x group_size x max_new_tokens``,
-  relative to that shape (rollout dominates at these sizes);
+  measured for ``cpu``, the tiny model on one thread), scaled linearly by sampled tokens,
+  ``prompts_per_step x group_size x max_new_tokens``, relative to that shape (rollout dominates at these sizes);
 - the trainer's validations (every ``val_every`` steps and at the end) and the per-trial
   evaluation (``eval.k`` samples of each of ``val_size`` held-out problems) cost the step rate
   per sampled response, i.e. ``s_per_step x samples / (prompts_per_step x group_size)``;
@@ -111,12 +111,10 @@ def format_plan(spec, trials, common: list[str], warm: list, cost: CostEstimate,
         lines.append(f"  {t.name:44s} {' '.join(own) or '-'}  (~{seconds / 60:.1f} min)")
     if not warm:
         lines.append("warm start: none (warm_start=null): the trials train the model as given")
-    from experiments.warm_start import cut_short
-
     for w in warm:
         state = (f"present, reused (held-out accuracy {w.heldout_accuracy})" if w.present
                  else f"absent: will be built ({spec.warm_start.steps} SFT steps at most)")
-        if cut_short(w, spec.warm_start):
+        if w.cut_short:
             state += (f"; it stopped on its time budget after {w.sft_steps} of "
                       f"{spec.warm_start.steps} steps: delete it to build it again")
         lines.append(f"warm start: {w.hash[:16]} at {w.model_dir} ({state})")

@@ -103,6 +103,13 @@ class WarmStart:
     present: bool  # a verified entry is there
     heldout_accuracy: float | None = None  # held-out greedy accuracy (None: not built yet)
     sft_steps: int | None = None  # SFT steps the warm-up took
+    stopped: str | None = None  # why the warm-up stopped (archer.sft: steps, target, time)
+
+    @property
+    def cut_short(self) -> bool:
+        """Stopped on its ``max_seconds`` budget before its steps or target: then it depends on
+        how fast the machine that built it was, which its hash does not say."""
+        return self.stopped == "time"
 
     @property
     def model_dir(self) -> Path:
@@ -194,7 +201,7 @@ def locate(train: dict[str, Any], settings: WarmStartSettings,
     if manifest is None or manifest.get("hash") != digest:
         return WarmStart(digest, entry, False)
     return WarmStart(digest, entry, True, manifest.get("heldout_accuracy"),
-                     manifest.get("sft_steps"))
+                     manifest.get("sft_steps"), manifest.get("stopped"))
 
 
 @contextmanager
@@ -234,17 +241,9 @@ def prepare_warm_start(train: dict[str, Any], settings: WarmStartSettings,
         return _build(train, settings, found, log)
 
 
-def cut_short(warm: WarmStart, settings: WarmStartSettings) -> bool:
-    """Whether the entry stopped on its ``max_seconds`` budget before its steps or target:
-    then it depends on how fast the machine that built it was, which its hash does not say."""
-    manifest = read_manifest(warm.dir) if warm.present else None
-    return bool(manifest) and manifest.get("stopped") == "time" and \
-        (warm.sft_steps or 0) < settings.steps
-
-
 def _warn_if_cut_short(warm: WarmStart, settings: WarmStartSettings,
                        log: Callable[[str], None]) -> None:
-    if cut_short(warm, settings):
+    if warm.cut_short:
         log(f"WARNING: the warm start {warm.hash[:HASH_CHARS]} stopped on its time budget "
             f"(max_seconds={settings.max_seconds:g}) after {warm.sft_steps} of "
             f"{settings.steps} steps (held-out greedy accuracy {warm.heldout_accuracy}): a "
@@ -286,7 +285,7 @@ def _build(train: dict[str, Any], settings: WarmStartSettings, target: WarmStart
     os.replace(tmp, target.dir)  # the atomic publish
     log(f"warm start {target.hash[:HASH_CHARS]}: {result.steps} SFT steps, held-out greedy "
         f"accuracy {accuracy}")
-    built = WarmStart(target.hash, target.dir, True, accuracy, result.steps)
+    built = WarmStart(target.hash, target.dir, True, accuracy, result.steps, result.stopped)
     _warn_if_cut_short(built, settings, log)
     return built
 

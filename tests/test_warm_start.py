@@ -108,7 +108,7 @@ def test_a_build_cut_short_by_its_time_budget_says_so_when_built_and_reused(cach
     budget = replace(SETTINGS, max_seconds=1e-9)  # spent before the first step
     logs: list[str] = []
     built = ws.prepare_warm_start(train, budget, log=logs.append)
-    assert built.present and built.sft_steps == 0 and ws.cut_short(built, budget)
+    assert built.present and built.sft_steps == 0 and built.cut_short
     warning = next(line for line in logs if line.startswith("WARNING"))
     assert "stopped on its time budget (max_seconds=1e-09) after 0 of 4 steps" in warning
     assert f"delete {built.dir} to build it again" in warning
@@ -117,7 +117,7 @@ def test_a_build_cut_short_by_its_time_budget_says_so_when_built_and_reused(cach
     assert again == built and logs[0].startswith("reusing") and logs[1].startswith("WARNING")
     # a build that finished its steps (or met its target) within the budget is not cut short
     full = ws.prepare_warm_start(train, SETTINGS, log=lambda _: None)
-    assert full.sft_steps == 4 and not ws.cut_short(full, SETTINGS)
+    assert full.sft_steps == 4 and not full.cut_short
 
 
 def test_an_interrupted_build_is_cleaned_and_rebuilt(cache):

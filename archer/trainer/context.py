@@ -156,14 +156,14 @@ def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer) -> Rollou
     With ``max_staleness >= 1`` the vLLM engine lives in the rollout worker
     (:mod:`archer.trainer.rollout_actor`) and this process only samples refill rounds, with
     HF on the policy module."""
+    if cfg.rollout_backend == "vllm" and not cfg.max_staleness:
+        return build_vllm_rollout(cfg, tokenizer)
     if cfg.rollout_backend == "vllm":
         from archer.rollout.vllm import require_vllm
 
-        require_vllm()  # a missing extra first, before resolving (and maybe preparing) the model
-    if cfg.rollout_backend == "hf" or cfg.max_staleness:
-        return HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size,
-                         share_prompts=cfg.prompt_cache)
-    return build_vllm_rollout(cfg, tokenizer)
+        require_vllm()  # the worker's engine needs it: say so before anything starts
+    return HFRollout(model, tokenizer, batch_size=cfg.rollout_batch_size,
+                     share_prompts=cfg.prompt_cache)
 
 
 def build_vllm_rollout(cfg: TrainConfig, tokenizer=None) -> RolloutBackend:
@@ -172,7 +172,7 @@ def build_vllm_rollout(cfg: TrainConfig, tokenizer=None) -> RolloutBackend:
     from archer.models import resolve_model_path
     from archer.rollout.vllm import VLLMRollout, require_vllm
 
-    require_vllm()
+    require_vllm()  # a missing extra first, before resolving (and maybe preparing) the model
     return VLLMRollout(
         resolve_model_path(cfg.model), dtype=cfg.dtype, tokenizer=tokenizer, seed=cfg.seed,
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
